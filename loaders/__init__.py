@@ -1,0 +1,1 @@
+"""Data side of umt: shard packing, synthetic data, decoding, views and loaders."""

@@ -1,0 +1,40 @@
+"""Log-mel spectrogram in plain torch (torchaudio has no CPU build on our machines)."""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+N_FFT = 400        # 25 ms at 16 kHz
+HOP = 160          # 10 ms at 16 kHz
+EPS = 1e-6
+
+
+def _hz_to_mel(hz: float) -> float:
+    return 2595.0 * math.log10(1.0 + hz / 700.0)
+
+
+@functools.lru_cache(maxsize=8)
+def mel_filterbank(n_mels: int, sample_rate: int, n_fft: int = N_FFT) -> torch.Tensor:
+    """HTK-style triangular filters [n_fft // 2 + 1, n_mels] from 0 Hz to Nyquist."""
+    mel_points = torch.linspace(0.0, _hz_to_mel(sample_rate / 2), n_mels + 2, dtype=torch.float64)
+    hz_points = 700.0 * (10.0 ** (mel_points / 2595.0) - 1.0)
+    freqs = torch.linspace(0.0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
+    lower, centre, upper = hz_points[:-2], hz_points[1:-1], hz_points[2:]
+    rising = (freqs[:, None] - lower) / (centre - lower)
+    falling = (upper - freqs[:, None]) / (upper - centre)
+    return torch.clamp(torch.minimum(rising, falling), min=0.0).float()
+
+
+def log_mel(waveform: torch.Tensor, sample_rate: int, n_mels: int) -> torch.Tensor:
+    """Waveform [..., S] float → log-mel [..., n_mels, 1 + S // HOP]."""
+    spec = torch.stft(waveform, N_FFT, HOP, window=_hann(N_FFT), center=True, return_complex=True)
+    power = spec.real.square() + spec.imag.square()
+    mel = torch.matmul(power.transpose(-1, -2), mel_filterbank(n_mels, sample_rate)).transpose(-1, -2)
+    return torch.log(mel + EPS)
+
+
+@functools.lru_cache(maxsize=2)
+def _hann(n: int) -> torch.Tensor:
+    return torch.hann_window(n)

@@ -1,0 +1,106 @@
+"""Encode and decode the two stored media formats (H.264 video, FLAC audio) in memory with PyAV.
+
+PyAV bundles its own FFmpeg, so this works on any machine without system libraries. Encoders use
+bit-exact flags and one thread so that the same frames always give the same bytes.
+"""
+from __future__ import annotations
+
+import io
+
+import av
+import numpy as np
+
+BITEXACT = {"fflags": "+bitexact"}
+
+
+class MediaError(ValueError):
+    """A stored clip could not be decoded."""
+
+
+def encode_h264(frames: np.ndarray, fps: int, gop: int, crf: int = 18) -> bytes:
+    """Encode uint8 RGB frames [T, H, W, 3] (H, W even) as an H.264 mp4 with a fixed GOP."""
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected uint8 frames [T, H, W, 3], got {frames.dtype} {frames.shape}")
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4", options=BITEXACT) as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf), "g": str(gop), "keyint_min": str(gop), "bf": "0",
+                          "threads": "1", "preset": "veryfast", "sc_threshold": "0"}
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return buf.getvalue()
+
+
+def decode_h264(data: bytes, stop: int) -> np.ndarray:
+    """Decode the first `stop` frames of an mp4 into their raw yuv420p planes [stop, 3H/2, W].
+
+    Colour conversion is left to `yuv420_crop_to_rgb`, which converts only the cropped pixels:
+    on small frames FFmpeg's whole-frame RGB conversion costs more than decoding itself.
+    """
+    frames = []
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1   # tiny frames: threads only add overhead
+            stream.codec_context.thread_type = "NONE"
+            for frame in container.decode(stream):
+                if frame.format.name != "yuv420p":
+                    frame = frame.reformat(format="yuv420p")
+                frames.append(frame.to_ndarray())
+                if len(frames) == stop:
+                    break
+    except (av.FFmpegError, IndexError) as err:
+        raise MediaError(f"undecodable video: {err}") from err
+    if len(frames) < stop:
+        raise MediaError(f"video has {len(frames)} frames, the view needs {stop}")
+    return np.stack(frames)
+
+
+def yuv420_crop_to_rgb(planes: np.ndarray, y0: int, x0: int, size: int) -> np.ndarray:
+    """Crop [T, 3H/2, W] yuv420p planes to a size x size window and convert it to uint8 RGB.
+
+    BT.601 limited range, the matrix FFmpeg uses for the RGB frames we encode.
+    """
+    height = planes.shape[1] * 2 // 3
+    width = planes.shape[2]
+    luma = planes[:, y0:y0 + size, x0:x0 + size].astype(np.float32) - 16.0
+    chroma = planes[:, height:].reshape(planes.shape[0], 2, height // 2, width // 2)
+    cy, cx = y0 // 2, x0 // 2
+    rows, cols = (y0 + size + 1) // 2 - cy, (x0 + size + 1) // 2 - cx
+    uv = chroma[:, :, cy:cy + rows, cx:cx + cols].repeat(2, axis=2).repeat(2, axis=3)
+    uv = uv[:, :, y0 % 2:y0 % 2 + size, x0 % 2:x0 % 2 + size].astype(np.float32) - 128.0
+    u, v = uv[:, 0], uv[:, 1]
+    rgb = np.stack([1.164 * luma + 1.596 * v,
+                    1.164 * luma - 0.392 * u - 0.813 * v,
+                    1.164 * luma + 2.017 * u], axis=-1)
+    return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+
+
+def encode_flac(samples: np.ndarray, sample_rate: int) -> bytes:
+    """Encode mono int16 samples as FLAC."""
+    if samples.ndim != 1 or samples.dtype != np.int16:
+        raise ValueError(f"expected mono int16 samples, got {samples.dtype} {samples.shape}")
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="flac", options=BITEXACT) as container:
+        stream = container.add_stream("flac", rate=sample_rate, layout="mono")
+        stream.format = "s16"
+        frame = av.AudioFrame.from_ndarray(samples[None, :], format="s16", layout="mono")
+        frame.sample_rate = sample_rate
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return buf.getvalue()
+
+
+def decode_flac(data: bytes) -> np.ndarray:
+    """Decode a mono 16-bit FLAC into float32 samples in [-1, 1)."""
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            chunks = [frame.to_ndarray() for frame in container.decode(audio=0)]
+    except (av.FFmpegError, IndexError) as err:
+        raise MediaError(f"undecodable audio: {err}") from err
+    if not chunks:
+        raise MediaError("audio stream holds no samples")
+    return np.concatenate(chunks, axis=1)[0].astype(np.float32) / 32768.0

@@ -1,0 +1,105 @@
+"""WebDataset tar shards and the manifest that indexes them.
+
+Layout of a shard set (DESIGN.md §2):
+
+    DIR/manifest.json          classes, modalities, per split: shards with count, row offset, sha256
+    DIR/<split>-000000.tar     members <key>.mp4, <key>.flac, <key>.json, in row order
+
+A sample's row is its index in its split, in manifest order: shard `s` holds rows
+[offset_s, offset_s + count_s). Tar members carry fixed metadata (mtime 0, no owner) so equal
+content gives byte-identical shards.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+FORMAT = "umt-shards/1"
+
+
+class DataError(ValueError):
+    """A shard set is missing, incomplete or malformed."""
+
+
+class ShardWriter:
+    """Writes samples into one tar file with reproducible member headers."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._tar = tarfile.open(path, "w", format=tarfile.USTAR_FORMAT)
+        self.count = 0
+
+    def write(self, key: str, members: dict[str, bytes]) -> None:
+        for ext in sorted(members):
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size = len(members[ext])
+            info.mtime, info.mode, info.uname, info.gname = 0, 0o644, "", ""
+            self._tar.addfile(info, io.BytesIO(members[ext]))
+        self.count += 1
+
+    def close(self) -> dict[str, Any]:
+        """Close the tar and return its manifest entry (without the row offset)."""
+        self._tar.close()
+        return {"name": self.path.name, "count": self.count, "bytes": self.path.stat().st_size,
+                "sha256": sha256_file(self.path)}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def with_offsets(shards: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Give each shard entry the first row it holds."""
+    offset = 0
+    for shard in shards:
+        shard["offset"] = offset
+        offset += shard["count"]
+    return shards
+
+
+def write_manifest(data_dir: Path, manifest: dict[str, Any]) -> Path:
+    path = Path(data_dir) / MANIFEST
+    path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def load_manifest(data_dir: str | Path) -> dict[str, Any]:
+    """Read DIR/manifest.json, failing with a message that names the directory and the problem."""
+    data_dir = Path(data_dir)
+    path = data_dir / MANIFEST
+    if not data_dir.is_dir():
+        raise DataError(f"data directory {data_dir} does not exist (create one with `umt-data synth`)")
+    if not path.is_file():
+        raise DataError(f"{path} is missing: {data_dir} is not a umt shard set")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} is not valid JSON: {err}") from err
+    if manifest.get("format") != FORMAT:
+        raise DataError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    return manifest
+
+
+def manifest_fingerprint(data_dir: str | Path) -> str:
+    """Data fingerprint: the hash of the manifest, which holds every shard's sha256."""
+    return "sha256:" + sha256_file(Path(data_dir) / MANIFEST)
+
+
+def split_shards(manifest: dict[str, Any], split: str) -> list[dict[str, Any]]:
+    splits = manifest["splits"]
+    if split not in splits:
+        raise DataError(f"split {split!r} not in the manifest (has {sorted(splits)})")
+    return splits[split]["shards"]
+
+
+def split_size(manifest: dict[str, Any], split: str) -> int:
+    return sum(shard["count"] for shard in split_shards(manifest, split))

@@ -10,10 +10,12 @@ import io
 import av
 import numpy as np
 
+from .errors import UserError
+
 BITEXACT = {"fflags": "+bitexact"}
 
 
-class MediaError(ValueError):
+class MediaError(UserError):
     """A stored clip could not be decoded."""
 
 

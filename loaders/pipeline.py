@@ -11,7 +11,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ import webdataset as wds
 
 from .audio import log_mel
 from .media import MediaError, decode_flac, decode_h264, yuv420_crop_to_rgb
-from .shards import load_manifest, split_shards
+from .shards import DataError, load_manifest, split_shards
 from .views import CENTRE, Geometry, ViewSpec, audio_window, make_view, train_view_index
 
 MODALITIES = ("video", "audio")
@@ -54,7 +54,8 @@ def decode_views(sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: 
     window = audio_window(spec, geom.sample_rate)
     out = []
     for index, view in zip(view_indices, views):
-        item = {"label": meta["label"], "row": meta["row"], "view": index}
+        item = {"label": meta["label"], "row": meta["row"], "view": index,
+                "params": torch.tensor(view.as_tuple(), dtype=torch.int32)}
         if frames is not None:
             clip = yuv420_crop_to_rgb(frames[view.t0:view.t0 + span:spec.stride], view.y0, view.x0, spec.crop)
             item["video"] = torch.from_numpy(np.ascontiguousarray(clip[:, :, ::-1] if view.flip else clip))
@@ -80,11 +81,11 @@ def rank_shards(paths: list[str], counts: list[int], rank: int, world: int, seed
     return [paths[i] for i in mine], [counts[i] for i in mine]
 
 
-def _worker_init(_: int) -> None:
+def worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def _collate(items: list[dict]) -> dict[str, torch.Tensor]:
+def collate(items: list[dict]) -> dict[str, torch.Tensor]:
     """Stack tensors, tensorise ints; drop webdataset's bookkeeping keys (__key__)."""
     return {key: torch.stack([it[key] for it in items]) if torch.is_tensor(items[0][key])
             else torch.tensor([it[key] for it in items]) for key in items[0] if not key.startswith("__")}
@@ -100,7 +101,7 @@ def make_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Se
     """
     paths, counts = shard_paths(data_dir, split)
     if policy.train and len(paths) < world:
-        raise ValueError(f"{split} has {len(paths)} shards, fewer than {world} processes")
+        raise DataError(f"{data_dir}: {split} has {len(paths)} shards, fewer than {world} processes")
     mine, my_counts = rank_shards(paths, counts, rank, world, policy.seed, policy.epoch, policy.train)
     workers = max(0, min(num_workers, len(mine)))
     if policy.train:
@@ -109,17 +110,36 @@ def make_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Se
         num_batches = min(_batches_per_rank(c, batch_size, max(1, workers)) for c in per_rank)
     else:
         num_batches = sum(-(-c // batch_size) for c in my_counts) if mine else 0
-    stages = [wds.SimpleShardList(mine), wds.split_by_worker, wds.tarfile_to_samples()]
-    if policy.train and shuffle_buffer > 1:
-        rng = random.Random(f"{policy.seed}:{policy.epoch}:{rank}")
-        stages.append(wds.shuffle(shuffle_buffer, initial=shuffle_buffer, rng=rng))
-    stages.append(wds.map(lambda s: decode_views(s, spec, modalities, policy.seed,
-                                                 [policy.index(json.loads(s["json"])["row"])])[0]))
-    stages.append(wds.batched(batch_size, collation_fn=_collate, partial=not policy.train))
-    loader = torch.utils.data.DataLoader(wds.DataPipeline(*stages), batch_size=None,
-                                         num_workers=workers, worker_init_fn=_worker_init,
-                                         persistent_workers=False)
+    rng = random.Random(f"{policy.seed}:{policy.epoch}:{rank}") if policy.train else None
+    decode = _DecodeOne(spec, tuple(modalities), policy)
+    loader = batch_loader(mine, decode, batch_size, workers, partial=not policy.train,
+                          shuffle_buffer=shuffle_buffer, rng=rng)
     return loader, num_batches
+
+
+def batch_loader(paths: list[str], decode: Callable[[dict], dict], batch_size: int, num_workers: int,
+                 partial: bool, shuffle_buffer: int = 0,
+                 rng: random.Random | None = None) -> torch.utils.data.DataLoader:
+    """Shards → tar samples → (seeded shuffle) → decode → batches, in DataLoader workers."""
+    stages = [wds.SimpleShardList(paths), wds.split_by_worker, wds.tarfile_to_samples()]
+    if rng is not None and shuffle_buffer > 1:
+        stages.append(wds.shuffle(shuffle_buffer, initial=shuffle_buffer, rng=rng))
+    stages += [wds.map(decode), wds.batched(batch_size, collation_fn=collate, partial=partial)]
+    return torch.utils.data.DataLoader(wds.DataPipeline(*stages), batch_size=None,
+                                       num_workers=min(num_workers, len(paths)), worker_init_fn=worker_init)
+
+
+@dataclass(frozen=True)
+class _DecodeOne:
+    """Picklable map stage: one raw sample → its view for this epoch."""
+
+    spec: ViewSpec
+    modalities: tuple[str, ...]
+    policy: ViewPolicy
+
+    def __call__(self, sample: dict) -> dict:
+        row = json.loads(sample["json"])["row"]
+        return decode_views(sample, self.spec, self.modalities, self.policy.seed, [self.policy.index(row)])[0]
 
 
 def _batches_per_rank(counts: list[int], batch_size: int, workers: int) -> int:

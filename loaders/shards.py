@@ -18,11 +18,13 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 MANIFEST = "manifest.json"
 FORMAT = "umt-shards/1"
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A shard set is missing, incomplete or malformed."""
 
 

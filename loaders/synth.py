@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .errors import UserError
 from .media import encode_flac, encode_h264
 from .shards import FORMAT, ShardWriter, with_offsets, write_manifest
 
@@ -47,11 +48,11 @@ class SynthConfig:
     def validate(self) -> None:
         for name in ("video_cue", "audio_cue", "paired"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"--{name.replace('_', '-')} must lie in [0, 1]")
+                raise UserError(f"--{name.replace('_', '-')} must lie in [0, 1]")
         if self.classes < 2 or self.size % 2 or self.size < 8 or self.frames < 1:
-            raise ValueError("need >= 2 classes, an even frame size >= 8 and >= 1 frame")
+            raise UserError("need >= 2 classes, an even frame size >= 8 and >= 1 frame")
         if min(self.train, self.val, self.test, self.shard_size) < 1:
-            raise ValueError("every split and the shard size need at least one sample")
+            raise UserError("every split and the shard size need at least one sample")
 
 
 def draw_symbols(cfg: SynthConfig, rng: np.random.Generator) -> tuple[int, int, int, bool]:

@@ -1,0 +1,1 @@
+"""Teacher-feature cache: frozen uni-modal teachers' features computed once into Zarr."""

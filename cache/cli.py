@@ -1,0 +1,56 @@
+"""`umt-cache`: build and inspect teacher-feature caches."""
+from __future__ import annotations
+
+import argparse
+
+from umt.loaders.errors import UserError, run_cli
+
+from . import store
+from .builder import build
+
+
+def parse_assignments(items: list[str], flag: str) -> dict[str, str]:
+    """['video=a.pt', 'audio=b.pt'] → {'video': 'a.pt', 'audio': 'b.pt'}."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise UserError(f"{flag} expects MODALITY=PATH, got {item!r}")
+        out[key] = value
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="umt-cache", description="Precompute frozen uni-modal teachers' "
+                                     "features for every training sample and view into a Zarr v3 store, so UMT "
+                                     "trains at the cost of joint training.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="compute teacher features (resumable; runs under accelerate launch)")
+    b.add_argument("--data", required=True, help="shard directory")
+    b.add_argument("--teacher", action="append", default=[], metavar="MODALITY=CKPT", required=True,
+                   help="uni-modal teacher checkpoint (umt-train --method unimodal), once per modality")
+    b.add_argument("--out", required=True, help="cache path (a directory, e.g. cache.zarr)")
+    b.add_argument("--views", type=int, default=4, help="augmented views cached per sample (default 4)")
+    b.add_argument("--seed", type=int, default=0, help="view seed; training reuses it (default 0)")
+    b.add_argument("--split", default="train", help="split to cache (default train)")
+    b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--workers", type=int, default=1, help="decoding worker processes")
+    i = sub.add_parser("info", help="print what a cache holds")
+    i.add_argument("cache")
+    args = parser.parse_args(argv)
+
+    def body() -> None:
+        if args.command == "build":
+            if args.views < 1:
+                raise UserError("--views must be >= 1")
+            path = build(args.data, parse_assignments(args.teacher, "--teacher"), args.out, args.views, args.seed,
+                         args.split, args.batch_size, args.workers)
+            print(store.summary(store.open_group(path), path))
+        else:
+            print(store.summary(store.open_group(args.cache), args.cache))
+
+    run_cli("umt-cache", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Zarr v3 layout of a teacher-feature cache, and the checks that guard its use.
+
+    CACHE.zarr/
+      attrs             format, split, num_samples N, num_views V, seed, view spec, data
+                        fingerprint (manifest hash), per-modality teacher fingerprint and feature
+                        dim, the data shards it mirrors
+      features/<m>      float16 [N, V, D]   teacher feature of (row, view)
+      views             int32   [N, V, 5]   the view parameters (t0, y0, x0, flip, audio offset)
+      done              uint8   [S]         completion marker per data shard
+
+Rows are the split's rows in manifest order. One Zarr shard holds exactly one data shard's rows,
+so writers that own whole data shards never share a Zarr shard (Zarr has no locks).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from umt.loaders.errors import UserError
+from umt.loaders.views import VIEW_FIELDS
+
+FORMAT = "umt-cache/1"
+
+
+class CacheError(UserError):
+    """A cache is missing, incomplete, or does not belong to the given data or teachers."""
+
+
+def create(path: str | Path, attrs: dict[str, Any], dims: dict[str, int], shards: list[dict]) -> zarr.Group:
+    """Create an empty cache (or reopen one with identical attributes, to resume a build)."""
+    rows = shards[0]["count"]
+    misaligned = [s["name"] for s in shards[:-1] if s["count"] != rows]
+    if misaligned:
+        raise CacheError(f"data shards {misaligned} hold a different number of samples than the first "
+                         f"({rows}); the cache needs equal-size shards (the last may be smaller)")
+    n, v = attrs["num_samples"], attrs["num_views"]
+    if Path(path).exists():
+        group = open_group(path)
+        if {k: group.attrs.get(k) for k in attrs} != attrs:
+            raise CacheError(f"{path} exists and was built with other settings, data or teachers; "
+                             "remove it or choose another --out")
+        return group
+    group = zarr.open_group(str(path), mode="w")
+    chunk = max(1, min(rows, 64))
+    for m, dim in dims.items():
+        group.create_array(f"features/{m}", shape=(n, v, dim), dtype="float16", chunks=(chunk, v, dim),
+                           shards=(rows, v, dim), fill_value=np.nan)
+    group.create_array("views", shape=(n, v, len(VIEW_FIELDS)), dtype="int32",
+                       chunks=(chunk, v, len(VIEW_FIELDS)), shards=(rows, v, len(VIEW_FIELDS)), fill_value=-1)
+    group.create_array("done", shape=(len(shards),), dtype="uint8", chunks=(1,), fill_value=0)
+    group.attrs.update(attrs)
+    return group
+
+
+def open_group(path: str | Path) -> zarr.Group:
+    path = Path(path)
+    if not path.exists():
+        raise CacheError(f"cache {path} does not exist (build it with `umt-cache build`)")
+    try:
+        group = zarr.open_group(str(path), mode="r+")
+    except Exception as err:  # zarr raises several types for a non-group path
+        raise CacheError(f"{path} is not a Zarr cache: {err}") from err
+    if group.attrs.get("format") != FORMAT:
+        raise CacheError(f"{path} is not a umt cache (format {group.attrs.get('format')!r})")
+    return group
+
+
+def missing_shards(group: zarr.Group) -> list[str]:
+    done = group["done"][:]
+    return [name for name, ok in zip(group.attrs["shards"], done) if not ok]
+
+
+def check(group: zarr.Group, path: str | Path, data_fingerprint: str | None = None,
+          teacher_fingerprints: dict[str, str] | None = None) -> None:
+    """Fail with a message naming the problem and the fix when a cache must not be used."""
+    attrs = group.attrs
+    if data_fingerprint is not None and attrs["data_fingerprint"] != data_fingerprint:
+        raise CacheError(f"cache {path} was built from other data (manifest fingerprint "
+                         f"{attrs['data_fingerprint'][:19]}…, this data has {data_fingerprint[:19]}…); "
+                         "rebuild it with `umt-cache build` on this data")
+    for m, fp in (teacher_fingerprints or {}).items():
+        cached = attrs["teachers"].get(m, {}).get("fingerprint")
+        if cached != fp:
+            raise CacheError(f"cache {path} holds {m} features of other teachers (fingerprint "
+                             f"{str(cached)[:19]}…, the given {m} teacher has {fp[:19]}…); "
+                             "rebuild it with `umt-cache build` from these teachers")
+    missing = missing_shards(group)
+    if missing:
+        raise CacheError(f"cache {path} is incomplete: {len(missing)} shard(s) unfinished "
+                         f"({', '.join(missing[:3])}{'…' if len(missing) > 3 else ''}); "
+                         "rerun `umt-cache build` with the same arguments to finish it")
+
+
+def summary(group: zarr.Group, path: str | Path) -> str:
+    """Human-readable description for `umt-cache info`."""
+    a = group.attrs
+    done = group["done"][:]
+    lines = [f"cache          {path}",
+             f"format         {a['format']}",
+             f"split          {a['split']}  ({a['num_samples']} samples x {a['num_views']} views, seed {a['seed']})",
+             f"shards         {int(done.sum())}/{len(done)} complete",
+             f"data           {a['data_dir']}  {a['data_fingerprint']}",
+             f"view spec      {a['view_spec']}"]
+    for m, t in a["teachers"].items():
+        arr = group[f"features/{m}"]
+        lines.append(f"features/{m:<6} {arr.dtype} {arr.shape}  teacher {t['checkpoint']}  {t['fingerprint']}")
+    size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    lines.append(f"size on disk   {size / 2**20:.1f} MiB")
+    return "\n".join(lines)
+
+
+def load_features(group: zarr.Group) -> dict[str, np.ndarray]:
+    """The whole feature table per modality, read once into RAM (never per sample: DESIGN.md §3)."""
+    return {m: group[f"features/{m}"][:] for m in group.attrs["teachers"]}

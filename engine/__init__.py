@@ -1,0 +1,1 @@
+"""Training side of umt: models, methods, trainer, evaluation and `umt-train`."""

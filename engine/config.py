@@ -1,0 +1,80 @@
+"""Training run configuration: one dataclass, saved resolved as config.yaml in every run."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import yaml
+
+from umt.loaders.errors import UserError
+from umt.loaders.views import ViewSpec
+
+METHODS = ("unimodal", "joint", "umt", "ume")
+
+
+class ConfigError(UserError):
+    """A run configuration is inconsistent."""
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    method: str = "joint"
+    modalities: tuple[str, ...] = ("video", "audio")
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    width: int = 16
+    fusion: str = "linear"
+    seed: int = 0
+    view_seed: int | None = None     # None: `seed`, or the cache's seed when a cache is used
+    num_views: int | None = None     # training views per sample; None: a fresh view every epoch
+    view: ViewSpec = field(default_factory=ViewSpec)
+    num_workers: int = 1
+    shuffle_buffer: int = 256
+    distill_weight: float = 10.0     # UMT's λ (BalanceMM uses 10 with mean-reduced MSE)
+    cache: str | None = None         # UMT targets from `umt-cache build`
+    teachers: dict[str, str] = field(default_factory=dict)  # modality → uni-modal checkpoint
+    members: dict[str, str] = field(default_factory=dict)   # UME: modality → uni-modal checkpoint
+    max_steps: int | None = None     # stop early (smoke tests)
+    log_every: int = 10
+    probe: bool = True
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.method == "unimodal" and len(self.modalities) != 1:
+            raise ConfigError(f"unimodal trains one modality, got {list(self.modalities)}")
+        if self.method in ("joint", "umt") and len(self.modalities) < 2:
+            raise ConfigError(f"{self.method} needs two or more modalities, got {list(self.modalities)}")
+        if self.method == "umt" and not (self.cache or self.teachers):
+            raise ConfigError("umt needs teacher targets: --cache CACHE or --teacher MODALITY=CKPT")
+        if self.method == "umt" and not self.cache and set(self.teachers) != set(self.modalities):
+            raise ConfigError(f"online umt needs a teacher for each of {list(self.modalities)}, "
+                              f"got {sorted(self.teachers)}")
+        if self.method == "ume" and len(self.members) < 2:
+            raise ConfigError("ume combines two or more uni-modal checkpoints: --member MODALITY=CKPT")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("epochs and batch size must be >= 1")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["modalities"] = list(self.modalities)
+        return data
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown config keys {sorted(unknown)}")
+        data = dict(data)
+        if "view" in data and isinstance(data["view"], dict):
+            data["view"] = ViewSpec(**data["view"])
+        if "modalities" in data:
+            data["modalities"] = tuple(data["modalities"])
+        return cls(**data)

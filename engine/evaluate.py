@@ -1,0 +1,52 @@
+"""Evaluation: top-1 accuracy and linear probes of frozen encoders (the modality-laziness gauge)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from umt.loaders.pipeline import ViewPolicy, iterate, make_loader
+from umt.loaders.views import ViewSpec
+
+Forward = Callable[[dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+@torch.no_grad()
+def collect(forward: Forward, data: str, split: str, spec: ViewSpec, modalities: list[str], seed: int,
+            batch_size: int, num_workers: int, device: torch.device) -> dict:
+    """Labels, logits and pooled features of every sample of a split, on its centre view."""
+    loader, n = make_loader(data, split, spec, modalities, ViewPolicy(seed), batch_size, num_workers)
+    labels, logits, feats = [], [], {m: [] for m in modalities}
+    for batch in iterate(loader, n):
+        out, f = forward({k: v.to(device) for k, v in batch.items()})
+        labels.append(batch["label"])
+        logits.append(out.float().cpu())
+        for m in modalities:
+            feats[m].append(f[m].float().cpu())
+    return {"labels": torch.cat(labels), "logits": torch.cat(logits),
+            "features": {m: torch.cat(v) for m, v in feats.items()}}
+
+
+def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return (logits.argmax(1) == labels).float().mean().item()
+
+
+def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                 num_classes: int, weight_decay: float = 1e-3, steps: int = 100) -> float:
+    """Test accuracy of a fresh linear classifier fit (L-BFGS, full batch) on frozen features."""
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    x, xt = (train_x - mean) / std, (test_x - mean) / std
+    torch.manual_seed(0)
+    head = torch.nn.Linear(x.shape[1], num_classes)
+    opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(head(x), train_y) + weight_decay * head.weight.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return top1(head(xt), test_y)

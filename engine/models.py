@@ -1,0 +1,128 @@
+"""ResNet-18-style encoders and late-fusion classifiers, in plain torch.
+
+Every model is a `LateFusionNet`: one encoder per modality (each returns one pooled feature
+vector) and a head on their concatenated features. A uni-modal model is the one-modality case, so a
+teacher's encoder is interchangeable with a student's.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+VIDEO_MEAN = (0.45, 0.45, 0.45)
+VIDEO_STD = (0.225, 0.225, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    modalities: tuple[str, ...]
+    num_classes: int
+    width: int = 64          # ResNet-18 proper is 64 → 512-d features; small widths for CPU runs
+    fusion: str = "linear"   # "linear" (the paper's) or "mlp" (can read paired cues)
+    hidden: int = 256
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "modalities": list(self.modalities)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        return cls(**{**data, "modalities": tuple(data["modalities"])})
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """Four stages of two basic blocks (widths w, 2w, 4w, 8w), global average pooled to 8w.
+
+    The stem is a 3x3 convolution without max-pooling, suited to the small inputs umt trains on
+    CPU; at width 64 the stages match ResNet-18's.
+    """
+
+    def __init__(self, in_channels: int, width: int):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        layers, c_in = [], width
+        for stage, stride in enumerate((1, 2, 2, 2)):
+            c_out = width * 2 ** stage
+            layers += [BasicBlock(c_in, c_out, stride), BasicBlock(c_out, c_out, 1)]
+            c_in = c_out
+        self.layers = nn.Sequential(*layers)
+        self.out_dim = c_in
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(self.stem(x)).mean(dim=(2, 3))
+
+
+class VideoEncoder(nn.Module):
+    """uint8 clips [B, T, H, W, 3] → per-frame 2-D ResNet → mean over time → [B, D]."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.net = ResNet18(3, width)
+        self.out_dim = self.net.out_dim
+        self.register_buffer("mean", torch.tensor(VIDEO_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(VIDEO_STD).view(1, 3, 1, 1) * 255, persistent=False)
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        b, t = clips.shape[:2]
+        frames = clips.flatten(0, 1).permute(0, 3, 1, 2).float()
+        feats = self.net((frames - self.mean) / self.std)
+        return feats.view(b, t, -1).mean(dim=1)
+
+
+class AudioEncoder(nn.Module):
+    """Log-mel [B, 1, mels, frames] → 2-D ResNet → [B, D]."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.net = ResNet18(1, width)
+        self.out_dim = self.net.out_dim
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        return self.net(spec)
+
+
+ENCODERS = {"video": VideoEncoder, "audio": AudioEncoder}
+
+
+class LateFusionNet(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        unknown = set(cfg.modalities) - set(ENCODERS)
+        if unknown:
+            raise ValueError(f"unknown modalities {sorted(unknown)}; known: {sorted(ENCODERS)}")
+        self.cfg = cfg
+        self.encoders = nn.ModuleDict({m: ENCODERS[m](cfg.width) for m in cfg.modalities})
+        dim = sum(enc.out_dim for enc in self.encoders.values())
+        if cfg.fusion == "linear":
+            self.head = nn.Linear(dim, cfg.num_classes)
+        elif cfg.fusion == "mlp":
+            self.head = nn.Sequential(nn.Linear(dim, cfg.hidden), nn.ReLU(inplace=True),
+                                      nn.Linear(cfg.hidden, cfg.num_classes))
+        else:
+            raise ValueError(f"fusion must be 'linear' or 'mlp', got {cfg.fusion!r}")
+
+    def features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {m: enc(batch[m]) for m, enc in self.encoders.items()}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Fused logits and each modality's pooled feature (the UMT distillation point)."""
+        feats = self.features(batch)
+        return self.head(torch.cat([feats[m] for m in self.cfg.modalities], dim=1)), feats

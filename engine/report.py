@@ -1,0 +1,31 @@
+"""report.md for a run, and the results table shared with the demo."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import TrainConfig
+
+MODALITIES = ("video", "audio")
+
+
+def results_table(rows: list[tuple[str, dict]]) -> str:
+    """Markdown table: name, test top-1, per-modality probe accuracy, training samples/s."""
+    head = ["method", "fusion", "test top-1"] + [f"probe {m}" for m in MODALITIES] + ["train samples/s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in rows:
+        probes = [f"{r['probe'][m]:.3f}" if m in r.get("probe", {}) else "—" for m in MODALITIES]
+        speed = f"{r['train_samples_per_s']:.0f}" if "train_samples_per_s" in r else "— (no training)"
+        fusion = "logit mean" if r["method"] == "ume" else (r["fusion"] if len(r["modalities"]) > 1 else "—")
+        lines.append("| " + " | ".join([name, fusion, f"{r['test_top1']:.3f}", *probes, speed]) + " |")
+    return "\n".join(lines)
+
+
+def write_report(path: Path, cfg: TrainConfig, results: dict) -> None:
+    path.write_text(
+        f"# umt run: {cfg.method} ({'+'.join(results['modalities'])})\n\n"
+        f"{results_table([(cfg.method, results)])}\n\n"
+        f"- data: `{cfg.data}`\n- processes: {results['processes']}, wall time {results['wall_s']} s\n"
+        + (f"- UMT targets: {'cache `' + cfg.cache + '`' if cfg.cache else 'online teachers'}, "
+           f"λ = {cfg.distill_weight}\n" if cfg.method == "umt" else "")
+        + "- probe: a fresh linear classifier on the frozen encoder's pooled features (train split, centre "
+          "view), scored on the test split\n- resolved configuration: `config.yaml`; curves: `metrics.jsonl`\n")

@@ -44,7 +44,7 @@ def create(path: str | Path, attrs: dict[str, Any], dims: dict[str, int], shards
                              "remove it or choose another --out")
         return group
     group = zarr.open_group(str(path), mode="w")
-    chunk = max(1, min(rows, 64))
+    chunk = max(d for d in range(1, min(rows, 64) + 1) if rows % d == 0)  # inner chunks tile a shard
     for m, dim in dims.items():
         group.create_array(f"features/{m}", shape=(n, v, dim), dtype="float16", chunks=(chunk, v, dim),
                            shards=(rows, v, dim), fill_value=np.nan)

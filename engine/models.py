@@ -50,13 +50,13 @@ class BasicBlock(nn.Module):
 class ResNet18(nn.Module):
     """Four stages of two basic blocks (widths w, 2w, 4w, 8w), global average pooled to 8w.
 
-    The stem is a 3x3 convolution without max-pooling, suited to the small inputs umt trains on
-    CPU; at width 64 the stages match ResNet-18's.
+    The stem is one stride-2 3x3 convolution (ResNet-18's 7x7/2 + max-pool downsamples 4x, too
+    much for the small inputs umt trains on CPU); at width 64 the stages match ResNet-18's.
     """
 
     def __init__(self, in_channels: int, width: int):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 2, 1, bias=False),
                                   nn.BatchNorm2d(width), nn.ReLU(inplace=True))
         layers, c_in = [], width
         for stage, stride in enumerate((1, 2, 2, 2)):

@@ -149,12 +149,21 @@ def _train(cfg: TrainConfig, num_classes: int, accelerator: Accelerator, log: Me
             break
     results = {"steps": step, "train_samples_per_s": round(samples / train_time, 1),
                "data_wait_share": round(wait_time / train_time, 3)}
+    if world > 1:
+        results["replica_max_abs_diff"] = _replica_divergence(model, accelerator)
     if accelerator.is_main_process:
         net = accelerator.unwrap_model(model).eval()
         save_model(Path(cfg.out) / "model.pt", net, {"view": cfg.view.to_dict(), "method": cfg.method,
                                                       "seed": cfg.seed, "view_seed": view_seed})
         results.update(_final_eval(net, cfg, view_seed, device))
     return results
+
+
+def _replica_divergence(model: torch.nn.Module, accelerator: Accelerator) -> float:
+    """Largest parameter difference between any rank and rank 0: 0.0 unless DDP lost sync."""
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])[None]
+    replicas = accelerator.gather(flat)
+    return (replicas - replicas[0]).abs().max().item()
 
 
 def _top1(net: LateFusionNet, cfg: TrainConfig, split: str, seed: int, device: torch.device) -> float:

@@ -28,8 +28,10 @@ def encode_h264(frames: np.ndarray, fps: int, gop: int, crf: int = 18) -> bytes:
         stream = container.add_stream("libx264", rate=fps)
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
+        stream.codec_context.thread_count = 1  # x264's threads make the bitstream depend on timing
         stream.options = {"crf": str(crf), "g": str(gop), "keyint_min": str(gop), "bf": "0",
-                          "threads": "1", "preset": "veryfast", "sc_threshold": "0"}
+                          "threads": "1", "preset": "veryfast", "sc_threshold": "0",
+                          "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0"}
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())

@@ -40,7 +40,7 @@ class SynthConfig:
     video_cue: float = 0.8
     audio_cue: float = 0.9
     paired: float = 0.25
-    video_noise: float = 0.25
+    video_noise: float = 0.15
     audio_noise: float = 1.0
     shard_size: int = 250
     seed: int = 0
@@ -69,7 +69,7 @@ def draw_symbols(cfg: SynthConfig, rng: np.random.Generator) -> tuple[int, int, 
 
 def render_video(cfg: SynthConfig, symbol: int, rng: np.random.Generator) -> np.ndarray:
     """A square of the symbol's hue moving and bouncing over a noisy grey background."""
-    size, side = cfg.size, max(2, cfg.size // 6)
+    size, side = cfg.size, max(2, cfg.size // 5)
     rgb = np.array(colorsys.hsv_to_rgb(symbol / cfg.classes, 0.85, 0.9)) * 255.0
     frames = np.full((cfg.frames, size, size, 3), rng.uniform(60, 140), dtype=np.float32)
     pos = rng.uniform(0, size - side, 2)

@@ -1,0 +1,72 @@
+"""`make demo`: the whole UMT flow on the embedded synthetic dataset, in a few CPU minutes.
+
+synth → uni-modal teachers (video, audio) → `umt-cache build` → joint, UMT (cached targets), UME →
+one table of test top-1, per-modality linear-probe accuracy and training samples/s, printed and
+written to OUT/report.md. Every number is measured in this run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from umt.cache.builder import build
+from umt.loaders.shards import MANIFEST
+from umt.loaders.synth import SynthConfig, write_synth
+from umt.loaders.views import ViewSpec
+
+from .config import TrainConfig
+from .report import results_table
+from .train import run
+
+DATA = SynthConfig(train=1000, val=200, test=400, shard_size=250, paired=0.25)
+VIEW = ViewSpec(frames=4, stride=2, crop=32, audio_seconds=1.0, mel_bins=40)
+VIEWS = 4
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m umt.engine.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/demo")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    out, start = Path(args.out), time.perf_counter()
+    data = out / "data"
+    if not (data / MANIFEST).is_file():
+        write_synth(data, DATA)
+    base = TrainConfig(data=str(data), out="", epochs=args.epochs, batch_size=32, width=8, fusion="mlp",
+                       view=VIEW, num_workers=args.workers, log_every=20)
+
+    def train(name: str, **kw) -> dict:
+        print(f"\n== {name}")
+        return run(replace(base, out=str(out / name), **kw))
+
+    rows = [("uni-modal video (teacher)", train("video", method="unimodal", modalities=("video",))),
+            ("uni-modal audio (teacher)", train("audio", method="unimodal", modalities=("audio",)))]
+    teachers = {m: str(out / m / "model.pt") for m in ("video", "audio")}
+    print("\n== umt-cache build")
+    cache_start = time.perf_counter()
+    build(str(data), teachers, str(out / "cache.zarr"), VIEWS)
+    cache_s = time.perf_counter() - cache_start
+    rows += [("joint (late fusion)", train("joint", method="joint")),
+             ("UMT (cached teachers)", train("umt", method="umt", cache=str(out / "cache.zarr"))),
+             ("UME (logit average)", train("ume", method="ume", members=teachers))]
+    table = results_table(rows)
+    wall = time.perf_counter() - start
+    report = (f"# umt demo\n\n{table}\n\n"
+              f"- data: `umt-data synth` {json.dumps(asdict(DATA))}\n"
+              f"- views: {json.dumps(VIEW.to_dict())}; cache: {VIEWS} views per training clip, built in {cache_s:.1f} s\n"
+              f"- models: ResNet-18-style encoders, width {base.width} ({8 * base.width}-d features), "
+              f"{base.fusion.upper()} fusion head, {base.epochs} epochs, batch {base.batch_size}, UMT λ = {base.distill_weight}\n"
+              "- probe: fresh linear classifier on each frozen encoder's features (train split), test accuracy; "
+              "a probe below the uni-modal one is modality laziness\n"
+              f"- total wall time {wall:.0f} s\n")
+    (out / "report.md").write_text(report)
+    print("\n" + report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Shared tiny data and teachers, generated once per test session through the real CLIs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from umt.cache.cli import main as cache_main
+from umt.engine.cli import main as train_main
+from umt.loaders.cli import main as data_main
+
+# A dataset small enough that a few steps take a second: 4 train shards of 16 clips.
+SYNTH_ARGS = ["--train", "64", "--val", "16", "--test", "16", "--shard-size", "16", "--size", "24",
+              "--frames", "6", "--audio-seconds", "0.5", "--classes", "4"]
+VIEW_ARGS = ["--frames", "3", "--stride", "2", "--crop", "16", "--audio-seconds", "0.25", "--mel-bins", "16"]
+MODEL_ARGS = ["--width", "4", "--batch-size", "8", "--workers", "0", *VIEW_ARGS]
+
+
+def synth(out: Path, *extra: str) -> Path:
+    data_main(["synth", str(out), *SYNTH_ARGS, *extra])
+    return out
+
+
+def train(data: Path, out: Path, *extra: str) -> Path:
+    train_main(["--data", str(data), "--out", str(out), *MODEL_ARGS, *extra])
+    return out
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory) -> Path:
+    return synth(tmp_path_factory.mktemp("data") / "synth")
+
+
+@pytest.fixture(scope="session")
+def teachers(data, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("teachers")
+    return {m: train(data, root / m, "--method", "unimodal", "--modality", m, "--epochs", "1") / "model.pt"
+            for m in ("video", "audio")}
+
+
+@pytest.fixture(scope="session")
+def cache(data, teachers, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cache") / "cache.zarr"
+    cache_main(["build", "--data", str(data), "--out", str(out), "--views", "2", "--workers", "0",
+                *[f"--teacher={m}={p}" for m, p in teachers.items()]])
+    return out

@@ -82,7 +82,7 @@ class VideoEncoder(nn.Module):
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         b, t = clips.shape[:2]
-        frames = clips.flatten(0, 1).permute(0, 3, 1, 2).float()
+        frames = clips.flatten(0, 1).permute(0, 3, 1, 2).float().contiguous()  # NCHW, as DDP's buckets expect
         feats = self.net((frames - self.mean) / self.std)
         return feats.view(b, t, -1).mean(dim=1)
 

@@ -65,7 +65,7 @@ def run(cfg: TrainConfig) -> dict:
         (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
         write_report(out / "report.md", cfg, results)
         log.write({"final": results})
-    return results
+    return results if accelerator.is_main_process else {}
 
 
 def _targets(cfg: TrainConfig, model: LateFusionNet, device: torch.device):

@@ -1,0 +1,103 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import webdataset as wds
+import zarr
+
+from umt.cache.builder import _ShardViews
+from umt.cache.cli import main as cache_main
+from umt.engine.cli import main as train_main
+from umt.engine.targets import OnlineTeachers
+from umt.loaders.cli import main as data_main
+
+from conftest import MODEL_ARGS, synth, train
+
+
+def _fail(main, argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_cached_targets_equal_online_teacher_features(data, teachers, cache):
+    group = zarr.open_group(str(cache), mode="r")
+    online = OnlineTeachers({m: str(p) for m, p in teachers.items()}, torch.device("cpu"))
+    decode = _ShardViews(online.spec, ["audio", "video"], group.attrs["seed"], group.attrs["num_views"])
+    samples = list(wds.DataPipeline(wds.SimpleShardList([str(data / "train-000002.tar")]), wds.tarfile_to_samples()))
+    for sample in samples[:6]:
+        item = decode(sample)
+        targets = online({m: item[m] for m in ("audio", "video")})  # the views as a batch of V
+        for m, feature in targets.items():
+            cached = torch.from_numpy(group[f"features/{m}"][item["row"]]).float()
+            assert cached.shape == feature.shape == (2, 32)
+            # equal within float16 rounding: half an ulp of the value, plus float32 batch noise
+            assert ((cached - feature).abs() <= feature.abs() * 2 ** -11 + 1e-4).all()
+        assert (torch.from_numpy(group["views"][item["row"]]) == item["params"]).all()
+
+
+def test_cached_and_online_umt_give_the_same_training_signal(data, teachers, cache, tmp_path):
+    common = ["--method", "umt", "--max-steps", "4", "--log-every", "1", "--no-probe", "--seed", "3"]
+    train(data, tmp_path / "cached", *common, "--cache", str(cache))
+    train(data, tmp_path / "online", *common, "--num-views", "2", "--view-seed", "0",  # the cache's views
+          *[f"--teacher={m}={p}" for m, p in teachers.items()])
+    steps = {name: [r for r in map(json.loads, (tmp_path / name / "metrics.jsonl").read_text().splitlines())
+                    if "loss" in r] for name in ("cached", "online")}
+    assert len(steps["cached"]) == len(steps["online"]) == 4
+    for a, b in zip(steps["cached"], steps["online"]):
+        assert a["distill"] > 0
+        assert a["distill"] == pytest.approx(b["distill"], rel=2e-3)
+        assert a["loss"] == pytest.approx(b["loss"], rel=2e-3)
+
+
+def test_every_cli_end_to_end(data, teachers, cache, tmp_path, capsys):
+    data_main(["info", str(data)])
+    assert "train       64 samples in 4 shards" in capsys.readouterr().out
+    cache_main(["info", str(cache)])
+    assert "shards         4/4 complete" in capsys.readouterr().out
+    run = train(data, tmp_path / "joint", "--method", "joint", "--epochs", "1", "--fusion", "mlp")
+    assert {p.name for p in run.iterdir()} >= {"config.yaml", "metrics.jsonl", "model.pt", "results.json", "report.md"}
+    results = json.loads((run / "results.json").read_text())
+    assert set(results["probe"]) == {"video", "audio"} and 0 <= results["test_top1"] <= 1
+    assert "| joint | mlp |" in (run / "report.md").read_text()
+    ume = train(data, tmp_path / "ume", "--method", "ume", *[f"--member={m}={p}" for m, p in teachers.items()])
+    assert json.loads((ume / "results.json").read_text())["method"] == "ume"
+
+
+def test_bad_input_gives_clear_errors(data, teachers, cache, tmp_path, capsys):
+    base = ["--out", str(tmp_path / "run"), *MODEL_ARGS]
+    err = _fail(train_main, ["--data", str(tmp_path / "missing"), *base], capsys)
+    assert "missing does not exist" in err
+    other_data = synth(tmp_path / "other", "--seed", "7")
+    err = _fail(train_main, ["--data", str(other_data), "--method", "umt", "--cache", str(cache), *base], capsys)
+    assert "built from other data" in err
+    other_teacher = train(data, tmp_path / "v2", "--method", "unimodal", "--modality", "video", "--max-steps", "1",
+                          "--seed", "5", "--no-probe") / "model.pt"
+    err = _fail(train_main, ["--data", str(data), "--method", "umt", "--cache", str(cache),
+                             f"--teacher=video={other_teacher}", *base], capsys)
+    assert "holds video features of other teachers" in err
+    broken = tmp_path / "broken.zarr"
+    shutil.copytree(cache, broken)
+    zarr.open_group(str(broken), mode="r+")["done"][1] = 0
+    err = _fail(train_main, ["--data", str(data), "--method", "umt", "--cache", str(broken), *base], capsys)
+    assert "incomplete: 1 shard(s) unfinished (train-000001.tar)" in err
+    err = _fail(cache_main, ["build", "--data", str(data), "--out", str(tmp_path / "c"), f"--teacher=video={tmp_path}/nope.pt"], capsys)
+    assert "nope.pt does not exist" in err
+
+
+def test_two_process_training_keeps_replicas_identical(data, tmp_path):
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "ddp"
+    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                    "-m", "umt.engine.cli", "--data", str(data), "--out", str(out), "--method", "joint",
+                    "--max-steps", "3", "--no-probe", *MODEL_ARGS], check=True, env=env, timeout=300)
+    results = json.loads((out / "results.json").read_text())
+    assert results["processes"] == 2 and results["steps"] == 3
+    assert results["replica_max_abs_diff"] == 0.0

@@ -1,14 +1,20 @@
 """`umt-cache build`: run frozen uni-modal teachers once over every (training row, view).
 
 Work is divided by whole data shards: rank r of W owns shards r, r+W, ...; each finished shard is
-written in one piece and then marked done, so a rerun skips it. Teachers run in eval mode (BatchNorm
-running statistics), so a feature is a pure function of the weights and the view, and the online
-teacher of `umt-train --method umt --teacher ...` gives the same value.
+written in one piece and then marked done, so a rerun computes only unfinished shards. Batches
+never straddle two shards, so a shard's features come from the same batches whichever rank builds
+it and whether or not the build was interrupted: resumed and multi-process builds equal a plain one
+bit for bit. Teachers run in eval mode (BatchNorm running statistics), so a feature is a pure
+function of the weights and the view, and the online teacher of `umt-train --method umt
+--teacher ...` gives the same value.
 """
 from __future__ import annotations
 
+import functools
+import shutil
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -16,7 +22,7 @@ from accelerate import PartialState
 from tqdm import tqdm
 
 from umt.engine.checkpoint import fingerprint, load_model
-from umt.loaders.pipeline import batch_loader, decode_views
+from umt.loaders.pipeline import collate, decode_views, shard_loader
 from umt.loaders.shards import load_manifest, manifest_fingerprint, split_shards
 from umt.loaders.views import ViewSpec
 
@@ -39,8 +45,8 @@ def load_teachers(paths: dict[str, str], device: torch.device) -> tuple[dict, di
     return encoders, prints, ViewSpec(**dict(specs.pop()))
 
 
-class _ShardViews:
-    """Picklable map stage: one raw sample → all its views, stacked."""
+class ShardViews:
+    """Picklable map stage: one raw sample → all V of its views, stacked, plus where it came from."""
 
     def __init__(self, spec: ViewSpec, modalities: list[str], seed: int, num_views: int):
         self.spec, self.modalities, self.seed, self.views = spec, modalities, seed, list(range(num_views))
@@ -48,8 +54,24 @@ class _ShardViews:
     def __call__(self, sample: dict) -> dict:
         items = decode_views(sample, self.spec, self.modalities, self.seed, self.views)
         out = {k: torch.stack([it[k] for it in items]) for k in [*self.modalities, "params"]}
-        out["row"] = items[0]["row"]
+        out.update(row=items[0]["row"], key=sample["__key__"], __url__=sample["__url__"])
         return out
+
+
+def batched_by_shard(samples: Iterator[dict], batch_size: int) -> Iterator[dict]:
+    """Batches that never mix two shards, so batch composition depends on the shard alone."""
+    batch: list[dict] = []
+    for sample in samples:
+        if batch and (len(batch) == batch_size or sample["__url__"] != batch[0]["__url__"]):
+            yield collate(batch)
+            batch = []
+        batch.append(sample)
+    if batch:
+        yield collate(batch)
+
+
+def cache_bytes(num_samples: int, num_views: int, dims: dict[str, int]) -> int:
+    return num_samples * num_views * sum(dims.values()) * 2
 
 
 def build(data_dir: str, teachers: dict[str, str], out: str, num_views: int, seed: int = 0,
@@ -59,46 +81,60 @@ def build(data_dir: str, teachers: dict[str, str], out: str, num_views: int, see
     shards = split_shards(manifest, split)
     encoders, prints, spec = load_teachers(teachers, state.device)
     modalities = sorted(encoders)
+    dims = {m: encoders[m].out_dim for m in modalities}
     attrs = {"format": store.FORMAT, "split": split, "num_samples": sum(s["count"] for s in shards),
              "num_views": num_views, "seed": seed, "view_spec": spec.to_dict(),
              "data_dir": str(Path(data_dir).resolve()), "data_fingerprint": manifest_fingerprint(data_dir),
              "teachers": {m: {"fingerprint": prints[m], "checkpoint": str(Path(teachers[m]).resolve()),
-                              "dim": encoders[m].out_dim} for m in modalities},
+                              "dim": dims[m]} for m in modalities},
              "shards": [s["name"] for s in shards]}
     if state.is_main_process:
-        group = store.create(out, attrs, {m: encoders[m].out_dim for m in modalities}, shards)
+        size = cache_bytes(attrs["num_samples"], num_views, dims)
+        print(f"umt-cache: {attrs['num_samples']} samples x {num_views} views of {modalities} "
+              f"→ {size / 2**20:.1f} MiB of float16 features in {out}")
+        if not Path(out).exists():
+            _check_room(Path(out), size)
+        store.create(out, attrs, dims, shards, {"torch": torch.__version__, "processes": state.num_processes,
+                                                "device": str(state.device), "started": time.time()})
     state.wait_for_everyone()
     group = store.open_group(out)
     done = group["done"][:]
     mine = [i for i in range(len(shards)) if i % state.num_processes == state.process_index and not done[i]]
     todo = sum(shards[i]["count"] for i in mine)
     if state.is_main_process:
-        size = sum(attrs["num_samples"] * num_views * d * 2 for d in (encoders[m].out_dim for m in modalities))
-        print(f"umt-cache: {attrs['num_samples']} samples x {num_views} views of {modalities} "
-              f"→ {size / 2**20:.1f} MiB float16; {len(shards) - int(done.sum())} of {len(shards)} shards to do")
+        print(f"umt-cache: {len(shards) - int(done.sum())} of {len(shards)} shards to compute")
     offsets = np.array([s["offset"] for s in shards])
-    buffers: dict[int, dict] = {}
+    pending: dict[int, list[dict]] = {}
     start = time.perf_counter()
-    with torch.no_grad(), tqdm(total=todo, unit="clip", desc=f"cache[{state.process_index}]",
+    paths = [str(Path(data_dir) / shards[i]["name"]) for i in mine]
+    loader = shard_loader(paths, ShardViews(spec, modalities, seed, num_views),
+                          functools.partial(batched_by_shard, batch_size=batch_size), num_workers)
+    with torch.no_grad(), tqdm(total=todo, unit="clip", desc=f"cache[rank {state.process_index}]",
                                disable=not progress) as bar:
-        paths = [str(Path(data_dir) / shards[i]["name"]) for i in mine]
-        decode = _ShardViews(spec, modalities, seed, num_views)
-        for batch in batch_loader(paths, decode, batch_size, num_workers, partial=True) if paths else []:
+        for batch in loader if paths else []:
+            shard = int(np.searchsorted(offsets, int(batch["row"][0]), side="right") - 1)
             feats = {m: _teacher_features(encoders[m], batch[m].to(state.device)) for m in modalities}
-            for j, row in enumerate(batch["row"].tolist()):
-                shard = int(np.searchsorted(offsets, row, side="right") - 1)
-                buf = buffers.setdefault(shard, {"rows": {}})
-                buf["rows"][row - offsets[shard]] = ({m: feats[m][j] for m in modalities}, batch["params"][j].numpy())
-                if len(buf["rows"]) == shards[shard]["count"]:
-                    _write_shard(group, shard, shards[shard], buffers.pop(shard)["rows"], modalities)
+            pending.setdefault(shard, []).append({"row": batch["row"].numpy(), "key": batch["key"],
+                                                  "params": batch["params"].numpy(), **feats})
+            if sum(len(p["row"]) for p in pending[shard]) == shards[shard]["count"]:
+                _write_shard(group, shard, shards[shard], pending.pop(shard), modalities)
             bar.update(len(batch["row"]))
-    if buffers:
-        raise store.CacheError(f"shards {[shards[i]['name'] for i in buffers]} ended short of their "
+    if pending:
+        raise store.CacheError(f"shards {[shards[i]['name'] for i in pending]} ended short of their "
                                "manifest counts: the data changed since the manifest was written")
     state.wait_for_everyone()
     if state.is_main_process and todo:
-        print(f"umt-cache: {todo} clips in {time.perf_counter() - start:.1f} s on rank 0")
+        print(f"umt-cache: rank 0 computed {todo} clips in {time.perf_counter() - start:.1f} s")
     return Path(out)
+
+
+def _check_room(out: Path, size: int) -> None:
+    parent = out.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(parent).free
+    if free < size * 1.1 + 2**20:
+        raise store.CacheError(f"{parent} has {free / 2**20:.0f} MiB free, the cache needs about "
+                               f"{size * 1.1 / 2**20:.0f} MiB; free space or choose another --out")
 
 
 def _teacher_features(encoder: torch.nn.Module, views: torch.Tensor) -> np.ndarray:
@@ -107,13 +143,16 @@ def _teacher_features(encoder: torch.nn.Module, views: torch.Tensor) -> np.ndarr
     return encoder(views.flatten(0, 1)).view(b, v, -1).to(torch.float16).cpu().numpy()
 
 
-def _write_shard(group, index: int, shard: dict, rows: dict, modalities: list[str]) -> None:
+def _write_shard(group, index: int, shard: dict, parts: list[dict], modalities: list[str]) -> None:
     """Write one data shard's rows in one piece, then mark it done (the resume point)."""
-    order = sorted(rows)
+    rows = np.concatenate([p["row"] for p in parts]) - shard["offset"]
+    order = np.argsort(rows)
+    if not np.array_equal(rows[order], np.arange(shard["count"])):
+        raise store.CacheError(f"{shard['name']}: rows {sorted(set(range(shard['count'])) - set(rows.tolist()))[:5]} "
+                               "missing or repeated; the shard does not match the manifest")
     lo, hi = shard["offset"], shard["offset"] + shard["count"]
     for m in modalities:
-        group[f"features/{m}"][lo:hi] = np.stack([rows[r][0][m] for r in order])
-    group["views"][lo:hi] = np.stack([rows[r][1] for r in order])
+        group[f"features/{m}"][lo:hi] = np.concatenate([p[m] for p in parts])[order]
+    group["views"][lo:hi] = np.concatenate([p["params"] for p in parts])[order]
+    group["keys"][lo:hi] = np.array([k for p in parts for k in p["key"]])[order]
     group["done"][index] = 1
-
-

@@ -7,6 +7,7 @@ from umt.loaders.errors import UserError, run_cli
 
 from . import store
 from .builder import build
+from .verify import verify
 
 
 def parse_assignments(items: list[str], flag: str) -> dict[str, str]:
@@ -35,6 +36,14 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--split", default="train", help="split to cache (default train)")
     b.add_argument("--batch-size", type=int, default=32)
     b.add_argument("--workers", type=int, default=1, help="decoding worker processes")
+    v = sub.add_parser("verify", help="check completeness, fingerprints, finiteness; optionally recompute "
+                       "random entries online (exit 0 only when every check passes)")
+    v.add_argument("cache")
+    v.add_argument("--data", required=True, help="the shard directory the cache was built from")
+    v.add_argument("--recompute", type=int, default=0, metavar="K", help="recompute K random (row, view) pairs")
+    v.add_argument("--teacher", action="append", default=[], metavar="MODALITY=CKPT",
+                   help="check against these teachers (default: the checkpoints recorded in the cache)")
+    v.add_argument("--seed", type=int, default=0, help="seed choosing the pairs to recompute")
     i = sub.add_parser("info", help="print what a cache holds")
     i.add_argument("cache")
     args = parser.parse_args(argv)
@@ -46,6 +55,12 @@ def main(argv: list[str] | None = None) -> None:
             path = build(args.data, parse_assignments(args.teacher, "--teacher"), args.out, args.views, args.seed,
                          args.split, args.batch_size, args.workers)
             print(store.summary(store.open_group(path), path))
+        elif args.command == "verify":
+            ok, lines = verify(args.cache, args.data, args.recompute,
+                               parse_assignments(args.teacher, "--teacher") or None, args.seed)
+            print("\n".join(lines))
+            if not ok:
+                raise SystemExit(1)
         else:
             print(store.summary(store.open_group(args.cache), args.cache))
 

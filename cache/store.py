@@ -3,9 +3,10 @@
     CACHE.zarr/
       attrs             format, split, num_samples N, num_views V, seed, view spec, data
                         fingerprint (manifest hash), per-modality teacher fingerprint and feature
-                        dim, the data shards it mirrors
+                        dim, the data shards it mirrors; `build`: versions, start time, processes
       features/<m>      float16 [N, V, D]   teacher feature of (row, view)
       views             int32   [N, V, 5]   the view parameters (t0, y0, x0, flip, audio offset)
+      keys              str     [N]         sample keys, to trace a row back to its clip
       done              uint8   [S]         completion marker per data shard
 
 Rows are the split's rows in manifest order. One Zarr shard holds exactly one data shard's rows,
@@ -29,29 +30,36 @@ class CacheError(UserError):
     """A cache is missing, incomplete, or does not belong to the given data or teachers."""
 
 
-def create(path: str | Path, attrs: dict[str, Any], dims: dict[str, int], shards: list[dict]) -> zarr.Group:
-    """Create an empty cache (or reopen one with identical attributes, to resume a build)."""
+def create(path: str | Path, attrs: dict[str, Any], dims: dict[str, int], shards: list[dict],
+           build_info: dict[str, Any]) -> zarr.Group:
+    """Create an empty cache, or reopen one whose identity attributes equal `attrs` (a resume).
+
+    `attrs` identify the cache (data, teachers, views); `build_info` only describes the build
+    (versions, start time, processes) and may differ between a build and its resumption.
+    """
     rows = shards[0]["count"]
     misaligned = [s["name"] for s in shards[:-1] if s["count"] != rows]
     if misaligned:
         raise CacheError(f"data shards {misaligned} hold a different number of samples than the first "
                          f"({rows}); the cache needs equal-size shards (the last may be smaller)")
-    n, v = attrs["num_samples"], attrs["num_views"]
     if Path(path).exists():
         group = open_group(path)
         if {k: group.attrs.get(k) for k in attrs} != attrs:
             raise CacheError(f"{path} exists and was built with other settings, data or teachers; "
                              "remove it or choose another --out")
-        return group
-    group = zarr.open_group(str(path), mode="w")
+    else:
+        group = zarr.open_group(str(path), mode="w", attributes={**attrs, "build": build_info})
+    n, v = attrs["num_samples"], attrs["num_views"]
     chunk = max(d for d in range(1, min(rows, 64) + 1) if rows % d == 0)  # inner chunks tile a shard
-    for m, dim in dims.items():
-        group.create_array(f"features/{m}", shape=(n, v, dim), dtype="float16", chunks=(chunk, v, dim),
-                           shards=(rows, v, dim), fill_value=np.nan)
-    group.create_array("views", shape=(n, v, len(VIEW_FIELDS)), dtype="int32",
-                       chunks=(chunk, v, len(VIEW_FIELDS)), shards=(rows, v, len(VIEW_FIELDS)), fill_value=-1)
-    group.create_array("done", shape=(len(shards),), dtype="uint8", chunks=(1,), fill_value=0)
-    group.attrs.update(attrs)
+    arrays = {f"features/{m}": ((n, v, dim), "float16", np.nan) for m, dim in dims.items()}
+    arrays["views"] = ((n, v, len(VIEW_FIELDS)), "int32", -1)
+    arrays["keys"] = ((n,), str, "")
+    for name, (shape, dtype, fill) in arrays.items():
+        if name not in group:  # a build killed while creating arrays resumes here
+            group.create_array(name, shape=shape, dtype=dtype, fill_value=fill,
+                               chunks=(chunk, *shape[1:]), shards=(rows, *shape[1:]))
+    if "done" not in group:
+        group.create_array("done", shape=(len(shards),), dtype="uint8", chunks=(1,), fill_value=0)
     return group
 
 
@@ -110,8 +118,3 @@ def summary(group: zarr.Group, path: str | Path) -> str:
     size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
     lines.append(f"size on disk   {size / 2**20:.1f} MiB")
     return "\n".join(lines)
-
-
-def load_features(group: zarr.Group) -> dict[str, np.ndarray]:
-    """The whole feature table per modality, read once into RAM (never per sample: DESIGN.md §3)."""
-    return {m: group[f"features/{m}"][:] for m in group.attrs["teachers"]}

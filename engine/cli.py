@@ -52,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--shuffle-buffer", type=int, default=d.shuffle_buffer)
     p.add_argument("--lambda", dest="distill_weight", type=float, default=d.distill_weight, help="UMT weight λ")
     p.add_argument("--cache", help="UMT: teacher-feature cache from `umt-cache build`")
+    p.add_argument("--cache-budget-gb", type=float, default=d.cache_budget_gb, help="load the cache whole onto "
+                   "the training device up to this size; beyond it, stream it shard by shard")
     p.add_argument("--teacher", action="append", default=[], metavar="MODALITY=CKPT",
                    help="UMT: online teacher, or with --cache the teacher to verify the cache against")
     p.add_argument("--member", action="append", default=[], metavar="MODALITY=CKPT", help="UME member")

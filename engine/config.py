@@ -35,6 +35,7 @@ class TrainConfig:
     shuffle_buffer: int = 256
     distill_weight: float = 10.0     # UMT's λ (BalanceMM uses 10 with mean-reduced MSE)
     cache: str | None = None         # UMT targets from `umt-cache build`
+    cache_budget_gb: float = 8.0     # hold the cache whole in memory up to this size, else stream shards
     teachers: dict[str, str] = field(default_factory=dict)  # modality → uni-modal checkpoint
     members: dict[str, str] = field(default_factory=dict)   # UME: modality → uni-modal checkpoint
     max_steps: int | None = None     # stop early (smoke tests)

@@ -9,6 +9,7 @@ import torch
 
 from umt.cache import store
 from umt.cache.builder import load_teachers
+from umt.cache.reader import FeatureTable
 from umt.loaders.shards import manifest_fingerprint
 from umt.loaders.views import ViewSpec
 
@@ -19,16 +20,19 @@ class OnlineTeachers:
     def __init__(self, checkpoints: dict[str, str], device: torch.device):
         self.encoders, self.fingerprints, self.spec = load_teachers(checkpoints, device)
 
+    def dims(self) -> dict[str, int]:
+        return {m: enc.out_dim for m, enc in self.encoders.items()}
+
     @torch.no_grad()
     def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {m: enc(batch[m]).float() for m, enc in self.encoders.items()}
 
 
 class CachedTargets:
-    """A cache's feature table held on the training device; a batch's targets are one gather."""
+    """Targets read from a verified cache: whole in memory within `budget_bytes`, else streamed."""
 
     def __init__(self, path: str, data_dir: str, spec: ViewSpec, device: torch.device,
-                 teachers: dict[str, str] | None = None):
+                 teachers: dict[str, str] | None = None, budget_bytes: int = 8 << 30):
         group = store.open_group(path)
         prints = load_teachers(teachers, torch.device("cpu"))[1] if teachers else None
         store.check(group, path, manifest_fingerprint(data_dir), prints)
@@ -37,7 +41,10 @@ class CachedTargets:
                                    f"uses {spec.to_dict()}; train with the cache's view spec")
         self.seed = group.attrs["seed"]
         self.num_views = group.attrs["num_views"]
-        self.tables = {m: torch.from_numpy(t).to(device) for m, t in store.load_features(group).items()}
+        self.table = FeatureTable(group, device, budget_bytes)
+
+    def dims(self) -> dict[str, int]:
+        return self.table.dims()
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {m: t[batch["row"], batch["view"]].float() for m, t in self.tables.items()}
+        return self.table.gather(batch["row"], batch["view"])

@@ -74,17 +74,17 @@ def _targets(cfg: TrainConfig, model: LateFusionNet, device: torch.device):
     if cfg.method != "umt":
         return None, view_seed, cfg.num_views
     if cfg.cache:
-        targets = CachedTargets(cfg.cache, cfg.data, cfg.view, device, cfg.teachers or None)
+        targets = CachedTargets(cfg.cache, cfg.data, cfg.view, device, cfg.teachers or None,
+                                int(cfg.cache_budget_gb * 2**30))
         for name, given, cached in (("view_seed", cfg.view_seed, targets.seed),
                                     ("num_views", cfg.num_views, targets.num_views)):
             if given is not None and given != cached:
                 raise ConfigError(f"{name}={given} but the cache {cfg.cache} was built with {cached}")
         view_seed, num_views = targets.seed, targets.num_views
-        dims = {m: t.shape[-1] for m, t in targets.tables.items()}
     else:
         targets = OnlineTeachers(cfg.teachers, device)
         num_views = cfg.num_views
-        dims = {m: enc.out_dim for m, enc in targets.encoders.items()}
+    dims = targets.dims()
     student = {m: enc.out_dim for m, enc in model.encoders.items()}
     if any(dims.get(m) != student[m] for m in student):
         raise ConfigError(f"teacher feature dims {dims} do not match the student's {student} "

@@ -85,10 +85,15 @@ def worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def collate(items: list[dict]) -> dict[str, torch.Tensor]:
-    """Stack tensors, tensorise ints; drop webdataset's bookkeeping keys (__key__)."""
-    return {key: torch.stack([it[key] for it in items]) if torch.is_tensor(items[0][key])
-            else torch.tensor([it[key] for it in items]) for key in items[0] if not key.startswith("__")}
+def collate(items: list[dict]) -> dict:
+    """Stack tensors, tensorise numbers, list strings; drop webdataset's bookkeeping keys (__key__)."""
+    out = {}
+    for key, first in items[0].items():
+        if key.startswith("__"):
+            continue
+        values = [it[key] for it in items]
+        out[key] = torch.stack(values) if torch.is_tensor(first) else values if isinstance(first, str) else torch.tensor(values)
+    return out
 
 
 def make_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Sequence[str],
@@ -121,10 +126,16 @@ def batch_loader(paths: list[str], decode: Callable[[dict], dict], batch_size: i
                  partial: bool, shuffle_buffer: int = 0,
                  rng: random.Random | None = None) -> torch.utils.data.DataLoader:
     """Shards → tar samples → (seeded shuffle) → decode → batches, in DataLoader workers."""
-    stages = [wds.SimpleShardList(paths), wds.split_by_worker, wds.tarfile_to_samples()]
-    if rng is not None and shuffle_buffer > 1:
-        stages.append(wds.shuffle(shuffle_buffer, initial=shuffle_buffer, rng=rng))
-    stages += [wds.map(decode), wds.batched(batch_size, collation_fn=collate, partial=partial)]
+    stages = [wds.shuffle(shuffle_buffer, initial=shuffle_buffer, rng=rng)] if rng and shuffle_buffer > 1 else []
+    return shard_loader(paths, decode, wds.batched(batch_size, collation_fn=collate, partial=partial),
+                        num_workers, stages)
+
+
+def shard_loader(paths: list[str], decode: Callable[[dict], dict], batcher: Callable, num_workers: int,
+                 before_decode: Sequence = ()) -> torch.utils.data.DataLoader:
+    """The shared skeleton: shards split over workers → tar samples → ... → decode → batcher."""
+    stages = [wds.SimpleShardList(paths), wds.split_by_worker, wds.tarfile_to_samples(), *before_decode,
+              wds.map(decode), batcher]
     return torch.utils.data.DataLoader(wds.DataPipeline(*stages), batch_size=None,
                                        num_workers=min(num_workers, len(paths)), worker_init_fn=worker_init)
 

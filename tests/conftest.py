@@ -1,6 +1,9 @@
 """Shared tiny data and teachers, generated once per test session through the real CLIs."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,3 +47,11 @@ def cache(data, teachers, tmp_path_factory) -> Path:
     cache_main(["build", "--data", str(data), "--out", str(out), "--views", "2", "--workers", "0",
                 *[f"--teacher={m}={p}" for m, p in teachers.items()]])
     return out
+
+
+def accelerate_launch(module: str, *args: str, processes: int = 2) -> None:
+    """Run `python -m module args` as several CPU processes through Accelerate (gloo DDP)."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                    str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                    "-m", module, *args], check=True, env=env, timeout=300)

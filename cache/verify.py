@@ -1,0 +1,98 @@
+"""`umt-cache verify`: is this cache complete, finite, and what these teachers give on this data?
+
+Checks, each reported on its own line: every shard marked done; the data fingerprint; the teacher
+fingerprints (against the checkpoints recorded in the cache, or the ones given); no NaN or Inf in any
+feature (read shard by shard); and, with --recompute K, K random (row, view) pairs recomputed
+online, compared within float16 rounding. The last line is `max_abs_diff=<float>` when recomputing.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from umt.loaders.errors import UserError
+from umt.loaders.pipeline import decode_views
+from umt.loaders.shards import manifest_fingerprint
+from umt.loaders.views import ViewSpec
+
+from . import store
+from .builder import load_teachers
+
+
+def verify(path: str, data_dir: str, recompute: int = 0, teachers: dict[str, str] | None = None,
+           seed: int = 0) -> tuple[bool, list[str]]:
+    """(all checks passed, report lines)."""
+    group = store.open_group(path)
+    attrs = group.attrs
+    lines: list[str] = []
+
+    def report(ok: bool, what: str) -> bool:
+        lines.append(f"{'ok  ' if ok else 'FAIL'} {what}")
+        return ok
+
+    missing = store.missing_shards(group)
+    ok = report(not missing, f"completeness: {len(attrs['shards']) - len(missing)}/{len(attrs['shards'])} shards done"
+                + (f", unfinished: {', '.join(missing[:5])}" if missing else ""))
+    data_fp = manifest_fingerprint(data_dir)
+    ok &= report(data_fp == attrs["data_fingerprint"], f"data fingerprint {data_fp[:23]}…"
+                 + ("" if data_fp == attrs["data_fingerprint"] else f" ≠ cache's {attrs['data_fingerprint'][:23]}…"))
+    paths = teachers or {m: t["checkpoint"] for m, t in attrs["teachers"].items()}
+    try:
+        encoders, prints, _ = load_teachers(paths, torch.device("cpu"))
+    except UserError as err:
+        report(False, f"teachers: {err}")
+        return False, lines
+    for m, t in attrs["teachers"].items():
+        same = prints.get(m) == t["fingerprint"]
+        ok &= report(same, f"teacher {m}: {paths.get(m)} " + ("matches" if same else "is not the teacher this cache was built from"))
+    ok &= _scan_finite(group, report)
+    if recompute:
+        diff, within = _recompute(group, data_dir, encoders, recompute, seed)
+        ok &= report(within, f"recomputed {recompute} (row, view) pairs online: "
+                     + ("equal within float16 rounding" if within else "DIFFER from the cache"))
+        lines.append(f"max_abs_diff={diff:.6g}")
+    return bool(ok), lines
+
+
+def _scan_finite(group, report) -> bool:
+    bad = {}
+    for m in group.attrs["teachers"]:
+        arr = group[f"features/{m}"]
+        for lo in range(0, arr.shape[0], arr.shards[0]):
+            rows = ~np.isfinite(arr[lo:lo + arr.shards[0]]).all(axis=(1, 2))
+            if rows.any():
+                bad.setdefault(m, []).extend((lo + np.flatnonzero(rows)).tolist())
+    return report(not bad, "finite: no NaN or Inf" if not bad else
+                  "finite: NaN/Inf in " + "; ".join(f"{m} rows {r[:5]}{'…' if len(r) > 5 else ''} ({len(r)})" for m, r in bad.items()))
+
+
+def _recompute(group, data_dir: str, encoders: dict, k: int, seed: int) -> tuple[float, bool]:
+    """Recompute k random (row, view) pairs; (largest |cached − online|, all within rounding)."""
+    attrs = group.attrs
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(attrs["num_samples"], size=min(k, attrs["num_samples"]), replace=False)
+    views = rng.integers(0, attrs["num_views"], size=len(rows))
+    wanted = dict(zip(rows.tolist(), views.tolist()))
+    shard_rows = group["views"].shards[0]
+    spec = ViewSpec(**attrs["view_spec"])
+    shards = sorted({r // shard_rows for r in wanted})
+    urls = [str(Path(data_dir) / attrs["shards"][s]) for s in shards]
+    worst, within = 0.0, True
+    with torch.no_grad():
+        for sample in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples()):
+            item_row = json.loads(sample["json"])["row"]
+            if item_row not in wanted:
+                continue
+            view = wanted[item_row]
+            item = decode_views(sample, spec, sorted(encoders), attrs["seed"], [view])[0]
+            for m, enc in encoders.items():
+                online = enc(item[m][None])[0].float()
+                cached = torch.from_numpy(group[f"features/{m}"][item_row, view].astype(np.float32))
+                diff = (cached - online).abs()
+                worst = max(worst, float(diff.max())) if torch.isfinite(diff).all() else float("nan")
+                within &= bool((diff <= online.abs() * 2 ** -11 + 1e-3).all())
+    return worst, within

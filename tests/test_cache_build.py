@@ -1,0 +1,118 @@
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from umt.cache.builder import _check_room
+from umt.cache.cli import main as cache_main
+from umt.cache.reader import FeatureTable
+from umt.cache.store import CacheError
+
+from conftest import accelerate_launch, synth
+
+
+def _arrays(path) -> dict[str, np.ndarray]:
+    group = zarr.open_group(str(path), mode="r")
+    return {name: group[name][:] for name in ("features/video", "features/audio", "views", "keys", "done")}
+
+
+def _assert_same_cache(a, b) -> None:
+    x, y = _arrays(a), _arrays(b)
+    for name in x:
+        assert np.array_equal(x[name], y[name]), name
+    assert x["done"].all()
+
+
+def _build_args(data, teachers, out, *extra) -> list[str]:
+    return ["build", "--data", str(data), "--out", str(out), "--workers", "0",
+            *[f"--teacher={m}={p}" for m, p in teachers.items()], *extra]
+
+
+def test_killed_build_resumes_to_the_uninterrupted_result(teachers, tmp_path):
+    data = synth(tmp_path / "data", "--train", "192", "--shard-size", "12")  # 16 shards
+    args = _build_args(data, teachers, tmp_path / "killed.zarr", "--views", "6", "--batch-size", "4")
+    proc = subprocess.Popen([sys.executable, "-m", "umt.cache.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done, deadline = 0, time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            done = int(zarr.open_group(str(tmp_path / "killed.zarr"), mode="r")["done"][:].sum())
+        except Exception:  # the store is still being created
+            done = 0
+        if done >= 2:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the build finished before it could be killed"
+    left = zarr.open_group(str(tmp_path / "killed.zarr"), mode="r")["done"][:]
+    assert 2 <= left.sum() < 16
+    cache_main(args)  # resume: computes only the unfinished shards
+    cache_main(_build_args(data, teachers, tmp_path / "whole.zarr", "--views", "6", "--batch-size", "4"))
+    _assert_same_cache(tmp_path / "killed.zarr", tmp_path / "whole.zarr")
+
+
+def test_two_process_build_equals_one_process_build(data, teachers, cache, tmp_path):
+    out = tmp_path / "ddp.zarr"
+    accelerate_launch("umt.cache.cli", *_build_args(data, teachers, out, "--views", "2"))
+    _assert_same_cache(out, cache)
+
+
+def _verify(cache, data, *extra) -> tuple[int, str]:
+    proc = subprocess.run([sys.executable, "-m", "umt.cache.cli", "verify", str(cache), "--data", str(data),
+                           "--recompute", "64", *extra], capture_output=True, text=True, timeout=120)
+    return proc.returncode, proc.stdout
+
+
+def test_verify_passes_fresh_and_fails_tampered_caches(data, teachers, cache, tmp_path):
+    code, out = _verify(cache, data)
+    assert code == 0, out
+    assert float(out.strip().splitlines()[-1].removeprefix("max_abs_diff=")) < 1e-2
+
+    edited = tmp_path / "edited.zarr"
+    shutil.copytree(cache, edited)
+    zarr.open_group(str(edited), mode="r+")["features/audio"][5] += 0.5
+    code, out = _verify(edited, data)
+    assert code == 1 and "DIFFER" in out and float(out.splitlines()[-1].split("=")[1]) >= 0.4
+
+    holed = tmp_path / "holed.zarr"
+    shutil.copytree(cache, holed)
+    shard_file = holed / "features" / "video" / "c" / "2" / "0" / "0"
+    assert shard_file.is_file()
+    shard_file.unlink()
+    code, out = _verify(holed, data)
+    assert code == 1 and "FAIL finite: NaN/Inf in video rows [32, 33" in out
+
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(teachers["video"], other / "model.pt")
+    state = torch.load(other / "model.pt", weights_only=True)
+    state["state_dict"]["head.bias"] += 1.0
+    torch.save(state, other / "model.pt")
+    code, out = _verify(cache, data, f"--teacher=video={other / 'model.pt'}", f"--teacher=audio={teachers['audio']}")
+    assert code == 1 and "FAIL teacher video" in out
+
+
+def test_streamed_reader_equals_in_memory_reader(cache):
+    group = zarr.open_group(str(cache), mode="r")
+    whole = FeatureTable(group, torch.device("cpu"), budget_bytes=1 << 30)
+    streamed = FeatureTable(group, torch.device("cpu"), budget_bytes=0, resident_shards=2)
+    assert not whole.streaming and streamed.streaming
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        rows, views = torch.randint(0, 64, (16,), generator=gen), torch.randint(0, 2, (16,), generator=gen)
+        a, b = whole.gather(rows, views), streamed.gather(rows, views)
+        assert all(torch.equal(a[m], b[m]) for m in ("video", "audio"))
+    assert len(streamed._blocks) <= 2
+
+
+def test_build_refuses_when_the_disk_lacks_room(tmp_path):
+    with pytest.raises(CacheError, match="MiB free, the cache needs about"):
+        _check_room(tmp_path / "c.zarr", 1 << 60)

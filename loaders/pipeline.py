@@ -52,16 +52,18 @@ def decode_views(sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: 
     except (KeyError, ValueError, MediaError) as err:
         raise MediaError(f"{where}: {err}") from err
     window = audio_window(spec, geom.sample_rate)
+    if wave is not None:  # every view's window through one STFT call
+        pieces = torch.from_numpy(np.stack([wave[v.audio_offset:v.audio_offset + window] for v in views]))
+        mels = log_mel(pieces, geom.sample_rate, spec.mel_bins).unsqueeze(1)
     out = []
-    for index, view in zip(view_indices, views):
+    for i, (index, view) in enumerate(zip(view_indices, views)):
         item = {"label": meta["label"], "row": meta["row"], "view": index,
                 "params": torch.tensor(view.as_tuple(), dtype=torch.int32)}
         if frames is not None:
             clip = yuv420_crop_to_rgb(frames[view.t0:view.t0 + span:spec.stride], view.y0, view.x0, spec.crop)
             item["video"] = torch.from_numpy(np.ascontiguousarray(clip[:, :, ::-1] if view.flip else clip))
         if wave is not None:
-            piece = torch.from_numpy(wave[view.audio_offset:view.audio_offset + window])
-            item["audio"] = log_mel(piece, geom.sample_rate, spec.mel_bins).unsqueeze(0)
+            item["audio"] = mels[i]
         out.append(item)
     return out
 

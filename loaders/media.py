@@ -6,6 +6,7 @@ bit-exact flags and one thread so that the same frames always give the same byte
 from __future__ import annotations
 
 import io
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -28,12 +29,17 @@ def encode_h264(frames: np.ndarray, fps: int, gop: int, crf: int = 18) -> bytes:
         stream = container.add_stream("libx264", rate=fps)
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
-        stream.codec_context.thread_count = 1  # x264's threads make the bitstream depend on timing
+        # Reproducible bitstreams: one thread, and no lookahead-driven rate control (mbtree, weightp),
+        # which gave run-to-run differences on the same frames when other codecs ran in the process.
+        stream.codec_context.thread_count = 1
         stream.options = {"crf": str(crf), "g": str(gop), "keyint_min": str(gop), "bf": "0",
                           "threads": "1", "preset": "veryfast", "sc_threshold": "0",
-                          "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0"}
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+                          "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0:weightp=0:mbtree=0:rc-lookahead=0"}
+        for index, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = index
+            frame.time_base = Fraction(1, fps)
+            container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return buf.getvalue()
 

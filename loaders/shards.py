@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,15 @@ class DataError(UserError):
 
 
 class ShardWriter:
-    """Writes samples into one tar file with reproducible member headers."""
+    """Writes samples into one tar file with reproducible member headers.
+
+    The tar is written under `<name>.tmp` and renamed on close, so a shard file that exists is whole.
+    """
 
     def __init__(self, path: Path):
-        self.path = path
-        self._tar = tarfile.open(path, "w", format=tarfile.USTAR_FORMAT)
+        self.path = Path(path)
+        self._tmp = self.path.with_name(self.path.name + ".tmp")
+        self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
         self.count = 0
 
     def write(self, key: str, members: dict[str, bytes]) -> None:
@@ -47,6 +52,7 @@ class ShardWriter:
     def close(self) -> dict[str, Any]:
         """Close the tar and return its manifest entry (without the row offset)."""
         self._tar.close()
+        os.replace(self._tmp, self.path)
         return {"name": self.path.name, "count": self.count, "bytes": self.path.stat().st_size,
                 "sha256": sha256_file(self.path)}
 

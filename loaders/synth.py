@@ -135,7 +135,8 @@ def write_synth(out: str | Path, cfg: SynthConfig, progress: bool = True) -> Pat
                     writer.write(*make_sample(cfg, split, row))
                     bar.update()
                 shards.append(writer.close())
-            splits[split] = {"num_samples": count, "shards": with_offsets(shards)}
+            splits[split] = {"num_samples": count, "shards": with_offsets(shards),
+                             "video_hours": round(count * cfg.frames / cfg.fps / 3600, 4)}
     manifest = {
         "format": FORMAT,
         "classes": [class_name(k) for k in range(cfg.classes)],
@@ -143,6 +144,7 @@ def write_synth(out: str | Path, cfg: SynthConfig, progress: bool = True) -> Pat
                        "audio": {"codec": "flac", "sample_rate": cfg.sample_rate}},
         "splits": splits,
         "source": {"generator": "umt-data synth", "config": asdict(cfg)},
+        "flags": {},
         "rejected": [],
     }
     return write_manifest(out, manifest)

@@ -1,0 +1,80 @@
+"""Annotation files → the list of clips to pack: (source file, label, split).
+
+Formats:
+  generic   `path,label[,split]` with a header row; paths relative to --root or absolute
+  kinetics  `label,youtube_id,time_start,time_end,split` with a header row; files named
+            `<youtube_id>_<start:06d>_<end:06d>.<ext>` anywhere under --root
+  vggsound  `youtube_id,start_seconds,label,split` without a header; files named
+            `<youtube_id>_<start:06d>.<ext>` (or `_<start>` / `_<start:06d>_<end:06d>`) under --root
+A clip whose file cannot be found is kept, with path None, so the packer reports it as rejected.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+FORMATS = ("generic", "kinetics", "vggsound")
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "validate": "val", "validation": "val",
+                 "test": "test", "testing": "test"}
+
+
+@dataclass(frozen=True)
+class ClipInput:
+    source: str          # as named in the annotation file
+    path: str | None     # the file found on disk, or None
+    label: str
+    split: str
+
+
+def _split(value: str, where: str) -> str:
+    split = SPLIT_ALIASES.get(value.strip().lower())
+    if split is None:
+        raise UserError(f"{where}: unknown split {value!r} (expected train, val or test)")
+    return split
+
+
+def _index_files(root: Path) -> dict[str, str]:
+    """File stem → path for every file under root (Kinetics/VGG-Sound trees nest by split and class)."""
+    return {p.stem: str(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def read_annotations(csv_path: str | Path, fmt: str, root: str | Path, default_split: str = "train") -> list[ClipInput]:
+    csv_path, root = Path(csv_path), Path(root)
+    if fmt not in FORMATS:
+        raise UserError(f"--format must be one of {FORMATS}, got {fmt!r}")
+    if not csv_path.is_file():
+        raise UserError(f"annotation file {csv_path} does not exist")
+    if not root.is_dir():
+        raise UserError(f"video root {root} is not a directory")
+    with open(csv_path, newline="", encoding="utf-8") as handle:
+        rows = [r for r in csv.reader(handle) if r and any(c.strip() for c in r)]
+    if fmt != "vggsound":
+        rows = rows[1:]  # header
+    files = _index_files(root) if fmt != "generic" else {}
+    clips = []
+    for n, row in enumerate(rows, start=2 if fmt != "vggsound" else 1):
+        where = f"{csv_path}:{n}"
+        try:
+            if fmt == "generic":
+                source, label = row[0], row[1]
+                split = _split(row[2], where) if len(row) > 2 and row[2].strip() else default_split
+                path = Path(source) if Path(source).is_absolute() else root / source
+                found = str(path) if path.is_file() else None
+            elif fmt == "kinetics":
+                label, yid, start, end, split = row[0], row[1], int(float(row[2])), int(float(row[3])), _split(row[4], where)
+                source = f"{yid}_{start:06d}_{end:06d}"
+                found = files.get(source)
+            else:
+                yid, start, label, split = row[0], int(float(row[1])), row[2], _split(row[3], where)
+                source = f"{yid}_{start:06d}"
+                found = next((files[s] for s in (source, f"{yid}_{start}", f"{yid}_{start:06d}_{start + 10:06d}")
+                              if s in files), None)
+        except (IndexError, ValueError) as err:
+            raise UserError(f"{where}: malformed {fmt} row {row!r} ({err})") from err
+        clips.append(ClipInput(source, found, label.strip(), split))
+    if not clips:
+        raise UserError(f"{csv_path} lists no clips")
+    return clips

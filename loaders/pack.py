@@ -1,0 +1,143 @@
+"""`umt-data pack`: annotation file + videos → WebDataset shards + manifest.json, resumably.
+
+Clips are transcoded in parallel worker processes but written in input order, so the same inputs
+and options always give the same shards. Each split's accepted clips fill shards of exactly
+`shard_size` samples (the last may be smaller; equal sizes keep one data shard per cache shard).
+A shard is written to a temporary name and renamed when complete; `pack-state.json` records each
+finished shard's sha256 and the inputs it consumed, so a rerun verifies the finished shards by
+checksum and continues after the last good one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterator
+
+from tqdm import tqdm
+
+from .inputs import ClipInput
+from .shards import FORMAT, ShardWriter, sha256_file, with_offsets, write_manifest
+from .transcode import PackOptions, Rejected, sample_json, transcode
+
+STATE = "pack-state.json"
+SPLITS = ("train", "val", "test")
+
+
+def _work(job: tuple[int, ClipInput, PackOptions]) -> tuple[int, object]:
+    index, clip, opts = job
+    try:
+        return index, transcode(clip.path, opts)
+    except Rejected as why:
+        return index, str(why)
+    except Exception as err:  # a decoder crash on one file must not end the run
+        return index, f"unexpected error: {type(err).__name__}: {err}"
+
+
+def _fingerprint(clips: list[ClipInput], opts: PackOptions, shard_size: int) -> str:
+    text = json.dumps([[asdict(c) for c in clips], opts.to_dict(), shard_size], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _load_state(out: Path, fingerprint: str) -> dict:
+    """Finished shards that still verify; anything after the first bad one is redone."""
+    path = out / STATE
+    state = json.loads(path.read_text()) if path.is_file() else {}
+    if state.get("fingerprint") != fingerprint:
+        return {"fingerprint": fingerprint, "splits": {}}
+    for split, shards in state["splits"].items():
+        for n, shard in enumerate(shards):
+            if shard["name"] is None:  # rejects after the split's last shard
+                continue
+            file = out / shard["name"]
+            if not file.is_file() or sha256_file(file) != shard["sha256"]:
+                del shards[n:]
+                break
+    return state
+
+
+def _save_state(out: Path, state: dict) -> None:
+    tmp = out / (STATE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
+    os.replace(tmp, out / STATE)
+
+
+def _results(clips: list[ClipInput], indices: list[int], opts: PackOptions, workers: int) -> Iterator[tuple[int, object]]:
+    jobs = [(i, clips[i], opts) for i in indices]
+    if workers <= 1:
+        yield from map(_work, jobs)
+        return
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        yield from pool.imap(_work, jobs)
+
+
+def pack(clips: list[ClipInput], out: str | Path, opts: PackOptions, shard_size: int = 256,
+         workers: int = 1, source: dict | None = None, progress: bool = True) -> dict:
+    """Pack `clips` into `out`; returns the manifest."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = _load_state(out, _fingerprint(clips, opts, shard_size))
+    classes = sorted({c.label for c in clips})
+    label_of = {name: i for i, name in enumerate(classes)}
+    by_split = {s: [i for i, c in enumerate(clips) if c.split == s] for s in SPLITS}
+    done_inputs = sum(shards[-1]["consumed"] if shards else 0 for shards in state["splits"].values())
+    bar = tqdm(total=len(clips), initial=done_inputs, unit="clip", desc="pack", disable=not progress)
+    for split, indices in by_split.items():
+        shards = state["splits"].setdefault(split, [])
+        start = shards[-1]["consumed"] if shards else 0
+        row = sum(s["count"] for s in shards)
+        writer, rejected = None, []
+        for position, (index, result) in enumerate(_results(clips, indices[start:], opts, workers), start=start):
+            bar.update()
+            clip = clips[index]
+            if isinstance(result, str):
+                rejected.append({"source": clip.source, "path": clip.path, "split": split, "reason": result})
+            else:
+                members, meta, flags = result
+                if writer is None:
+                    writer, flag_counts, seconds = ShardWriter(out / f"{split}-{len(shards):06d}.tar"), Counter(), 0.0
+                flag_counts.update(flags)
+                seconds += meta["duration"]
+                key = f"{split}_{row:07d}"
+                writer.write(key, {**members, "json": sample_json(
+                    meta, key=key, row=row, split=split, label=label_of[clip.label], **{"class": clip.label},
+                    source=clip.source, flags=flags)})
+                row += 1
+            last = position == len(indices) - 1
+            if writer is not None and (writer.count == shard_size or last):
+                shards.append({**writer.close(), "consumed": position + 1, "rejected": rejected,
+                               "flags": dict(flag_counts), "seconds": round(seconds, 3)})
+                writer, rejected = None, []
+                _save_state(out, state)
+        if rejected:  # rejects after the last shard: keep them in the state too
+            shards.append({"name": None, "consumed": len(indices), "rejected": rejected, "flags": {}})
+            _save_state(out, state)
+    bar.close()
+    return _write_manifest(out, state, classes, opts, shard_size, source)
+
+
+def _write_manifest(out: Path, state: dict, classes: list[str], opts: PackOptions, shard_size: int,
+                    source: dict | None) -> dict:
+    splits, rejected, flags = {}, [], Counter()
+    for split in SPLITS:
+        entries = state["splits"].get(split, [])
+        rejected += [r for e in entries for r in e["rejected"]]
+        for e in entries:
+            flags.update(e["flags"])
+        shards = [{k: e[k] for k in ("name", "count", "bytes", "sha256")} for e in entries if e["name"]]
+        if shards:
+            splits[split] = {"num_samples": sum(s["count"] for s in shards), "shards": with_offsets(shards),
+                             "video_hours": round(sum(e.get("seconds", 0) for e in entries) / 3600, 4)}
+    manifest = {"format": FORMAT, "classes": classes,
+                "modalities": {"video": {"codec": "h264", "fps": opts.fps, "gop": opts.gop,
+                                         "short_side": opts.short_side},
+                               "audio": {"codec": "flac", "sample_rate": opts.sample_rate}},
+                "splits": splits, "source": {"generator": "umt-data pack", **(source or {}),
+                                             "options": opts.to_dict(), "shard_size": shard_size},
+                "flags": dict(sorted(flags.items())), "rejected": rejected}
+    write_manifest(out, manifest)
+    return manifest

@@ -1,0 +1,111 @@
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from umt.loaders.cli import main as data_main
+from umt.loaders.errors import UserError
+from umt.loaders.inputs import read_annotations
+from umt.loaders.pipeline import ViewPolicy, iterate, make_loader
+from umt.loaders.views import ViewSpec
+
+from media_factory import real_world_folder
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("videos")
+    return root, real_world_folder(root)
+
+
+def _annotations(path: Path, names: list[str], repeat: int = 1) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "split"])
+        for r in range(repeat):
+            for i, name in enumerate(names):
+                writer.writerow([name, "cat" if i % 2 else "dog", "val" if (i + r) % 4 == 0 else "train"])
+        writer.writerow(["missing.mp4", "dog", "train"])
+    return path
+
+
+def _pack_args(csv_path: Path, root: Path, out: Path, *extra: str) -> list[str]:
+    return ["pack", "--annotations", str(csv_path), "--root", str(root), "--out", str(out), *extra]
+
+
+def test_pack_real_world_inputs(videos, tmp_path, capsys):
+    root, kinds = videos
+    out = tmp_path / "packed"
+    data_main(_pack_args(_annotations(tmp_path / "a.csv", sorted(kinds)), root, out, "--shard-size", "3",
+                         "--workers", "2", "--short-side", "24"))
+    summary = capsys.readouterr().out
+    assert "rejected    4" in summary
+    manifest = json.loads((out / "manifest.json").read_text())
+    reasons = {r["source"]: r["reason"] for r in manifest["rejected"]}
+    assert reasons["empty.mp4"] == "empty file" and reasons["missing.mp4"] == "file not found"
+    assert reasons["audio_only.m4a"] == "no video stream" and reasons["garbage.mp4"].startswith("unreadable")
+    assert manifest["flags"] == {"audio_missing": 1, "audio_short": 1, "audio_silent": 1, "truncated": 1}
+    packed = sum(s["num_samples"] for s in manifest["splits"].values())
+    assert packed == sum(k != "rejected" for k in kinds.values()) == 8
+    spec = ViewSpec(frames=4, stride=2, crop=20, audio_seconds=0.5, mel_bins=16)
+    loader, n = make_loader(out, "train", spec, ["video", "audio"], ViewPolicy(0), 4)
+    batches = list(iterate(loader, n))
+    metas = {b for batch in batches for b in batch["row"].tolist()}
+    assert metas == set(range(manifest["splits"]["train"]["num_samples"]))
+    assert batches[0]["video"].shape[1:] == (4, 20, 20, 3)
+
+
+def test_interrupted_pack_resumes_to_identical_shards(videos, tmp_path):
+    root, kinds = videos
+    good = sorted(k for k, v in kinds.items() if v != "rejected")
+    csv_path = _annotations(tmp_path / "big.csv", good + ["garbage.mp4"], repeat=8)
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    args = _pack_args(csv_path, root, killed, "--shard-size", "2", "--workers", "1", "--short-side", "24")
+    proc = subprocess.Popen([sys.executable, "-m", "umt.loaders.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list(killed.glob("*.tar"))) >= 3:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the pack finished before it could be killed"
+    finished_before = {p.name: p.stat().st_mtime_ns for p in killed.glob("*.tar")}
+    data_main(args[:-4] + ["--workers", "2", "--short-side", "24"])  # resume, with another worker count
+    data_main(_pack_args(csv_path, root, whole, "--shard-size", "2", "--workers", "2", "--short-side", "24"))
+    names = sorted(p.name for p in whole.iterdir() if p.suffix in (".tar", ".json") and p.name != "pack-state.json")
+    assert names == sorted(p.name for p in killed.iterdir() if p.suffix in (".tar", ".json") and p.name != "pack-state.json")
+    for name in names:
+        assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
+    kept = {n for n, t in finished_before.items() if (killed / n).stat().st_mtime_ns == t}
+    assert len(kept) >= 2  # finished shards were verified and kept, not redone
+
+
+def test_kinetics_and_vggsound_annotations(tmp_path):
+    root = tmp_path / "k400"
+    (root / "train" / "abseiling").mkdir(parents=True)
+    (root / "train" / "abseiling" / "abc_000010_000020.mp4").write_bytes(b"x")
+    (root / "vgg").mkdir()
+    (root / "vgg" / "xyz_000030.mkv").write_bytes(b"x")
+    kinetics = tmp_path / "k.csv"
+    kinetics.write_text("label,youtube_id,time_start,time_end,split\nabseiling,abc,10,20,train\n"
+                        "air drumming,def,0,10,val\n")
+    clips = read_annotations(kinetics, "kinetics", root)
+    assert [(c.source, c.label, c.split, c.path is not None) for c in clips] == [
+        ("abc_000010_000020", "abseiling", "train", True), ("def_000000_000010", "air drumming", "val", False)]
+    vgg = tmp_path / "v.csv"
+    vgg.write_text("xyz,30,people marching,test\nqqq,5,dog barking,train\n")
+    clips = read_annotations(vgg, "vggsound", root)
+    assert [(c.label, c.split, c.path is not None) for c in clips] == [("people marching", "test", True),
+                                                                         ("dog barking", "train", False)]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("label,youtube_id,time_start,time_end,split\nabseiling,abc,ten,20,train\n")
+    with pytest.raises(UserError, match="bad.csv:2: malformed kinetics row"):
+        read_annotations(bad, "kinetics", root)

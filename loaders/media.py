@@ -44,49 +44,37 @@ def encode_h264(frames: np.ndarray, fps: int, gop: int, crf: int = 18) -> bytes:
     return buf.getvalue()
 
 
-def decode_h264(data: bytes, stop: int) -> np.ndarray:
-    """Decode the first `stop` frames of an mp4 into their raw yuv420p planes [stop, 3H/2, W].
+def decode_h264(data: bytes, start: int, stop: int) -> np.ndarray:
+    """Decode frames [start, stop) of a constant-frame-rate mp4 into yuv420p planes [n, 3H/2, W].
 
-    Colour conversion is left to `yuv420_crop_to_rgb`, which converts only the cropped pixels:
-    on small frames FFmpeg's whole-frame RGB conversion costs more than decoding itself.
+    Seeks to the keyframe at or before `start`, so a clip costs at most GOP - 1 extra frames
+    whatever its position. Colour conversion is left to the view kernel, which converts only
+    the cropped pixels: on small frames FFmpeg's whole-frame RGB conversion costs more than
+    decoding itself.
     """
     frames = []
     try:
         with av.open(io.BytesIO(data)) as container:
             stream = container.streams.video[0]
-            stream.codec_context.thread_count = 1   # tiny frames: threads only add overhead
+            stream.codec_context.thread_count = 1   # small frames: threads only add overhead
             stream.codec_context.thread_type = "NONE"
+            rate = stream.average_rate or stream.guessed_rate
+            if start > 0:
+                container.seek(int(start / rate / stream.time_base), stream=stream, backward=True)
             for frame in container.decode(stream):
+                index = round(frame.pts * stream.time_base * rate) if frame.pts is not None else start + len(frames)
+                if index < start:
+                    continue
                 if frame.format.name != "yuv420p":
                     frame = frame.reformat(format="yuv420p")
                 frames.append(frame.to_ndarray())
-                if len(frames) == stop:
+                if len(frames) == stop - start:
                     break
-    except (av.FFmpegError, IndexError) as err:
+    except (av.FFmpegError, IndexError, ZeroDivisionError) as err:
         raise MediaError(f"undecodable video: {err}") from err
-    if len(frames) < stop:
-        raise MediaError(f"video has {len(frames)} frames, the view needs {stop}")
+    if len(frames) < stop - start:
+        raise MediaError(f"video ended after {start + len(frames)} frames, the view needs frames {start}-{stop - 1}")
     return np.stack(frames)
-
-
-def yuv420_crop_to_rgb(planes: np.ndarray, y0: int, x0: int, size: int) -> np.ndarray:
-    """Crop [T, 3H/2, W] yuv420p planes to a size x size window and convert it to uint8 RGB.
-
-    BT.601 limited range, the matrix FFmpeg uses for the RGB frames we encode.
-    """
-    height = planes.shape[1] * 2 // 3
-    width = planes.shape[2]
-    luma = planes[:, y0:y0 + size, x0:x0 + size].astype(np.float32) - 16.0
-    chroma = planes[:, height:].reshape(planes.shape[0], 2, height // 2, width // 2)
-    cy, cx = y0 // 2, x0 // 2
-    rows, cols = (y0 + size + 1) // 2 - cy, (x0 + size + 1) // 2 - cx
-    uv = chroma[:, :, cy:cy + rows, cx:cx + cols].repeat(2, axis=2).repeat(2, axis=3)
-    uv = uv[:, :, y0 % 2:y0 % 2 + size, x0 % 2:x0 % 2 + size].astype(np.float32) - 128.0
-    u, v = uv[:, 0], uv[:, 1]
-    rgb = np.stack([1.164 * luma + 1.596 * v,
-                    1.164 * luma - 0.392 * u - 0.813 * v,
-                    1.164 * luma + 2.017 * u], axis=-1)
-    return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
 
 
 def encode_flac(samples: np.ndarray, sample_rate: int) -> bytes:

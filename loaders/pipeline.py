@@ -18,7 +18,8 @@ import torch
 import webdataset as wds
 
 from .audio import log_mel
-from .media import MediaError, decode_flac, decode_h264, yuv420_crop_to_rgb
+from .kernels import crop_flip_to_rgb
+from .media import MediaError, decode_flac, decode_h264
 from .shards import DataError, load_manifest, split_shards
 from .views import CENTRE, Geometry, ViewSpec, audio_window, make_view, train_view_index
 
@@ -47,7 +48,8 @@ def decode_views(sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: 
         geom = Geometry.of(meta)
         views = [make_view(seed, meta["row"], v, spec, geom) for v in view_indices]
         span = (spec.frames - 1) * spec.stride + 1
-        frames = decode_h264(sample["mp4"], max(v.t0 for v in views) + span) if "video" in modalities else None
+        first = min(v.t0 for v in views)
+        frames = decode_h264(sample["mp4"], first, max(v.t0 for v in views) + span) if "video" in modalities else None
         wave = decode_flac(sample["flac"]) if "audio" in modalities else None
     except (KeyError, ValueError, MediaError) as err:
         raise MediaError(f"{where}: {err}") from err
@@ -60,8 +62,8 @@ def decode_views(sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: 
         item = {"label": meta["label"], "row": meta["row"], "view": index,
                 "params": torch.tensor(view.as_tuple(), dtype=torch.int32)}
         if frames is not None:
-            clip = yuv420_crop_to_rgb(frames[view.t0:view.t0 + span:spec.stride], view.y0, view.x0, spec.crop)
-            item["video"] = torch.from_numpy(np.ascontiguousarray(clip[:, :, ::-1] if view.flip else clip))
+            clip = frames[view.t0 - first:view.t0 - first + span:spec.stride]
+            item["video"] = torch.from_numpy(crop_flip_to_rgb(clip, view.y0, view.x0, spec.crop, view.flip))
         if wave is not None:
             item["audio"] = mels[i]
         out.append(item)

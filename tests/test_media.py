@@ -4,24 +4,41 @@ import av
 import numpy as np
 import pytest
 
-from umt.loaders.media import MediaError, decode_flac, decode_h264, encode_flac, encode_h264, yuv420_crop_to_rgb
+from umt.loaders.kernels import crop_flip_to_rgb
+from umt.loaders.media import MediaError, decode_flac, decode_h264, encode_flac, encode_h264
 
 
-def test_h264_roundtrip_and_crop_conversion_match_ffmpeg():
+def _frames(n: int = 12) -> np.ndarray:
     rng = np.random.default_rng(0)
-    frames = rng.integers(0, 255, (5, 3, 3, 3), dtype=np.uint8).repeat(8, axis=1).repeat(8, axis=2)
-    data = encode_h264(frames, fps=8, gop=2)
-    assert data == encode_h264(frames, fps=8, gop=2)  # bit-exact, so shards are reproducible
+    return rng.integers(0, 255, (n, 3, 3, 3), dtype=np.uint8).repeat(8, axis=1).repeat(8, axis=2)
+
+
+def test_h264_roundtrip_and_view_kernel_match_ffmpeg():
+    frames = _frames()
+    data = encode_h264(frames, fps=8, gop=4)
+    assert data == encode_h264(frames, fps=8, gop=4)  # reproducible, so shards are too
     with av.open(io.BytesIO(data)) as c:
         assert c.streams.video[0].codec_context.name == "h264"
+        packets = [p for p in c.demux(video=0) if p.size]
+        assert [p.is_keyframe for p in packets] == [i % 4 == 0 for i in range(12)]  # the short GOP
+    with av.open(io.BytesIO(data)) as c:
         reference = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
-    planes = decode_h264(data, 5)
-    assert planes.shape == (5, 36, 24)
-    for y0, x0 in [(0, 0), (3, 5), (8, 7)]:
-        mine = yuv420_crop_to_rgb(planes, y0, x0, 16).astype(int)
-        assert mine.shape == (5, 16, 16, 3)
-        assert np.abs(mine - reference[:, y0:y0 + 16, x0:x0 + 16]).max() <= 4
     assert np.abs(reference.astype(int) - frames).mean() < 8  # lossy but faithful
+    planes = decode_h264(data, 0, 12)
+    assert planes.shape == (12, 36, 24)
+    for y0, x0, flip in [(0, 0, False), (3, 5, True), (8, 7, False)]:
+        mine = crop_flip_to_rgb(planes, y0, x0, 16, flip).astype(int)
+        expected = reference[:, y0:y0 + 16, x0:x0 + 16]
+        assert mine.shape == (12, 16, 16, 3)
+        assert np.abs(mine - (expected[:, :, ::-1] if flip else expected)).max() <= 4
+
+
+def test_seeking_decode_returns_exactly_the_requested_frames():
+    frames = _frames(20)
+    data = encode_h264(frames, fps=8, gop=4)
+    whole = decode_h264(data, 0, 20)
+    for start, stop in [(0, 3), (5, 9), (8, 12), (17, 20)]:  # inside, at and across keyframes
+        assert np.array_equal(decode_h264(data, start, stop), whole[start:stop]), (start, stop)
 
 
 def test_flac_is_lossless():
@@ -31,9 +48,8 @@ def test_flac_is_lossless():
 
 def test_corrupt_media_raises_media_error():
     with pytest.raises(MediaError):
-        decode_h264(b"not a video", 1)
+        decode_h264(b"not a video", 0, 1)
     with pytest.raises(MediaError):
         decode_flac(b"fLaC garbage")
-    frames = np.zeros((2, 8, 8, 3), np.uint8)
-    with pytest.raises(MediaError, match="needs 5"):
-        decode_h264(encode_h264(frames, 8, 2), 5)
+    with pytest.raises(MediaError, match="the view needs frames 0-4"):
+        decode_h264(encode_h264(np.zeros((2, 8, 8, 3), np.uint8), 8, 2), 0, 5)

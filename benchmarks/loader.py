@@ -1,0 +1,145 @@
+"""Clips per second: umt's `cpu` loader on packed shards against the loader most research code uses.
+
+The naive loader is a torch DataLoader whose workers open each original video file with PyAV,
+decode from the start up to the clip, convert whole frames to RGB, resize, crop and flip, and
+decode and resample the whole audio track. umt's loader reads the same clips after
+`umt-data pack` (short side 128, 15 fps, GOP 8): keyframe seek, crop-only colour conversion.
+Same clips, same view size, same workers and batch size; passes interleaved; medians.
+
+    python benchmarks/loader.py --out benchmarks/results/loader_cpu.json
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from umt.loaders.audio import log_mel
+from umt.loaders.inputs import ClipInput
+from umt.loaders.pack import pack
+from umt.loaders.pipeline import ViewPolicy, iterate, make_loader
+from umt.loaders.transcode import PackOptions
+from umt.loaders.views import ViewSpec
+
+from common import median, write_json
+
+SOURCE_FPS, SOURCE_SIZE, SECONDS = 30, (320, 240), 6
+SPEC = ViewSpec(frames=8, stride=2, crop=112, audio_seconds=1.0, mel_bins=64)
+PACKED = PackOptions(short_side=128, fps=15, gop=8)
+
+
+def write_source(path: Path, seed: int) -> None:
+    """A downloaded-style clip: 320x240 H.264 at 30 fps, long GOP, stereo AAC at 44.1 kHz."""
+    rng = np.random.default_rng(seed)
+    w, h = SOURCE_SIZE
+    yy, xx = np.mgrid[0:h, 0:w]
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=SOURCE_FPS)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        aud = out.add_stream("aac", rate=44100)
+        for t in range(SOURCE_FPS * SECONDS):
+            img = np.stack([(xx + 3 * t) % 256, (yy * 2 + seed * 17) % 256, (xx + yy + t) % 256], -1)
+            img = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
+            out.mux(vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        out.mux(vs.encode())
+        tone = 0.3 * np.sin(2 * np.pi * (200 + 50 * seed) * np.arange(44100 * SECONDS) / 44100)
+        for start in range(0, len(tone), 1024):
+            frame = av.AudioFrame.from_ndarray(np.repeat(tone[None, start:start + 1024], 2, 0).astype(np.float32),
+                                               format="fltp", layout="stereo")
+            frame.sample_rate, frame.pts, frame.time_base = 44100, start, Fraction(1, 44100)
+            out.mux(aud.encode(frame))
+        out.mux(aud.encode())
+
+
+class NaiveClips(torch.utils.data.Dataset):
+    """What many repositories do: per item, open the file and decode what the clip needs."""
+
+    def __init__(self, files: list[str]):
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> dict:
+        rng = np.random.default_rng(i)
+        step = SPEC.stride * SOURCE_FPS // PACKED.fps                 # the same time span as umt's view
+        need = (SPEC.frames - 1) * step + 1
+        t0 = int(rng.integers(0, SOURCE_FPS * SECONDS - need))
+        frames, audio = [], []
+        with av.open(self.files[i]) as c:
+            for n, frame in enumerate(c.decode(video=0)):
+                if n >= t0 and (n - t0) % step == 0:
+                    frames.append(frame.to_ndarray(format="rgb24"))
+                if len(frames) == SPEC.frames:
+                    break
+        with av.open(self.files[i]) as c:
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=16000)
+            for frame in c.decode(audio=0):
+                audio += [f.to_ndarray()[0] for f in resampler.resample(frame)]
+        video = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float()
+        scale = PACKED.short_side / min(video.shape[-2:])
+        video = F.interpolate(video, scale_factor=scale, mode="bilinear", align_corners=False)
+        y0 = int(rng.integers(0, video.shape[-2] - SPEC.crop + 1))
+        x0 = int(rng.integers(0, video.shape[-1] - SPEC.crop + 1))
+        video = video[..., y0:y0 + SPEC.crop, x0:x0 + SPEC.crop]
+        if rng.integers(0, 2):
+            video = video.flip(-1)
+        wave = torch.from_numpy(np.concatenate(audio))
+        a0 = int(rng.integers(0, len(wave) - 16000))
+        return {"video": video.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1),
+                "audio": log_mel(wave[a0:a0 + 16000], 16000, SPEC.mel_bins).unsqueeze(0)}
+
+
+def timed_pass(loader, num_batches: int | None = None) -> float:
+    start, clips = time.perf_counter(), 0
+    for batch in (iterate(loader, num_batches) if num_batches is not None else loader):
+        clips += len(batch["video"])
+    return clips / (time.perf_counter() - start)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="benchmarks/results/loader_cpu.json")
+    p.add_argument("--clips", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="umt-loader-bench-"))
+    (work / "src").mkdir()
+    files = []
+    for i in range(args.clips):
+        write_source(work / "src" / f"clip{i:04d}.mp4", i)
+        files.append(str(work / "src" / f"clip{i:04d}.mp4"))
+    clips = [ClipInput(Path(f).name, f, f"class{i % 4}", "train") for i, f in enumerate(files)]
+    start = time.perf_counter()
+    pack(clips, work / "packed", PACKED, shard_size=max(1, args.clips // 4), workers=args.workers, progress=False)
+    pack_s = time.perf_counter() - start
+
+    naive = torch.utils.data.DataLoader(NaiveClips(files), batch_size=args.batch_size, shuffle=True,
+                                        num_workers=args.workers, generator=torch.Generator().manual_seed(0))
+    ours, theirs = [], []
+    for r in range(args.repeats):
+        loader, n = make_loader(work / "packed", "train", SPEC, ["video", "audio"], ViewPolicy(0, r, True), args.batch_size,
+                                args.workers, shuffle_buffer=64)
+        runs = [("umt", lambda: timed_pass(loader, n)), ("naive", lambda: timed_pass(naive))]
+        for name, fn in (runs if r % 2 == 0 else runs[::-1]):
+            (ours if name == "umt" else theirs).append(fn())
+        print(f"repeat {r}: umt {ours[-1]:.1f} clips/s, naive {theirs[-1]:.1f} clips/s")
+    write_json(args.out, {"clips_per_s": median(ours), "naive_clips_per_s": median(theirs),
+                          "ratio_vs_naive": round(median(ours) / median(theirs), 2),
+                          "umt_runs": [round(x, 1) for x in ours], "naive_runs": [round(x, 1) for x in theirs],
+                          "pack_seconds": round(pack_s, 1), "backend": "cpu",
+                          "settings": {**vars(args), "view": SPEC.to_dict(), "packed": PACKED.to_dict(),
+                                       "source": {"fps": SOURCE_FPS, "size": SOURCE_SIZE, "seconds": SECONDS}}})
+
+
+if __name__ == "__main__":
+    main()

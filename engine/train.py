@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from tqdm import tqdm
 
 from umt.loaders.pipeline import ViewPolicy, iterate, make_loader
 from umt.loaders.shards import load_manifest
@@ -116,6 +117,8 @@ def _train(cfg: TrainConfig, num_classes: int, accelerator: Accelerator, log: Me
         model.train()
         batches, n = loader(epoch)
         loss_sum = torch.zeros((), device=device)
+        bar = tqdm(total=n, desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False,
+                   disable=not accelerator.is_main_process)
         epoch_start = tick = time.perf_counter()
         for batch in iterate(batches, n):
             wait_time += time.perf_counter() - tick
@@ -131,6 +134,11 @@ def _train(cfg: TrainConfig, num_classes: int, accelerator: Accelerator, log: Me
             step += 1
             samples += len(batch["label"]) * world
             loss_sum += loss.detach()
+            bar.update()
+            if step % 10 == 0:
+                bar.set_postfix(samples_per_s=f"{samples / (time.perf_counter() - epoch_start + train_time):.0f}",
+                                data_wait=f"{wait_time / (time.perf_counter() - epoch_start + train_time):.0%}",
+                                refresh=False)
             if step % cfg.log_every == 0:
                 log.write({"step": step, "epoch": epoch, "loss": loss.item(), "ce": ce.item(),
                            "distill": distill.detach().item(), "lr": schedule.get_last_lr()[0]})
@@ -138,6 +146,7 @@ def _train(cfg: TrainConfig, num_classes: int, accelerator: Accelerator, log: Me
                 break
             tick = time.perf_counter()
         train_time += time.perf_counter() - epoch_start
+        bar.close()
         record = {"epoch": epoch, "step": step, "train_loss": (loss_sum / max(n, 1)).item(),
                   "samples_per_s": round(samples / train_time, 1), "data_wait_share": round(wait_time / train_time, 3)}
         if accelerator.is_main_process:

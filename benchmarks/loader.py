@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from umt.loaders.audio import log_mel
 from umt.loaders.inputs import ClipInput
 from umt.loaders.pack import pack
-from umt.loaders.pipeline import ViewPolicy, iterate, make_loader
+from umt.loaders.pipeline import ViewPolicy, make_loader
 from umt.loaders.transcode import PackOptions
 from umt.loaders.views import ViewSpec
 
@@ -97,9 +97,9 @@ class NaiveClips(torch.utils.data.Dataset):
                 "audio": log_mel(wave[a0:a0 + 16000], 16000, SPEC.mel_bins).unsqueeze(0)}
 
 
-def timed_pass(loader, num_batches: int | None = None) -> float:
+def timed_pass(loader) -> float:
     start, clips = time.perf_counter(), 0
-    for batch in (iterate(loader, num_batches) if num_batches is not None else loader):
+    for batch in loader:
         clips += len(batch["video"])
     return clips / (time.perf_counter() - start)
 
@@ -127,9 +127,9 @@ def main() -> None:
                                         num_workers=args.workers, generator=torch.Generator().manual_seed(0))
     ours, theirs = [], []
     for r in range(args.repeats):
-        loader, n = make_loader(work / "packed", "train", SPEC, ["video", "audio"], ViewPolicy(0, r, True), args.batch_size,
+        loader = make_loader(work / "packed", "train", SPEC, ["video", "audio"], ViewPolicy(0, r, True), args.batch_size,
                                 args.workers, shuffle_buffer=64)
-        runs = [("umt", lambda: timed_pass(loader, n)), ("naive", lambda: timed_pass(naive))]
+        runs = [("umt", lambda: timed_pass(loader)), ("naive", lambda: timed_pass(naive))]
         for name, fn in (runs if r % 2 == 0 else runs[::-1]):
             (ours if name == "umt" else theirs).append(fn())
         print(f"repeat {r}: umt {ours[-1]:.1f} clips/s, naive {theirs[-1]:.1f} clips/s")

@@ -58,6 +58,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    help="UMT: online teacher, or with --cache the teacher to verify the cache against")
     p.add_argument("--member", action="append", default=[], metavar="MODALITY=CKPT", help="UME member")
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between "
+                   "training-state checkpoints in OUT/checkpoints/last.pt (default: end of each epoch)")
+    p.add_argument("--resume", metavar="latest|PATH", help="continue a killed run: 'latest' resumes OUT's last "
+                   "checkpoint (and starts fresh if there is none); the configuration must be the same")
     p.add_argument("--log-every", type=int, default=d.log_every, help="steps between loss records")
     p.add_argument("--no-probe", dest="probe", action="store_false", help="skip the linear probes")
     for f in fields(ViewSpec):

@@ -39,6 +39,8 @@ class TrainConfig:
     teachers: dict[str, str] = field(default_factory=dict)  # modality → uni-modal checkpoint
     members: dict[str, str] = field(default_factory=dict)   # UME: modality → uni-modal checkpoint
     max_steps: int | None = None     # stop early (smoke tests)
+    checkpoint_every: int = 0        # steps between training-state checkpoints (0: end of each epoch only)
+    resume: str | None = None        # "latest" (this run directory's last checkpoint) or a checkpoint path
     log_every: int = 10
     probe: bool = True
 

@@ -6,7 +6,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from umt.loaders.pipeline import ViewPolicy, iterate, make_loader
+from umt.loaders.pipeline import ViewPolicy, make_loader
 from umt.loaders.views import ViewSpec
 
 Forward = Callable[[dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -16,9 +16,9 @@ Forward = Callable[[dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 def collect(forward: Forward, data: str, split: str, spec: ViewSpec, modalities: list[str], seed: int,
             batch_size: int, num_workers: int, device: torch.device) -> dict:
     """Labels, logits and pooled features of every sample of a split, on its centre view."""
-    loader, n = make_loader(data, split, spec, modalities, ViewPolicy(seed), batch_size, num_workers)
+    loader = make_loader(data, split, spec, modalities, ViewPolicy(seed), batch_size, num_workers)
     labels, logits, feats = [], [], {m: [] for m in modalities}
-    for batch in iterate(loader, n):
+    for batch in loader:
         out, f = forward({k: v.to(device) for k, v in batch.items()})
         labels.append(batch["label"])
         logits.append(out.float().cpu())

@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm import tqdm
 
-from umt.loaders.pipeline import ViewPolicy, iterate, make_loader
+from umt.loaders.pipeline import ViewPolicy, make_loader
 from umt.loaders.shards import load_manifest
 
+from . import resume
 from .checkpoint import load_model, save_model
 from .config import ConfigError, TrainConfig
 from .evaluate import collect, linear_probe, top1
@@ -33,8 +34,16 @@ class MetricsLog:
 
     def __init__(self, path: Path, enabled: bool):
         self.path, self.enabled = path, enabled
-        if enabled:
-            path.write_text("")
+
+    def keep_until(self, step: int | None) -> None:
+        """Start the log afresh, or on resume keep the records up to the checkpoint's step."""
+        if not self.enabled:
+            return
+        kept = []
+        if step is not None and self.path.is_file():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if "final" not in line and json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
         if self.enabled:
@@ -55,6 +64,7 @@ def run(cfg: TrainConfig) -> dict:
     log = MetricsLog(out / "metrics.jsonl", accelerator.is_main_process)
     start = time.perf_counter()
     if cfg.method == "ume":
+        log.keep_until(None)
         results = _evaluate_ume(cfg, len(manifest["classes"]), accelerator) if accelerator.is_main_process else {}
     else:
         results = _train(cfg, len(manifest["classes"]), accelerator, log)
@@ -99,11 +109,11 @@ def _train(cfg: TrainConfig, num_classes: int, accelerator: Accelerator, log: Me
     model = LateFusionNet(ModelConfig(tuple(cfg.modalities), num_classes, cfg.width, cfg.fusion)).to(device)
     targets, view_seed, num_views = _targets(cfg, model, device)
 
-    def loader(epoch: int):
+    def loader(epoch: int, skip: int = 0):
         return make_loader(cfg.data, "train", cfg.view, cfg.modalities, ViewPolicy(view_seed, epoch, True, num_views),
-                           cfg.batch_size, cfg.num_workers, rank, world, cfg.shuffle_buffer)
+                           cfg.batch_size, cfg.num_workers, rank, world, cfg.shuffle_buffer, skip)
 
-    total = sum(loader(e)[1] for e in range(cfg.epochs))
+    total = sum(len(loader(e)) for e in range(cfg.epochs))
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
     if total == 0:
@@ -111,53 +121,59 @@ def _train(cfg: TrainConfig, num_classes: int, accelerator: Accelerator, log: Me
                           f"on {world} process(es)")
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    state = resume.load(cfg)
+    pos = resume.restore(state, model, optimizer, schedule) if state else \
+        {"epoch": 0, "batch": 0, "step": 0, "samples": 0, "train_time": 0.0, "wait_time": 0.0}
+    if state and accelerator.is_main_process:
+        print(f"umt-train: resuming {cfg.out} at epoch {pos['epoch'] + 1}, batch {pos['batch']}, step {pos['step']}")
+    log.keep_until(pos["step"] if state else None)
     model, optimizer = accelerator.prepare(model, optimizer)
-    step, samples, train_time, wait_time = 0, 0, 0.0, 0.0
-    for epoch in range(cfg.epochs):
+
+    def checkpoint(**where) -> None:
+        if accelerator.is_main_process:
+            resume.save(cfg.out, cfg, accelerator.unwrap_model(model), optimizer, schedule, {**pos, **where})
+
+    for epoch in range(pos["epoch"], cfg.epochs):
+        if pos["step"] == total:
+            break
         model.train()
-        batches, n = loader(epoch)
+        batches = loader(epoch, pos["batch"] if epoch == pos["epoch"] else 0)
+        done_before = pos["batch"] if epoch == pos["epoch"] else 0
         loss_sum = torch.zeros((), device=device)
-        bar = tqdm(total=n, desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False,
-                   disable=not accelerator.is_main_process)
+        bar = tqdm(total=len(batches) + done_before, initial=done_before, desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}",
+                   unit="step", leave=False, disable=not accelerator.is_main_process)
         epoch_start = tick = time.perf_counter()
-        for batch in iterate(batches, n):
-            wait_time += time.perf_counter() - tick
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            logits, feats = model(batch)
-            ce = F.cross_entropy(logits, batch["label"])
-            distill = sum(F.mse_loss(feats[m], t) for m, t in targets(batch).items()) if targets else torch.zeros((), device=device)
-            loss = ce + cfg.distill_weight * distill
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            optimizer.step()
-            schedule.step()
-            step += 1
-            samples += len(batch["label"]) * world
-            loss_sum += loss.detach()
+        for index, batch in enumerate(batches, start=done_before + 1):
+            pos["wait_time"] += time.perf_counter() - tick
+            loss, parts = _step(model, batch, targets, cfg, optimizer, schedule, accelerator)
+            pos["step"] += 1
+            pos["samples"] += len(batch["label"]) * world
+            loss_sum += loss
+            elapsed = pos["train_time"] + time.perf_counter() - epoch_start
             bar.update()
-            if step % 10 == 0:
-                bar.set_postfix(samples_per_s=f"{samples / (time.perf_counter() - epoch_start + train_time):.0f}",
-                                data_wait=f"{wait_time / (time.perf_counter() - epoch_start + train_time):.0%}",
-                                refresh=False)
-            if step % cfg.log_every == 0:
-                log.write({"step": step, "epoch": epoch, "loss": loss.item(), "ce": ce.item(),
-                           "distill": distill.detach().item(), "lr": schedule.get_last_lr()[0]})
-            if step == total:
+            bar.set_postfix(samples_per_s=f"{pos['samples'] / elapsed:.0f}",
+                            data_wait=f"{pos['wait_time'] / elapsed:.0%}", refresh=False)
+            if pos["step"] % cfg.log_every == 0:
+                log.write({"step": pos["step"], "epoch": epoch, "loss": loss.item(),
+                           **{k: v.item() for k, v in parts.items()}, "lr": schedule.get_last_lr()[0]})
+            if pos["step"] == total:
                 break
+            if cfg.checkpoint_every and pos["step"] % cfg.checkpoint_every == 0:
+                checkpoint(epoch=epoch, batch=index, train_time=elapsed)
             tick = time.perf_counter()
-        train_time += time.perf_counter() - epoch_start
+        pos["train_time"] += time.perf_counter() - epoch_start
         bar.close()
-        record = {"epoch": epoch, "step": step, "train_loss": (loss_sum / max(n, 1)).item(),
-                  "samples_per_s": round(samples / train_time, 1), "data_wait_share": round(wait_time / train_time, 3)}
+        record = {"epoch": epoch, "step": pos["step"], "train_loss": (loss_sum / max(len(batches), 1)).item(),
+                  "samples_per_s": round(pos["samples"] / pos["train_time"], 1),
+                  "data_wait_share": round(pos["wait_time"] / pos["train_time"], 3)}
         if accelerator.is_main_process:
             record["val_top1"] = _top1(accelerator.unwrap_model(model), cfg, "val", view_seed, device)
             model.train()
         accelerator.wait_for_everyone()
         log.write(record)
-        if step == total:
-            break
-    results = {"steps": step, "train_samples_per_s": round(samples / train_time, 1),
-               "data_wait_share": round(wait_time / train_time, 3)}
+        checkpoint(epoch=epoch + 1, batch=0)
+    results = {"steps": pos["step"], "train_samples_per_s": round(pos["samples"] / max(pos["train_time"], 1e-9), 1),
+               "data_wait_share": round(pos["wait_time"] / max(pos["train_time"], 1e-9), 3)}
     if world > 1:
         results["replica_max_abs_diff"] = _replica_divergence(model, accelerator)
     if accelerator.is_main_process:
@@ -166,6 +182,24 @@ def _train(cfg: TrainConfig, num_classes: int, accelerator: Accelerator, log: Me
                                                       "seed": cfg.seed, "view_seed": view_seed})
         results.update(_final_eval(net, cfg, view_seed, device))
     return results
+
+
+def _step(model, batch: dict, targets, cfg: TrainConfig, optimizer, schedule,
+          accelerator: Accelerator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimiser step; returns the detached loss and its parts."""
+    batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
+    logits, feats = model(batch)
+    ce = F.cross_entropy(logits, batch["label"])
+    loss, parts = ce, {"ce": ce.detach()}
+    if targets:
+        distill = sum(F.mse_loss(feats[m], t) for m, t in targets(batch).items())
+        loss = ce + cfg.distill_weight * distill
+        parts["distill"] = distill.detach()
+    optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    optimizer.step()
+    schedule.step()
+    return loss.detach(), parts
 
 
 def _replica_divergence(model: torch.nn.Module, accelerator: Accelerator) -> float:

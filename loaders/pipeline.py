@@ -7,6 +7,7 @@ normalisation happens on the model's device.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from dataclasses import dataclass
@@ -100,10 +101,33 @@ def collate(items: list[dict]) -> dict:
     return out
 
 
+class EpochLoader:
+    """One epoch of one rank's batches: the DataLoader, capped so that all ranks step alike.
+
+    Resuming mid-epoch (`skip` batches already trained on), each worker drops its share of raw
+    samples before decoding; the few batches that cannot be dropped that way without changing the
+    order in which the DataLoader interleaves its workers are decoded and discarded here.
+    """
+
+    def __init__(self, loader: torch.utils.data.DataLoader, num_batches: int, discard: int = 0):
+        self.loader, self.num_batches, self.discard = loader, num_batches, discard
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[dict]:
+        for index, batch in enumerate(self.loader):
+            if index < self.discard:
+                continue
+            if index - self.discard == self.num_batches:
+                return
+            yield batch
+
+
 def make_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Sequence[str],
                 policy: ViewPolicy, batch_size: int, num_workers: int = 1, rank: int = 0,
-                world: int = 1, shuffle_buffer: int = 0) -> tuple[torch.utils.data.DataLoader, int]:
-    """A DataLoader over this rank's shards and the number of batches it yields.
+                world: int = 1, shuffle_buffer: int = 0, skip: int = 0) -> EpochLoader:
+    """This rank's batches of one epoch, starting after the first `skip` (a mid-epoch resume).
 
     Training (policy.train) drops each worker's last partial batch and caps every rank at the
     smallest rank's batch count, so all ranks step the same number of times.
@@ -113,24 +137,54 @@ def make_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Se
         raise DataError(f"{data_dir}: {split} has {len(paths)} shards, fewer than {world} processes")
     mine, my_counts = rank_shards(paths, counts, rank, world, policy.seed, policy.epoch, policy.train)
     workers = max(0, min(num_workers, len(mine)))
+    per_worker = _worker_batches(my_counts, batch_size, max(1, workers), drop_last=policy.train)
     if policy.train:
-        per_rank = [rank_shards(paths, counts, r, world, policy.seed, policy.epoch, True)[1]
-                    for r in range(world)]
-        num_batches = min(_batches_per_rank(c, batch_size, max(1, workers)) for c in per_rank)
+        per_rank = [rank_shards(paths, counts, r, world, policy.seed, policy.epoch, True)[1] for r in range(world)]
+        num_batches = min(sum(_worker_batches(c, batch_size, max(1, workers), True)) for c in per_rank)
     else:
-        num_batches = sum(-(-c // batch_size) for c in my_counts) if mine else 0
+        num_batches = sum(-(-c // batch_size) for c in my_counts)
+    skip = min(skip, num_batches)
+    dropped, discard = _resume_point(per_worker, skip)
     rng = random.Random(f"{policy.seed}:{policy.epoch}:{rank}") if policy.train else None
     decode = _DecodeOne(spec, tuple(modalities), policy)
     loader = batch_loader(mine, decode, batch_size, workers, partial=not policy.train,
-                          shuffle_buffer=shuffle_buffer, rng=rng)
-    return loader, num_batches
+                          shuffle_buffer=shuffle_buffer, rng=rng, skip=[d * batch_size for d in dropped])
+    return EpochLoader(loader, num_batches - skip, discard)
+
+
+def _worker_order(per_worker: list[int]) -> list[int]:
+    """Which worker each batch comes from: DataLoader's round robin over workers not yet exhausted."""
+    left, order = list(per_worker), []
+    while any(left):
+        for w, n in enumerate(left):
+            if n:
+                order.append(w)
+                left[w] -= 1
+    return order
+
+
+def _resume_point(per_worker: list[int], skip: int) -> tuple[list[int], int]:
+    """(batches each worker drops before decoding, batches to discard after loading) for `skip`.
+
+    Workers can only drop whole rounds of the round robin: a resumed DataLoader starts again at
+    the first worker that has batches left, so the drop stops at the last such point <= skip.
+    """
+    order = _worker_order(per_worker)
+    for point in range(skip, -1, -1):
+        taken = [order[:point].count(w) for w in range(len(per_worker))]
+        active = [w for w, n in enumerate(per_worker) if n > taken[w]]
+        if point == len(order) or order[point] == active[0]:
+            return taken, skip - point
+    return [0] * len(per_worker), skip
 
 
 def batch_loader(paths: list[str], decode: Callable[[dict], dict], batch_size: int, num_workers: int,
-                 partial: bool, shuffle_buffer: int = 0,
-                 rng: random.Random | None = None) -> torch.utils.data.DataLoader:
-    """Shards → tar samples → (seeded shuffle) → decode → batches, in DataLoader workers."""
+                 partial: bool, shuffle_buffer: int = 0, rng: random.Random | None = None,
+                 skip: list[int] | None = None) -> torch.utils.data.DataLoader:
+    """Shards → tar samples → (seeded shuffle) → (resume skip) → decode → batches, in workers."""
     stages = [wds.shuffle(shuffle_buffer, initial=shuffle_buffer, rng=rng)] if rng and shuffle_buffer > 1 else []
+    if skip and any(skip):
+        stages.append(_SkipPerWorker(skip))
     return shard_loader(paths, decode, wds.batched(batch_size, collation_fn=collate, partial=partial),
                         num_workers, stages)
 
@@ -157,15 +211,18 @@ class _DecodeOne:
         return decode_views(sample, self.spec, self.modalities, self.policy.seed, [self.policy.index(row)])[0]
 
 
-def _batches_per_rank(counts: list[int], batch_size: int, workers: int) -> int:
-    """Full batches one rank yields when its shards are dealt round-robin to workers."""
+class _SkipPerWorker:
+    """Pipeline stage: worker w drops its first skip[w] raw samples, before any decoding."""
+
+    def __init__(self, skip: list[int]):
+        self.skip = skip
+
+    def __call__(self, samples: Iterator[dict]) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        return itertools.islice(samples, self.skip[info.id if info else 0], None)
+
+
+def _worker_batches(counts: list[int], batch_size: int, workers: int, drop_last: bool) -> list[int]:
+    """Batches each worker yields when shards are dealt round-robin to workers."""
     per_worker = [sum(counts[w::workers]) for w in range(workers)]
-    return sum(n // batch_size for n in per_worker)
-
-
-def iterate(loader: torch.utils.data.DataLoader, num_batches: int) -> Iterator[dict]:
-    """The loader's first `num_batches` batches (ranks stop together)."""
-    for index, batch in enumerate(loader):
-        if index == num_batches:
-            return
-        yield batch
+    return [n // batch_size if drop_last else -(-n // batch_size) for n in per_worker]

@@ -12,7 +12,7 @@ import pytest
 from umt.loaders.cli import main as data_main
 from umt.loaders.errors import UserError
 from umt.loaders.inputs import read_annotations
-from umt.loaders.pipeline import ViewPolicy, iterate, make_loader
+from umt.loaders.pipeline import ViewPolicy, make_loader
 from umt.loaders.views import ViewSpec
 
 from media_factory import real_world_folder
@@ -54,8 +54,7 @@ def test_pack_real_world_inputs(videos, tmp_path, capsys):
     packed = sum(s["num_samples"] for s in manifest["splits"].values())
     assert packed == sum(k != "rejected" for k in kinds.values()) == 8
     spec = ViewSpec(frames=4, stride=2, crop=20, audio_seconds=0.5, mel_bins=16)
-    loader, n = make_loader(out, "train", spec, ["video", "audio"], ViewPolicy(0), 4)
-    batches = list(iterate(loader, n))
+    batches = list(make_loader(out, "train", spec, ["video", "audio"], ViewPolicy(0), 4))
     metas = {b for batch in batches for b in batch["row"].tolist()}
     assert metas == set(range(manifest["splits"]["train"]["num_samples"]))
     assert batches[0]["video"].shape[1:] == (4, 20, 20, 3)

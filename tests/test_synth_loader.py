@@ -4,7 +4,7 @@ import tarfile
 import pytest
 import webdataset as wds
 
-from umt.loaders.pipeline import ViewPolicy, iterate, make_loader, rank_shards
+from umt.loaders.pipeline import ViewPolicy, make_loader, rank_shards
 from umt.loaders.shards import DataError, load_manifest, sha256_file
 from umt.loaders.views import ViewSpec
 
@@ -46,17 +46,17 @@ def test_paired_and_unimodal_cues(tmp_path):
 
 def test_loader_batches_carry_rows_views_and_are_deterministic(data):
     policy = ViewPolicy(seed=0, epoch=1, train=True, num_views=2)
-    loader, n = make_loader(data, "train", SPEC, ["video", "audio"], policy, 8, shuffle_buffer=16)
-    batches = list(iterate(loader, n))
-    assert n == len(batches) == 8
+    loader = make_loader(data, "train", SPEC, ["video", "audio"], policy, 8, shuffle_buffer=16)
+    batches = list(loader)
+    assert len(loader) == len(batches) == 8
     b = batches[0]
     assert b["video"].shape == (8, 3, 16, 16, 3) and str(b["video"].dtype) == "torch.uint8"
     assert b["audio"].shape == (8, 1, 16, 26)
     assert sorted(r for b in batches for r in b["row"].tolist()) == list(range(64))
     assert set(b["view"].tolist()) <= {0, 1}
-    again = list(iterate(*make_loader(data, "train", SPEC, ["video", "audio"], policy, 8, shuffle_buffer=16)))
+    again = list(make_loader(data, "train", SPEC, ["video", "audio"], policy, 8, shuffle_buffer=16))
     assert all((x["row"] == y["row"]).all() and (x["video"] == y["video"]).all() for x, y in zip(batches, again))
-    other = list(iterate(*make_loader(data, "train", SPEC, ["video"], ViewPolicy(0, 2, True, 2), 8, shuffle_buffer=16)))
+    other = list(make_loader(data, "train", SPEC, ["video"], ViewPolicy(0, 2, True, 2), 8, shuffle_buffer=16))
     assert [b["row"].tolist() for b in other] != [b["row"].tolist() for b in batches]
 
 
@@ -64,7 +64,7 @@ def test_ranks_read_disjoint_shards_and_equal_batch_counts(data):
     paths, counts = [f"s{i}" for i in range(5)], [16, 16, 16, 16, 10]
     mine = [rank_shards(paths, counts, r, 2, 0, 3, True)[0] for r in range(2)]
     assert not set(mine[0]) & set(mine[1]) and set(mine[0]) | set(mine[1]) == set(paths)
-    ns = [make_loader(data, "train", SPEC, ["audio"], ViewPolicy(0, 0, True), 8, rank=r, world=3)[1] for r in range(3)]
+    ns = [len(make_loader(data, "train", SPEC, ["audio"], ViewPolicy(0, 0, True), 8, rank=r, world=3)) for r in range(3)]
     assert len(set(ns)) == 1 and ns[0] == 2
 
 

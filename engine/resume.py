@@ -1,0 +1,66 @@
+"""Training-state checkpoints: everything needed to continue a killed run bit for bit.
+
+`checkpoints/last.pt` in the run directory holds the model, optimiser and schedule states, the RNG
+states, the position (epoch, batches done in it, global step) and the throughput counters. It is
+written to a temporary file and renamed, so a kill during the write leaves the previous one whole.
+Views and shuffles are pure functions of (seed, epoch, row), so the position is all the loader needs.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import ConfigError, TrainConfig
+
+LAST = "last.pt"
+# Settings a resumed run may change without changing what it computes.
+FREE = {"resume", "log_every", "probe"}
+
+
+def checkpoint_path(out: str | Path) -> Path:
+    return Path(out) / "checkpoints" / LAST
+
+
+def save(out: str | Path, cfg: TrainConfig, model: torch.nn.Module, optimizer, schedule,
+         position: dict[str, Any]) -> None:
+    path = checkpoint_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "schedule": schedule.state_dict(), "position": position,
+             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load(cfg: TrainConfig) -> dict[str, Any] | None:
+    """The state to resume from (None for a fresh run); refuses a checkpoint of another config."""
+    if not cfg.resume:
+        return None
+    path = checkpoint_path(cfg.out) if cfg.resume == "latest" else Path(cfg.resume)
+    if not path.is_file():
+        if cfg.resume == "latest":
+            return None  # nothing saved yet: start from scratch, so `--resume latest` is always safe
+        raise ConfigError(f"checkpoint {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    saved, now = state["config"], cfg.to_dict()
+    changed = sorted(k for k in now if k not in FREE and saved.get(k) != now[k])
+    if changed:
+        raise ConfigError(f"{path} was saved by a run with other settings ({', '.join(changed)}); "
+                          "resume with the same configuration or start a new --out")
+    return state
+
+
+def restore(state: dict[str, Any], model: torch.nn.Module, optimizer, schedule) -> dict[str, Any]:
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
+    random.setstate(state["rng"]["python"])
+    return state["position"]

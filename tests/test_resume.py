@@ -1,0 +1,68 @@
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from umt.engine.cli import main as train_main
+from umt.loaders.pipeline import ViewPolicy, make_loader
+from umt.loaders.views import ViewSpec
+
+from conftest import MODEL_ARGS
+
+SPEC = ViewSpec(frames=3, stride=2, crop=16, audio_seconds=0.25, mel_bins=16)
+
+
+@pytest.mark.parametrize("workers", [0, 2, 3])
+def test_loader_resumed_mid_epoch_continues_with_the_next_unseen_batch(data, workers):
+    def epoch(skip: int = 0) -> list[list[int]]:
+        loader = make_loader(data, "train", SPEC, ["audio"], ViewPolicy(1, 4, True), 8, workers,
+                             shuffle_buffer=16, skip=skip)
+        return [b["row"].tolist() for b in loader]
+
+    whole = epoch()
+    assert len(whole) == 8 and sorted(r for b in whole for r in b) == list(range(64))
+    for skip in range(len(whole) + 1):
+        assert epoch(skip) == whole[skip:], skip
+
+
+def _state(path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def test_killed_training_resumes_to_the_same_final_weights(data, tmp_path):
+    args = ["--data", str(data), "--method", "joint", "--epochs", "3", "--checkpoint-every", "2",
+            "--no-probe", *MODEL_ARGS, "--workers", "2", "--width", "8"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "umt.engine.cli", "--out", str(killed), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt, deadline, step = killed / "checkpoints" / "last.pt", time.monotonic() + 120, 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ckpt.is_file():
+            step = torch.load(ckpt, weights_only=False)["position"]["step"]
+            if step >= 4:
+                proc.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.05)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert 4 <= step < 24
+    train_main(["--out", str(killed), *args, "--resume", "latest"])
+    train_main(["--out", str(tmp_path / "whole"), *args])
+    resumed, whole = _state(killed / "model.pt"), _state(tmp_path / "whole" / "model.pt")
+    assert resumed.keys() == whole.keys()
+    for name in whole:
+        assert torch.equal(resumed[name], whole[name]), name  # bitwise on CPU
+    steps = [l for l in (killed / "metrics.jsonl").read_text().splitlines() if '"val_top1"' in l]
+    assert len(steps) == 3  # one record per epoch: nothing lost, nothing repeated
+
+
+def test_resume_refuses_another_configuration(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    train_main(["--data", str(data), "--out", str(out), "--method", "joint", "--max-steps", "2", "--no-probe", *MODEL_ARGS])
+    with pytest.raises(SystemExit):
+        train_main(["--data", str(data), "--out", str(out), "--method", "joint", "--max-steps", "2", "--no-probe",
+                    *MODEL_ARGS, "--lr", "0.5", "--resume", "latest"])
+    assert "saved by a run with other settings (lr)" in capsys.readouterr().err

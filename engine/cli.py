@@ -42,8 +42,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--width", type=int, default=d.width, help="ResNet-18 base width; features are 8x this "
                    "(64 gives the paper's 512-d)")
-    p.add_argument("--fusion", choices=("linear", "mlp"), default=d.fusion, help="fusion head on the "
-                   "concatenated features (linear: the paper's; mlp can read paired cues)")
+    p.add_argument("--fusion", choices=("linear", "mlp", "sum"), default=d.fusion, help="fusion head: linear or "
+                   "mlp on the concatenated features (linear: the paper's; mlp can read paired cues), or sum of "
+                   "per-modality linear heads' logits")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--view-seed", type=int, help="seed of the augmented views (default: --seed, or the cache's)")
     p.add_argument("--num-views", type=int, help="train on views 0..V-1 only (default: fresh views each "
@@ -52,6 +53,12 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--shuffle-buffer", type=int, default=d.shuffle_buffer)
     p.add_argument("--lambda", dest="distill_weight", type=float, default=d.distill_weight, help="UMT weight λ")
     p.add_argument("--cache", help="UMT: teacher-feature cache from `umt-cache build`")
+    p.add_argument("--distill", action="append", metavar="MODALITY", help="UMT: distil only these modalities "
+                   "(repeatable; default all)")
+    p.add_argument("--projector", action="store_true", help="UMT: distil through a learned linear projector, "
+                   "MSE(P·f_student, f_teacher) (FitNets)")
+    p.add_argument("--ume-combine", choices=("logits", "probs"), default=d.ume_combine, help="UME: average logits or probabilities")
+    p.add_argument("--ume-fit-weights", action="store_true", help="UME: fit member weights on the validation split")
     p.add_argument("--cache-budget-gb", type=float, default=d.cache_budget_gb, help="load the cache whole onto "
                    "the training device up to this size; beyond it, stream it shard by shard")
     p.add_argument("--teacher", action="append", default=[], metavar="MODALITY=CKPT",
@@ -73,6 +80,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     a["modalities"] = tuple(a.pop("modality") or d.modalities)
     a["teachers"] = parse_assignments(a.pop("teacher"), "--teacher")
     a["members"] = parse_assignments(a.pop("member"), "--member")
+    a["distill"] = tuple(a.pop("distill") or ())
     return TrainConfig(view=view, **a)
 
 

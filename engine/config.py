@@ -34,6 +34,10 @@ class TrainConfig:
     num_workers: int = 1
     shuffle_buffer: int = 256
     distill_weight: float = 10.0     # UMT's λ (BalanceMM uses 10 with mean-reduced MSE)
+    distill: tuple[str, ...] = ()    # UMT: modalities distilled (empty: every modality with a teacher)
+    projector: bool = False          # UMT: distil through a learned linear projector (FitNets)
+    ume_combine: str = "logits"      # UME: average "logits" or "probs"
+    ume_fit_weights: bool = False    # UME: fit per-member weights on the validation split
     cache: str | None = None         # UMT targets from `umt-cache build`
     cache_budget_gb: float = 8.0     # hold the cache whole in memory up to this size, else stream shards
     teachers: dict[str, str] = field(default_factory=dict)  # modality → uni-modal checkpoint
@@ -58,12 +62,19 @@ class TrainConfig:
                               f"got {sorted(self.teachers)}")
         if self.method == "ume" and len(self.members) < 2:
             raise ConfigError("ume combines two or more uni-modal checkpoints: --member MODALITY=CKPT")
+        if self.fusion not in ("linear", "mlp", "sum"):
+            raise ConfigError(f"fusion must be linear, mlp or sum, got {self.fusion!r}")
+        if set(self.distill) - set(self.modalities):
+            raise ConfigError(f"distilled modalities {list(self.distill)} are not all among {list(self.modalities)}")
+        if self.ume_combine not in ("logits", "probs"):
+            raise ConfigError(f"ume_combine must be logits or probs, got {self.ume_combine!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("epochs and batch size must be >= 1")
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["modalities"] = list(self.modalities)
+        data["distill"] = list(self.distill)
         return data
 
     def to_yaml(self) -> str:
@@ -78,6 +89,7 @@ class TrainConfig:
         data = dict(data)
         if "view" in data and isinstance(data["view"], dict):
             data["view"] = ViewSpec(**data["view"])
-        if "modalities" in data:
-            data["modalities"] = tuple(data["modalities"])
+        for key in ("modalities", "distill"):
+            if key in data:
+                data[key] = tuple(data[key])
         return cls(**data)

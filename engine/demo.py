@@ -18,6 +18,7 @@ from umt.loaders.synth import SynthConfig, write_synth
 from umt.loaders.views import ViewSpec
 
 from .config import TrainConfig
+from .guide import guide
 from .report import results_table
 from .train import run
 
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
              ("UMT (cached teachers)", train("umt", method="umt", cache=str(out / "cache.zarr"))),
              ("UME (logit average)", train("ume", method="ume", members=teachers))]
     table = results_table(rows)
+    advice = guide(str(data), teachers, str(out / "joint" / "model.pt"))
     wall = time.perf_counter() - start
     report = (f"# umt demo\n\n{table}\n\n"
               f"- data: `umt-data synth` {json.dumps(asdict(DATA))}\n"
@@ -63,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{base.fusion.upper()} fusion head, {base.epochs} epochs, batch {base.batch_size}, UMT λ = {base.distill_weight}\n"
               "- probe: fresh linear classifier on each frozen encoder's features (train split), test accuracy; "
               "a probe below the uni-modal one is modality laziness\n"
+              f"- guide (validation split): {json.dumps({k: round(v, 3) for k, v in advice['evidence'].items()})} "
+              f"→ **{advice['choice'].upper()}**: {advice['reason']}\n"
               f"- total wall time {wall:.0f} s\n")
     (out / "report.md").write_text(report)
     print("\n" + report)

@@ -50,3 +50,30 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     opt.step(closure)
     with torch.no_grad():
         return top1(head(xt), test_y)
+
+
+def final_evaluation(forward: Forward, cfg, seed: int, device: torch.device, modalities: tuple[str, ...] | None = None,
+                     scores: Callable[[torch.Tensor], torch.Tensor] = lambda logits: logits) -> dict:
+    """Test top-1 / top-5 / per-class accuracy and, per modality, a linear probe on frozen train features.
+
+    `scores` turns what `forward` returns as logits into class scores (UME combines its members here).
+    """
+    modalities = modalities or cfg.modalities
+    args = (cfg.view, list(modalities), seed, cfg.batch_size, cfg.num_workers, device)
+    test = collect(forward, cfg.data, "test", *args)
+    out = {**accuracies(scores(test["logits"]), test["labels"]), "probe": {}}
+    if cfg.probe:
+        train = collect(forward, cfg.data, "train", *args)
+        classes = out["num_classes"]
+        out["probe"] = {m: linear_probe(train["features"][m], train["labels"], test["features"][m],
+                                        test["labels"], classes) for m in modalities}
+    return out
+
+
+def accuracies(scores: torch.Tensor, labels: torch.Tensor) -> dict:
+    k = min(5, scores.shape[1])
+    per_class = [(scores.argmax(1)[labels == c] == c).float().mean().item() if (labels == c).any() else None
+                 for c in range(scores.shape[1])]
+    return {"test_top1": top1(scores, labels),
+            "test_top5": (scores.topk(k, dim=1).indices == labels[:, None]).any(1).float().mean().item(),
+            "per_class_top1": per_class, "num_classes": scores.shape[1]}

@@ -20,8 +20,10 @@ class ModelConfig:
     modalities: tuple[str, ...]
     num_classes: int
     width: int = 64          # ResNet-18 proper is 64 → 512-d features; small widths for CPU runs
-    fusion: str = "linear"   # "linear" (the paper's) or "mlp" (can read paired cues)
+    fusion: str = "linear"   # "linear" on concatenated features (the paper's), "mlp" (can read paired
+                             # cues), or "sum" (sum of per-modality linear heads' logits)
     hidden: int = 256
+    projector: bool = False  # UMT: distil through a learned linear map, MSE(P·f_student, f_teacher)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "modalities": list(self.modalities)}
@@ -116,8 +118,12 @@ class LateFusionNet(nn.Module):
         elif cfg.fusion == "mlp":
             self.head = nn.Sequential(nn.Linear(dim, cfg.hidden), nn.ReLU(inplace=True),
                                       nn.Linear(cfg.hidden, cfg.num_classes))
+        elif cfg.fusion == "sum":
+            self.head = nn.ModuleDict({m: nn.Linear(enc.out_dim, cfg.num_classes) for m, enc in self.encoders.items()})
         else:
-            raise ValueError(f"fusion must be 'linear' or 'mlp', got {cfg.fusion!r}")
+            raise ValueError(f"fusion must be 'linear', 'mlp' or 'sum', got {cfg.fusion!r}")
+        self.projectors = nn.ModuleDict({m: nn.Linear(enc.out_dim, enc.out_dim) for m, enc in self.encoders.items()}
+                                        if cfg.projector else {})
 
     def features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {m: enc(batch[m]) for m, enc in self.encoders.items()}
@@ -125,4 +131,10 @@ class LateFusionNet(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Fused logits and each modality's pooled feature (the UMT distillation point)."""
         feats = self.features(batch)
+        if self.cfg.fusion == "sum":
+            return sum(self.head[m](feats[m]) for m in self.cfg.modalities), feats
         return self.head(torch.cat([feats[m] for m in self.cfg.modalities], dim=1)), feats
+
+    def distilled(self, modality: str, feature: torch.Tensor) -> torch.Tensor:
+        """What UMT compares with the teacher's feature: the feature itself, or its projection."""
+        return self.projectors[modality](feature) if self.cfg.projector else feature

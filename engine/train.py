@@ -20,10 +20,10 @@ from tqdm import tqdm
 from umt.loaders.pipeline import ViewPolicy, make_loader
 from umt.loaders.shards import load_manifest
 
-from . import resume
-from .checkpoint import load_model, save_model
+from . import resume, ume
+from .checkpoint import save_model
 from .config import ConfigError, TrainConfig
-from .evaluate import collect, linear_probe, top1
+from .evaluate import collect, final_evaluation, top1
 from .models import LateFusionNet, ModelConfig
 from .report import write_report
 from .targets import CachedTargets, OnlineTeachers
@@ -65,7 +65,7 @@ def run(cfg: TrainConfig) -> dict:
     start = time.perf_counter()
     if cfg.method == "ume":
         log.keep_until(None)
-        results = _evaluate_ume(cfg, len(manifest["classes"]), accelerator) if accelerator.is_main_process else {}
+        results = ume.evaluate(cfg, len(manifest["classes"]), accelerator.device) if accelerator.is_main_process else {}
     else:
         results = _train(cfg, len(manifest["classes"]), accelerator, log)
     accelerator.wait_for_everyone()
@@ -106,7 +106,8 @@ def _targets(cfg: TrainConfig, model: LateFusionNet, device: torch.device):
 def _train(cfg: TrainConfig, num_classes: int, accelerator: Accelerator, log: MetricsLog) -> dict:
     torch.manual_seed(cfg.seed)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-    model = LateFusionNet(ModelConfig(tuple(cfg.modalities), num_classes, cfg.width, cfg.fusion)).to(device)
+    model = LateFusionNet(ModelConfig(tuple(cfg.modalities), num_classes, cfg.width, cfg.fusion,
+                                      projector=cfg.projector)).to(device)
     targets, view_seed, num_views = _targets(cfg, model, device)
 
     def loader(epoch: int, skip: int = 0):
@@ -180,7 +181,7 @@ def _train(cfg: TrainConfig, num_classes: int, accelerator: Accelerator, log: Me
         net = accelerator.unwrap_model(model).eval()
         save_model(Path(cfg.out) / "model.pt", net, {"view": cfg.view.to_dict(), "method": cfg.method,
                                                       "seed": cfg.seed, "view_seed": view_seed})
-        results.update(_final_eval(net, cfg, view_seed, device))
+        results.update(final_evaluation(net, cfg, view_seed, device))
     return results
 
 
@@ -192,7 +193,9 @@ def _step(model, batch: dict, targets, cfg: TrainConfig, optimizer, schedule,
     ce = F.cross_entropy(logits, batch["label"])
     loss, parts = ce, {"ce": ce.detach()}
     if targets:
-        distill = sum(F.mse_loss(feats[m], t) for m, t in targets(batch).items())
+        net = accelerator.unwrap_model(model)
+        distill = sum(F.mse_loss(net.distilled(m, feats[m]), t) for m, t in targets(batch).items()
+                      if not cfg.distill or m in cfg.distill)
         loss = ce + cfg.distill_weight * distill
         parts["distill"] = distill.detach()
     optimizer.zero_grad(set_to_none=True)
@@ -213,37 +216,3 @@ def _top1(net: LateFusionNet, cfg: TrainConfig, split: str, seed: int, device: t
     net.eval()
     res = collect(net, cfg.data, split, cfg.view, list(cfg.modalities), seed, cfg.batch_size, cfg.num_workers, device)
     return top1(res["logits"], res["labels"])
-
-
-def _final_eval(forward, cfg: TrainConfig, seed: int, device: torch.device,
-                modalities: tuple[str, ...] | None = None) -> dict:
-    """Test top-1 and, per modality, a linear probe fit on frozen train features."""
-    modalities = modalities or cfg.modalities
-    args = (cfg.view, list(modalities), seed, cfg.batch_size, cfg.num_workers, device)
-    test = collect(forward, cfg.data, "test", *args)
-    out = {"test_top1": top1(test["logits"], test["labels"]), "probe": {}}
-    if cfg.probe:
-        train = collect(forward, cfg.data, "train", *args)
-        classes = test["logits"].shape[1]
-        out["probe"] = {m: linear_probe(train["features"][m], train["labels"], test["features"][m],
-                                        test["labels"], classes) for m in modalities}
-    return out
-
-
-def _evaluate_ume(cfg: TrainConfig, num_classes: int, accelerator: Accelerator) -> dict:
-    """UME: the uni-modal models' logits averaged; no joint training at all."""
-    members = {}
-    for m, path in sorted(cfg.members.items()):
-        model, _ = load_model(path)
-        if tuple(model.cfg.modalities) != (m,) or model.cfg.num_classes != num_classes:
-            raise ConfigError(f"UME member {path} is not a uni-modal {m} model for {num_classes} classes")
-        members[m] = model.to(accelerator.device).eval()
-
-    def forward(batch):
-        outs = {m: net(batch) for m, net in members.items()}
-        logits = torch.stack([o[0] for o in outs.values()]).mean(0)
-        return logits, {m: o[1][m] for m, o in outs.items()}
-
-    seed = cfg.seed if cfg.view_seed is None else cfg.view_seed
-    with torch.no_grad():
-        return _final_eval(forward, cfg, seed, accelerator.device, tuple(members))

@@ -19,6 +19,8 @@ EPILOG = """methods:
   umt       joint + λ·Σ_m MSE(student feature_m, frozen teacher feature_m) (Du et al., ICML 2023);
             targets from --cache (umt-cache build) or online from --teacher checkpoints
   ume       evaluation only: average the logits of uni-modal --member checkpoints
+  ogm-ge    joint + on-the-fly gradient modulation with generalisation enhancement (Peng et al., CVPR 2022)
+  gblend    joint + auxiliary uni-modal heads, losses weighted by gradient blending (Wang et al., CVPR 2020)
 
 example:
   umt-train --data data/synth --method unimodal --modality video --out runs/video
@@ -57,6 +59,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    "(repeatable; default all)")
     p.add_argument("--projector", action="store_true", help="UMT: distil through a learned linear projector, "
                    "MSE(P·f_student, f_teacher) (FitNets)")
+    p.add_argument("--ogm-alpha", type=float, default=d.ogm_alpha, help="OGM-GE modulation strength α")
+    p.add_argument("--ogm-start", type=int, default=d.ogm_start, help="OGM-GE: first modulated epoch")
+    p.add_argument("--ogm-end", type=int, help="OGM-GE: epoch at which modulation stops")
+    p.add_argument("--no-ogm-ge", dest="ogm_ge", action="store_false", help="OGM without the GE noise")
     p.add_argument("--ume-combine", choices=("logits", "probs"), default=d.ume_combine, help="UME: average logits or probabilities")
     p.add_argument("--ume-fit-weights", action="store_true", help="UME: fit member weights on the validation split")
     p.add_argument("--cache-budget-gb", type=float, default=d.cache_budget_gb, help="load the cache whole onto "

@@ -8,7 +8,7 @@ import yaml
 from umt.loaders.errors import UserError
 from umt.loaders.views import ViewSpec
 
-METHODS = ("unimodal", "joint", "umt", "ume")
+METHODS = ("unimodal", "joint", "umt", "ume", "ogm-ge", "gblend")
 
 
 class ConfigError(UserError):
@@ -36,6 +36,10 @@ class TrainConfig:
     distill_weight: float = 10.0     # UMT's λ (BalanceMM uses 10 with mean-reduced MSE)
     distill: tuple[str, ...] = ()    # UMT: modalities distilled (empty: every modality with a teacher)
     projector: bool = False          # UMT: distil through a learned linear projector (FitNets)
+    ogm_alpha: float = 0.1           # OGM-GE's α (OGM-GE repo: 0.1 VGGSound, 0.8 CREMA-D)
+    ogm_start: int = 0               # OGM-GE: first epoch of modulation
+    ogm_end: int | None = None       # OGM-GE: epoch at which modulation stops (None: never)
+    ogm_ge: bool = True              # OGM-GE: add the generalisation-enhancement noise
     ume_combine: str = "logits"      # UME: average "logits" or "probs"
     ume_fit_weights: bool = False    # UME: fit per-member weights on the validation split
     cache: str | None = None         # UMT targets from `umt-cache build`
@@ -53,7 +57,7 @@ class TrainConfig:
             raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.method == "unimodal" and len(self.modalities) != 1:
             raise ConfigError(f"unimodal trains one modality, got {list(self.modalities)}")
-        if self.method in ("joint", "umt") and len(self.modalities) < 2:
+        if self.method in ("joint", "umt", "ogm-ge", "gblend") and len(self.modalities) < 2:
             raise ConfigError(f"{self.method} needs two or more modalities, got {list(self.modalities)}")
         if self.method == "umt" and not (self.cache or self.teachers):
             raise ConfigError("umt needs teacher targets: --cache CACHE or --teacher MODALITY=CKPT")
@@ -62,6 +66,8 @@ class TrainConfig:
                               f"got {sorted(self.teachers)}")
         if self.method == "ume" and len(self.members) < 2:
             raise ConfigError("ume combines two or more uni-modal checkpoints: --member MODALITY=CKPT")
+        if self.method == "ogm-ge" and self.fusion not in ("linear", "sum"):
+            raise ConfigError("ogm-ge needs --fusion linear or sum (its logits must split by modality)")
         if self.fusion not in ("linear", "mlp", "sum"):
             raise ConfigError(f"fusion must be linear, mlp or sum, got {self.fusion!r}")
         if set(self.distill) - set(self.modalities):

@@ -23,14 +23,15 @@ class ModelConfig:
     fusion: str = "linear"   # "linear" on concatenated features (the paper's), "mlp" (can read paired
                              # cues), or "sum" (sum of per-modality linear heads' logits)
     hidden: int = 256
-    projector: bool = False  # UMT: distil through a learned linear map, MSE(P·f_student, f_teacher)
+    projector: tuple[str, ...] = ()  # UMT: modalities distilled through a learned linear map, MSE(P·f, f_teacher)
+    aux_heads: bool = False  # G-Blending: one auxiliary linear classifier per modality
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "modalities": list(self.modalities)}
+        return {**asdict(self), "modalities": list(self.modalities), "projector": list(self.projector)}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
-        return cls(**{**data, "modalities": tuple(data["modalities"])})
+        return cls(**{**data, "modalities": tuple(data["modalities"]), "projector": tuple(data.get("projector", ()))})
 
 
 class BasicBlock(nn.Module):
@@ -122,8 +123,10 @@ class LateFusionNet(nn.Module):
             self.head = nn.ModuleDict({m: nn.Linear(enc.out_dim, cfg.num_classes) for m, enc in self.encoders.items()})
         else:
             raise ValueError(f"fusion must be 'linear', 'mlp' or 'sum', got {cfg.fusion!r}")
-        self.projectors = nn.ModuleDict({m: nn.Linear(enc.out_dim, enc.out_dim) for m, enc in self.encoders.items()}
-                                        if cfg.projector else {})
+        self.aux_heads = nn.ModuleDict({m: nn.Linear(enc.out_dim, cfg.num_classes) for m, enc in self.encoders.items()}
+                                       if cfg.aux_heads else {})
+        self.projectors = nn.ModuleDict({m: nn.Linear(self.encoders[m].out_dim, self.encoders[m].out_dim)
+                                         for m in cfg.projector})
 
     def features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {m: enc(batch[m]) for m, enc in self.encoders.items()}
@@ -137,4 +140,4 @@ class LateFusionNet(nn.Module):
 
     def distilled(self, modality: str, feature: torch.Tensor) -> torch.Tensor:
         """What UMT compares with the teacher's feature: the feature itself, or its projection."""
-        return self.projectors[modality](feature) if self.cfg.projector else feature
+        return self.projectors[modality](feature) if modality in self.projectors else feature

@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from tqdm import tqdm
 
 from umt.loaders.pipeline import ViewPolicy, make_loader
 from umt.loaders.shards import load_manifest
 
-from . import resume, ume
+from . import balancing, resume, ume
 from .checkpoint import save_model
 from .config import ConfigError, TrainConfig
 from .evaluate import collect, final_evaluation, top1
@@ -107,7 +108,8 @@ def _train(cfg: TrainConfig, num_classes: int, accelerator: Accelerator, log: Me
     torch.manual_seed(cfg.seed)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     model = LateFusionNet(ModelConfig(tuple(cfg.modalities), num_classes, cfg.width, cfg.fusion,
-                                      projector=cfg.projector)).to(device)
+                                      projector=tuple(cfg.distill or cfg.modalities) if cfg.projector else (),
+                                      aux_heads=cfg.method == "gblend")).to(device)
     targets, view_seed, num_views = _targets(cfg, model, device)
 
     def loader(epoch: int, skip: int = 0):
@@ -124,7 +126,8 @@ def _train(cfg: TrainConfig, num_classes: int, accelerator: Accelerator, log: Me
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     state = resume.load(cfg)
     pos = resume.restore(state, model, optimizer, schedule) if state else \
-        {"epoch": 0, "batch": 0, "step": 0, "samples": 0, "train_time": 0.0, "wait_time": 0.0}
+        {"epoch": 0, "batch": 0, "step": 0, "samples": 0, "train_time": 0.0, "wait_time": 0.0,
+         "blend": {k: 1 / (len(cfg.modalities) + 1) for k in ("fused", *cfg.modalities)}, "blend_losses": None}
     if state and accelerator.is_main_process:
         print(f"umt-train: resuming {cfg.out} at epoch {pos['epoch'] + 1}, batch {pos['batch']}, step {pos['step']}")
     log.keep_until(pos["step"] if state else None)
@@ -141,12 +144,15 @@ def _train(cfg: TrainConfig, num_classes: int, accelerator: Accelerator, log: Me
         batches = loader(epoch, pos["batch"] if epoch == pos["epoch"] else 0)
         done_before = pos["batch"] if epoch == pos["epoch"] else 0
         loss_sum = torch.zeros((), device=device)
+        head_sums: dict[str, torch.Tensor] = {}
         bar = tqdm(total=len(batches) + done_before, initial=done_before, desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}",
                    unit="step", leave=False, disable=not accelerator.is_main_process)
         epoch_start = tick = time.perf_counter()
         for index, batch in enumerate(batches, start=done_before + 1):
             pos["wait_time"] += time.perf_counter() - tick
-            loss, parts = _step(model, batch, targets, cfg, optimizer, schedule, accelerator)
+            loss, parts = _step(model, batch, targets, cfg, optimizer, schedule, accelerator, pos, epoch)
+            for k, v in parts.items():
+                head_sums[k] = head_sums.get(k, 0.0) + v
             pos["step"] += 1
             pos["samples"] += len(batch["label"]) * world
             loss_sum += loss
@@ -167,9 +173,16 @@ def _train(cfg: TrainConfig, num_classes: int, accelerator: Accelerator, log: Me
         record = {"epoch": epoch, "step": pos["step"], "train_loss": (loss_sum / max(len(batches), 1)).item(),
                   "samples_per_s": round(pos["samples"] / pos["train_time"], 1),
                   "data_wait_share": round(pos["wait_time"] / pos["train_time"], 3)}
+        val = None
         if accelerator.is_main_process:
-            record["val_top1"] = _top1(accelerator.unwrap_model(model), cfg, "val", view_seed, device)
+            net = accelerator.unwrap_model(model).eval()
+            val = collect(net, cfg.data, "val", cfg.view, list(cfg.modalities), view_seed, cfg.batch_size,
+                          cfg.num_workers, device)
+            record["val_top1"] = top1(val["logits"], val["labels"])
             model.train()
+        if cfg.method == "gblend":
+            record["blend_weights"] = _update_blend(pos, accelerator, accelerator.unwrap_model(model), head_sums,
+                                                    len(batches), val)
         accelerator.wait_for_everyone()
         log.write(record)
         checkpoint(epoch=epoch + 1, batch=0)
@@ -185,24 +198,56 @@ def _train(cfg: TrainConfig, num_classes: int, accelerator: Accelerator, log: Me
     return results
 
 
-def _step(model, batch: dict, targets, cfg: TrainConfig, optimizer, schedule,
-          accelerator: Accelerator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One optimiser step; returns the detached loss and its parts."""
+def _step(model, batch: dict, targets, cfg: TrainConfig, optimizer, schedule, accelerator: Accelerator,
+          pos: dict, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimiser step of any trainable method; returns the detached loss and its logged parts."""
     batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
+    net = accelerator.unwrap_model(model)
     logits, feats = model(batch)
-    ce = F.cross_entropy(logits, batch["label"])
-    loss, parts = ce, {"ce": ce.detach()}
+    labels = batch["label"]
+    if cfg.method == "gblend":
+        losses = balancing.head_losses(net, logits, feats, labels)
+        loss = sum(pos["blend"][k] * v for k, v in losses.items())
+        parts = {f"ce_{k}": v.detach() for k, v in losses.items()}
+    else:
+        loss = F.cross_entropy(logits, labels)
+        parts = {"ce": loss.detach()}
     if targets:
-        net = accelerator.unwrap_model(model)
         distill = sum(F.mse_loss(net.distilled(m, feats[m]), t) for m, t in targets(batch).items()
                       if not cfg.distill or m in cfg.distill)
-        loss = ce + cfg.distill_weight * distill
+        loss = loss + cfg.distill_weight * distill
         parts["distill"] = distill.detach()
     optimizer.zero_grad(set_to_none=True)
     accelerator.backward(loss)
+    if cfg.method == "ogm-ge" and cfg.ogm_start <= epoch < (cfg.ogm_end if cfg.ogm_end is not None else math.inf):
+        shares = balancing.modality_logits(net, {m: f.detach() for m, f in feats.items()})
+        coeffs = balancing.ogm_coefficients(shares, labels, cfg.ogm_alpha, lambda t: accelerator.reduce(t, "sum"))
+        noise = torch.Generator().manual_seed(cfg.seed * 1_000_003 + pos["step"]) if cfg.ogm_ge else None
+        balancing.modulate_gradients(net, coeffs, noise)
+        parts.update({f"ogm_k_{m}": torch.tensor(k) for m, k in coeffs.items()})
     optimizer.step()
     schedule.step()
     return loss.detach(), parts
+
+
+@torch.no_grad()
+def _update_blend(pos: dict, accelerator: Accelerator, net: LateFusionNet, head_sums: dict, num_batches: int,
+                  val: dict | None) -> dict:
+    """G-Blending's weights for the next epoch from this and the previous epoch's head losses."""
+    train = {k.removeprefix("ce_"): accelerator.reduce(v / max(num_batches, 1), "mean").item()
+             for k, v in sorted(head_sums.items()) if k.startswith("ce_")}
+    pairs = None
+    if accelerator.is_main_process:  # validation losses of the fused and auxiliary heads
+        device = next(net.parameters()).device
+        val_loss = {"fused": F.cross_entropy(val["logits"], val["labels"]).item()}
+        val_loss.update({m: F.cross_entropy(head(val["features"][m].to(device)).cpu(), val["labels"]).item()
+                         for m, head in net.aux_heads.items()})
+        pairs = {k: (train[k], val_loss[k]) for k in train}
+    pairs = broadcast_object_list([pairs])[0]
+    if pos["blend_losses"] is not None:
+        pos["blend"] = balancing.blend_weights(pos["blend_losses"], pairs)
+    pos["blend_losses"] = pairs
+    return dict(pos["blend"])
 
 
 def _replica_divergence(model: torch.nn.Module, accelerator: Accelerator) -> float:
@@ -210,9 +255,3 @@ def _replica_divergence(model: torch.nn.Module, accelerator: Accelerator) -> flo
     flat = torch.cat([p.detach().flatten() for p in model.parameters()])[None]
     replicas = accelerator.gather(flat)
     return (replicas - replicas[0]).abs().max().item()
-
-
-def _top1(net: LateFusionNet, cfg: TrainConfig, split: str, seed: int, device: torch.device) -> float:
-    net.eval()
-    res = collect(net, cfg.data, split, cfg.view, list(cfg.modalities), seed, cfg.batch_size, cfg.num_workers, device)
-    return top1(res["logits"], res["labels"])

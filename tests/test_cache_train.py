@@ -90,9 +90,10 @@ def test_bad_input_gives_clear_errors(data, teachers, cache, tmp_path, capsys):
     assert "nope.pt does not exist" in err
 
 
-def test_two_process_training_keeps_replicas_identical(data, tmp_path):
+@pytest.mark.parametrize("method", ["joint", "ogm-ge"])
+def test_two_process_training_keeps_replicas_identical(data, tmp_path, method):
     out = tmp_path / "ddp"
-    accelerate_launch("umt.engine.cli", "--data", str(data), "--out", str(out), "--method", "joint",
+    accelerate_launch("umt.engine.cli", "--data", str(data), "--out", str(out), "--method", method,
                       "--max-steps", "3", "--no-probe", *MODEL_ARGS)
     results = json.loads((out / "results.json").read_text())
     assert results["processes"] == 2 and results["steps"] == 3

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from conftest import train
 def test_fusion_heads_and_projector_shapes():
     batch = {"video": torch.randint(0, 255, (2, 3, 16, 16, 3), dtype=torch.uint8), "audio": torch.randn(2, 1, 16, 26)}
     for fusion in ("linear", "mlp", "sum"):
-        net = LateFusionNet(ModelConfig(("video", "audio"), 5, width=4, fusion=fusion, projector=True))
+        net = LateFusionNet(ModelConfig(("video", "audio"), 5, width=4, fusion=fusion, projector=("video", "audio")))
         logits, feats = net(batch)
         assert logits.shape == (2, 5) and feats["video"].shape == (2, 32)
         assert net.distilled("audio", feats["audio"]).shape == (2, 32)
@@ -53,3 +54,45 @@ def test_guide_reports_evidence_and_a_choice(data, teachers, tmp_path, capsys):
     assert set(result["evidence"]) == {"unimodal_audio", "unimodal_video", "ume", "joint"}
     assert result["choice"] == ("ume" if result["evidence"]["ume"] >= result["evidence"]["joint"] else "umt")
     assert "Recommendation" in capsys.readouterr().out
+
+
+def test_ogm_coefficients_on_a_constructed_batch():
+    from umt.engine.balancing import modality_logits, ogm_coefficients
+    labels = torch.tensor([0, 1])
+    confident = torch.tensor([[4.0, 0.0], [0.0, 4.0]])   # p(y) = 0.982 on both samples
+    unsure = torch.zeros(2, 2)                            # p(y) = 0.5
+    k = ogm_coefficients({"audio": confident, "video": unsure}, labels, alpha=0.5)
+    ratio = 2 * 0.98201379 / 1.0
+    assert k["audio"] == pytest.approx(1 - math.tanh(0.5 * ratio), rel=1e-5)  # the dominant modality is slowed
+    assert k["video"] == 1.0
+    net = LateFusionNet(ModelConfig(("video", "audio"), 2, width=4, fusion="linear"))
+    feats = {"video": torch.randn(3, 32), "audio": torch.randn(3, 32)}
+    shares = modality_logits(net, feats)
+    assert torch.allclose(shares["video"] + shares["audio"], net.head(torch.cat([feats["video"], feats["audio"]], 1)), atol=1e-6)
+
+
+def test_gradient_blending_weights_follow_g_over_o_squared():
+    from umt.engine.balancing import blend_weights
+    prev = {"fused": (2.0, 2.0), "audio": (2.0, 2.0), "video": (2.0, 2.0)}
+    now = {"fused": (1.0, 1.5),    # G = 0.5, O = 0.5  → 2.0
+           "audio": (0.5, 1.9),    # G = 0.1, O = 1.4  → 0.051
+           "video": (1.8, 2.1)}    # G = -0.1 → 0
+    w = blend_weights(prev, now)
+    assert w["video"] == 0 and w["fused"] > w["audio"] > 0 and sum(w.values()) == pytest.approx(1)
+    assert w["fused"] / w["audio"] == pytest.approx((0.5 / 0.25) / (0.1 / 1.96), rel=1e-4)
+
+
+@pytest.mark.parametrize("method", ["ogm-ge", "gblend"])
+def test_balancing_methods_train(data, tmp_path, method):
+    run = train(data, tmp_path / method, "--method", method, "--epochs", "2", "--log-every", "1", "--no-probe",
+                "--ogm-alpha", "0.8")
+    records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert steps and all(math.isfinite(r["loss"]) for r in steps)
+    if method == "ogm-ge":
+        assert all(0 < r["ogm_k_video"] <= 1 and 0 < r["ogm_k_audio"] <= 1 for r in steps)
+        assert any(min(r["ogm_k_video"], r["ogm_k_audio"]) < 1 for r in steps)
+    else:
+        weights = [r["blend_weights"] for r in records if "blend_weights" in r]
+        assert len(weights) == 2 and weights[0] == pytest.approx({"fused": 1 / 3, "audio": 1 / 3, "video": 1 / 3})
+        assert sum(weights[1].values()) == pytest.approx(1)

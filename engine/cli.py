@@ -40,6 +40,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--modality", action="append", help="modality to use, repeatable (default: video and audio)")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimiser step")
+    p.add_argument("--precision", choices=("auto", "no", "bf16", "fp16"), default=d.precision,
+                   help="mixed precision (auto: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate, cosine decay")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--width", type=int, default=d.width, help="ResNet-18 base width; features are 8x this "

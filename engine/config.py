@@ -47,6 +47,8 @@ class TrainConfig:
     teachers: dict[str, str] = field(default_factory=dict)  # modality → uni-modal checkpoint
     members: dict[str, str] = field(default_factory=dict)   # UME: modality → uni-modal checkpoint
     max_steps: int | None = None     # stop early (smoke tests)
+    grad_accum: int = 1              # micro-batches per optimiser step
+    precision: str = "auto"          # "auto" (bf16 on GPU, fp32 on CPU), "no", "bf16" or "fp16"
     checkpoint_every: int = 0        # steps between training-state checkpoints (0: end of each epoch only)
     resume: str | None = None        # "latest" (this run directory's last checkpoint) or a checkpoint path
     log_every: int = 10
@@ -68,6 +70,10 @@ class TrainConfig:
             raise ConfigError("ume combines two or more uni-modal checkpoints: --member MODALITY=CKPT")
         if self.method == "ogm-ge" and self.fusion not in ("linear", "sum"):
             raise ConfigError("ogm-ge needs --fusion linear or sum (its logits must split by modality)")
+        if self.precision not in ("auto", "no", "bf16", "fp16"):
+            raise ConfigError(f"precision must be auto, no, bf16 or fp16, got {self.precision!r}")
+        if self.grad_accum < 1 or (self.method == "ogm-ge" and self.grad_accum > 1):
+            raise ConfigError("grad_accum must be >= 1 (and 1 for ogm-ge, which modulates each step's gradients)")
         if self.fusion not in ("linear", "mlp", "sum"):
             raise ConfigError(f"fusion must be linear, mlp or sum, got {self.fusion!r}")
         if set(self.distill) - set(self.modalities):

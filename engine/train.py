@@ -56,7 +56,9 @@ def run(cfg: TrainConfig) -> dict:
     """Train (or, for UME, evaluate) as `cfg` says; returns the final metrics."""
     cfg.validate()
     manifest = load_manifest(cfg.data)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    gpu = torch.cuda.is_available()
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if gpu else "no")
+    accelerator = Accelerator(cpu=not gpu, mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum)
     out = Path(cfg.out)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -150,7 +152,8 @@ def _train(cfg: TrainConfig, num_classes: int, accelerator: Accelerator, log: Me
         epoch_start = tick = time.perf_counter()
         for index, batch in enumerate(batches, start=done_before + 1):
             pos["wait_time"] += time.perf_counter() - tick
-            loss, parts = _step(model, batch, targets, cfg, optimizer, schedule, accelerator, pos, epoch)
+            with accelerator.accumulate(model):
+                loss, parts = _step(model, batch, targets, cfg, optimizer, schedule, accelerator, pos, epoch)
             for k, v in parts.items():
                 head_sums[k] = head_sums.get(k, 0.0) + v
             pos["step"] += 1
@@ -204,6 +207,7 @@ def _step(model, batch: dict, targets, cfg: TrainConfig, optimizer, schedule, ac
     batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
     net = accelerator.unwrap_model(model)
     logits, feats = model(batch)
+    logits, feats = logits.float(), {m: f.float() for m, f in feats.items()}  # bf16 under mixed precision
     labels = batch["label"]
     if cfg.method == "gblend":
         losses = balancing.head_losses(net, logits, feats, labels)

@@ -11,7 +11,8 @@ from umt.cache.cli import parse_assignments
 from umt.loaders.errors import run_cli
 from umt.loaders.views import ViewSpec
 
-from .config import METHODS, TrainConfig
+from . import config_files
+from .config import METHODS, ConfigError, TrainConfig
 
 EPILOG = """methods:
   unimodal  one modality's encoder + linear head (a teacher, and a UME member)
@@ -22,9 +23,10 @@ EPILOG = """methods:
   ogm-ge    joint + on-the-fly gradient modulation with generalisation enhancement (Peng et al., CVPR 2022)
   gblend    joint + auxiliary uni-modal heads, losses weighted by gradient blending (Wang et al., CVPR 2020)
 
-example:
+examples:
   umt-train --data data/synth --method unimodal --modality video --out runs/video
   umt-train --data data/synth --method umt --cache runs/cache.zarr --out runs/umt
+  umt-train --config configs/kinetics400.yaml method.name=umt method.cache=k400.zarr run.out=runs/k400-umt
 """
 
 
@@ -34,8 +36,11 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                                 "and report.md to --out.", epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     d = TrainConfig(data="", out="")
-    p.add_argument("--data", required=True, help="shard directory (umt-data synth / pack)")
-    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--config", help="YAML config (see configs/); then set anything else as KEY=VALUE overrides")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="with --config: dotted overrides, e.g. "
+                   "optim.lr=0.01 run.out=runs/x")
+    p.add_argument("--data", help="shard directory (umt-data synth / pack)")
+    p.add_argument("--out", help="run directory")
     p.add_argument("--method", choices=METHODS, default=d.method)
     p.add_argument("--modality", action="append", help="modality to use, repeatable (default: video and audio)")
     p.add_argument("--epochs", type=int, default=d.epochs)
@@ -85,6 +90,15 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         p.add_argument("--" + f.name.replace("_", "-"), default=f.default, **kind,
                        help=f"view: {f.name.replace('_', ' ')} (default {f.default})")
     a = vars(p.parse_args(argv))
+    config, overrides = a.pop("config"), a.pop("overrides")
+    if config or overrides:
+        changed = sorted(k for k, v in a.items() if v != p.get_default(k))
+        if changed or not config:
+            raise ConfigError("use either --config FILE with KEY=VALUE overrides, or option flags, not both "
+                              f"(flags given: {', '.join(changed) or 'none'}; overrides need --config)")
+        return config_files.load(config, overrides)
+    if not a["data"] or not a["out"]:
+        raise ConfigError("--data and --out are required (or use --config FILE)")
     view = ViewSpec(**{f.name: a.pop(f.name) for f in fields(ViewSpec)})
     a["modalities"] = tuple(a.pop("modality") or d.modalities)
     a["teachers"] = parse_assignments(a.pop("teacher"), "--teacher")

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-import yaml
-
 from umt.loaders.errors import UserError
 from umt.loaders.views import ViewSpec
 
@@ -88,9 +86,6 @@ class TrainConfig:
         data["modalities"] = list(self.modalities)
         data["distill"] = list(self.distill)
         return data
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":

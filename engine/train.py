@@ -21,7 +21,7 @@ from tqdm import tqdm
 from umt.loaders.pipeline import ViewPolicy, make_loader
 from umt.loaders.shards import load_manifest
 
-from . import balancing, resume, ume
+from . import balancing, config_files, resume, ume
 from .checkpoint import save_model
 from .config import ConfigError, TrainConfig
 from .evaluate import collect, final_evaluation, top1
@@ -62,7 +62,7 @@ def run(cfg: TrainConfig) -> dict:
     out = Path(cfg.out)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(cfg.to_yaml())
+        (out / "config.yaml").write_text(config_files.to_yaml(cfg))
     accelerator.wait_for_everyone()
     log = MetricsLog(out / "metrics.jsonl", accelerator.is_main_process)
     start = time.perf_counter()

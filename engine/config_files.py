@@ -1,0 +1,129 @@
+"""YAML run configs: small files over built-in defaults, dotted overrides, strict checking.
+
+A config file groups TrainConfig's settings in five sections (the names users edit):
+
+    data:   path, workers, shuffle_buffer, view_seed, num_views, view: {frames, stride, crop, ...}
+    model:  modalities, width, fusion
+    optim:  epochs, batch_size, lr, weight_decay, grad_accum, max_steps, precision
+    method: name, lambda, distill, projector, cache, cache_budget_gb, teachers, members,
+            ogm_alpha, ogm_start, ogm_end, ogm_ge, ume_combine, ume_fit_weights
+    run:    out, seed, log_every, checkpoint_every, resume, probe
+
+`umt-train --config configs/kinetics400.yaml optim.lr=0.01 run.out=runs/k400-umt` merges defaults,
+then the file, then the overrides (values parsed as YAML). An unknown key or a value of the wrong
+type is an error naming the key and where it came from. Each run saves the resolved config.
+"""
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from umt.loaders.views import ViewSpec
+
+from .config import ConfigError, TrainConfig
+
+SECTIONS: dict[str, dict[str, str]] = {
+    "data": {"path": "data", "workers": "num_workers", "shuffle_buffer": "shuffle_buffer",
+             "view_seed": "view_seed", "num_views": "num_views", "view": "view"},
+    "model": {"modalities": "modalities", "width": "width", "fusion": "fusion"},
+    "optim": {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "weight_decay": "weight_decay",
+              "grad_accum": "grad_accum", "max_steps": "max_steps", "precision": "precision"},
+    "method": {"name": "method", "lambda": "distill_weight", "distill": "distill", "projector": "projector",
+               "cache": "cache", "cache_budget_gb": "cache_budget_gb", "teachers": "teachers", "members": "members",
+               "ogm_alpha": "ogm_alpha", "ogm_start": "ogm_start", "ogm_end": "ogm_end", "ogm_ge": "ogm_ge",
+               "ume_combine": "ume_combine", "ume_fit_weights": "ume_fit_weights"},
+    "run": {"out": "out", "seed": "seed", "log_every": "log_every", "checkpoint_every": "checkpoint_every",
+            "resume": "resume", "probe": "probe"},
+}
+_FIELD_OF = {(s, k): f for s, keys in SECTIONS.items() for k, f in keys.items()}
+assert sorted(_FIELD_OF.values()) == sorted(f.name for f in fields(TrainConfig)), "every setting in one section"
+
+
+def to_sections(cfg: TrainConfig) -> dict[str, dict[str, Any]]:
+    flat = cfg.to_dict()
+    return {s: {k: flat[f] for k, f in keys.items()} for s, keys in SECTIONS.items()}
+
+
+def to_yaml(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(to_sections(cfg), sort_keys=False)
+
+
+def _merge(base: dict, update: dict, where: str, prefix: str = "") -> None:
+    for key, value in update.items():
+        name = f"{prefix}{key}"
+        if key not in base:
+            known = ", ".join(sorted(base))
+            raise ConfigError(f"{where}: unknown key {name!r} (known here: {known})")
+        if isinstance(base[key], dict) and key not in ("teachers", "members") and isinstance(value, dict):
+            _merge(base[key], value, where, name + ".")
+        elif isinstance(base[key], dict) and key not in ("teachers", "members"):
+            raise ConfigError(f"{where}: {name!r} is a section; give it keys, not {value!r}")
+        else:
+            base[key] = value
+
+
+def override(text: str) -> dict:
+    """'optim.lr=0.01' → {'optim': {'lr': 0.01}}."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} is not KEY=VALUE (e.g. optim.lr=0.01)")
+    nested: dict = yaml.safe_load(value) if value else None
+    for part in reversed(key.split(".")):
+        nested = {part: nested}
+    return nested
+
+
+def _check_type(name: str, value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        return _check_type(name, value, next(o for o in options if o is not type(None)), where)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint in (int, str, bool) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    if origin is tuple and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    if origin is dict and isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+        return dict(value)
+    if hint is ViewSpec and isinstance(value, dict):
+        view_hints = typing.get_type_hints(ViewSpec)
+        return ViewSpec(**{k: _check_type(f"{name}.{k}", v, view_hints[k], where) for k, v in value.items()})
+    raise ConfigError(f"{where}: {name} must be {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def load(path: str | None, overrides: list[str]) -> TrainConfig:
+    """Defaults ← YAML file ← overrides, checked key by key and type by type."""
+    nested = to_sections(TrainConfig(data="", out=""))
+    nested["data"]["view"] = asdict(ViewSpec())
+    if path:
+        if not Path(path).is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path} is not valid YAML: {err}") from err
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected sections {sorted(SECTIONS)} at the top level")
+        _merge(nested, loaded, str(path))
+    for text in overrides:
+        _merge(nested, override(text), f"override {text!r}")
+    hints = typing.get_type_hints(TrainConfig)
+    values = {}
+    for (section, key), name in _FIELD_OF.items():
+        values[name] = _check_type(f"{section}.{key}", nested[section][key], hints[name], path or "overrides")
+    if not values["data"] or not values["out"]:
+        raise ConfigError("data.path and run.out must be set (in the file or as overrides)")
+    return TrainConfig(**values)

@@ -18,6 +18,7 @@ from umt.loaders.synth import SynthConfig, write_synth
 from umt.loaders.views import ViewSpec
 
 from .config import TrainConfig
+from . import plots
 from .guide import guide
 from .report import results_table
 from .train import run
@@ -56,9 +57,10 @@ def main(argv: list[str] | None = None) -> None:
              ("UMT (cached teachers)", train("umt", method="umt", cache=str(out / "cache.zarr"))),
              ("UME (logit average)", train("ume", method="ume", members=teachers))]
     table = results_table(rows)
+    picture = plots.laziness(rows, out / "laziness.png")
     advice = guide(str(data), teachers, str(out / "joint" / "model.pt"))
     wall = time.perf_counter() - start
-    report = (f"# umt demo\n\n{table}\n\n"
+    report = (f"# umt demo\n\n{table}\n\n![probe accuracy per encoder]({picture.name})\n\n"
               f"- data: `umt-data synth` {json.dumps(asdict(DATA))}\n"
               f"- views: {json.dumps(VIEW.to_dict())}; cache: {VIEWS} views per training clip, built in {cache_s:.1f} s\n"
               f"- models: ResNet-18-style encoders, width {base.width} ({8 * base.width}-d features), "

@@ -16,12 +16,13 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from umt.loaders.pipeline import ViewPolicy, make_loader
 from umt.loaders.shards import load_manifest
 
-from . import balancing, config_files, resume, ume
+from . import balancing, config_files, plots, resume, ume
 from .checkpoint import save_model
 from .config import ConfigError, TrainConfig
 from .evaluate import collect, final_evaluation, top1
@@ -31,10 +32,11 @@ from .targets import CachedTargets, OnlineTeachers
 
 
 class MetricsLog:
-    """metrics.jsonl, written by the main process only."""
+    """metrics.jsonl and TensorBoard scalars (OUT/tensorboard), written by the main process only."""
 
     def __init__(self, path: Path, enabled: bool):
         self.path, self.enabled = path, enabled
+        self.board = SummaryWriter(str(path.parent / "tensorboard")) if enabled else None
 
     def keep_until(self, step: int | None) -> None:
         """Start the log afresh, or on resume keep the records up to the checkpoint's step."""
@@ -47,9 +49,15 @@ class MetricsLog:
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
-        if self.enabled:
-            with open(self.path, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+        if not self.enabled:
+            return
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        group = "epoch" if "val_top1" in record else "step"
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and key not in ("step", "epoch"):
+                self.board.add_scalar(f"{group}/{key}", value, record.get("step", 0))
+        self.board.flush()
 
 
 def run(cfg: TrainConfig) -> dict:
@@ -77,7 +85,8 @@ def run(cfg: TrainConfig) -> dict:
         results.update(method=cfg.method, modalities=modalities, fusion=cfg.fusion,
                        wall_s=round(time.perf_counter() - start, 2), processes=accelerator.num_processes)
         (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-        write_report(out / "report.md", cfg, results)
+        curves = plots.training_curves(out / "metrics.jsonl", out / "curves.png") if cfg.method != "ume" else None
+        write_report(out / "report.md", cfg, results, curves)
         log.write({"final": results})
     return results if accelerator.is_main_process else {}
 

@@ -98,3 +98,11 @@ def test_two_process_training_keeps_replicas_identical(data, tmp_path, method):
     results = json.loads((out / "results.json").read_text())
     assert results["processes"] == 2 and results["steps"] == 3
     assert results["replica_max_abs_diff"] == 0.0
+
+
+def test_run_directory_has_curves_tensorboard_and_report(data, tmp_path):
+    run = train(data, tmp_path / "r", "--method", "joint", "--epochs", "2", "--no-probe", "--log-every", "2")
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    report = (run / "report.md").read_text()
+    assert "![training curves](curves.png)" in report and "test top-5" in report

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -55,3 +58,21 @@ def accelerate_launch(module: str, *args: str, processes: int = 2) -> None:
     subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                     str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                     "-m", module, *args], check=True, env=env, timeout=300)
+
+
+def kill_when(module: str, args: list[str], ready: Callable[[], bool], timeout: float = 120) -> None:
+    """Run `python -m module args`, SIGKILL it as soon as ready() holds; fail if it finished first."""
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # same threads as the test process: bitwise comparisons
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            hit = ready()
+        except Exception:  # the watched file is being created
+            hit = False
+        if hit:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"{module} finished before it could be killed"

@@ -1,9 +1,6 @@
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -15,7 +12,7 @@ from umt.cache.cli import main as cache_main
 from umt.cache.reader import FeatureTable
 from umt.cache.store import CacheError
 
-from conftest import accelerate_launch, synth
+from conftest import accelerate_launch, kill_when, synth
 
 
 def _arrays(path) -> dict[str, np.ndarray]:
@@ -38,20 +35,8 @@ def _build_args(data, teachers, out, *extra) -> list[str]:
 def test_killed_build_resumes_to_the_uninterrupted_result(teachers, tmp_path):
     data = synth(tmp_path / "data", "--train", "192", "--shard-size", "12")  # 16 shards
     args = _build_args(data, teachers, tmp_path / "killed.zarr", "--views", "6", "--batch-size", "4")
-    proc = subprocess.Popen([sys.executable, "-m", "umt.cache.cli", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    done, deadline = 0, time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            done = int(zarr.open_group(str(tmp_path / "killed.zarr"), mode="r")["done"][:].sum())
-        except Exception:  # the store is still being created
-            done = 0
-        if done >= 2:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the build finished before it could be killed"
+    kill_when("umt.cache.cli", args,
+              lambda: zarr.open_group(str(tmp_path / "killed.zarr"), mode="r")["done"][:].sum() >= 2)
     left = zarr.open_group(str(tmp_path / "killed.zarr"), mode="r")["done"][:]
     assert 2 <= left.sum() < 16
     cache_main(args)  # resume: computes only the unfinished shards

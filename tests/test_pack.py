@@ -1,10 +1,5 @@
 import csv
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +10,7 @@ from umt.loaders.inputs import read_annotations
 from umt.loaders.pipeline import ViewPolicy, make_loader
 from umt.loaders.views import ViewSpec
 
+from conftest import kill_when
 from media_factory import real_world_folder
 
 
@@ -66,16 +62,7 @@ def test_interrupted_pack_resumes_to_identical_shards(videos, tmp_path):
     csv_path = _annotations(tmp_path / "big.csv", good + ["garbage.mp4"], repeat=8)
     killed, whole = tmp_path / "killed", tmp_path / "whole"
     args = _pack_args(csv_path, root, killed, "--shard-size", "2", "--workers", "1", "--short-side", "24")
-    proc = subprocess.Popen([sys.executable, "-m", "umt.loaders.cli", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if len(list(killed.glob("*.tar"))) >= 3:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the pack finished before it could be killed"
+    kill_when("umt.loaders.cli", args, lambda: len(list(killed.glob("*.tar"))) >= 3)
     finished_before = {p.name: p.stat().st_mtime_ns for p in killed.glob("*.tar")}
     data_main(args[:-4] + ["--workers", "2", "--short-side", "24"])  # resume, with another worker count
     data_main(_pack_args(csv_path, root, whole, "--shard-size", "2", "--workers", "2", "--short-side", "24"))

@@ -1,8 +1,3 @@
-import signal
-import subprocess
-import sys
-import time
-
 import pytest
 import torch
 
@@ -10,7 +5,7 @@ from umt.engine.cli import main as train_main
 from umt.loaders.pipeline import ViewPolicy, make_loader
 from umt.loaders.views import ViewSpec
 
-from conftest import MODEL_ARGS
+from conftest import MODEL_ARGS, kill_when
 
 SPEC = ViewSpec(frames=3, stride=2, crop=16, audio_seconds=0.25, mel_bins=16)
 
@@ -36,19 +31,10 @@ def test_killed_training_resumes_to_the_same_final_weights(data, tmp_path):
     args = ["--data", str(data), "--method", "joint", "--epochs", "3", "--checkpoint-every", "2",
             "--no-probe", *MODEL_ARGS, "--workers", "2", "--width", "8"]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "umt.engine.cli", "--out", str(killed), *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt, deadline, step = killed / "checkpoints" / "last.pt", time.monotonic() + 120, 0
-    while time.monotonic() < deadline and proc.poll() is None:
-        if ckpt.is_file():
-            step = torch.load(ckpt, weights_only=False)["position"]["step"]
-            if step >= 4:
-                proc.send_signal(signal.SIGKILL)
-                break
-        time.sleep(0.05)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert 4 <= step < 24
+    ckpt = killed / "checkpoints" / "last.pt"
+    kill_when("umt.engine.cli", ["--out", str(killed), *args],
+              lambda: torch.load(ckpt, weights_only=False)["position"]["step"] >= 4)
+    assert 4 <= torch.load(ckpt, weights_only=False)["position"]["step"] < 24
     train_main(["--out", str(killed), *args, "--resume", "latest"])
     train_main(["--out", str(tmp_path / "whole"), *args])
     resumed, whole = _state(killed / "model.pt"), _state(tmp_path / "whole" / "model.pt")

@@ -1,7 +1,8 @@
-"""The trainer behind `umt-train`: uni-modal, joint (late fusion), UMT, and UME evaluation.
+"""The trainer behind `umt-train`: unimodal, joint, umt, ogm-ge and gblend training; ume evaluation.
 
-One loop serves every trainable method; UMT only adds λ · Σ_m MSE(student feature, teacher
-feature) with targets from a cache or from online teachers. Accelerate supplies the process group
+One loop serves every trainable method: UMT adds λ · Σ_m MSE(student feature, teacher feature)
+with targets from a cache or from online teachers; G-Blending weights the fused and auxiliary
+heads' losses; OGM-GE rescales encoder gradients between backward and step (engine/balancing.py). Accelerate supplies the process group
 (DDP over NCCL on GPUs, gloo on CPU); each rank builds its own loader over disjoint shards, so the
 loader is not passed through `prepare` (huggingface/accelerate #2162).
 """

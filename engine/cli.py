@@ -84,7 +84,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--resume", metavar="latest|PATH", help="continue a killed run: 'latest' resumes OUT's last "
                    "checkpoint (and starts fresh if there is none); the configuration must be the same")
     p.add_argument("--log-every", type=int, default=d.log_every, help="steps between loss records")
-    p.add_argument("--no-probe", dest="probe", action="store_false", help="skip the linear probes")
+    p.add_argument("--no-probe", dest="probe", action="store_false", help="skip the final linear probes")
+    p.add_argument("--probe-every", type=int, default=d.probe_every, help="also probe each encoder on the "
+                   "validation split every N epochs (costs one pass over the training split)")
     for f in fields(ViewSpec):
         kind = {"action": argparse.BooleanOptionalAction} if isinstance(f.default, bool) else {"type": type(f.default)}
         p.add_argument("--" + f.name.replace("_", "-"), default=f.default, **kind,

@@ -50,7 +50,8 @@ class TrainConfig:
     checkpoint_every: int = 0        # steps between training-state checkpoints (0: end of each epoch only)
     resume: str | None = None        # "latest" (this run directory's last checkpoint) or a checkpoint path
     log_every: int = 10
-    probe: bool = True
+    probe: bool = True               # linear probes of each encoder at the end (test split)
+    probe_every: int = 0             # also probe on the validation split every N epochs (0: never)
 
     def validate(self) -> None:
         if self.method not in METHODS:

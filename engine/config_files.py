@@ -7,7 +7,7 @@ A config file groups TrainConfig's settings in five sections (the names users ed
     optim:  epochs, batch_size, lr, weight_decay, grad_accum, max_steps, precision
     method: name, lambda, distill, projector, cache, cache_budget_gb, teachers, members,
             ogm_alpha, ogm_start, ogm_end, ogm_ge, ume_combine, ume_fit_weights
-    run:    out, seed, log_every, checkpoint_every, resume, probe
+    run:    out, seed, log_every, checkpoint_every, resume, probe, probe_every
 
 `umt-train --config configs/kinetics400.yaml optim.lr=0.01 run.out=runs/k400-umt` merges defaults,
 then the file, then the overrides (values parsed as YAML). An unknown key or a value of the wrong
@@ -38,7 +38,7 @@ SECTIONS: dict[str, dict[str, str]] = {
                "ogm_alpha": "ogm_alpha", "ogm_start": "ogm_start", "ogm_end": "ogm_end", "ogm_ge": "ogm_ge",
                "ume_combine": "ume_combine", "ume_fit_weights": "ume_fit_weights"},
     "run": {"out": "out", "seed": "seed", "log_every": "log_every", "checkpoint_every": "checkpoint_every",
-            "resume": "resume", "probe": "probe"},
+            "resume": "resume", "probe": "probe", "probe_every": "probe_every"},
 }
 _FIELD_OF = {(s, k): f for s, keys in SECTIONS.items() for k, f in keys.items()}
 assert sorted(_FIELD_OF.values()) == sorted(f.name for f in fields(TrainConfig)), "every setting in one section"

@@ -26,7 +26,7 @@ from umt.loaders.shards import load_manifest
 from . import balancing, config_files, plots, resume, ume
 from .checkpoint import save_model
 from .config import ConfigError, TrainConfig
-from .evaluate import collect, final_evaluation, top1
+from .evaluate import accuracies, collect, final_evaluation, linear_probe
 from .models import LateFusionNet, ModelConfig
 from .report import write_report
 from .targets import CachedTargets, OnlineTeachers
@@ -56,8 +56,10 @@ class MetricsLog:
             handle.write(json.dumps(record) + "\n")
         group = "epoch" if "val_top1" in record else "step"
         for key, value in record.items():
-            if isinstance(value, (int, float)) and key not in ("step", "epoch"):
-                self.board.add_scalar(f"{group}/{key}", value, record.get("step", 0))
+            items = value.items() if isinstance(value, dict) else [("", value)]
+            for sub, v in items:  # numbers, and dicts of numbers (probes per modality, blend weights)
+                if isinstance(v, (int, float)) and key not in ("step", "epoch"):
+                    self.board.add_scalar(f"{group}/{key}" + (f"/{sub}" if sub else ""), v, record.get("step", 0))
         self.board.flush()
 
 
@@ -191,7 +193,15 @@ def _train(cfg: TrainConfig, num_classes: int, accelerator: Accelerator, log: Me
             net = accelerator.unwrap_model(model).eval()
             val = collect(net, cfg.data, "val", cfg.view, list(cfg.modalities), view_seed, cfg.batch_size,
                           cfg.num_workers, device)
-            record["val_top1"] = top1(val["logits"], val["labels"])
+            scores = accuracies(val["logits"], val["labels"])
+            record.update(val_top1=scores["test_top1"], val_top5=scores["test_top5"],
+                          val_per_class_top1=scores["per_class_top1"])
+            if cfg.probe_every and (epoch + 1) % cfg.probe_every == 0:
+                train_feats = collect(net, cfg.data, "train", cfg.view, list(cfg.modalities), view_seed,
+                                      cfg.batch_size, cfg.num_workers, device)
+                record["val_probe"] = {m: linear_probe(train_feats["features"][m], train_feats["labels"],
+                                                       val["features"][m], val["labels"], num_classes)
+                                       for m in cfg.modalities}
             model.train()
         if cfg.method == "gblend":
             record["blend_weights"] = _update_blend(pos, accelerator, accelerator.unwrap_model(model), head_sums,

@@ -101,7 +101,10 @@ def test_two_process_training_keeps_replicas_identical(data, tmp_path, method):
 
 
 def test_run_directory_has_curves_tensorboard_and_report(data, tmp_path):
-    run = train(data, tmp_path / "r", "--method", "joint", "--epochs", "2", "--no-probe", "--log-every", "2")
+    run = train(data, tmp_path / "r", "--method", "joint", "--epochs", "2", "--no-probe", "--log-every", "2",
+                "--probe-every", "1")
+    epochs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"val_top1"' in l]
+    assert len(epochs) == 2 and all(set(e["val_probe"]) == {"video", "audio"} and "val_top5" in e for e in epochs)
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     report = (run / "report.md").read_text()

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from umt.engine.checkpoint import fingerprint, load_model
 from umt.loaders.pipeline import collate, decode_views, shard_loader
-from umt.loaders.shards import load_manifest, manifest_fingerprint, split_shards
+from umt.loaders.shards import is_remote, load_manifest, locate, manifest_fingerprint, split_shards
 from umt.loaders.views import ViewSpec
 
 from . import store
@@ -84,7 +84,7 @@ def build(data_dir: str, teachers: dict[str, str], out: str, num_views: int, see
     dims = {m: encoders[m].out_dim for m in modalities}
     attrs = {"format": store.FORMAT, "split": split, "num_samples": sum(s["count"] for s in shards),
              "num_views": num_views, "seed": seed, "view_spec": spec.to_dict(),
-             "data_dir": str(Path(data_dir).resolve()), "data_fingerprint": manifest_fingerprint(data_dir),
+             "data_dir": str(data_dir) if is_remote(data_dir) else str(Path(data_dir).resolve()), "data_fingerprint": manifest_fingerprint(data_dir),
              "teachers": {m: {"fingerprint": prints[m], "checkpoint": str(Path(teachers[m]).resolve()),
                               "dim": dims[m]} for m in modalities},
              "shards": [s["name"] for s in shards]}
@@ -106,7 +106,7 @@ def build(data_dir: str, teachers: dict[str, str], out: str, num_views: int, see
     offsets = np.array([s["offset"] for s in shards])
     pending: dict[int, list[dict]] = {}
     start = time.perf_counter()
-    paths = [str(Path(data_dir) / shards[i]["name"]) for i in mine]
+    paths = [locate(data_dir, shards[i]["name"]) for i in mine]
     loader = shard_loader(paths, ShardViews(spec, modalities, seed, num_views),
                           functools.partial(batched_by_shard, batch_size=batch_size), num_workers)
     with torch.no_grad(), tqdm(total=todo, unit="clip", desc=f"cache[rank {state.process_index}]",

@@ -8,7 +8,6 @@ online, compared within float16 rounding. The last line is `max_abs_diff=<float>
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,7 +15,7 @@ import webdataset as wds
 
 from umt.loaders.errors import UserError
 from umt.loaders.pipeline import decode_views
-from umt.loaders.shards import manifest_fingerprint
+from umt.loaders.shards import locate, manifest_fingerprint
 from umt.loaders.views import ViewSpec
 
 from . import store
@@ -80,7 +79,7 @@ def _recompute(group, data_dir: str, encoders: dict, k: int, seed: int) -> tuple
     shard_rows = group["views"].shards[0]
     spec = ViewSpec(**attrs["view_spec"])
     shards = sorted({r // shard_rows for r in wanted})
-    urls = [str(Path(data_dir) / attrs["shards"][s]) for s in shards]
+    urls = [locate(data_dir, attrs["shards"][s]) for s in shards]
     worst, within = 0.0, True
     with torch.no_grad():
         for sample in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples()):

@@ -10,7 +10,7 @@ from pathlib import Path
 from .errors import run_cli
 from .inputs import FORMATS, read_annotations
 from .pack import pack
-from .shards import load_manifest
+from .shards import is_remote, load_manifest
 from .synth import SynthConfig, write_synth
 from .transcode import PackOptions
 
@@ -69,7 +69,7 @@ def _pack(args) -> None:
 
 def _info(data: str) -> None:
     manifest = load_manifest(data)
-    print(f"shard set   {Path(data).resolve()}")
+    print(f"shard set   {data if is_remote(data) else Path(data).resolve()}")
     print(f"classes     {len(manifest['classes'])}: {', '.join(manifest['classes'][:6])}"
           f"{'…' if len(manifest['classes']) > 6 else ''}")
     for split, info in manifest["splits"].items():

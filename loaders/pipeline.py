@@ -21,7 +21,7 @@ import webdataset as wds
 from .audio import log_mel
 from .kernels import crop_flip_to_rgb
 from .media import MediaError, decode_flac, decode_h264
-from .shards import DataError, load_manifest, split_shards
+from .shards import DataError, load_manifest, locate, split_shards
 from .views import CENTRE, Geometry, ViewSpec, audio_window, make_view, train_view_index
 
 MODALITIES = ("video", "audio")
@@ -73,7 +73,7 @@ def decode_views(sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: 
 
 def shard_paths(data_dir: str | Path, split: str) -> tuple[list[str], list[int]]:
     shards = split_shards(load_manifest(data_dir), split)
-    return [str(Path(data_dir) / s["name"]) for s in shards], [s["count"] for s in shards]
+    return [locate(data_dir, s["name"]) for s in shards], [s["count"] for s in shards]
 
 
 def rank_shards(paths: list[str], counts: list[int], rank: int, world: int, seed: int, epoch: int,

@@ -15,9 +15,13 @@ import hashlib
 import io
 import json
 import os
+import subprocess
 import tarfile
 from pathlib import Path
 from typing import Any
+
+import fsspec
+from webdataset.gopen import gopen_schemes
 
 from .errors import UserError
 
@@ -80,26 +84,69 @@ def write_manifest(data_dir: Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
-def load_manifest(data_dir: str | Path) -> dict[str, Any]:
-    """Read DIR/manifest.json, failing with a message that names the directory and the problem."""
-    data_dir = Path(data_dir)
-    path = data_dir / MANIFEST
-    if not data_dir.is_dir():
-        raise DataError(f"data directory {data_dir} does not exist (create one with `umt-data synth`)")
-    if not path.is_file():
-        raise DataError(f"{path} is missing: {data_dir} is not a umt shard set")
+def is_remote(data_dir: str | Path) -> bool:
+    return str(data_dir).startswith("pipe:") or "://" in str(data_dir)
+
+
+def locate(data_dir: str | Path, name: str) -> str:
+    """Where a member of a shard set lives, in the form webdataset opens.
+
+    A local directory; a URL (`s3://bucket/k400`, `gs://...`, `https://...`, `file://...`), whose
+    members are `URL/name`; or a command template `pipe:CMD` in which `{}` stands for the member's
+    name (`pipe:aws s3 cp s3://bucket/k400/{} -`), so nodes stream shards without copying them.
+    """
+    text = str(data_dir)
+    if text.startswith("pipe:"):
+        if "{}" not in text:
+            raise DataError(f"{text!r}: a pipe: data location needs {{}} where the file name goes")
+        return text.replace("{}", name)
+    if "://" in text:
+        return text.rstrip("/") + "/" + name
+    return str(Path(text) / name)
+
+
+def read_member(data_dir: str | Path, name: str) -> bytes:
+    """The bytes of one small member (the manifest) from any location `locate` understands."""
+    url = locate(data_dir, name)
     try:
-        manifest = json.loads(path.read_text())
+        if url.startswith("pipe:"):
+            return subprocess.run(url[5:], shell=True, check=True, capture_output=True).stdout
+        if "://" in url:
+            with fsspec.open(url, "rb") as handle:
+                return handle.read()
+        return Path(url).read_bytes()
+    except (OSError, subprocess.CalledProcessError) as err:
+        raise DataError(f"cannot read {url}: {err}") from err
+
+
+def load_manifest(data_dir: str | Path) -> dict[str, Any]:
+    """Read the shard set's manifest.json, failing with a message that names the place and the problem."""
+    if not is_remote(data_dir):
+        if not Path(data_dir).is_dir():
+            raise DataError(f"data directory {data_dir} does not exist (create one with `umt-data synth`)")
+        if not (Path(data_dir) / MANIFEST).is_file():
+            raise DataError(f"{Path(data_dir) / MANIFEST} is missing: {data_dir} is not a umt shard set")
+    where = locate(data_dir, MANIFEST)
+    try:
+        manifest = json.loads(read_member(data_dir, MANIFEST))
     except json.JSONDecodeError as err:
-        raise DataError(f"{path} is not valid JSON: {err}") from err
+        raise DataError(f"{where} is not valid JSON: {err}") from err
     if manifest.get("format") != FORMAT:
-        raise DataError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+        raise DataError(f"{where}: format {manifest.get('format')!r}, expected {FORMAT!r}")
     return manifest
 
 
 def manifest_fingerprint(data_dir: str | Path) -> str:
     """Data fingerprint: the hash of the manifest, which holds every shard's sha256."""
-    return "sha256:" + sha256_file(Path(data_dir) / MANIFEST)
+    return "sha256:" + hashlib.sha256(read_member(data_dir, MANIFEST)).hexdigest()
+
+
+def _fsspec_gopen(url: str, mode: str = "rb", bufsize: int = 8192, **_) -> Any:
+    return fsspec.open(url, mode).open()
+
+
+for _scheme in ("s3", "gcs", "az", "abfs", "file"):  # schemes webdataset's gopen leaves to us
+    gopen_schemes.setdefault(_scheme, _fsspec_gopen)
 
 
 def split_shards(manifest: dict[str, Any], split: str) -> list[dict[str, Any]]:

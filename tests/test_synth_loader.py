@@ -74,3 +74,13 @@ def test_missing_data_directory_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="manifest.json is missing"):
         load_manifest(tmp_path / "empty")
+
+
+def test_shards_stream_from_urls_and_pipe_commands(data):
+    local = [b["row"].tolist() for b in make_loader(data, "train", SPEC, ["audio"], ViewPolicy(0, 1, True), 8)]
+    for location in (f"file://{data}", f"pipe:cat '{data}/{{}}'"):
+        assert load_manifest(location) == load_manifest(data)
+        remote = make_loader(location, "train", SPEC, ["audio"], ViewPolicy(0, 1, True), 8)
+        assert [b["row"].tolist() for b in remote] == local, location
+    with pytest.raises(DataError, match="needs {}"):
+        load_manifest(f"pipe:cat {data}/manifest.json")

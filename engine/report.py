@@ -5,15 +5,13 @@ from pathlib import Path
 
 from .config import TrainConfig
 
-MODALITIES = ("video", "audio")
-
-
 def results_table(rows: list[tuple[str, dict]]) -> str:
     """Markdown table: name, test top-1, per-modality probe accuracy, training samples/s."""
-    head = ["method", "fusion", "test top-1"] + [f"probe {m}" for m in MODALITIES] + ["train samples/s"]
+    modalities = sorted({m for _, r in rows for m in r["modalities"]}, key=lambda m: (m != "video", m))
+    head = ["method", "fusion", "test top-1"] + [f"probe {m}" for m in modalities] + ["train samples/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in rows:
-        probes = [f"{r['probe'][m]:.3f}" if m in r.get("probe", {}) else "—" for m in MODALITIES]
+        probes = [f"{r['probe'][m]:.3f}" if m in r.get("probe", {}) else "—" for m in modalities]
         speed = f"{r['train_samples_per_s']:.0f}" if "train_samples_per_s" in r else "— (no training)"
         fusion = "logit mean" if r["method"] == "ume" else (r["fusion"] if len(r["modalities"]) > 1 else "—")
         lines.append("| " + " | ".join([name, fusion, f"{r['test_top1']:.3f}", *probes, speed]) + " |")

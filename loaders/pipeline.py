@@ -41,11 +41,16 @@ class ViewPolicy:
 
 
 def decode_views(sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: int,
-                 view_indices: Sequence[int]) -> list[dict]:
-    """Decode one raw tar sample once and cut every requested view from it."""
+                 view_indices: Sequence[int] | Callable[[int], Sequence[int]]) -> list[dict]:
+    """Decode one raw tar sample once and cut every requested view from it.
+
+    `view_indices` is a list, or a function of the sample's row giving the list.
+    """
     where = f"{sample.get('__url__', '?')} sample {sample.get('__key__', '?')}"
     try:
         meta = json.loads(sample["json"])
+        if callable(view_indices):
+            view_indices = view_indices(meta["row"])
         geom = Geometry.of(meta)
         views = [make_view(seed, meta["row"], v, spec, geom) for v in view_indices]
         span = (spec.frames - 1) * spec.stride + 1
@@ -207,8 +212,8 @@ class _DecodeOne:
     policy: ViewPolicy
 
     def __call__(self, sample: dict) -> dict:
-        row = json.loads(sample["json"])["row"]
-        return decode_views(sample, self.spec, self.modalities, self.policy.seed, [self.policy.index(row)])[0]
+        return decode_views(sample, self.spec, self.modalities, self.policy.seed,
+                            lambda row: [self.policy.index(row)])[0]
 
 
 class _SkipPerWorker:

@@ -6,7 +6,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from umt.loaders.pipeline import ViewPolicy, make_loader
+from umt.loaders.pipeline import ViewPolicy, make_loader, shard_paths
 from umt.loaders.views import ViewSpec
 
 Forward = Callable[[dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -14,9 +14,18 @@ Forward = Callable[[dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 @torch.no_grad()
 def collect(forward: Forward, data: str, split: str, spec: ViewSpec, modalities: list[str], seed: int,
-            batch_size: int, num_workers: int, device: torch.device) -> dict:
-    """Labels, logits and pooled features of every sample of a split, on its centre view."""
-    loader = make_loader(data, split, spec, modalities, ViewPolicy(seed), batch_size, num_workers)
+            batch_size: int, num_workers: int, device: torch.device, accelerator=None) -> dict:
+    """Labels, logits and pooled features of every sample of a split, on its centre view.
+
+    With an Accelerator of several processes, every rank must call this: each reads its own shards
+    and the results are gathered to all ranks (when the split has fewer shards than processes,
+    every rank reads the whole split instead).
+    """
+    world = accelerator.num_processes if accelerator is not None else 1
+    split_up = world > 1 and len(shard_paths(data, split)[0]) >= world
+    rank = accelerator.process_index if split_up else 0
+    loader = make_loader(data, split, spec, modalities, ViewPolicy(seed), batch_size, num_workers,
+                         rank, world if split_up else 1)
     labels, logits, feats = [], [], {m: [] for m in modalities}
     for batch in loader:
         out, f = forward({k: v.to(device) for k, v in batch.items()})
@@ -24,8 +33,21 @@ def collect(forward: Forward, data: str, split: str, spec: ViewSpec, modalities:
         logits.append(out.float().cpu())
         for m in modalities:
             feats[m].append(f[m].float().cpu())
-    return {"labels": torch.cat(labels), "logits": torch.cat(logits),
-            "features": {m: torch.cat(v) for m, v in feats.items()}}
+    local = {"labels": torch.cat(labels), "logits": torch.cat(logits),
+             "features": {m: torch.cat(v) for m, v in feats.items()}}
+    if not split_up:
+        return local
+    return {"labels": _gather(local["labels"], accelerator), "logits": _gather(local["logits"], accelerator),
+            "features": {m: _gather(v, accelerator) for m, v in local["features"].items()}}
+
+
+def _gather(tensor: torch.Tensor, accelerator) -> torch.Tensor:
+    """Every rank's rows, in rank order (ranks may hold different numbers of rows)."""
+    counts = accelerator.gather(torch.tensor([len(tensor)], device=accelerator.device)).tolist()
+    padded = accelerator.pad_across_processes(tensor.to(accelerator.device), dim=0)
+    rows = padded.shape[0]
+    everything = accelerator.gather(padded).cpu()
+    return torch.cat([everything[r * rows:r * rows + n] for r, n in enumerate(counts)])
 
 
 def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -53,17 +75,19 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
 
 
 def final_evaluation(forward: Forward, cfg, seed: int, device: torch.device, modalities: tuple[str, ...] | None = None,
-                     scores: Callable[[torch.Tensor], torch.Tensor] = lambda logits: logits) -> dict:
+                     scores: Callable[[torch.Tensor], torch.Tensor] = lambda logits: logits, accelerator=None) -> dict:
     """Test top-1 / top-5 / per-class accuracy and, per modality, a linear probe on frozen train features.
 
     `scores` turns what `forward` returns as logits into class scores (UME combines its members here).
     """
     modalities = modalities or cfg.modalities
-    args = (cfg.view, list(modalities), seed, cfg.batch_size, cfg.num_workers, device)
+    args = (cfg.view, list(modalities), seed, cfg.batch_size, cfg.num_workers, device, accelerator)
     test = collect(forward, cfg.data, "test", *args)
     out = {**accuracies(scores(test["logits"]), test["labels"]), "probe": {}}
     if cfg.probe:
         train = collect(forward, cfg.data, "train", *args)
+        if accelerator is not None and not accelerator.is_main_process:
+            return out  # the probes are fit once, on the main process
         classes = out["num_classes"]
         out["probe"] = {m: linear_probe(train["features"][m], train["labels"], test["features"][m],
                                         test["labels"], classes) for m in modalities}

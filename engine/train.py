@@ -188,21 +188,20 @@ def _train(cfg: TrainConfig, num_classes: int, accelerator: Accelerator, log: Me
         record = {"epoch": epoch, "step": pos["step"], "train_loss": (loss_sum / max(len(batches), 1)).item(),
                   "samples_per_s": round(pos["samples"] / pos["train_time"], 1),
                   "data_wait_share": round(pos["wait_time"] / pos["train_time"], 3)}
-        val = None
-        if accelerator.is_main_process:
-            net = accelerator.unwrap_model(model).eval()
-            val = collect(net, cfg.data, "val", cfg.view, list(cfg.modalities), view_seed, cfg.batch_size,
-                          cfg.num_workers, device)
-            scores = accuracies(val["logits"], val["labels"])
-            record.update(val_top1=scores["test_top1"], val_top5=scores["test_top5"],
-                          val_per_class_top1=scores["per_class_top1"])
-            if cfg.probe_every and (epoch + 1) % cfg.probe_every == 0:
-                train_feats = collect(net, cfg.data, "train", cfg.view, list(cfg.modalities), view_seed,
-                                      cfg.batch_size, cfg.num_workers, device)
+        net = accelerator.unwrap_model(model).eval()  # every rank evaluates its share of the split
+        val = collect(net, cfg.data, "val", cfg.view, list(cfg.modalities), view_seed, cfg.batch_size,
+                      cfg.num_workers, device, accelerator)
+        scores = accuracies(val["logits"], val["labels"])
+        record.update(val_top1=scores["test_top1"], val_top5=scores["test_top5"],
+                      val_per_class_top1=scores["per_class_top1"])
+        if cfg.probe_every and (epoch + 1) % cfg.probe_every == 0:
+            train_feats = collect(net, cfg.data, "train", cfg.view, list(cfg.modalities), view_seed,
+                                  cfg.batch_size, cfg.num_workers, device, accelerator)
+            if accelerator.is_main_process:
                 record["val_probe"] = {m: linear_probe(train_feats["features"][m], train_feats["labels"],
                                                        val["features"][m], val["labels"], num_classes)
                                        for m in cfg.modalities}
-            model.train()
+        model.train()
         if cfg.method == "gblend":
             record["blend_weights"] = _update_blend(pos, accelerator, accelerator.unwrap_model(model), head_sums,
                                                     len(batches), val)
@@ -213,11 +212,11 @@ def _train(cfg: TrainConfig, num_classes: int, accelerator: Accelerator, log: Me
                "data_wait_share": round(pos["wait_time"] / max(pos["train_time"], 1e-9), 3)}
     if world > 1:
         results["replica_max_abs_diff"] = _replica_divergence(model, accelerator)
+    net = accelerator.unwrap_model(model).eval()
     if accelerator.is_main_process:
-        net = accelerator.unwrap_model(model).eval()
         save_model(Path(cfg.out) / "model.pt", net, {"view": cfg.view.to_dict(), "method": cfg.method,
                                                       "seed": cfg.seed, "view_seed": view_seed})
-        results.update(final_evaluation(net, cfg, view_seed, device))
+    results.update(final_evaluation(net, cfg, view_seed, device, accelerator=accelerator))
     return results
 
 

@@ -109,3 +109,22 @@ def test_run_directory_has_curves_tensorboard_and_report(data, tmp_path):
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     report = (run / "report.md").read_text()
     assert "![training curves](curves.png)" in report and "test top-5" in report
+
+
+def test_two_process_evaluation_splits_and_gathers(tmp_path):
+    from umt.engine.checkpoint import load_model
+    from umt.engine.evaluate import collect, top1
+    from umt.loaders.views import ViewSpec
+    data = synth(tmp_path / "d", "--shard-size", "8")  # 2 val and 2 test shards: one per process
+    out = tmp_path / "ddp"
+    accelerate_launch("umt.engine.cli", "--data", str(data), "--out", str(out), "--method", "joint",
+                      "--max-steps", "3", *MODEL_ARGS)
+    results = json.loads((out / "results.json").read_text())
+    model, ckpt = load_model(out / "model.pt")
+    view = ViewSpec(**ckpt["view"])
+    alone = {split: collect(model.eval(), str(data), split, view, ["video", "audio"], 0, 8, 0, torch.device("cpu"))
+             for split in ("val", "test")}
+    assert results["test_top1"] == top1(alone["test"]["logits"], alone["test"]["labels"])
+    val_record = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"val_top1"' in l][-1]
+    assert val_record["val_top1"] == top1(alone["val"]["logits"], alone["val"]["labels"])
+    assert set(results["probe"]) == {"video", "audio"}

@@ -96,3 +96,20 @@ def test_balancing_methods_train(data, tmp_path, method):
         weights = [r["blend_weights"] for r in records if "blend_weights" in r]
         assert len(weights) == 2 and weights[0] == pytest.approx({"fused": 1 / 3, "audio": 1 / 3, "video": 1 / 3})
         assert sum(weights[1].values()) == pytest.approx(1)
+
+
+def test_guide_trains_what_is_missing(data, teachers, tmp_path):
+    from pathlib import Path
+    config = Path(__file__).resolve().parent.parent / "configs" / "synth-demo.yaml"
+    out = tmp_path / "guide"
+    argv = ["--data", str(data), "--out", str(out), f"--member=video={teachers['video']}", "--train-missing",
+            str(config), "--set", "optim.max_steps=3", "--set", "run.probe=false", "--set", "model.width=4",
+            "--set", "optim.batch_size=8", "--set", "data.workers=0",
+            "--set", "data.view={frames: 3, stride: 2, crop: 16, audio_seconds: 0.25, mel_bins: 16}"]
+    guide_main(argv)
+    assert (out / "audio" / "model.pt").is_file() and (out / "joint" / "model.pt").is_file()
+    assert not (out / "video").exists()  # given, not trained
+    first = (out / "joint" / "model.pt").stat().st_mtime_ns
+    guide_main(argv)  # a rerun reuses what it trained
+    assert (out / "joint" / "model.pt").stat().st_mtime_ns == first
+    assert json.loads((out / "guide.json").read_text())["choice"] in ("ume", "umt")

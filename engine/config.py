@@ -1,7 +1,7 @@
 """Training run configuration: one dataclass, saved resolved as config.yaml in every run."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 from umt.loaders.errors import UserError
 from umt.loaders.views import ViewSpec
@@ -87,17 +87,3 @@ class TrainConfig:
         data["modalities"] = list(self.modalities)
         data["distill"] = list(self.distill)
         return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown config keys {sorted(unknown)}")
-        data = dict(data)
-        if "view" in data and isinstance(data["view"], dict):
-            data["view"] = ViewSpec(**data["view"])
-        for key in ("modalities", "distill"):
-            if key in data:
-                data[key] = tuple(data[key])
-        return cls(**data)

@@ -20,7 +20,7 @@ from umt.loaders.shards import load_manifest
 from umt.loaders.views import ViewSpec
 
 from . import config_files
-from .checkpoint import load_checkpoint, load_model
+from .checkpoint import load_model
 from .evaluate import collect, top1
 from .ume import combine, forward_fn, load_members
 
@@ -32,14 +32,13 @@ def guide(data: str, members: dict[str, str], joint: str, split: str = "val", ba
     if len(members) < 2:
         raise UserError("the guide needs two or more uni-modal checkpoints (--member MODALITY=CKPT)")
     device = torch.device("cpu")
-    view = ViewSpec(**load_checkpoint(joint)["view"])
-    seed = load_checkpoint(joint).get("view_seed", 0)
+    joint_model, ckpt = load_model(joint)
+    if len(joint_model.cfg.modalities) < 2:
+        raise UserError(f"{joint} is not a multi-modal (joint) model")
+    view, seed = ViewSpec(**ckpt["view"]), ckpt.get("view_seed", 0)
     ensemble = load_members(members, num_classes, device)
     names = sorted(ensemble)
     uni = collect(forward_fn(ensemble), data, split, view, names, seed, batch_size, num_workers, device)
-    joint_model, _ = load_model(joint)
-    if len(joint_model.cfg.modalities) < 2:
-        raise UserError(f"{joint} is not a multi-modal (joint) model")
     fused = collect(joint_model.eval(), data, split, view, list(joint_model.cfg.modalities), seed, batch_size,
                     num_workers, device)
     evidence = {f"unimodal_{m}": top1(uni["logits"][:, i], uni["labels"]) for i, m in enumerate(names)}

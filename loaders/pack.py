@@ -66,13 +66,15 @@ def _save_state(out: Path, state: dict) -> None:
     os.replace(tmp, out / STATE)
 
 
-def _results(clips: list[ClipInput], indices: list[int], opts: PackOptions, workers: int) -> Iterator[tuple[int, object]]:
+def _pool(workers: int):
+    """One pool of transcoding processes for the whole pack (None: transcode in this process)."""
+    return multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+
+
+def _results(pool, clips: list[ClipInput], indices: list[int], opts: PackOptions) -> Iterator[tuple[int, object]]:
+    """(input index, transcoded clip or reject reason), in input order."""
     jobs = [(i, clips[i], opts) for i in indices]
-    if workers <= 1:
-        yield from map(_work, jobs)
-        return
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        yield from pool.imap(_work, jobs)
+    return pool.imap(_work, jobs) if pool is not None else map(_work, jobs)
 
 
 def pack(clips: list[ClipInput], out: str | Path, opts: PackOptions, shard_size: int = 256,
@@ -86,38 +88,49 @@ def pack(clips: list[ClipInput], out: str | Path, opts: PackOptions, shard_size:
     by_split = {s: [i for i, c in enumerate(clips) if c.split == s] for s in SPLITS}
     done_inputs = sum(shards[-1]["consumed"] if shards else 0 for shards in state["splits"].values())
     bar = tqdm(total=len(clips), initial=done_inputs, unit="clip", desc="pack", disable=not progress)
-    for split, indices in by_split.items():
-        shards = state["splits"].setdefault(split, [])
-        start = shards[-1]["consumed"] if shards else 0
-        row = sum(s["count"] for s in shards)
-        writer, rejected = None, []
-        for position, (index, result) in enumerate(_results(clips, indices[start:], opts, workers), start=start):
-            bar.update()
-            clip = clips[index]
-            if isinstance(result, str):
-                rejected.append({"source": clip.source, "path": clip.path, "split": split, "reason": result})
-            else:
-                members, meta, flags = result
-                if writer is None:
-                    writer, flag_counts, seconds = ShardWriter(out / f"{split}-{len(shards):06d}.tar"), Counter(), 0.0
-                flag_counts.update(flags)
-                seconds += meta["duration"]
-                key = f"{split}_{row:07d}"
-                writer.write(key, {**members, "json": sample_json(
-                    meta, key=key, row=row, split=split, label=label_of[clip.label], **{"class": clip.label},
-                    source=clip.source, flags=flags)})
-                row += 1
-            last = position == len(indices) - 1
-            if writer is not None and (writer.count == shard_size or last):
-                shards.append({**writer.close(), "consumed": position + 1, "rejected": rejected,
-                               "flags": dict(flag_counts), "seconds": round(seconds, 3)})
-                writer, rejected = None, []
-                _save_state(out, state)
-        if rejected:  # rejects after the last shard: keep them in the state too
-            shards.append({"name": None, "consumed": len(indices), "rejected": rejected, "flags": {}})
-            _save_state(out, state)
+    pool = _pool(workers)
+    try:
+        for split, indices in by_split.items():
+            _pack_split(pool, clips, split, indices, state, out, opts, shard_size, label_of, bar)
+    finally:
+        if pool is not None:
+            pool.terminate()
     bar.close()
     return _write_manifest(out, state, classes, opts, shard_size, source)
+
+
+def _pack_split(pool, clips: list[ClipInput], split: str, indices: list[int], state: dict, out: Path,
+                opts: PackOptions, shard_size: int, label_of: dict[str, int], bar) -> None:
+    """Write one split's remaining inputs as shards, recording each finished shard in the state."""
+    shards = state["splits"].setdefault(split, [])
+    start = shards[-1]["consumed"] if shards else 0
+    row = sum(s["count"] for s in shards)
+    writer, rejected = None, []
+    for position, (index, result) in enumerate(_results(pool, clips, indices[start:], opts), start=start):
+        bar.update()
+        clip = clips[index]
+        if isinstance(result, str):
+            rejected.append({"source": clip.source, "path": clip.path, "split": split, "reason": result})
+        else:
+            members, meta, flags = result
+            if writer is None:
+                writer, flag_counts, seconds = ShardWriter(out / f"{split}-{len(shards):06d}.tar"), Counter(), 0.0
+            flag_counts.update(flags)
+            seconds += meta["duration"]
+            key = f"{split}_{row:07d}"
+            writer.write(key, {**members, "json": sample_json(
+                meta, key=key, row=row, split=split, label=label_of[clip.label], **{"class": clip.label},
+                source=clip.source, flags=flags)})
+            row += 1
+        last = position == len(indices) - 1
+        if writer is not None and (writer.count == shard_size or last):
+            shards.append({**writer.close(), "consumed": position + 1, "rejected": rejected,
+                           "flags": dict(flag_counts), "seconds": round(seconds, 3)})
+            writer, rejected = None, []
+            _save_state(out, state)
+    if rejected:  # rejects after the last shard: keep them in the state too
+        shards.append({"name": None, "consumed": len(indices), "rejected": rejected, "flags": {}})
+        _save_state(out, state)
 
 
 def _write_manifest(out: Path, state: dict, classes: list[str], opts: PackOptions, shard_size: int,

@@ -24,9 +24,6 @@ from .media import MediaError, decode_flac, decode_h264
 from .shards import DataError, load_manifest, locate, split_shards
 from .views import CENTRE, Geometry, ViewSpec, audio_window, make_view, train_view_index
 
-MODALITIES = ("video", "audio")
-
-
 @dataclass(frozen=True)
 class ViewPolicy:
     """How a sample's view index is chosen: centre (evaluation) or per epoch (training)."""

@@ -6,7 +6,7 @@ teacher's encoder is interchangeable with a student's.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
@@ -25,6 +25,7 @@ class ModelConfig:
     hidden: int = 256
     projector: tuple[str, ...] = ()  # UMT: modalities distilled through a learned linear map, MSE(P·f, f_teacher)
     aux_heads: bool = False  # G-Blending: one auxiliary linear classifier per modality
+    inputs: dict = field(default_factory=dict)  # modality → {"kind", "dim"}; absent: kind = name (video, audio)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "modalities": list(self.modalities), "projector": list(self.projector)}
@@ -32,6 +33,13 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
         return cls(**{**data, "modalities": tuple(data["modalities"]), "projector": tuple(data.get("projector", ()))})
+
+    def encoder(self, modality: str) -> nn.Module:
+        spec = self.inputs.get(modality, {})
+        kind = spec.get("kind", modality)
+        if kind not in ENCODERS:
+            raise ValueError(f"modality {modality!r} has unknown kind {kind!r}; known: {sorted(ENCODERS)}")
+        return ENCODERS[kind](self.width, **({"in_dim": spec["dim"]} if kind == "vector" else {}))
 
 
 class BasicBlock(nn.Module):
@@ -73,8 +81,8 @@ class ResNet18(nn.Module):
         return self.layers(self.stem(x)).mean(dim=(2, 3))
 
 
-class VideoEncoder(nn.Module):
-    """uint8 clips [B, T, H, W, 3] → per-frame 2-D ResNet → mean over time → [B, D]."""
+class ImageEncoder(nn.Module):
+    """uint8 images [B, H, W, 3] → normalised → 2-D ResNet → [B, D]."""
 
     def __init__(self, width: int):
         super().__init__()
@@ -83,11 +91,17 @@ class VideoEncoder(nn.Module):
         self.register_buffer("mean", torch.tensor(VIDEO_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(VIDEO_STD).view(1, 3, 1, 1) * 255, persistent=False)
 
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = images.permute(0, 3, 1, 2).float().contiguous()  # NCHW, as DDP's buckets expect
+        return self.net((pixels - self.mean) / self.std)
+
+
+class VideoEncoder(ImageEncoder):
+    """uint8 clips [B, T, H, W, 3] → the image encoder on every frame → mean over time → [B, D]."""
+
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         b, t = clips.shape[:2]
-        frames = clips.flatten(0, 1).permute(0, 3, 1, 2).float().contiguous()  # NCHW, as DDP's buckets expect
-        feats = self.net((frames - self.mean) / self.std)
-        return feats.view(b, t, -1).mean(dim=1)
+        return super().forward(clips.flatten(0, 1)).view(b, t, -1).mean(dim=1)
 
 
 class AudioEncoder(nn.Module):
@@ -102,17 +116,27 @@ class AudioEncoder(nn.Module):
         return self.net(spec)
 
 
-ENCODERS = {"video": VideoEncoder, "audio": AudioEncoder}
+class VectorEncoder(nn.Module):
+    """Standardised feature vectors [B, in_dim] → two-layer MLP → [B, 8·width] (512-d at width 64)."""
+
+    def __init__(self, width: int, in_dim: int):
+        super().__init__()
+        self.out_dim = 8 * width
+        self.net = nn.Sequential(nn.Linear(in_dim, self.out_dim), nn.ReLU(inplace=True),
+                                 nn.Linear(self.out_dim, self.out_dim), nn.ReLU(inplace=True))
+
+    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
+        return self.net(vectors.float())
+
+
+ENCODERS = {"video": VideoEncoder, "audio": AudioEncoder, "image": ImageEncoder, "vector": VectorEncoder}
 
 
 class LateFusionNet(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        unknown = set(cfg.modalities) - set(ENCODERS)
-        if unknown:
-            raise ValueError(f"unknown modalities {sorted(unknown)}; known: {sorted(ENCODERS)}")
         self.cfg = cfg
-        self.encoders = nn.ModuleDict({m: ENCODERS[m](cfg.width) for m in cfg.modalities})
+        self.encoders = nn.ModuleDict({m: cfg.encoder(m) for m in cfg.modalities})
         dim = sum(enc.out_dim for enc in self.encoders.values())
         if cfg.fusion == "linear":
             self.head = nn.Linear(dim, cfg.num_classes)

@@ -21,7 +21,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from umt.loaders.pipeline import ViewPolicy, make_loader
-from umt.loaders.shards import load_manifest
+from umt.loaders.shards import load_manifest, modality_inputs
 
 from . import balancing, config_files, plots, resume, ume
 from .checkpoint import save_model
@@ -67,6 +67,7 @@ def run(cfg: TrainConfig) -> dict:
     """Train (or, for UME, evaluate) as `cfg` says; returns the final metrics."""
     cfg.validate()
     manifest = load_manifest(cfg.data)
+    inputs = modality_inputs(manifest, sorted(cfg.members) if cfg.method == "ume" else cfg.modalities, cfg.data)
     gpu = torch.cuda.is_available()
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if gpu else "no")
     accelerator = Accelerator(cpu=not gpu, mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum)
@@ -81,7 +82,7 @@ def run(cfg: TrainConfig) -> dict:
         log.keep_until(None)
         results = ume.evaluate(cfg, len(manifest["classes"]), accelerator.device) if accelerator.is_main_process else {}
     else:
-        results = _train(cfg, len(manifest["classes"]), accelerator, log)
+        results = _train(cfg, len(manifest["classes"]), inputs, accelerator, log)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         modalities = sorted(cfg.members) if cfg.method == "ume" else list(cfg.modalities)
@@ -118,12 +119,13 @@ def _targets(cfg: TrainConfig, model: LateFusionNet, device: torch.device):
     return targets, view_seed, num_views
 
 
-def _train(cfg: TrainConfig, num_classes: int, accelerator: Accelerator, log: MetricsLog) -> dict:
+def _train(cfg: TrainConfig, num_classes: int, inputs: dict[str, dict], accelerator: Accelerator,
+           log: MetricsLog) -> dict:
     torch.manual_seed(cfg.seed)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     model = LateFusionNet(ModelConfig(tuple(cfg.modalities), num_classes, cfg.width, cfg.fusion,
                                       projector=tuple(cfg.distill or cfg.modalities) if cfg.projector else (),
-                                      aux_heads=cfg.method == "gblend")).to(device)
+                                      aux_heads=cfg.method == "gblend", inputs=inputs)).to(device)
     targets, view_seed, num_views = _targets(cfg, model, device)
 
     def loader(epoch: int, skip: int = 0):

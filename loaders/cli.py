@@ -7,11 +7,13 @@ from collections import Counter
 from dataclasses import fields
 from pathlib import Path
 
-from .errors import run_cli
+from .arrays import pack_arrays
+from .errors import UserError, run_cli
 from .inputs import FORMATS, read_annotations
 from .pack import pack
 from .shards import is_remote, load_manifest
 from .synth import SynthConfig, write_synth
+from .synth_vectors import VectorSynthConfig, write_raw
 from .transcode import PackOptions
 
 
@@ -29,9 +31,29 @@ def _synth_parser(sub) -> None:
              "size": "frame height and width (even)", "frames": "frames per clip",
              "shard_size": "samples per shard", "train": "training clips", "val": "validation clips",
              "test": "test clips"}
-    for f in fields(SynthConfig):
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
-                       help=f"{helps.get(f.name, f.name.replace('_', ' '))} (default {f.default})")
+    _config_arguments(p, SynthConfig, helps)
+
+
+def _config_arguments(parser, config: type, helps: dict[str, str]) -> None:
+    """One --option per field of a generator's config dataclass."""
+    for f in fields(config):
+        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
+                            help=f"{helps.get(f.name, f.name.replace('_', ' '))} (default {f.default})")
+
+
+def _synth_arrays_parser(sub) -> None:
+    p = sub.add_parser("synth-arrays", help="write the generator's feature-level model as .npy views + labels.csv",
+                       description="The label model of `umt-data synth` (video and audio symbols; a share of samples "
+                                   "labelled by their sum mod K) with each symbol rendered as a fixed random "
+                                   "prototype vector plus Gaussian noise. Writes vfeat.npy, afeat.npy and "
+                                   "labels.csv for `umt-data pack-arrays`.")
+    p.add_argument("out", help="output directory")
+    _config_arguments(p, VectorSynthConfig, {
+        "dim": "coordinates per symbol vector", "video_noise": "noise std of the video symbol's vector",
+        "audio_noise": "noise std of the audio symbol's vector",
+        "paired": "share of samples labelled by the paired cue (video + audio symbol mod K)",
+        "video_cue": "probability that the video symbol equals the label (non-paired samples)",
+        "audio_cue": "probability that the audio symbol equals the label (non-paired samples)"})
 
 
 def _pack_parser(sub) -> None:
@@ -58,6 +80,39 @@ def _pack_parser(sub) -> None:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="transcoding processes")
 
 
+def _pack_arrays_parser(sub) -> None:
+    p = sub.add_parser("pack-arrays", help="vector views (.npy / .csv) + labels → shards",
+                       description="Pack one feature matrix per view (rows aligned with the labels file) into "
+                                   "shards that umt-train reads like video shards. Features are standardised "
+                                   "with the training split's mean and std (recorded in the manifest); rows "
+                                   "with non-finite values are rejected with a reason.")
+    p.add_argument("--view", action="append", required=True, metavar="NAME=FILE",
+                   help="a view: its name and its [N, D] .npy or .csv file (repeat for each view)")
+    p.add_argument("--labels", required=True, help="CSV with a header naming a `label` column and optionally `split`")
+    p.add_argument("--out", required=True, help="output shard directory")
+    p.add_argument("--split-fractions", default="0.7,0.1,0.2",
+                   help="train,val,test shares per class when the labels file has no split column (default 0.7,0.1,0.2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the stratified split (default 0)")
+    p.add_argument("--shard-size", type=int, default=4096, help="samples per shard (default 4096)")
+    p.add_argument("--no-standardise", action="store_true", help="store the features as given")
+
+
+def _pack_arrays(args) -> None:
+    views = {}
+    for item in args.view:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise UserError(f"--view expects NAME=FILE, got {item!r}")
+        views[name] = path
+    try:
+        fractions = tuple(float(x) for x in args.split_fractions.split(","))
+    except ValueError:
+        raise UserError(f"--split-fractions expects three numbers, got {args.split_fractions!r}") from None
+    pack_arrays(views, args.labels, args.out, args.shard_size, fractions, args.seed, not args.no_standardise)
+    print(f"umt-data: packed into {args.out}")
+    _info(args.out)
+
+
 def _pack(args) -> None:
     clips = read_annotations(args.annotations, args.format, args.root, args.split)
     opts = PackOptions(args.short_side, args.fps, args.gop, args.crf, args.sample_rate, args.max_seconds)
@@ -74,8 +129,10 @@ def _info(data: str) -> None:
           f"{'…' if len(manifest['classes']) > 6 else ''}")
     for split, info in manifest["splits"].items():
         size = sum(s["bytes"] for s in info["shards"])
-        print(f"{split:<11} {info['num_samples']} samples in {len(info['shards'])} shards, {size / 2**20:.1f} MiB, "
-              f"{info.get('video_hours', 0):.2f} h of video")
+        hours = f", {info['video_hours']:.2f} h of video" if "video_hours" in info else ""
+        print(f"{split:<11} {info['num_samples']} samples in {len(info['shards'])} shards, {size / 2**20:.1f} MiB{hours}")
+    print("modalities  " + ", ".join(f"{m} ({v.get('kind', m)}{', ' + str(v['dim']) + '-d' if 'dim' in v else ''})"
+                                     for m, v in manifest["modalities"].items()))
     print(f"source      {manifest['source'].get('generator', manifest['source'])}")
     flags = manifest.get("flags", {})
     print(f"flags       " + (", ".join(f"{n} {f}" for f, n in flags.items()) or "none"))
@@ -89,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     _synth_parser(sub)
     _pack_parser(sub)
+    _synth_arrays_parser(sub)
+    _pack_arrays_parser(sub)
     info = sub.add_parser("info", help="summarise a shard set")
     info.add_argument("data", help="shard directory (holds manifest.json)")
     args = parser.parse_args(argv)
@@ -97,8 +156,13 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "synth":
             cfg = SynthConfig(**{f.name: getattr(args, f.name) for f in fields(SynthConfig)})
             print(f"umt-data: wrote {write_synth(args.out, cfg)}")
+        elif args.command == "synth-arrays":
+            cfg = VectorSynthConfig(**{f.name: getattr(args, f.name) for f in fields(VectorSynthConfig)})
+            print(f"umt-data: wrote {', '.join(str(p) for p in write_raw(args.out, cfg).values())}")
         elif args.command == "pack":
             _pack(args)
+        elif args.command == "pack-arrays":
+            _pack_arrays(args)
         else:
             _info(args.data)
 

@@ -7,6 +7,7 @@ normalisation happens on the model's device.
 """
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import random
@@ -21,8 +22,9 @@ import webdataset as wds
 from .audio import log_mel
 from .kernels import crop_flip_to_rgb
 from .media import MediaError, decode_flac, decode_h264
-from .shards import DataError, load_manifest, locate, split_shards
-from .views import CENTRE, Geometry, ViewSpec, audio_window, make_view, train_view_index
+from .shards import DataError, load_manifest, locate, modality_inputs, split_shards
+from .vectors import VectorLoader, batch_count
+from .views import CENTRE, VIEW_FIELDS, Geometry, ViewSpec, audio_window, make_view, train_view_index
 
 @dataclass(frozen=True)
 class ViewPolicy:
@@ -37,33 +39,48 @@ class ViewPolicy:
         return train_view_index(self.seed, self.epoch, row, self.num_views) if self.train else CENTRE
 
 
+MEDIA = ("video", "audio")
+
+
 def decode_views(sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: int,
                  view_indices: Sequence[int] | Callable[[int], Sequence[int]]) -> list[dict]:
     """Decode one raw tar sample once and cut every requested view from it.
 
-    `view_indices` is a list, or a function of the sample's row giving the list.
+    `view_indices` is a list, or a function of the sample's row giving the list. Vector views
+    (`<key>.<name>.npy`, from `umt-data pack-arrays`) have no augmentation: every view is the
+    vector itself and its params are zeros.
     """
     where = f"{sample.get('__url__', '?')} sample {sample.get('__key__', '?')}"
     try:
         meta = json.loads(sample["json"])
         if callable(view_indices):
             view_indices = view_indices(meta["row"])
-        geom = Geometry.of(meta)
-        views = [make_view(seed, meta["row"], v, spec, geom) for v in view_indices]
-        span = (spec.frames - 1) * spec.stride + 1
-        first = min(v.t0 for v in views)
-        frames = decode_h264(sample["mp4"], first, max(v.t0 for v in views) + span) if "video" in modalities else None
-        wave = decode_flac(sample["flac"]) if "audio" in modalities else None
-    except (KeyError, ValueError, MediaError) as err:
+        media = [m for m in modalities if m in MEDIA]
+        vectors = {m: torch.from_numpy(np.load(io.BytesIO(sample[f"{m}.npy"]), allow_pickle=False))
+                   for m in modalities if m not in MEDIA}
+        if media:
+            geom = Geometry.of(meta)
+            views = [make_view(seed, meta["row"], v, spec, geom) for v in view_indices]
+            span = (spec.frames - 1) * spec.stride + 1
+            first = min(v.t0 for v in views)
+            frames = decode_h264(sample["mp4"], first, max(v.t0 for v in views) + span) if "video" in media else None
+            wave = decode_flac(sample["flac"]) if "audio" in media else None
+        else:
+            views, frames, wave = [None] * len(view_indices), None, None
+    except KeyError as err:
+        raise MediaError(f"{where}: no member or field {err} (does the shard set have modalities "
+                         f"{list(modalities)}?)") from err
+    except (ValueError, MediaError) as err:
         raise MediaError(f"{where}: {err}") from err
-    window = audio_window(spec, geom.sample_rate)
     if wave is not None:  # every view's window through one STFT call
+        window = audio_window(spec, geom.sample_rate)
         pieces = torch.from_numpy(np.stack([wave[v.audio_offset:v.audio_offset + window] for v in views]))
         mels = log_mel(pieces, geom.sample_rate, spec.mel_bins).unsqueeze(1)
     out = []
     for i, (index, view) in enumerate(zip(view_indices, views)):
+        params = view.as_tuple() if view else (0,) * len(VIEW_FIELDS)
         item = {"label": meta["label"], "row": meta["row"], "view": index,
-                "params": torch.tensor(view.as_tuple(), dtype=torch.int32)}
+                "params": torch.tensor(params, dtype=torch.int32), **vectors}
         if frames is not None:
             clip = frames[view.t0 - first:view.t0 - first + span:spec.stride]
             item["video"] = torch.from_numpy(crop_flip_to_rgb(clip, view.y0, view.x0, spec.crop, view.flip))
@@ -134,10 +151,18 @@ def make_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Se
     Training (policy.train) drops each worker's last partial batch and caps every rank at the
     smallest rank's batch count, so all ranks step the same number of times.
     """
+    manifest = load_manifest(data_dir)
     paths, counts = shard_paths(data_dir, split)
     if policy.train and len(paths) < world:
         raise DataError(f"{data_dir}: {split} has {len(paths)} shards, fewer than {world} processes")
     mine, my_counts = rank_shards(paths, counts, rank, world, policy.seed, policy.epoch, policy.train)
+    kinds = {spec["kind"] for spec in modality_inputs(manifest, modalities, str(data_dir)).values()}
+    if kinds == {"vector"}:
+        per_rank = [sum(rank_shards(paths, counts, r, world, policy.seed, policy.epoch, policy.train)[1])
+                    for r in range(world)] if policy.train else [sum(my_counts)]
+        num_batches = min(batch_count(n, batch_size, policy.train) for n in per_rank)
+        order = f"{policy.seed}:{policy.epoch}:{rank}" if policy.train else None
+        return VectorLoader(mine, modalities, policy.index, batch_size, order, num_batches, min(skip, num_batches))
     workers = max(0, min(num_workers, len(mine)))
     per_worker = _worker_batches(my_counts, batch_size, max(1, workers), drop_last=policy.train)
     if policy.train:

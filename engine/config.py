@@ -29,6 +29,7 @@ class TrainConfig:
     view_seed: int | None = None     # None: `seed`, or the cache's seed when a cache is used
     num_views: int | None = None     # training views per sample; None: a fresh view every epoch
     view: ViewSpec = field(default_factory=ViewSpec)
+    backend: str = "auto"            # video/audio decoding: "cpu" (PyAV), "dali" (NVDEC), "auto" (dali with a GPU and DALI)
     num_workers: int = 1
     shuffle_buffer: int = 256
     distill_weight: float = 10.0     # UMT's λ (BalanceMM uses 10 with mean-reduced MSE)
@@ -51,6 +52,7 @@ class TrainConfig:
     resume: str | None = None        # "latest" (this run directory's last checkpoint) or a checkpoint path
     log_every: int = 10
     probe: bool = True               # linear probes of each encoder at the end (test split)
+    select: str = "last"             # final model: "last" epoch, or "best_val" (the epoch of best validation top-1)
     probe_every: int = 0             # also probe on the validation split every N epochs (0: never)
 
     def validate(self) -> None:
@@ -69,6 +71,10 @@ class TrainConfig:
             raise ConfigError("ume combines two or more uni-modal checkpoints: --member MODALITY=CKPT")
         if self.method == "ogm-ge" and self.fusion not in ("linear", "sum"):
             raise ConfigError("ogm-ge needs --fusion linear or sum (its logits must split by modality)")
+        if self.select not in ("last", "best_val"):
+            raise ConfigError(f"select must be last or best_val, got {self.select!r}")
+        if self.backend not in ("auto", "cpu", "dali"):
+            raise ConfigError(f"backend must be auto, cpu or dali, got {self.backend!r}")
         if self.precision not in ("auto", "no", "bf16", "fp16"):
             raise ConfigError(f"precision must be auto, no, bf16 or fp16, got {self.precision!r}")
         if self.grad_accum < 1 or (self.method == "ogm-ge" and self.grad_accum > 1):

@@ -28,7 +28,7 @@ from umt.loaders.views import ViewSpec
 from .config import ConfigError, TrainConfig
 
 SECTIONS: dict[str, dict[str, str]] = {
-    "data": {"path": "data", "workers": "num_workers", "shuffle_buffer": "shuffle_buffer",
+    "data": {"path": "data", "backend": "backend", "workers": "num_workers", "shuffle_buffer": "shuffle_buffer",
              "view_seed": "view_seed", "num_views": "num_views", "view": "view"},
     "model": {"modalities": "modalities", "width": "width", "fusion": "fusion"},
     "optim": {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "weight_decay": "weight_decay",
@@ -38,7 +38,7 @@ SECTIONS: dict[str, dict[str, str]] = {
                "ogm_alpha": "ogm_alpha", "ogm_start": "ogm_start", "ogm_end": "ogm_end", "ogm_ge": "ogm_ge",
                "ume_combine": "ume_combine", "ume_fit_weights": "ume_fit_weights"},
     "run": {"out": "out", "seed": "seed", "log_every": "log_every", "checkpoint_every": "checkpoint_every",
-            "resume": "resume", "probe": "probe", "probe_every": "probe_every"},
+            "resume": "resume", "select": "select", "probe": "probe", "probe_every": "probe_every"},
 }
 _FIELD_OF = {(s, k): f for s, keys in SECTIONS.items() for k, f in keys.items()}
 assert sorted(_FIELD_OF.values()) == sorted(f.name for f in fields(TrainConfig)), "every setting in one section"

@@ -130,7 +130,8 @@ def _train(cfg: TrainConfig, num_classes: int, inputs: dict[str, dict], accelera
 
     def loader(epoch: int, skip: int = 0):
         return make_loader(cfg.data, "train", cfg.view, cfg.modalities, ViewPolicy(view_seed, epoch, True, num_views),
-                           cfg.batch_size, cfg.num_workers, rank, world, cfg.shuffle_buffer, skip)
+                           cfg.batch_size, cfg.num_workers, rank, world, cfg.shuffle_buffer, skip, cfg.backend,
+                           device.index if device.type == "cuda" else None)
 
     total = sum(len(loader(e)) for e in range(cfg.epochs))
     if cfg.max_steps:
@@ -143,7 +144,8 @@ def _train(cfg: TrainConfig, num_classes: int, inputs: dict[str, dict], accelera
     state = resume.load(cfg)
     pos = resume.restore(state, model, optimizer, schedule) if state else \
         {"epoch": 0, "batch": 0, "step": 0, "samples": 0, "train_time": 0.0, "wait_time": 0.0,
-         "blend": {k: 1 / (len(cfg.modalities) + 1) for k in ("fused", *cfg.modalities)}, "blend_losses": None}
+         "blend": {k: 1 / (len(cfg.modalities) + 1) for k in ("fused", *cfg.modalities)}, "blend_losses": None,
+         "best_val": None, "best_epoch": None}
     if state and accelerator.is_main_process:
         print(f"umt-train: resuming {cfg.out} at epoch {pos['epoch'] + 1}, batch {pos['batch']}, step {pos['step']}")
     log.keep_until(pos["step"] if state else None)
@@ -203,6 +205,11 @@ def _train(cfg: TrainConfig, num_classes: int, inputs: dict[str, dict], accelera
                 record["val_probe"] = {m: linear_probe(train_feats["features"][m], train_feats["labels"],
                                                        val["features"][m], val["labels"], num_classes)
                                        for m in cfg.modalities}
+        if accelerator.is_main_process and cfg.select == "best_val" and \
+                (pos["best_val"] is None or record["val_top1"] > pos["best_val"]):
+            pos["best_val"], pos["best_epoch"] = record["val_top1"], epoch
+            best_path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+            torch.save(net.state_dict(), best_path(cfg.out))
         model.train()
         if cfg.method == "gblend":
             record["blend_weights"] = _update_blend(pos, accelerator, accelerator.unwrap_model(model), head_sums,
@@ -215,11 +222,21 @@ def _train(cfg: TrainConfig, num_classes: int, inputs: dict[str, dict], accelera
     if world > 1:
         results["replica_max_abs_diff"] = _replica_divergence(model, accelerator)
     net = accelerator.unwrap_model(model).eval()
+    if cfg.select == "best_val":  # every rank takes the weights of the best validation epoch
+        pos.update(broadcast_object_list([{k: pos[k] for k in ("best_val", "best_epoch")}])[0])
+        accelerator.wait_for_everyone()
+        net.load_state_dict(torch.load(best_path(cfg.out), map_location=device, weights_only=True))
+        results.update(selected_epoch=pos["best_epoch"], selected_val_top1=pos["best_val"])
     if accelerator.is_main_process:
         save_model(Path(cfg.out) / "model.pt", net, {"view": cfg.view.to_dict(), "method": cfg.method,
                                                       "seed": cfg.seed, "view_seed": view_seed})
     results.update(final_evaluation(net, cfg, view_seed, device, accelerator=accelerator))
     return results
+
+
+def best_path(out: str) -> Path:
+    """The weights of the best validation epoch so far (with `select: best_val`)."""
+    return Path(out) / "checkpoints" / "best_val.pt"
 
 
 def _step(model, batch: dict, targets, cfg: TrainConfig, optimizer, schedule, accelerator: Accelerator,

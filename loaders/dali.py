@@ -24,7 +24,7 @@ import webdataset as wds
 from .audio import EPS, HOP, N_FFT
 from .errors import UserError
 from .media import MediaError
-from .pipeline import ViewPolicy, rank_shards, shard_paths
+from .pipeline import ViewPolicy, rank_epoch
 from .shards import DataError, load_manifest
 from .views import Geometry, ViewSpec, audio_window, make_view
 
@@ -204,16 +204,8 @@ def make_dali_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalitie
     """
     if set(modalities) - set(ENCODED):
         raise UserError(f"the dali backend decodes {sorted(ENCODED)}, not {sorted(set(modalities) - set(ENCODED))}")
-    paths, counts = shard_paths(data_dir, split)
-    if policy.train and len(paths) < world:
-        raise DataError(f"{data_dir}: {split} has {len(paths)} shards, fewer than {world} processes")
-    mine, my_counts = rank_shards(paths, counts, rank, world, policy.seed, policy.epoch, policy.train)
-    if policy.train:
-        num_batches = min(sum(rank_shards(paths, counts, r, world, policy.seed, policy.epoch, True)[1]) // batch_size
-                          for r in range(world))
-    else:
-        num_batches = -(-sum(my_counts) // batch_size)
-    skip = min(skip, num_batches)
+    epoch = rank_epoch(data_dir, split, policy, batch_size, rank, world)
+    skip = min(skip, epoch.num_batches)
     rate = load_manifest(data_dir)["modalities"]["audio"]["sample_rate"] if "audio" in modalities else None
-    return DaliEpochLoader(mine, spec, modalities, policy, batch_size, num_batches - skip, skip, rate,
+    return DaliEpochLoader(epoch.mine, spec, modalities, policy, batch_size, epoch.num_batches - skip, skip, rate,
                            device_id, num_threads)

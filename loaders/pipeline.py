@@ -143,38 +143,62 @@ class EpochLoader:
             yield batch
 
 
-def make_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Sequence[str],
-                policy: ViewPolicy, batch_size: int, num_workers: int = 1, rank: int = 0,
-                world: int = 1, shuffle_buffer: int = 0, skip: int = 0) -> EpochLoader:
-    """This rank's batches of one epoch, starting after the first `skip` (a mid-epoch resume).
+@dataclass(frozen=True)
+class RankEpoch:
+    """The shards one rank reads in one epoch, and how many batches a single stream over them gives."""
 
-    Training (policy.train) drops each worker's last partial batch and caps every rank at the
-    smallest rank's batch count, so all ranks step the same number of times.
-    """
-    manifest = load_manifest(data_dir)
+    paths: list[str]          # every shard of the split
+    counts: list[int]
+    mine: list[str]           # this rank's, in this epoch's order
+    my_counts: list[int]
+    num_batches: int          # training: the smallest rank's count, so that all ranks step alike
+
+
+def rank_epoch(data_dir: str | Path, split: str, policy: ViewPolicy, batch_size: int, rank: int,
+               world: int) -> RankEpoch:
     paths, counts = shard_paths(data_dir, split)
     if policy.train and len(paths) < world:
         raise DataError(f"{data_dir}: {split} has {len(paths)} shards, fewer than {world} processes")
     mine, my_counts = rank_shards(paths, counts, rank, world, policy.seed, policy.epoch, policy.train)
-    kinds = {spec["kind"] for spec in modality_inputs(manifest, modalities, str(data_dir)).values()}
+    per_rank = [sum(rank_shards(paths, counts, r, world, policy.seed, policy.epoch, True)[1])
+                for r in range(world)] if policy.train else [sum(my_counts)]
+    return RankEpoch(paths, counts, mine, my_counts, min(batch_count(n, batch_size, policy.train) for n in per_rank))
+
+
+def make_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Sequence[str],
+                policy: ViewPolicy, batch_size: int, num_workers: int = 1, rank: int = 0,
+                world: int = 1, shuffle_buffer: int = 0, skip: int = 0, backend: str = "cpu",
+                device_id: int | None = None):
+    """This rank's batches of one epoch, starting after the first `skip` (a mid-epoch resume).
+
+    Training (policy.train) drops each worker's last partial batch and caps every rank at the
+    smallest rank's batch count, so all ranks step the same number of times. Vector modalities
+    are served from memory; video and audio by the `cpu` backend (PyAV in workers) or, with
+    backend "dali" (or "auto" on a machine with a GPU and DALI), by DALI on the GPU.
+    """
+    kinds = {s["kind"] for s in modality_inputs(load_manifest(data_dir), modalities, str(data_dir)).values()}
+    from .dali import choose_backend, make_dali_loader  # dali builds on this module
+    if kinds <= {"video", "audio"} and choose_backend(backend) == "dali":
+        return make_dali_loader(data_dir, split, spec, modalities, policy, batch_size, rank, world, skip,
+                                torch.cuda.current_device() if device_id is None else device_id, max(1, num_workers))
+    epoch = rank_epoch(data_dir, split, policy, batch_size, rank, world)
     if kinds == {"vector"}:
-        per_rank = [sum(rank_shards(paths, counts, r, world, policy.seed, policy.epoch, policy.train)[1])
-                    for r in range(world)] if policy.train else [sum(my_counts)]
-        num_batches = min(batch_count(n, batch_size, policy.train) for n in per_rank)
         order = f"{policy.seed}:{policy.epoch}:{rank}" if policy.train else None
-        return VectorLoader(mine, modalities, policy.index, batch_size, order, num_batches, min(skip, num_batches))
-    workers = max(0, min(num_workers, len(mine)))
-    per_worker = _worker_batches(my_counts, batch_size, max(1, workers), drop_last=policy.train)
-    if policy.train:
-        per_rank = [rank_shards(paths, counts, r, world, policy.seed, policy.epoch, True)[1] for r in range(world)]
+        return VectorLoader(epoch.mine, modalities, policy.index, batch_size, order, epoch.num_batches,
+                            min(skip, epoch.num_batches))
+    workers = max(0, min(num_workers, len(epoch.mine)))
+    per_worker = _worker_batches(epoch.my_counts, batch_size, max(1, workers), drop_last=policy.train)
+    if policy.train:  # a stream per worker: each worker drops its own last partial batch
+        per_rank = [rank_shards(epoch.paths, epoch.counts, r, world, policy.seed, policy.epoch, True)[1]
+                    for r in range(world)]
         num_batches = min(sum(_worker_batches(c, batch_size, max(1, workers), True)) for c in per_rank)
     else:
-        num_batches = sum(-(-c // batch_size) for c in my_counts)
+        num_batches = sum(-(-c // batch_size) for c in epoch.my_counts)
     skip = min(skip, num_batches)
     dropped, discard = _resume_point(per_worker, skip)
     rng = random.Random(f"{policy.seed}:{policy.epoch}:{rank}") if policy.train else None
     decode = _DecodeOne(spec, tuple(modalities), policy)
-    loader = batch_loader(mine, decode, batch_size, workers, partial=not policy.train,
+    loader = batch_loader(epoch.mine, decode, batch_size, workers, partial=not policy.train,
                           shuffle_buffer=shuffle_buffer, rng=rng, skip=[d * batch_size for d in dropped])
     return EpochLoader(loader, num_batches - skip, discard)
 

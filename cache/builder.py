@@ -78,6 +78,9 @@ def build(data_dir: str, teachers: dict[str, str], out: str, num_views: int, see
           split: str = "train", batch_size: int = 32, num_workers: int = 1, progress: bool = True) -> Path:
     state = PartialState(cpu=not torch.cuda.is_available())
     manifest = load_manifest(data_dir)
+    if manifest.get("container") == "beton":
+        raise store.CacheError(f"{data_dir} is an ffcv image set: umt-cache build reads tar shards only so far; "
+                               "train UMT on image views with online teachers (--teacher VIEW=CKPT)")
     shards = split_shards(manifest, split)
     encoders, prints, spec = load_teachers(teachers, state.device)
     modalities = sorted(encoders)

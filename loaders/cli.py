@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .arrays import pack_arrays
 from .errors import UserError, run_cli
+from .images import add_pack_images_parser, pack_images_command
 from .inputs import FORMATS, read_annotations
 from .pack import pack
 from .shards import is_remote, load_manifest
@@ -148,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     _pack_parser(sub)
     _synth_arrays_parser(sub)
     _pack_arrays_parser(sub)
+    add_pack_images_parser(sub)
     info = sub.add_parser("info", help="summarise a shard set")
     info.add_argument("data", help="shard directory (holds manifest.json)")
     args = parser.parse_args(argv)
@@ -163,6 +165,9 @@ def main(argv: list[str] | None = None) -> None:
             _pack(args)
         elif args.command == "pack-arrays":
             _pack_arrays(args)
+        elif args.command == "pack-images":
+            pack_images_command(args)
+            _info(args.out)
         else:
             _info(args.data)
 

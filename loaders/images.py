@@ -22,10 +22,8 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
-import json
 import multiprocessing
 import os
-from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,10 +37,10 @@ from tqdm import tqdm
 
 from .errors import UserError
 from .inputs import SPLIT_ALIASES
-from .shards import MANIFEST, DataError, sha256_file, write_manifest
+from .shards import FORMAT, MANIFEST, DataError, load_manifest, sha256_file, split_shards, write_manifest
 from .views import CENTRE, Geometry, View, ViewSpec, make_view, train_view_index
 
-FORMAT = "umt-beton/1"
+CONTAINER = "beton"   # manifest["container"]: one ffcv file per split, listed as the split's only shard
 RESERVED = ("label", "row")
 MAX_NAME = 16  # ffcv keeps a field's name in 16 bytes
 PIXELS = ".pixels.tmp.npy"
@@ -215,7 +213,8 @@ def _write_split(out: Path, split: str, names: list[str], samples: _SplitSamples
     writer = DatasetWriter(str(tmp), fields, page_size=_page_size(len(names) * size * size * 3), num_workers=1)
     writer.from_indexed_dataset(samples, chunksize=256)
     os.replace(tmp, final)
-    return {"file": final.name, "count": len(samples), "sha256": sha256_file(final)}
+    return {"name": final.name, "count": len(samples), "offset": 0, "bytes": final.stat().st_size,
+            "sha256": sha256_file(final)}
 
 
 def _check_inputs(views: dict[str, list[str]], labels: list[int | str], splits: list[str], size: int,
@@ -255,24 +254,20 @@ def pack_images(views: dict[str, list[str]], labels: list[int | str], splits: li
                 entries[split] = _write_split(out, split, names, samples, size, quality)
     finally:
         pixels_path.unlink(missing_ok=True)
-    manifest = {"format": FORMAT, "classes": [str(c) for c in classes],
+    manifest = {"format": FORMAT, "container": CONTAINER, "classes": [str(c) for c in classes],
                 "modalities": {n: {"kind": "image", "size": size, "jpeg_quality": quality} for n in names},
-                "splits": entries, "rejected": [rejected[i] for i in sorted(rejected)]}
+                "splits": {s: {"num_samples": e["count"], "shards": [e]} for s, e in entries.items()},
+                "source": {"generator": "umt-data pack-images", "size": size, "jpeg_quality": quality},
+                "flags": {}, "rejected": [rejected[i] for i in sorted(rejected)]}
     write_manifest(out, manifest)
     return manifest
 
 
 def load_image_manifest(data_dir: str | Path) -> dict:
     """The manifest of an image set (local only: ffcv memory-maps its files)."""
-    path = Path(data_dir) / MANIFEST
-    if not path.is_file():
-        raise DataError(f"{path} is missing: {data_dir} is not a local umt image set")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path} is not valid JSON: {err}") from err
-    if manifest.get("format") != FORMAT:
-        raise DataError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    manifest = load_manifest(data_dir)
+    if manifest.get("container") != CONTAINER:
+        raise DataError(f"{Path(data_dir) / MANIFEST} is a shard set, not an ffcv image set")
     return manifest
 
 
@@ -431,9 +426,7 @@ def make_image_loader(data_dir: str | Path, split: str, modalities: Sequence[str
     view each epoch). Evaluation: rows in order, the centre view (-1) without flip.
     """
     manifest = load_image_manifest(data_dir)
-    info = manifest["splits"].get(split)
-    if info is None:
-        raise DataError(f"{data_dir}: no split {split!r} (has {', '.join(manifest['splits'])})")
+    info = split_shards(manifest, split)[0]
     stored = tuple(manifest["modalities"])
     if not modalities or not set(modalities) <= set(stored):
         raise DataError(f"{data_dir}: asked for views {list(modalities)}, it has {list(stored)}")
@@ -445,7 +438,7 @@ def make_image_loader(data_dir: str | Path, split: str, modalities: Sequence[str
         raise DataError(f"{data_dir}: {split} has {info['count']} samples, too few for {world} x {batch_size}")
     table = ViewTable(info["count"], seed, epoch, train, num_views, size, crop, flip)
     threads = max(1, min(num_workers, numba.config.NUMBA_NUM_THREADS))  # ffcv fails above numba's limit
-    return ImageEpoch(Path(data_dir) / info["file"], order[skip * batch_size:], tuple(modalities), stored, table,
+    return ImageEpoch(Path(data_dir) / info["name"], order[skip * batch_size:], tuple(modalities), stored, table,
                       batch_size, threads, train)
 
 
@@ -466,12 +459,8 @@ def add_pack_images_parser(subparsers) -> None:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes")
 
 
-def pack_images_command(args: argparse.Namespace) -> None:
+def pack_images_command(args: argparse.Namespace) -> dict:
     views, labels, splits = read_image_table(args.table)
     manifest = pack_images(views, labels, splits, args.out, args.size, args.workers, args.quality)
     print(f"umt-data: packed {', '.join(manifest['modalities'])} images into {args.out}")
-    print(f"classes     {len(manifest['classes'])}")
-    for split, info in manifest["splits"].items():
-        print(f"{split:<11} {info['count']} samples, {(Path(args.out) / info['file']).stat().st_size / 2**20:.1f} MiB")
-    reasons = Counter(r["reason"] for r in manifest["rejected"])
-    print(f"rejected    {sum(reasons.values())}" + "".join(f"\n  {n} x {r}" for r, n in reasons.items()))
+    return manifest

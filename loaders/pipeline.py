@@ -23,6 +23,7 @@ from .audio import log_mel
 from .kernels import crop_flip_to_rgb
 from .media import MediaError, decode_flac, decode_h264
 from .shards import DataError, load_manifest, locate, modality_inputs, split_shards
+from .images import make_image_loader
 from .vectors import VectorLoader, batch_count
 from .views import CENTRE, VIEW_FIELDS, Geometry, ViewSpec, audio_window, make_view, train_view_index
 
@@ -177,6 +178,9 @@ def make_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Se
     backend "dali" (or "auto" on a machine with a GPU and DALI), by DALI on the GPU.
     """
     kinds = {s["kind"] for s in modality_inputs(load_manifest(data_dir), modalities, str(data_dir)).values()}
+    if kinds == {"image"}:
+        return make_image_loader(data_dir, split, modalities, policy.seed, policy.epoch, policy.train, batch_size,
+                                 spec.crop, rank, world, skip, num_workers, policy.num_views, spec.flip)
     from .dali import choose_backend, make_dali_loader  # dali builds on this module
     if kinds <= {"video", "audio"} and choose_backend(backend) == "dali":
         return make_dali_loader(data_dir, split, spec, modalities, policy, batch_size, rank, world, skip,

@@ -2,7 +2,6 @@
 rank split, resume and view parameters."""
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import io
@@ -17,8 +16,8 @@ from PIL import Image, ImageDraw
 pytest.importorskip("ffcv")
 
 from umt.loaders.errors import UserError  # noqa: E402
-from umt.loaders.images import (add_pack_images_parser, image_view, make_image_loader, pack_images,  # noqa: E402
-                                pack_images_command, read_image_table)
+from umt.loaders.cli import main as data_main  # noqa: E402
+from umt.loaders.images import image_view, make_image_loader, pack_images, read_image_table  # noqa: E402
 from umt.loaders.views import CENTRE  # noqa: E402
 
 SIZE, CROP = 24, 16
@@ -65,13 +64,10 @@ def table(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def summary(table, tmp_path_factory) -> tuple[Path, str]:
-    """The table packed through the CLI handler with two decoding processes, and what it printed."""
+    """The table packed through `umt-data pack-images` with two decoding processes, and what it printed."""
     out = tmp_path_factory.mktemp("beton")
-    parser = argparse.ArgumentParser()
-    add_pack_images_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["pack-images", str(table), str(out), "--size", str(SIZE), "--workers", "2"])
     with contextlib.redirect_stdout(io.StringIO()) as printed:
-        pack_images_command(args)
+        data_main(["pack-images", str(table), str(out), "--size", str(SIZE), "--workers", "2"])
     return out, printed.getvalue()
 
 
@@ -97,13 +93,14 @@ def _cat(batches: list[dict]) -> dict[str, torch.Tensor]:
 def test_pack_rejects_broken_samples_and_numbers_rows(summary):
     packed, printed = summary
     manifest = json.loads((packed / "manifest.json").read_text())
-    assert "rejected    2" in printed and "train       28 samples" in printed
-    assert manifest["format"] == "umt-beton/1" and manifest["classes"] == list(CLASSES)
+    assert "rejected    2" in printed and "train       28 samples in 1 shards" in printed
+    assert manifest["format"] == "umt-shards/1" and manifest["container"] == "beton"
+    assert manifest["classes"] == list(CLASSES)
     assert manifest["modalities"]["front"] == {"kind": "image", "size": SIZE, "jpeg_quality": 90}
     reasons = {(r["view"], Path(r["path"]).name): r["reason"] for r in manifest["rejected"]}
     assert reasons[("front", "missing.png")] == "missing file"
     assert reasons[("rear", "truncated.jpg")].startswith("unreadable image: OSError")
-    assert {s: e["count"] for s, e in manifest["splits"].items()} == {"val": 6, "train": 28}
+    assert {s: e["num_samples"] for s, e in manifest["splits"].items()} == {"val": 6, "train": 28}
     whole = _cat(_epoch(packed, split="val", train=False, crop=SIZE, batch_size=4))
     assert whole["row"].tolist() == list(range(6))
     assert whole["label"].tolist() == [i % 3 for i in _kept("val")]
@@ -119,7 +116,8 @@ def test_same_inputs_give_identical_files_whatever_the_workers(packed, table, tm
     manifest = pack_images(views, labels, splits, again, size=SIZE, workers=1, progress=False)
     assert manifest == json.loads((packed / "manifest.json").read_text())
     for entry in manifest["splits"].values():
-        assert (again / entry["file"]).read_bytes() == (packed / entry["file"]).read_bytes()
+        name = entry["shards"][0]["name"]
+        assert (again / name).read_bytes() == (packed / name).read_bytes()
 
 
 def test_table_errors_name_file_and_line(tmp_path):
@@ -171,3 +169,27 @@ def test_evaluation_is_sequential_with_the_centre_view(packed):
     c = (SIZE - CROP) // 2
     assert all(b["view"].tolist() == [CENTRE] * len(b["row"]) for b in batches)
     assert _cat(batches)["params"].tolist() == [[0, c, c, 0, 0]] * 6
+
+
+def test_trainer_on_image_views_unimodal_and_online_umt(table, tmp_path):
+    """Two image views through umt-train: ResNet encoders on ffcv batches; cached UMT is refused clearly."""
+    from umt.cache.cli import main as cache_main
+    from umt.engine.cli import main as train_main
+    lines = table.read_text().splitlines()  # the table with a test split: every 6th train row moves to test
+    rows = [line.replace(",train,", ",test,") if n % 6 == 3 else line for n, line in enumerate(lines[1:], start=1)]
+    (table.parent / "three_splits.csv").write_text("\n".join([lines[0], *rows]) + "\n")
+    packed = tmp_path / "packed"
+    data_main(["pack-images", str(table.parent / "three_splits.csv"), str(packed), "--size", str(SIZE), "--workers", "1"])
+    common = ["--data", str(packed), "--epochs", "2", "--batch-size", "8", "--width", "4", "--workers", "1",
+              "--crop", str(CROP), "--no-probe"]
+    train_main([*common, "--out", str(tmp_path / "front"), "--method", "unimodal", "--modality", "front"])
+    train_main([*common, "--out", str(tmp_path / "rear"), "--method", "unimodal", "--modality", "rear"])
+    teachers = [f"--teacher={v}={tmp_path / v / 'model.pt'}" for v in ("front", "rear")]
+    train_main([*common, "--out", str(tmp_path / "umt"), "--method", "umt", "--modality", "front", "--modality", "rear",
+                "--fusion", "mlp", *teachers])
+    results = json.loads((tmp_path / "umt" / "results.json").read_text())
+    train_size = json.loads((packed / "manifest.json").read_text())["splits"]["train"]["num_samples"]
+    assert results["modalities"] == ["front", "rear"] and results["steps"] == 2 * (train_size // 8)
+    assert 0.0 <= results["test_top1"] <= 1.0
+    with pytest.raises(SystemExit):
+        cache_main(["build", "--data", str(packed), "--out", str(tmp_path / "c.zarr"), "--views", "1", *teachers])

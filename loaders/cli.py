@@ -69,6 +69,9 @@ def _pack_parser(sub) -> None:
                         "(header); vggsound: youtube_id,start_seconds,label,split (no header)")
     p.add_argument("--root", required=True, help="directory holding the video files")
     p.add_argument("--out", required=True, help="output shard directory")
+    p.add_argument("--flow-root", help="directory of optical-flow videos named like the clips (any extension; "
+                   "x-flow in red, y-flow in green, as UCF101's TV-L1 flow is usually stored): packed as the "
+                   "`flow` modality, cut with the same crop as the video; a clip without one is rejected")
     p.add_argument("--split", default="train", help="split for generic rows without one (default train)")
     p.add_argument("--short-side", type=int, default=d.short_side, help=f"default {d.short_side}")
     p.add_argument("--fps", type=int, default=d.fps, help=f"output frame rate (default {d.fps})")
@@ -115,8 +118,9 @@ def _pack_arrays(args) -> None:
 
 
 def _pack(args) -> None:
-    clips = read_annotations(args.annotations, args.format, args.root, args.split)
-    opts = PackOptions(args.short_side, args.fps, args.gop, args.crf, args.sample_rate, args.max_seconds)
+    clips = read_annotations(args.annotations, args.format, args.root, args.split, args.flow_root)
+    opts = PackOptions(args.short_side, args.fps, args.gop, args.crf, args.sample_rate, args.max_seconds,
+                       flow=args.flow_root is not None)
     pack(clips, args.out, opts, args.shard_size, args.workers,
                     {"annotations": str(args.annotations), "format": args.format})
     print(f"umt-data: packed into {args.out}")

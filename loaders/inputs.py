@@ -27,6 +27,7 @@ class ClipInput:
     path: str | None     # the file found on disk, or None
     label: str
     split: str
+    flow: str | None = None  # the clip's optical-flow video, when packing with --flow-root
 
 
 def _split(value: str, where: str) -> str:
@@ -41,7 +42,10 @@ def _index_files(root: Path) -> dict[str, str]:
     return {p.stem: str(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def read_annotations(csv_path: str | Path, fmt: str, root: str | Path, default_split: str = "train") -> list[ClipInput]:
+def read_annotations(csv_path: str | Path, fmt: str, root: str | Path, default_split: str = "train",
+                     flow_root: str | Path | None = None) -> list[ClipInput]:
+    """The clips an annotation file lists; with `flow_root`, each clip's flow video is the file
+    under it with the clip file's stem (None when there is none: the packer rejects the clip)."""
     csv_path, root = Path(csv_path), Path(root)
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {FORMATS}, got {fmt!r}")
@@ -54,6 +58,9 @@ def read_annotations(csv_path: str | Path, fmt: str, root: str | Path, default_s
     if fmt != "vggsound":
         rows = rows[1:]  # header
     files = _index_files(root) if fmt != "generic" else {}
+    if flow_root is not None and not Path(flow_root).is_dir():
+        raise UserError(f"flow root {flow_root} is not a directory")
+    flows = _index_files(Path(flow_root)) if flow_root is not None else {}
     clips = []
     for n, row in enumerate(rows, start=2 if fmt != "vggsound" else 1):
         where = f"{csv_path}:{n}"
@@ -74,7 +81,8 @@ def read_annotations(csv_path: str | Path, fmt: str, root: str | Path, default_s
                               if s in files), None)
         except (IndexError, ValueError) as err:
             raise UserError(f"{where}: malformed {fmt} row {row!r} ({err})") from err
-        clips.append(ClipInput(source, found, label.strip(), split))
+        flow = flows.get(Path(found or source).stem) if flow_root is not None else None
+        clips.append(ClipInput(source, found, label.strip(), split, flow))
     if not clips:
         raise UserError(f"{csv_path} lists no clips")
     return clips

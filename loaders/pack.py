@@ -31,7 +31,7 @@ SPLITS = ("train", "val", "test")
 def _work(job: tuple[int, ClipInput, PackOptions]) -> tuple[int, object]:
     index, clip, opts = job
     try:
-        return index, transcode(clip.path, opts)
+        return index, transcode(clip.path, opts, clip.flow)
     except Rejected as why:
         return index, str(why)
     except Exception as err:  # a decoder crash on one file must not end the run
@@ -148,7 +148,9 @@ def _write_manifest(out: Path, state: dict, classes: list[str], opts: PackOption
     manifest = {"format": FORMAT, "classes": classes,
                 "modalities": {"video": {"codec": "h264", "fps": opts.fps, "gop": opts.gop,
                                          "short_side": opts.short_side},
-                               "audio": {"codec": "flac", "sample_rate": opts.sample_rate}},
+                               "audio": {"codec": "flac", "sample_rate": opts.sample_rate},
+                               **({"flow": {"kind": "video", "codec": "h264", "fps": opts.fps, "gop": opts.gop}}
+                                  if opts.flow else {})},
                 "splits": splits, "source": {"generator": "umt-data pack", **(source or {}),
                                              "options": opts.to_dict(), "shard_size": shard_size},
                 "flags": dict(sorted(flags.items())), "rejected": rejected}

@@ -40,15 +40,17 @@ class ViewPolicy:
         return train_view_index(self.seed, self.epoch, row, self.num_views) if self.train else CENTRE
 
 
-MEDIA = ("video", "audio")
+MEDIA = ("video", "audio", "flow")
+CLIPS = {"video": "mp4", "flow": "flow.mp4"}  # tar members of the H.264 modalities
 
 
 def decode_views(sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: int,
                  view_indices: Sequence[int] | Callable[[int], Sequence[int]]) -> list[dict]:
     """Decode one raw tar sample once and cut every requested view from it.
 
-    `view_indices` is a list, or a function of the sample's row giving the list. Vector views
-    (`<key>.<name>.npy`, from `umt-data pack-arrays`) have no augmentation: every view is the
+    `view_indices` is a list, or a function of the sample's row giving the list. Optical flow
+    gets the video's crop; a horizontal flip also negates its x component (red: 255 - red). Vector
+    views (`<key>.<name>.npy`, from `umt-data pack-arrays`) have no augmentation: every view is the
     vector itself and its params are zeros.
     """
     where = f"{sample.get('__url__', '?')} sample {sample.get('__key__', '?')}"
@@ -64,10 +66,11 @@ def decode_views(sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: 
             views = [make_view(seed, meta["row"], v, spec, geom) for v in view_indices]
             span = (spec.frames - 1) * spec.stride + 1
             first = min(v.t0 for v in views)
-            frames = decode_h264(sample["mp4"], first, max(v.t0 for v in views) + span) if "video" in media else None
+            clips = {m: decode_h264(sample[CLIPS[m]], first, max(v.t0 for v in views) + span)
+                     for m in media if m in CLIPS}
             wave = decode_flac(sample["flac"]) if "audio" in media else None
         else:
-            views, frames, wave = [None] * len(view_indices), None, None
+            views, clips, wave = [None] * len(view_indices), {}, None
     except KeyError as err:
         raise MediaError(f"{where}: no member or field {err} (does the shard set have modalities "
                          f"{list(modalities)}?)") from err
@@ -82,9 +85,12 @@ def decode_views(sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: 
         params = view.as_tuple() if view else (0,) * len(VIEW_FIELDS)
         item = {"label": meta["label"], "row": meta["row"], "view": index,
                 "params": torch.tensor(params, dtype=torch.int32), **vectors}
-        if frames is not None:
-            clip = frames[view.t0 - first:view.t0 - first + span:spec.stride]
-            item["video"] = torch.from_numpy(crop_flip_to_rgb(clip, view.y0, view.x0, spec.crop, view.flip))
+        for m, frames in clips.items():
+            clip = crop_flip_to_rgb(frames[view.t0 - first:view.t0 - first + span:spec.stride], view.y0, view.x0,
+                                    spec.crop, view.flip)
+            if m == "flow" and view.flip:
+                clip[..., 0] = 255 - clip[..., 0]
+            item[m] = torch.from_numpy(clip)
         if wave is not None:
             item["audio"] = mels[i]
         out.append(item)
@@ -182,7 +188,7 @@ def make_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Se
         return make_image_loader(data_dir, split, modalities, policy.seed, policy.epoch, policy.train, batch_size,
                                  spec.crop, rank, world, skip, num_workers, policy.num_views, spec.flip)
     from .dali import choose_backend, make_dali_loader  # dali builds on this module
-    if kinds <= {"video", "audio"} and choose_backend(backend) == "dali":
+    if set(modalities) <= {"video", "audio"} and choose_backend(backend) == "dali":
         return make_dali_loader(data_dir, split, spec, modalities, policy, batch_size, rank, world, skip,
                                 torch.cuda.current_device() if device_id is None else device_id, max(1, num_workers))
     epoch = rank_epoch(data_dir, split, policy, batch_size, rank, world)

@@ -26,6 +26,7 @@ class PackOptions:
     sample_rate: int = 16000
     max_seconds: float | None = None
     silence_peak: float = 1e-3  # peak amplitude (full scale 1) below which a track counts as silent
+    flow: bool = False       # each clip has an optical-flow video to pack as the `flow` modality
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -41,7 +42,7 @@ def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
 
 
-def transcode(path: str | None, opts: PackOptions) -> tuple[dict[str, bytes], dict, list[str]]:
+def transcode(path: str | None, opts: PackOptions, flow_path: str | None = None) -> tuple[dict[str, bytes], dict, list[str]]:
     """(tar members without json, metadata, flags); raises Rejected."""
     if path is None:
         raise Rejected("file not found")
@@ -88,7 +89,35 @@ def transcode(path: str | None, opts: PackOptions) -> tuple[dict[str, bytes], di
     meta = {"frames": len(rgb), "height": rgb.shape[1], "width": rgb.shape[2], "fps": opts.fps,
             "duration": round(duration, 4), "audio_samples": len(wave), "sample_rate": opts.sample_rate}
     members = {"mp4": encode_h264(rgb, opts.fps, opts.gop, opts.crf), "flac": encode_flac(wave, opts.sample_rate)}
+    if opts.flow:
+        members["flow.mp4"] = encode_h264(_flow_frames(flow_path, opts, rgb.shape, flags), opts.fps, opts.gop, opts.crf)
     return members, meta, sorted(flags)
+
+
+def _flow_frames(path: str | None, opts: PackOptions, shape: tuple[int, ...], flags: set[str]) -> np.ndarray:
+    """The clip's optical-flow video at its frame rate, size and frame count.
+
+    Flow is stored as given (commonly x-flow in red, y-flow in green, 128 = no motion). A flow
+    video has one frame fewer than its clip; a shorter one is padded with its last frame and
+    flagged `flow_short`.
+    """
+    if path is None or not os.path.isfile(path):
+        raise Rejected("flow file not found")
+    frames = _FrameRateConverter(opts, size=(shape[2], shape[1]))
+    try:
+        with av.open(path) as container:
+            for frame in container.decode(video=0):
+                frames.push(frame)
+    except (av.FFmpegError, ValueError, IndexError, UnicodeDecodeError) as err:
+        if frames.prev is None:
+            raise Rejected(f"unreadable flow: {err}") from None
+        flags.add("truncated")
+    flow = frames.finish()
+    if flow is None:
+        raise Rejected("no decodable flow frames")
+    if len(flow) < shape[0] - 1:
+        flags.add("flow_short")
+    return np.concatenate([flow, np.repeat(flow[-1:], max(0, shape[0] - len(flow)), axis=0)])[:shape[0]]
 
 
 def _fit_audio(samples: list[np.ndarray], length: int, missing: bool, flags: set[str], opts: PackOptions) -> np.ndarray:
@@ -110,8 +139,8 @@ def _fit_audio(samples: list[np.ndarray], length: int, missing: bool, flags: set
 class _FrameRateConverter:
     """Resamples decoded frames to a fixed rate: output frame k shows the latest frame at or before k/fps."""
 
-    def __init__(self, opts: PackOptions):
-        self.opts = opts
+    def __init__(self, opts: PackOptions, size: tuple[int, int] | None = None):
+        self.opts, self.size = opts, size  # size (width, height): fixed output size instead of short side
         self.out: list[np.ndarray] = []
         self.prev = None          # (time, frame)
         self.prev_rgb = None
@@ -126,7 +155,7 @@ class _FrameRateConverter:
 
     def _rgb(self, frame) -> np.ndarray:
         if self.prev_rgb is None:
-            w, h = output_size(frame.width, frame.height, self.opts.short_side)
+            w, h = self.size or output_size(frame.width, frame.height, self.opts.short_side)
             self.prev_rgb = frame.reformat(width=w, height=h, format="rgb24").to_ndarray()
         return self.prev_rgb
 

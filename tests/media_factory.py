@@ -66,3 +66,18 @@ def real_world_folder(root: Path) -> dict[str, str]:
     (root / "garbage.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
     kinds["garbage.mp4"] = "rejected"
     return kinds
+
+
+def write_flow(path: Path, frames: int, fps: int = 12, size: tuple[int, int] = (48, 32),
+               x_flow: int = 200, y_flow: int = 100) -> Path:
+    """A constant optical-flow video as flow is usually stored: x-flow in red, y-flow in green."""
+    width, height = size
+    img = np.zeros((height, width, 3), np.uint8)
+    img[..., 0], img[..., 1], img[..., 2] = x_flow, y_flow, 128
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for _ in range(frames):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        out.mux(stream.encode())
+    return path

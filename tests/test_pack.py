@@ -3,7 +3,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
+from umt.engine.cli import main as train_main
 from umt.loaders.cli import main as data_main
 from umt.loaders.errors import UserError
 from umt.loaders.inputs import read_annotations
@@ -11,7 +13,7 @@ from umt.loaders.pipeline import ViewPolicy, make_loader
 from umt.loaders.views import ViewSpec
 
 from conftest import kill_when
-from media_factory import real_world_folder
+from media_factory import real_world_folder, write_flow, write_video
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +97,37 @@ def test_kinetics_and_vggsound_annotations(tmp_path):
     bad.write_text("label,youtube_id,time_start,time_end,split\nabseiling,abc,ten,20,train\n")
     with pytest.raises(UserError, match="bad.csv:2: malformed kinetics row"):
         read_annotations(bad, "kinetics", root)
+
+
+def test_pack_flow_videos_as_a_modality(tmp_path):
+    """UCF101-style RGB + optical flow: flow gets the video's crop, and a flip negates its x component."""
+    rgb, flow = tmp_path / "rgb", tmp_path / "flow"
+    rgb.mkdir(), flow.mkdir()
+    splits = ["train"] * 4 + ["val", "test", "train"]
+    for i in range(7):
+        write_video(rgb / f"clip{i}.mp4", "mp4", "libx264", "aac", seconds=1.0)
+        if i < 6:  # clip6 has no flow; flow has one frame fewer than its clip, as optical flow does
+            write_flow(flow / f"clip{i}.mp4", frames=11)
+    (tmp_path / "a.csv").write_text("path,label,split\n" + "".join(f"clip{i}.mp4,{'ab'[i % 2]},{s}\n"
+                                                                 for i, s in enumerate(splits)))
+    out = tmp_path / "packed"
+    data_main(_pack_args(tmp_path / "a.csv", rgb, out, "--flow-root", str(flow), "--short-side", "24",
+                         "--fps", "12", "--workers", "1"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["modalities"]["flow"]["kind"] == "video"
+    assert [(r["source"], r["reason"]) for r in manifest["rejected"]] == [("clip6.mp4", "flow file not found")]
+    assert "flow_short" not in manifest["flags"]
+    spec = ViewSpec(frames=4, stride=2, crop=20, audio_seconds=0.5, mel_bins=16)
+    seen = {}
+    for epoch in range(6):
+        for batch in make_loader(out, "train", spec, ["video", "flow"], ViewPolicy(0, epoch, True), 2):
+            assert batch["flow"].shape == batch["video"].shape == (2, 4, 20, 20, 3)
+            for flip, clip in zip(batch["params"][:, 3].tolist(), batch["flow"].float()):
+                seen[flip] = clip.mean((0, 1, 2))
+    assert set(seen) == {0, 1}
+    assert (seen[0] - torch.tensor([200, 100, 128])).abs().max() < 6
+    assert (seen[1] - torch.tensor([55, 100, 128])).abs().max() < 6
+    train_main(["--data", str(out), "--out", str(tmp_path / "run"), "--method", "joint", "--modality", "video",
+                "--modality", "flow", "--epochs", "1", "--batch-size", "2", "--width", "4", "--workers", "0",
+                "--frames", "4", "--stride", "2", "--crop", "20", "--audio-seconds", "0.5", "--no-probe"])
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["modalities"] == ["video", "flow"]

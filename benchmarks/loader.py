@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from umt.loaders.audio import log_mel
+from umt.loaders.dali import dali_available
 from umt.loaders.inputs import ClipInput
 from umt.loaders.pack import pack
 from umt.loaders.pipeline import ViewPolicy, make_loader
@@ -125,18 +126,24 @@ def main() -> None:
 
     naive = torch.utils.data.DataLoader(NaiveClips(files), batch_size=args.batch_size, shuffle=True,
                                         num_workers=args.workers, generator=torch.Generator().manual_seed(0))
-    ours, theirs = [], []
+    gpu = dali_available()  # with a GPU and DALI, the dali backend is measured in the same rounds
+    ours, theirs, dali = [], [], []
     for r in range(args.repeats):
-        loader = make_loader(work / "packed", "train", SPEC, ["video", "audio"], ViewPolicy(0, r, True), args.batch_size,
-                                args.workers, shuffle_buffer=64)
-        runs = [("umt", lambda: timed_pass(loader)), ("naive", lambda: timed_pass(naive))]
-        for name, fn in (runs if r % 2 == 0 else runs[::-1]):
-            (ours if name == "umt" else theirs).append(fn())
-        print(f"repeat {r}: umt {ours[-1]:.1f} clips/s, naive {theirs[-1]:.1f} clips/s")
+        def umt(backend: str):
+            loader = make_loader(work / "packed", "train", SPEC, ["video", "audio"], ViewPolicy(0, r, True),
+                                 args.batch_size, args.workers, shuffle_buffer=64, backend=backend)
+            return lambda: timed_pass(loader)
+        runs = [(ours, umt("cpu")), (theirs, lambda: timed_pass(naive)), *([(dali, umt("dali"))] if gpu else [])]
+        for results, fn in runs[r % len(runs):] + runs[:r % len(runs)]:  # rotate the order between repeats
+            results.append(fn())
+        print(f"repeat {r}: umt {ours[-1]:.1f} clips/s, naive {theirs[-1]:.1f} clips/s"
+              + (f", dali {dali[-1]:.1f} clips/s" if gpu else ""))
     write_json(args.out, {"clips_per_s": median(ours), "naive_clips_per_s": median(theirs),
                           "ratio_vs_naive": round(median(ours) / median(theirs), 2),
                           "umt_runs": [round(x, 1) for x in ours], "naive_runs": [round(x, 1) for x in theirs],
                           "pack_seconds": round(pack_s, 1), "backend": "cpu",
+                          **({"dali_clips_per_s": median(dali), "dali_ratio_vs_naive": round(median(dali) / median(theirs), 2),
+                              "dali_runs": [round(x, 1) for x in dali]} if gpu else {}),
                           "settings": {**vars(args), "view": SPEC.to_dict(), "packed": PACKED.to_dict(),
                                        "source": {"fps": SOURCE_FPS, "size": SOURCE_SIZE, "seconds": SECONDS}}})
 

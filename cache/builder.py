@@ -22,9 +22,10 @@ from accelerate import PartialState
 from tqdm import tqdm
 
 from umt.engine.checkpoint import fingerprint, load_model
+from umt.loaders.images import make_image_loader
 from umt.loaders.pipeline import collate, decode_views, shard_loader
 from umt.loaders.shards import is_remote, load_manifest, locate, manifest_fingerprint, split_shards
-from umt.loaders.views import ViewSpec
+from umt.loaders.views import VIEW_FIELDS, ViewSpec
 
 from . import store
 
@@ -78,9 +79,6 @@ def build(data_dir: str, teachers: dict[str, str], out: str, num_views: int, see
           split: str = "train", batch_size: int = 32, num_workers: int = 1, progress: bool = True) -> Path:
     state = PartialState(cpu=not torch.cuda.is_available())
     manifest = load_manifest(data_dir)
-    if manifest.get("container") == "beton":
-        raise store.CacheError(f"{data_dir} is an ffcv image set: umt-cache build reads tar shards only so far; "
-                               "train UMT on image views with online teachers (--teacher VIEW=CKPT)")
     shards = split_shards(manifest, split)
     encoders, prints, spec = load_teachers(teachers, state.device)
     modalities = sorted(encoders)
@@ -109,6 +107,14 @@ def build(data_dir: str, teachers: dict[str, str], out: str, num_views: int, see
     offsets = np.array([s["offset"] for s in shards])
     pending: dict[int, list[dict]] = {}
     start = time.perf_counter()
+    if manifest.get("container") == "beton":  # an ffcv image set: one shard per split, one pass per view
+        with torch.no_grad(), tqdm(total=todo * num_views, unit="image", desc="cache", disable=not progress) as bar:
+            for i in mine:
+                parts = _image_set_features(data_dir, split, shards[i], encoders, spec, seed, num_views, batch_size,
+                                            num_workers, state.device, bar)
+                _write_shard(group, i, shards[i], [parts], modalities)
+        state.wait_for_everyone()
+        return Path(out)
     paths = [locate(data_dir, shards[i]["name"]) for i in mine]
     loader = shard_loader(paths, ShardViews(spec, modalities, seed, num_views),
                           functools.partial(batched_by_shard, batch_size=batch_size), num_workers)
@@ -129,6 +135,24 @@ def build(data_dir: str, teachers: dict[str, str], out: str, num_views: int, see
     if state.is_main_process and todo:
         print(f"umt-cache: rank 0 computed {todo} clips in {time.perf_counter() - start:.1f} s")
     return Path(out)
+
+
+def _image_set_features(data_dir: str, split: str, shard: dict, encoders: dict, spec: ViewSpec, seed: int,
+                        num_views: int, batch_size: int, num_workers: int, device: torch.device, bar) -> dict:
+    """Every (row, view) of an image split through the teachers: V in-order passes of its ffcv loader."""
+    count, modalities = shard["count"], sorted(encoders)
+    parts = {"row": np.arange(count), "key": np.array([f"{split}_{r:07d}" for r in range(count)]),
+             "params": np.zeros((count, num_views, len(VIEW_FIELDS)), np.int32)}
+    parts.update({m: np.zeros((count, num_views, encoders[m].out_dim), np.float16) for m in modalities})
+    for view in range(num_views):
+        for batch in make_image_loader(data_dir, split, modalities, seed, 0, False, batch_size, spec.crop,
+                                       num_workers=num_workers, flip=spec.flip, view=view):
+            rows = batch["row"].numpy()
+            parts["params"][rows, view] = batch["params"].numpy()
+            for m in modalities:
+                parts[m][rows, view] = _teacher_features(encoders[m], batch[m][:, None].to(device))[:, 0]
+            bar.update(len(rows))
+    return parts
 
 
 def _check_room(out: Path, size: int) -> None:

@@ -8,14 +8,16 @@ online, compared within float16 rounding. The last line is `max_abs_diff=<float>
 from __future__ import annotations
 
 import json
+from typing import Iterator
 
 import numpy as np
 import torch
 import webdataset as wds
 
 from umt.loaders.errors import UserError
+from umt.loaders.images import make_image_loader
 from umt.loaders.pipeline import decode_views
-from umt.loaders.shards import locate, manifest_fingerprint
+from umt.loaders.shards import load_manifest, locate, manifest_fingerprint
 from umt.loaders.views import ViewSpec
 
 from . import store
@@ -76,18 +78,9 @@ def _recompute(group, data_dir: str, encoders: dict, k: int, seed: int) -> tuple
     rows = rng.choice(attrs["num_samples"], size=min(k, attrs["num_samples"]), replace=False)
     views = rng.integers(0, attrs["num_views"], size=len(rows))
     wanted = dict(zip(rows.tolist(), views.tolist()))
-    shard_rows = group["views"].shards[0]
-    spec = ViewSpec(**attrs["view_spec"])
-    shards = sorted({r // shard_rows for r in wanted})
-    urls = [locate(data_dir, attrs["shards"][s]) for s in shards]
     worst, within = 0.0, True
     with torch.no_grad():
-        for sample in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples()):
-            item_row = json.loads(sample["json"])["row"]
-            if item_row not in wanted:
-                continue
-            view = wanted[item_row]
-            item = decode_views(sample, spec, sorted(encoders), attrs["seed"], [view])[0]
+        for item_row, view, item in _views_of(group, data_dir, sorted(encoders), wanted):
             for m, enc in encoders.items():
                 online = enc(item[m][None])[0].float()
                 cached = torch.from_numpy(group[f"features/{m}"][item_row, view].astype(np.float32))
@@ -95,3 +88,23 @@ def _recompute(group, data_dir: str, encoders: dict, k: int, seed: int) -> tuple
                 worst = max(worst, float(diff.max())) if torch.isfinite(diff).all() else float("nan")
                 within &= bool((diff <= online.abs() * 2 ** -11 + 1e-3).all())
     return worst, within
+
+
+def _views_of(group, data_dir: str, modalities: list[str], wanted: dict[int, int]) -> Iterator[tuple[int, int, dict]]:
+    """(row, view, decoded inputs) of each wanted row's view, read the way the builder read it."""
+    attrs = group.attrs
+    spec = ViewSpec(**attrs["view_spec"])
+    if load_manifest(data_dir).get("container") == "beton":
+        for view in sorted(set(wanted.values())):
+            for batch in make_image_loader(data_dir, attrs["split"], modalities, attrs["seed"], 0, False, 64,
+                                           spec.crop, flip=spec.flip, view=view):
+                for i, row in enumerate(batch["row"].tolist()):
+                    if wanted.get(row) == view:
+                        yield row, view, {m: batch[m][i] for m in modalities}
+        return
+    shard_rows = group["views"].shards[0]
+    urls = [locate(data_dir, attrs["shards"][s]) for s in sorted({r // shard_rows for r in wanted})]
+    for sample in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples()):
+        row = json.loads(sample["json"])["row"]
+        if row in wanted:
+            yield row, wanted[row], decode_views(sample, spec, modalities, attrs["seed"], [wanted[row]])[0]

@@ -291,8 +291,8 @@ class ViewTable:
     """
 
     def __init__(self, count: int, seed: int, epoch: int, train: bool, num_views: int | None, size: int,
-                 crop: int, flip: bool):
-        self.seed, self.epoch, self.train, self.num_views = seed, epoch, train, num_views
+                 crop: int, flip: bool, fixed: int | None = None):
+        self.seed, self.epoch, self.train, self.num_views, self.fixed = seed, epoch, train, num_views, fixed
         self.size, self.crop, self.flip = size, crop, flip
         self.index = np.full(count, CENTRE, np.int64)
         self.params = np.zeros((count, 5), np.int32)
@@ -301,7 +301,8 @@ class ViewTable:
     def __call__(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(view index int64 [B], View.as_tuple() int32 [B, 5]) of these rows."""
         for row in rows[~self.filled[rows]]:
-            view = train_view_index(self.seed, self.epoch, int(row), self.num_views) if self.train else CENTRE
+            view = (self.fixed if self.fixed is not None else
+                    train_view_index(self.seed, self.epoch, int(row), self.num_views) if self.train else CENTRE)
             self.index[row] = view
             self.params[row] = image_view(self.seed, int(row), view, self.size, self.crop, self.flip).as_tuple()
             self.filled[row] = True
@@ -418,12 +419,14 @@ class ImageEpoch:
 
 def make_image_loader(data_dir: str | Path, split: str, modalities: Sequence[str], seed: int, epoch: int,
                       train: bool, batch_size: int, crop: int, rank: int = 0, world: int = 1, skip: int = 0,
-                      num_workers: int = 1, num_views: int | None = None, flip: bool = True) -> ImageEpoch:
+                      num_workers: int = 1, num_views: int | None = None, flip: bool = True,
+                      view: int | None = None) -> ImageEpoch:
     """This rank's batches of one epoch of an image set, after the first `skip` (a mid-epoch resume).
 
     Training: rows in a (seed, epoch) order, equal batch counts on every rank, last partial batch
     dropped, view index from views.train_view_index (num_views: the cache's V, or None for a fresh
-    view each epoch). Evaluation: rows in order, the centre view (-1) without flip.
+    view each epoch). Evaluation: rows in order, the centre view (-1) without flip, or view index
+    `view` for every row (the cache builder's pass over one view).
     """
     manifest = load_image_manifest(data_dir)
     info = split_shards(manifest, split)[0]
@@ -436,7 +439,7 @@ def make_image_loader(data_dir: str | Path, split: str, modalities: Sequence[str
     order = rank_rows(info["count"], seed, epoch, rank, world, train, batch_size)
     if train and not len(order):
         raise DataError(f"{data_dir}: {split} has {info['count']} samples, too few for {world} x {batch_size}")
-    table = ViewTable(info["count"], seed, epoch, train, num_views, size, crop, flip)
+    table = ViewTable(info["count"], seed, epoch, train, num_views, size, crop, flip, view)
     threads = max(1, min(num_workers, numba.config.NUMBA_NUM_THREADS))  # ffcv fails above numba's limit
     return ImageEpoch(Path(data_dir) / info["name"], order[skip * batch_size:], tuple(modalities), stored, table,
                       batch_size, threads, train)

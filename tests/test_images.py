@@ -173,8 +173,8 @@ def test_evaluation_is_sequential_with_the_centre_view(packed):
     assert _cat(batches)["params"].tolist() == [[0, c, c, 0, 0]] * 6
 
 
-def test_trainer_on_image_views_unimodal_and_online_umt(table, tmp_path):
-    """Two image views through umt-train: ResNet encoders on ffcv batches; cached UMT is refused clearly."""
+def test_trainer_and_cache_on_image_views(table, tmp_path, capsys):
+    """Two image views through umt-train and umt-cache: teachers, a verified cache, cached and online UMT."""
     from umt.cache.cli import main as cache_main
     from umt.engine.cli import main as train_main
     lines = table.read_text().splitlines()  # the table with a test split: every 6th train row moves to test
@@ -193,5 +193,12 @@ def test_trainer_on_image_views_unimodal_and_online_umt(table, tmp_path):
     train_size = json.loads((packed / "manifest.json").read_text())["splits"]["train"]["num_samples"]
     assert results["modalities"] == ["front", "rear"] and results["steps"] == 2 * (train_size // 8)
     assert 0.0 <= results["test_top1"] <= 1.0
-    with pytest.raises(SystemExit):
-        cache_main(["build", "--data", str(packed), "--out", str(tmp_path / "c.zarr"), "--views", "1", *teachers])
+    cache = str(tmp_path / "cache.zarr")
+    cache_main(["build", "--data", str(packed), "--out", cache, "--views", "2", "--batch-size", "8", *teachers])
+    capsys.readouterr()
+    cache_main(["verify", cache, "--data", str(packed), "--recompute", "6"])
+    assert "max_abs_diff=" in capsys.readouterr().out.strip().splitlines()[-1]
+    train_main([*common, "--out", str(tmp_path / "cached"), "--method", "umt", "--modality", "front",
+                "--modality", "rear", "--cache", cache])
+    cached = json.loads((tmp_path / "cached" / "results.json").read_text())
+    assert cached["steps"] == results["steps"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .arrays import pack_arrays
 from .errors import UserError, run_cli
-from .images import add_pack_images_parser, pack_images_command
+from .image_pack import add_pack_images_parser, pack_images_command
 from .inputs import FORMATS, read_annotations
 from .pack import pack
 from .shards import is_remote, load_manifest
@@ -140,7 +140,7 @@ def _info(data: str) -> None:
                                      for m, v in manifest["modalities"].items()))
     print(f"source      {manifest['source'].get('generator', manifest['source'])}")
     flags = manifest.get("flags", {})
-    print(f"flags       " + (", ".join(f"{n} {f}" for f, n in flags.items()) or "none"))
+    print("flags       " + (", ".join(f"{n} {f}" for f, n in flags.items()) or "none"))
     reasons = Counter(r["reason"] for r in manifest.get("rejected", []))
     print(f"rejected    {sum(reasons.values())}" + "".join(f"\n  {n} x {r}" for r, n in reasons.items()))
 

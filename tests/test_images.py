@@ -9,7 +9,6 @@ import io
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
@@ -19,7 +18,8 @@ if importlib.util.find_spec("ffcv") is None:  # not importorskip: importing ffcv
 
 from umt.loaders.errors import UserError  # noqa: E402
 from umt.loaders.cli import main as data_main  # noqa: E402
-from umt.loaders.images import image_view, make_image_loader, pack_images, read_image_table  # noqa: E402
+from umt.loaders.image_pack import pack_images, read_image_table  # noqa: E402
+from umt.loaders.images import image_view, make_image_loader  # noqa: E402
 from umt.loaders.views import CENTRE  # noqa: E402
 
 SIZE, CROP = 24, 16

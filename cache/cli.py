@@ -3,22 +3,11 @@ from __future__ import annotations
 
 import argparse
 
-from umt.loaders.errors import UserError, run_cli
+from umt.loaders.errors import UserError, parse_assignments, run_cli
 
 from . import store
 from .builder import build
 from .verify import verify
-
-
-def parse_assignments(items: list[str], flag: str) -> dict[str, str]:
-    """['video=a.pt', 'audio=b.pt'] → {'video': 'a.pt', 'audio': 'b.pt'}."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key or not value:
-            raise UserError(f"{flag} expects MODALITY=PATH, got {item!r}")
-        out[key] = value
-    return out
 
 
 def main(argv: list[str] | None = None) -> None:

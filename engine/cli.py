@@ -7,8 +7,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from umt.cache.cli import parse_assignments
-from umt.loaders.errors import run_cli
+from umt.loaders.errors import parse_assignments, run_cli
 from umt.loaders.views import ViewSpec
 
 from . import config_files

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import torch
 
-from umt.cache.cli import parse_assignments
-from umt.loaders.errors import UserError, run_cli
+from umt.loaders.errors import UserError, parse_assignments, run_cli
 from umt.loaders.shards import load_manifest
 from umt.loaders.views import ViewSpec
 

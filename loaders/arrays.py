@@ -18,9 +18,7 @@ import numpy as np
 
 from .errors import UserError
 from .inputs import SPLIT_ALIASES
-from .shards import FORMAT, ShardWriter, with_offsets, write_manifest
-
-SPLITS = ("train", "val", "test")
+from .shards import FORMAT, SPLITS, ShardWriter, with_offsets, write_manifest
 
 
 def read_view(path: str | Path) -> np.ndarray:

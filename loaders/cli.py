@@ -8,7 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .arrays import pack_arrays
-from .errors import UserError, run_cli
+from .errors import UserError, parse_assignments, run_cli
 from .image_pack import add_pack_images_parser, pack_images_command
 from .inputs import FORMATS, read_annotations
 from .pack import pack
@@ -18,6 +18,11 @@ from .synth_vectors import VectorSynthConfig, write_raw
 from .transcode import PackOptions
 
 
+CUE_HELPS = {"video_cue": "probability that the video symbol equals the label (non-paired samples)",
+             "audio_cue": "probability that the audio symbol equals the label (non-paired samples)",
+             "paired": "share of samples labelled by the paired cue (video + audio symbol mod K)"}
+
+
 def _synth_parser(sub) -> None:
     p = sub.add_parser("synth", help="write the procedural audio-visual dataset as shards",
                        description="Procedural audio-visual clips (H.264 video, FLAC audio) whose label is "
@@ -25,10 +30,7 @@ def _synth_parser(sub) -> None:
                                    "cue readable only from both modalities together (label = sum of the two "
                                    "symbols mod K). The same seed gives byte-identical shards.")
     p.add_argument("out", help="output directory for the shards and manifest.json")
-    helps = {"video_cue": "probability that the video symbol equals the label (non-paired samples)",
-             "audio_cue": "probability that the audio symbol equals the label (non-paired samples)",
-             "paired": "share of samples labelled by the paired cue (video + audio symbol mod K)",
-             "video_noise": "pixel noise, as a share of full scale", "audio_noise": "noise-to-tone amplitude ratio",
+    helps = {**CUE_HELPS, "video_noise": "pixel noise, as a share of full scale", "audio_noise": "noise-to-tone amplitude ratio",
              "size": "frame height and width (even)", "frames": "frames per clip",
              "shard_size": "samples per shard", "train": "training clips", "val": "validation clips",
              "test": "test clips"}
@@ -45,16 +47,15 @@ def _config_arguments(parser, config: type, helps: dict[str, str]) -> None:
 def _synth_arrays_parser(sub) -> None:
     p = sub.add_parser("synth-arrays", help="write the generator's feature-level model as .npy views + labels.csv",
                        description="The label model of `umt-data synth` (video and audio symbols; a share of samples "
-                                   "labelled by their sum mod K) with each symbol rendered as a fixed random "
-                                   "prototype vector plus Gaussian noise. Writes vfeat.npy, afeat.npy and "
+                                   "labelled by their sum mod K) with each symbol rendered as a vector (a fixed random "
+                                   "prototype, or a product code, plus Gaussian noise). Writes vfeat.npy, afeat.npy and "
                                    "labels.csv for `umt-data pack-arrays`.")
     p.add_argument("out", help="output directory")
     _config_arguments(p, VectorSynthConfig, {
-        "dim": "coordinates per symbol vector", "video_noise": "noise std of the video symbol's vector",
+        **CUE_HELPS, "dim": "coordinates per symbol vector", "video_noise": "noise std of the video symbol's vector",
         "audio_noise": "noise std of the audio symbol's vector",
-        "paired": "share of samples labelled by the paired cue (video + audio symbol mod K)",
-        "video_cue": "probability that the video symbol equals the label (non-paired samples)",
-        "audio_cue": "probability that the audio symbol equals the label (non-paired samples)"})
+        "video_encoding": "prototype (noise makes it unreliable) or product (symbol only in coordinate products: "
+                          "slow to learn)", "audio_encoding": "as --video-encoding, for the audio symbol"})
 
 
 def _pack_parser(sub) -> None:
@@ -102,12 +103,7 @@ def _pack_arrays_parser(sub) -> None:
 
 
 def _pack_arrays(args) -> None:
-    views = {}
-    for item in args.view:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise UserError(f"--view expects NAME=FILE, got {item!r}")
-        views[name] = path
+    views = parse_assignments(args.view, "--view")
     try:
         fractions = tuple(float(x) for x in args.split_fractions.split(","))
     except ValueError:

@@ -13,6 +13,17 @@ class UserError(ValueError):
     """Bad input: a missing or malformed file, an inconsistent option, a mismatched cache."""
 
 
+def parse_assignments(items: list[str], flag: str) -> dict[str, str]:
+    """['video=a.pt', 'audio=b.pt'] → {'video': 'a.pt', 'audio': 'b.pt'} (repeated NAME=PATH options)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise UserError(f"{flag} expects NAME=PATH, got {item!r}")
+        out[key] = value
+    return out
+
+
 def run_cli(prog: str, body: Callable[[], None]) -> None:
     try:
         body()

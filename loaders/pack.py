@@ -21,11 +21,10 @@ from typing import Iterator
 from tqdm import tqdm
 
 from .inputs import ClipInput
-from .shards import FORMAT, ShardWriter, sha256_file, with_offsets, write_manifest
+from .shards import FORMAT, SPLITS, ShardWriter, sha256_file, with_offsets, write_manifest
 from .transcode import PackOptions, Rejected, sample_json, transcode
 
 STATE = "pack-state.json"
-SPLITS = ("train", "val", "test")
 
 
 def _work(job: tuple[int, ClipInput, PackOptions]) -> tuple[int, object]:

@@ -22,8 +22,8 @@ import webdataset as wds
 from .audio import log_mel
 from .kernels import crop_flip_to_rgb
 from .media import MediaError, decode_flac, decode_h264
-from .shards import DataError, load_manifest, locate, modality_inputs, split_shards
 from .images import make_image_loader
+from .shards import DataError, load_manifest, locate, modality_inputs, split_shards
 from .vectors import VectorLoader, batch_count
 from .views import CENTRE, VIEW_FIELDS, Geometry, ViewSpec, audio_window, make_view, train_view_index
 

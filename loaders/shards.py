@@ -27,6 +27,7 @@ from .errors import UserError
 
 MANIFEST = "manifest.json"
 FORMAT = "umt-shards/1"
+SPLITS = ("train", "val", "test")
 
 
 class DataError(UserError):

@@ -20,9 +20,7 @@ from tqdm import tqdm
 
 from .errors import UserError
 from .media import encode_flac, encode_h264
-from .shards import FORMAT, ShardWriter, with_offsets, write_manifest
-
-SPLITS = ("train", "val", "test")
+from .shards import FORMAT, SPLITS, ShardWriter, with_offsets, write_manifest
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .synth import SPLITS, draw_symbols
+from .shards import SPLITS
+from .synth import draw_symbols
 
 VIEWS = ("vfeat", "afeat")   # the video symbol's and the audio symbol's feature vectors
 ENCODINGS = ("prototype", "product")

@@ -41,27 +41,29 @@ def read_shard(path: str, modalities: tuple[str, ...]) -> dict[str, torch.Tensor
 
 
 class VectorLoader:
-    """One epoch of one rank's batches, from memory."""
+    """One epoch of one rank's batches, from memory; the epoch's tensors are gathered when iterated
+    (the trainer asks every epoch's length up front)."""
 
     def __init__(self, paths: Sequence[str], modalities: Sequence[str], view_of: Callable[[int], int],
                  batch_size: int, order_seed: str | None, num_batches: int, skip: int = 0):
-        shards = [read_shard(p, tuple(modalities)) for p in paths]
-        self.data = {k: torch.cat([s[k] for s in shards]) if shards else torch.zeros(0)
-                     for k in ("row", "label", *modalities)}
-        order = list(range(len(self.data["row"])))
-        if order_seed is not None:
-            random.Random(order_seed).shuffle(order)
-        self.order = torch.tensor(order, dtype=torch.long)
-        self.view_of, self.batch_size = view_of, batch_size
-        self.num_batches, self.skip = num_batches, skip
+        self.paths, self.modalities, self.view_of, self.batch_size = list(paths), tuple(modalities), view_of, batch_size
+        self.order_seed, self.num_batches, self.skip = order_seed, num_batches, skip
 
     def __len__(self) -> int:
         return self.num_batches - self.skip
 
     def __iter__(self) -> Iterator[dict]:
+        if self.num_batches <= self.skip:
+            return
+        shards = [read_shard(p, self.modalities) for p in self.paths]
+        data = {k: torch.cat([s[k] for s in shards]) for k in ("row", "label", *self.modalities)}
+        order = list(range(len(data["row"])))
+        if self.order_seed is not None:
+            random.Random(self.order_seed).shuffle(order)
+        order = torch.tensor(order, dtype=torch.long)
         for b in range(self.skip, self.num_batches):
-            index = self.order[b * self.batch_size:(b + 1) * self.batch_size]
-            batch = {k: v[index] for k, v in self.data.items()}
+            index = order[b * self.batch_size:(b + 1) * self.batch_size]
+            batch = {k: v[index] for k, v in data.items()}
             batch["view"] = torch.tensor([self.view_of(int(r)) for r in batch["row"]])
             batch["params"] = torch.zeros(len(index), len(VIEW_FIELDS), dtype=torch.int32)
             yield batch

@@ -94,4 +94,6 @@ def train_view_index(seed: int, epoch: int, row: int, num_views: int | None) -> 
     """
     if num_views is None:
         return epoch
+    if num_views == 1:  # vector sets and single-view caches: no draw (the loaders call this per row)
+        return 0
     return int(np.random.default_rng([seed, epoch, row, 0x5EED]).integers(0, num_views))

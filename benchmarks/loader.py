@@ -7,10 +7,16 @@ decode and resample the whole audio track. umt's loader reads the same clips aft
 Same clips, same view size, same workers and batch size; passes interleaved; medians.
 
     python benchmarks/loader.py --out benchmarks/results/loader_cpu.json
+
+`--images` instead measures the ffcv image loader alone: samples/s of training epochs over a packed
+set of 64 px images (crop 56, flip), one decoding thread; run it under `taskset -c 0` for one core.
+
+    taskset -c 0 python benchmarks/loader.py --images --out benchmarks/results/loader_images.json
 """
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from fractions import Fraction
@@ -20,6 +26,7 @@ import av
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from umt.loaders.audio import log_mel
 from umt.loaders.dali import dali_available
@@ -105,14 +112,53 @@ def timed_pass(loader) -> float:
     return clips / (time.perf_counter() - start)
 
 
+def write_images(root: Path, count: int) -> Path:
+    """`count` noisy 80x64 pictures of 4 classes and the pack-images table listing them."""
+    rng = np.random.default_rng(0)
+    (root / "pics").mkdir(parents=True)
+    lines = ["label,split,front"]
+    for i in range(count):
+        pixels = np.clip(rng.normal(64 * (i % 4), 40, (64, 80, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / "pics" / f"{i}.jpg", quality=90)
+        lines.append(f"{i % 4},train,pics/{i}.jpg")
+    (root / "table.csv").write_text("\n".join(lines) + "\n")
+    return root / "table.csv"
+
+
+def image_bench(args: argparse.Namespace) -> None:
+    """Samples/s of the ffcv image loader's training epochs (64 px, crop 56) with one thread."""
+    from umt.loaders.cli import main as data_main
+    work = Path(tempfile.mkdtemp(prefix="umt-image-bench-"))
+    data_main(["pack-images", str(write_images(work, args.images_count)), str(work / "packed"), "--size", "64",
+               "--workers", "1"])
+    spec = ViewSpec(frames=1, crop=56)
+    runs = []
+    for r in range(args.repeats + 1):  # the first pass compiles ffcv's pipeline: not counted
+        loader = make_loader(work / "packed", "train", spec, ["front"], ViewPolicy(0, r, True), 256, 1)
+        start, samples = time.perf_counter(), 0
+        for batch in loader:
+            samples += len(batch["front"])
+        rate = samples / (time.perf_counter() - start)
+        print(f"pass {r}: {rate:.0f} samples/s" + (" (warm-up)" if r == 0 else ""))
+        runs.append(rate)
+    write_json(args.out, {"image_samples_per_s": median(runs[1:]), "runs": [round(x) for x in runs[1:]],
+                          "warmup_samples_per_s": round(runs[0]), "affinity": sorted(os.sched_getaffinity(0)),
+                          "settings": {**vars(args), "size": 64, "crop": 56, "batch_size": 256, "threads": 1}})
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="benchmarks/results/loader_cpu.json")
+    p.add_argument("--images", action="store_true", help="measure the ffcv image loader instead")
+    p.add_argument("--images-count", type=int, default=8192, help="images in the --images set")
     p.add_argument("--clips", type=int, default=64)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
+    if args.images:
+        torch.set_num_threads(1)
+        return image_bench(args)
     work = Path(tempfile.mkdtemp(prefix="umt-loader-bench-"))
     (work / "src").mkdir()
     files = []

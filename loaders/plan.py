@@ -1,0 +1,66 @@
+"""The epoch plan: which samples one rank reads in an epoch, in which order, in which batches.
+
+Pure arithmetic on global facts (the split's shard counts, seed, epoch, rank, world size, batch
+size), so every rank and every backend derives the same plan without talking to the others.
+
+Training: the epoch's global order takes the shards in a (seed, epoch) permutation and the samples
+of each shard in a (seed, epoch, shard) permutation; rank r reads the contiguous slice
+[r*L, (r+1)*L) of it with L = floor(N / (world*B)) * B. So every rank has exactly L/B batches, no
+sample is read twice, fewer than world*B are left out, and a shard is shared by two ranks only
+where a rank's slice ends inside it (the ranks open at most S + world - 1 shards in all, so a
+streaming backend reads about its share). Resuming at batch k reads the same slice from
+sample k*B. For world = 1 the order does not depend on B (a shorter or longer prefix of one order).
+
+Evaluation: every sample once, in row order, rank r reading rows [r*N//world, (r+1)*N//world) with a
+partial last batch; gathering the ranks' results in rank order gives the split in row order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """One rank's samples of one epoch, from batch `start` on: global rows in reading order."""
+
+    rows: np.ndarray        # int64 global rows (row = shard offset + position in shard), reading order
+    batch_size: int
+    offsets: np.ndarray     # int64 [S + 1]: shard s holds rows [offsets[s], offsets[s + 1])
+
+    def __len__(self) -> int:
+        """Batches left (the last may be partial in evaluation)."""
+        return -(-len(self.rows) // self.batch_size)
+
+    def batches(self) -> list[np.ndarray]:
+        """The rows of each batch, in order."""
+        return [self.rows[i:i + self.batch_size] for i in range(0, len(self.rows), self.batch_size)]
+
+    def shards(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """The shard index of each row (of `rows`, default this plan's rows)."""
+        return np.searchsorted(self.offsets, self.rows if rows is None else rows, side="right") - 1
+
+
+def epoch_order(counts: Sequence[int], seed: int, epoch: int) -> np.ndarray:
+    """The epoch's global training order: shards permuted, then each shard's samples permuted."""
+    offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+    shard_order = np.random.default_rng([seed, epoch]).permutation(len(counts))
+    return np.concatenate([offsets[s] + np.random.default_rng([seed, epoch, s]).permutation(counts[s])
+                           for s in shard_order] or [np.zeros(0, np.int64)]).astype(np.int64)
+
+
+def plan_epoch(counts: Sequence[int], seed: int, epoch: int, rank: int, world: int, batch_size: int,
+               train: bool, start: int = 0) -> EpochPlan:
+    """Rank `rank` of `world`'s plan for an epoch over shards of these sample counts, from batch `start`."""
+    if batch_size < 1 or world < 1 or not 0 <= rank < world or start < 0:
+        raise ValueError(f"batch size {batch_size}, rank {rank} of {world}, start {start}: out of range")
+    offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+    total = int(offsets[-1])
+    if train:
+        share = total // (world * batch_size) * batch_size
+        rows = epoch_order(counts, seed, epoch)[rank * share:(rank + 1) * share]
+    else:
+        rows = np.arange(rank * total // world, (rank + 1) * total // world, dtype=np.int64)
+    return EpochPlan(rows[start * batch_size:], batch_size, offsets)

@@ -36,11 +36,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from umt.loaders.dali import choose_backend, make_dali_loader
+from umt.loaders.dali import choose_backend
 from umt.loaders.errors import UserError
-from umt.loaders.pipeline import ViewPolicy, make_loader
+from umt.loaders.loader import dali_loader, make_loader
 from umt.loaders.synth import SynthConfig, write_synth
-from umt.loaders.views import ViewSpec
+from umt.loaders.views import ViewPolicy, ViewSpec
 
 from common import median, write_json
 
@@ -51,7 +51,7 @@ LIMITS = {"luma_mean": 0.5, "luma_p99": 1.5, "rgb_mean": 8.0, "log_mel_max": 1e-
 def loaders(data: Path, spec: ViewSpec, batch_size: int, workers: int, epoch: int) -> dict:
     policy = ViewPolicy(seed=0, epoch=epoch, train=True)
     return {"cpu": make_loader(data, "train", spec, ["video", "audio"], policy, batch_size, num_workers=workers),
-            "dali": make_dali_loader(data, "train", spec, ["video", "audio"], policy, batch_size, device_id=0)}
+            "dali": dali_loader(data, "train", spec, ["video", "audio"], policy, batch_size, device_id=0)}
 
 
 def compare(cpu_loader, dali_loader) -> tuple[dict, list[str]]:

@@ -32,9 +32,9 @@ from umt.loaders.audio import log_mel
 from umt.loaders.dali import dali_available
 from umt.loaders.inputs import ClipInput
 from umt.loaders.pack import pack
-from umt.loaders.pipeline import ViewPolicy, make_loader
+from umt.loaders.loader import make_loader
 from umt.loaders.transcode import PackOptions
-from umt.loaders.views import ViewSpec
+from umt.loaders.views import ViewPolicy, ViewSpec
 
 from common import median, write_json
 

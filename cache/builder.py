@@ -22,10 +22,10 @@ from accelerate import PartialState
 from tqdm import tqdm
 
 from umt.engine.checkpoint import fingerprint, load_model
-from umt.loaders.images import make_image_loader
+from umt.loaders.loader import make_loader
 from umt.loaders.pipeline import collate, decode_views, shard_loader
-from umt.loaders.shards import is_remote, load_manifest, locate, manifest_fingerprint, split_shards
-from umt.loaders.views import VIEW_FIELDS, ViewSpec
+from umt.loaders.shards import is_image_set, is_remote, load_manifest, locate, manifest_fingerprint, split_shards
+from umt.loaders.views import VIEW_FIELDS, ViewPolicy, ViewSpec
 
 from . import store
 
@@ -107,7 +107,7 @@ def build(data_dir: str, teachers: dict[str, str], out: str, num_views: int, see
     offsets = np.array([s["offset"] for s in shards])
     pending: dict[int, list[dict]] = {}
     start = time.perf_counter()
-    if manifest.get("container") == "beton":  # an ffcv image set: one shard per split, one pass per view
+    if is_image_set(manifest):  # one shard per split, one pass per view
         with torch.no_grad(), tqdm(total=todo * num_views, unit="image", desc="cache", disable=not progress) as bar:
             for i in mine:
                 parts = _image_set_features(data_dir, split, shards[i], encoders, spec, seed, num_views, batch_size,
@@ -145,8 +145,8 @@ def _image_set_features(data_dir: str, split: str, shard: dict, encoders: dict, 
              "params": np.zeros((count, num_views, len(VIEW_FIELDS)), np.int32)}
     parts.update({m: np.zeros((count, num_views, encoders[m].out_dim), np.float16) for m in modalities})
     for view in range(num_views):
-        for batch in make_image_loader(data_dir, split, modalities, seed, 0, False, batch_size, spec.crop,
-                                       num_workers=num_workers, flip=spec.flip, view=view):
+        for batch in make_loader(data_dir, split, spec, modalities, ViewPolicy(seed, view=view), batch_size,
+                                 num_workers):
             rows = batch["row"].numpy()
             parts["params"][rows, view] = batch["params"].numpy()
             for m in modalities:

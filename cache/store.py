@@ -23,7 +23,7 @@ import zarr
 from umt.loaders.errors import UserError
 from umt.loaders.views import VIEW_FIELDS
 
-FORMAT = "umt-cache/1"
+FORMAT = "umt-cache/2"   # /2: views drawn by views.draw (counter-based), not numpy's PCG64 per row
 
 
 class CacheError(UserError):
@@ -71,8 +71,12 @@ def open_group(path: str | Path) -> zarr.Group:
         group = zarr.open_group(str(path), mode="r+")
     except Exception as err:  # zarr raises several types for a non-group path
         raise CacheError(f"{path} is not a Zarr cache: {err}") from err
-    if group.attrs.get("format") != FORMAT:
-        raise CacheError(f"{path} is not a umt cache (format {group.attrs.get('format')!r})")
+    found = group.attrs.get("format")
+    if found != FORMAT:
+        if str(found).startswith("umt-cache/"):
+            raise CacheError(f"cache {path} has format {found}, this umt reads {FORMAT}: its views were drawn "
+                             "another way, so its features belong to other crops; rebuild it with `umt-cache build`")
+        raise CacheError(f"{path} is not a umt cache (format {found!r})")
     return group
 
 

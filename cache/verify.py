@@ -15,10 +15,10 @@ import torch
 import webdataset as wds
 
 from umt.loaders.errors import UserError
-from umt.loaders.images import make_image_loader
+from umt.loaders.loader import make_loader
 from umt.loaders.pipeline import decode_views
-from umt.loaders.shards import load_manifest, locate, manifest_fingerprint
-from umt.loaders.views import ViewSpec
+from umt.loaders.shards import is_image_set, load_manifest, locate, manifest_fingerprint
+from umt.loaders.views import ViewPolicy, ViewSpec
 
 from . import store
 from .builder import load_teachers
@@ -94,10 +94,9 @@ def _views_of(group, data_dir: str, modalities: list[str], wanted: dict[int, int
     """(row, view, decoded inputs) of each wanted row's view, read the way the builder read it."""
     attrs = group.attrs
     spec = ViewSpec(**attrs["view_spec"])
-    if load_manifest(data_dir).get("container") == "beton":
+    if is_image_set(load_manifest(data_dir)):
         for view in sorted(set(wanted.values())):
-            for batch in make_image_loader(data_dir, attrs["split"], modalities, attrs["seed"], 0, False, 64,
-                                           spec.crop, flip=spec.flip, view=view):
+            for batch in make_loader(data_dir, attrs["split"], spec, modalities, ViewPolicy(attrs["seed"], view=view), 64):
                 for i, row in enumerate(batch["row"].tolist()):
                     if wanted.get(row) == view:
                         yield row, view, {m: batch[m][i] for m in modalities}

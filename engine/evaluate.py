@@ -6,8 +6,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from umt.loaders.pipeline import ViewPolicy, make_loader, shard_paths
-from umt.loaders.views import ViewSpec
+from umt.loaders.loader import make_loader
+from umt.loaders.shards import load_manifest, split_shards
+from umt.loaders.views import ViewPolicy, ViewSpec
 
 Forward = Callable[[dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
@@ -17,12 +18,12 @@ def collect(forward: Forward, data: str, split: str, spec: ViewSpec, modalities:
             batch_size: int, num_workers: int, device: torch.device, accelerator=None) -> dict:
     """Labels, logits and pooled features of every sample of a split, on its centre view.
 
-    With an Accelerator of several processes, every rank must call this: each reads its own shards
-    and the results are gathered to all ranks (when the split has fewer shards than processes,
-    every rank reads the whole split instead).
+    With an Accelerator of several processes, every rank must call this: each reads its contiguous
+    share of the split's rows and the results are gathered to all ranks in row order (a split with
+    fewer samples than processes is read whole by every rank).
     """
     world = accelerator.num_processes if accelerator is not None else 1
-    split_up = world > 1 and len(shard_paths(data, split)[0]) >= world
+    split_up = world > 1 and sum(s["count"] for s in split_shards(load_manifest(data), split)) >= world
     rank = accelerator.process_index if split_up else 0
     loader = make_loader(data, split, spec, modalities, ViewPolicy(seed), batch_size, num_workers,
                          rank, world if split_up else 1)

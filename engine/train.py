@@ -20,7 +20,8 @@ from accelerate.utils import broadcast_object_list
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from umt.loaders.pipeline import ViewPolicy, make_loader
+from umt.loaders.loader import make_loader
+from umt.loaders.views import ViewPolicy
 from umt.loaders.shards import load_manifest, modality_inputs
 
 from . import balancing, config_files, plots, resume, ume

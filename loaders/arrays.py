@@ -6,6 +6,7 @@ WebDataset shard format as video (members `<key>.<view>.npy` float32 and `<key>.
 loader, the cache builder, distributed training and resume work unchanged. Features are stored
 standardised with the training split's mean and std (kept in the manifest, to apply to new data),
 because vector views such as pixel sums and Zernike moments differ in scale by orders of magnitude.
+Each split's rows are written in a seeded random order (`--seed`), so shards mix classes.
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .inputs import SPLIT_ALIASES
-from .shards import FORMAT, SPLITS, ShardWriter, with_offsets, write_manifest
+from .shards import FORMAT, SPLITS, ShardWriter, class_order, split_name, with_offsets, write_manifest, \
+    written_order
 
 
 def read_view(path: str | Path) -> np.ndarray:
@@ -69,10 +70,7 @@ def read_labels(path: str | Path) -> tuple[list[str], list[str] | None]:
         try:
             labels.append(row[col].strip())
             if splits is not None:
-                value = row[split_col].strip().lower()
-                if value not in SPLIT_ALIASES:
-                    raise UserError(f"{path}:{n}: unknown split {row[split_col]!r} (expected train, val or test)")
-                splits.append(SPLIT_ALIASES[value])
+                splits.append(split_name(row[split_col], f"{path}:{n}"))
         except IndexError:
             raise UserError(f"{path}:{n}: row {row!r} has no {'split' if labels else 'label'} column") from None
     if not labels:
@@ -93,14 +91,6 @@ def stratified_splits(labels: list[str], fractions: tuple[float, float, float], 
             for i in part:
                 splits[i] = split
     return splits
-
-
-def class_order(labels: list[str]) -> list[str]:
-    """Class names sorted numerically when every label is an integer, else alphabetically."""
-    names = set(labels)
-    if all(n.lstrip("-").isdigit() for n in names):
-        return sorted(names, key=int)
-    return sorted(names)
 
 
 def pack_arrays(views: dict[str, str | Path], labels_path: str | Path, out: str | Path, shard_size: int = 4096,
@@ -134,6 +124,7 @@ def pack_arrays(views: dict[str, str | Path], labels_path: str | Path, out: str 
     manifest_splits = {}
     for split in SPLITS:
         indices = [i for i, s in enumerate(splits) if s == split and finite[i]]
+        indices = [indices[j] for j in written_order(len(indices), seed)]
         if indices:
             shards = _write_split(out, split, indices, data, stats, labels, label_of, shard_size)
             manifest_splits[split] = {"num_samples": len(indices), "shards": with_offsets(shards)}

@@ -12,7 +12,7 @@ from .errors import UserError, parse_assignments, run_cli
 from .image_pack import add_pack_images_parser, pack_images_command
 from .inputs import FORMATS, read_annotations
 from .pack import pack
-from .shards import is_remote, load_manifest
+from .shards import PACK_SEED, is_remote, load_manifest
 from .synth import SynthConfig, write_synth
 from .synth_vectors import VectorSynthConfig, write_raw
 from .transcode import PackOptions
@@ -83,6 +83,8 @@ def _pack_parser(sub) -> None:
     p.add_argument("--shard-size", type=int, default=256, help="clips per shard (default 256; ~0.5-1 GB at "
                    "256 px for 10 s clips)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="transcoding processes")
+    p.add_argument("--seed", type=int, default=PACK_SEED, help="seed of the order in which each split's clips are "
+                   f"written (default {PACK_SEED}): shards of a class-sorted list mix classes")
 
 
 def _pack_arrays_parser(sub) -> None:
@@ -97,7 +99,8 @@ def _pack_arrays_parser(sub) -> None:
     p.add_argument("--out", required=True, help="output shard directory")
     p.add_argument("--split-fractions", default="0.7,0.1,0.2",
                    help="train,val,test shares per class when the labels file has no split column (default 0.7,0.1,0.2)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the stratified split (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the stratified split and of the order in which each "
+                   "split's rows are written (default 0)")
     p.add_argument("--shard-size", type=int, default=4096, help="samples per shard (default 4096)")
     p.add_argument("--no-standardise", action="store_true", help="store the features as given")
 
@@ -118,7 +121,7 @@ def _pack(args) -> None:
     opts = PackOptions(args.short_side, args.fps, args.gop, args.crf, args.sample_rate, args.max_seconds,
                        flow=args.flow_root is not None)
     pack(clips, args.out, opts, args.shard_size, args.workers,
-                    {"annotations": str(args.annotations), "format": args.format})
+         {"annotations": str(args.annotations), "format": args.format}, seed=args.seed)
     print(f"umt-data: packed into {args.out}")
     _info(args.out)
 

@@ -2,9 +2,10 @@
 
 The `cpu` backend (loaders/pipeline.py) decodes with PyAV in DataLoader workers. On a GPU
 machine this backend moves the pixel and audio work onto the GPU; the Python side only reads tar
-samples and computes each sample's view with the same `make_view`, shard assignment and view
-policy as the cpu backend, so both cut identical views and a teacher cache built with one serves
-training with the other (DESIGN.md §3).
+samples, one stream per rank in the epoch plan's order (loaders/plan.py: shuffled shards and
+samples, like the cpu backend's), and computes each sample's view with the same `make_view` and
+view policy as the cpu backend, so both yield the same batches and a teacher cache built with one
+serves training with the other.
 
 DALI decodes FLAC on the CPU exactly as PyAV does, but has no CPU H.264 decoder (DESIGN.md §5):
 video needs a CUDA GPU. With `device_id=None` the same pipeline runs on the CPU, which is how the
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -24,9 +24,10 @@ import webdataset as wds
 from .audio import EPS, HOP, N_FFT
 from .errors import UserError
 from .media import MediaError
-from .pipeline import ViewPolicy, rank_epoch
-from .shards import DataError, load_manifest
-from .views import Geometry, ViewSpec, audio_window, make_view
+from .plan import EpochPlan, PlannedLoader
+from .shards import DataError
+from .stream import planned_samples
+from .views import Geometry, ViewPolicy, ViewSpec, audio_window, make_view
 
 try:
     from nvidia.dali import Pipeline, fn, types
@@ -67,6 +68,12 @@ def choose_backend(requested: str) -> str:
     return requested
 
 
+def check_decodable(modalities: Sequence[str]) -> None:
+    """A UserError unless this backend decodes every one of `modalities`."""
+    if set(modalities) - set(ENCODED):
+        raise UserError(f"the dali backend decodes {sorted(ENCODED)}, not {sorted(set(modalities) - set(ENCODED))}")
+
+
 def dali_log_mel(waveform, sample_rate: int, n_mels: int):
     """DALI graph of loaders.audio.log_mel: float32 waveform [S] → log-mel [n_mels, 1 + S // HOP].
 
@@ -100,20 +107,19 @@ def dali_view_audio(encoded, params, spec: ViewSpec, sample_rate: int, device: s
     return dali_log_mel(piece.gpu() if device == "gpu" else piece, sample_rate, spec.mel_bins)
 
 
-def view_samples(paths: Sequence[str], spec: ViewSpec, policy: ViewPolicy, skip: int = 0,
+def view_samples(paths: Sequence[str], plan: EpochPlan, spec: ViewSpec, policy: ViewPolicy,
                  sample_rate: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """The tar samples of `paths` in order, after the first `skip`, as the pipeline's inputs.
+    """The plan's tar samples in its order, as the pipeline's inputs.
 
     Each holds the encoded "mp4" and "flac" bytes, the view "params" int32 [5] from the cpu
     backend's own make_view and "meta" (label, row, view index) int64 [3]. A sample whose audio is
     not at `sample_rate` (the rate the spectrogram graph was built for) is an error.
     """
-    samples = wds.DataPipeline(wds.SimpleShardList(list(paths)), wds.tarfile_to_samples())
-    for sample in itertools.islice(samples, skip, None):
+    rows, views = plan.rows, policy.indices(plan.rows)
+    for sample, index in zip(planned_samples(paths, plan.offsets, rows), views.tolist()):
         try:
             meta = json.loads(sample["json"])
             geom = Geometry.of(meta)
-            index = policy.index(meta["row"])
             view = make_view(policy.seed, meta["row"], index, spec, geom)
         except (KeyError, ValueError) as err:
             raise MediaError(f"{sample.get('__url__', '?')} sample {sample.get('__key__', '?')}: {err}") from err
@@ -146,26 +152,31 @@ def _to_torch(batch) -> torch.Tensor:
     return out
 
 
-class DaliEpochLoader:
-    """One epoch of one rank's batches; the DALI pipeline is built when iteration starts."""
+class DaliLoader(PlannedLoader):
+    """One epoch of one rank's batches, decoded by DALI; the pipeline is built when iteration starts.
 
-    def __init__(self, paths: list[str], spec: ViewSpec, modalities: Sequence[str], policy: ViewPolicy,
-                 batch_size: int, num_batches: int, skip: int, sample_rate: int | None, device_id: int | None,
-                 num_threads: int):
-        self.paths, self.spec, self.modalities, self.policy = paths, spec, tuple(modalities), policy
-        self.batch_size, self.num_batches, self.skip = batch_size, num_batches, skip
+    Batches hold video uint8 [B, T, crop, crop, 3] and audio float32 [B, 1, mels, frames] on the
+    GPU, label, row, view int64 [B] and params int32 [B, 5] on the CPU. `device_id=None` runs
+    everything on the CPU, where DALI decodes VP8, VP9 and MJPEG but not H.264: for tests.
+    """
+
+    def __init__(self, paths: Sequence[str], plan: EpochPlan, policy: ViewPolicy, spec: ViewSpec,
+                 modalities: Sequence[str], sample_rate: int | None, device_id: int | None, num_threads: int):
+        check_decodable(modalities)
+        super().__init__(plan, policy)
+        self.paths, self.spec, self.modalities = list(paths), spec, tuple(modalities)
         self.sample_rate, self.device_id, self.num_threads = sample_rate, device_id, num_threads
 
-    def __len__(self) -> int:
-        return self.num_batches
+    def inputs(self) -> Iterator[dict[str, np.ndarray]]:
+        """The pipeline's per-sample inputs, in the plan's order."""
+        return view_samples(self.paths, self.plan, self.spec, self.policy, self.sample_rate)
 
     def _pipeline(self) -> Pipeline:
-        samples = view_samples(self.paths, self.spec, self.policy, self.skip * self.batch_size, self.sample_rate)
         keys = ["params", "meta"] + [ENCODED[m] for m in ENCODED if m in self.modalities]
-        pipe = Pipeline(batch_size=self.batch_size, num_threads=self.num_threads, device_id=self.device_id)
+        pipe = Pipeline(batch_size=self.plan.batch_size, num_threads=self.num_threads, device_id=self.device_id)
         with pipe:
             inputs = dict(zip(keys, fn.external_source(
-                source=_batches(samples, keys, self.batch_size, self.num_batches), num_outputs=len(keys),
+                source=_batches(self.inputs(), keys, self.plan.batch_size, len(self)), num_outputs=len(keys),
                 batch=True, dtype=[DTYPES[k] for k in keys], ndim=1)))
             params, outputs = inputs["params"], [inputs["params"], inputs["meta"]]
             on_cpu = self.device_id is None
@@ -179,33 +190,13 @@ class DaliEpochLoader:
         return pipe
 
     def __iter__(self) -> Iterator[dict]:
-        if not self.num_batches:
+        if not len(self):
             return
         pipe = self._pipeline()
-        for _ in range(self.num_batches):
+        for _ in range(len(self)):
             params, meta, *media = map(_to_torch, pipe.run())
             batch = {"label": meta[:, 0], "row": meta[:, 1], "view": meta[:, 2], "params": params}
             batch.update(zip([m for m in ENCODED if m in self.modalities], media))
             if "audio" in batch:
                 batch["audio"] = batch["audio"].unsqueeze(1)
             yield batch
-
-
-def make_dali_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Sequence[str], policy: ViewPolicy,
-                     batch_size: int, rank: int = 0, world: int = 1, skip: int = 0, device_id: int | None = 0,
-                     num_threads: int = 4) -> DaliEpochLoader:
-    """This rank's batches of one epoch, decoded by DALI; the contract of pipeline.make_loader.
-
-    Batches hold video uint8 [B, T, crop, crop, 3] and audio float32 [B, 1, mels, frames] on the
-    GPU, label, row, view int64 [B] and params int32 [B, 5] on the CPU. Training drops the last
-    partial batch and caps every rank at the smallest rank's count; `skip` batches already done
-    are never decoded. `device_id=None` runs everything on the CPU, where DALI decodes VP8, VP9
-    and MJPEG but not H.264: for tests.
-    """
-    if set(modalities) - set(ENCODED):
-        raise UserError(f"the dali backend decodes {sorted(ENCODED)}, not {sorted(set(modalities) - set(ENCODED))}")
-    epoch = rank_epoch(data_dir, split, policy, batch_size, rank, world)
-    skip = min(skip, epoch.num_batches)
-    rate = load_manifest(data_dir)["modalities"]["audio"]["sample_rate"] if "audio" in modalities else None
-    return DaliEpochLoader(epoch.mine, spec, modalities, policy, batch_size, epoch.num_batches - skip, skip, rate,
-                           device_id, num_threads)

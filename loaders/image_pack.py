@@ -22,9 +22,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from .errors import UserError
-from .images import CONTAINER, ffcv_ready
-from .inputs import SPLIT_ALIASES
-from .shards import FORMAT, sha256_file, write_manifest
+from .images import ffcv_ready
+from .shards import FORMAT, IMAGE_SET, PACK_SEED, class_order, sha256_file, split_name, write_manifest, written_order
 
 RESERVED = ("label", "row")
 MAX_NAME = 16  # ffcv keeps a field's name in 16 bytes
@@ -34,10 +33,7 @@ PIXELS = ".pixels.tmp.npy"
 # ----------------------------------------------------------------------------------------- input table
 
 def read_image_table(csv_path: str | Path) -> tuple[dict[str, list[str]], list[int | str], list[str]]:
-    """`label,split,<view>,...` rows → (view → image paths, labels, splits); paths relative to the CSV.
-
-    Labels that are all integers come back as ints (so class "10" sorts after "9").
-    """
+    """`label,split,<view>,...` rows → (view → image paths, labels, splits); paths relative to the CSV."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise UserError(f"image table {csv_path} does not exist")
@@ -58,8 +54,6 @@ def read_image_table(csv_path: str | Path) -> tuple[dict[str, list[str]], list[i
                     views[name].append(str(csv_path.parent / path))
     if not labels:
         raise UserError(f"{csv_path} lists no samples")
-    if all(label.lstrip("-").isdigit() for label in labels):
-        labels = [int(label) for label in labels]
     return views, labels, splits
 
 
@@ -69,11 +63,10 @@ def _table_row(row: list[str], width: int, where: str) -> tuple[str, str, list[s
     label, split, *paths = (c.strip() for c in row)
     if not label:
         raise UserError(f"{where}: empty label")
-    if split.lower() not in SPLIT_ALIASES:
-        raise UserError(f"{where}: unknown split {split!r} (expected train, val or test)")
+    split = split_name(split, where)
     if not all(paths):
         raise UserError(f"{where}: empty image path")
-    return label, SPLIT_ALIASES[split.lower()], paths
+    return label, split, paths
 
 
 def check_view_names(names: Sequence[str], where: str) -> None:
@@ -187,19 +180,20 @@ def _check_inputs(views: dict[str, list[str]], labels: list[int | str], splits: 
     lengths = {len(labels), len(splits), *(len(paths) for paths in views.values())}
     if len(lengths) != 1:
         raise UserError(f"pack_images: views, labels and splits differ in length ({sorted(lengths)})")
-    if len({type(label) for label in labels}) != 1:
-        raise UserError("pack_images: labels mix integers and names")
     if size < 1 or not 1 <= quality <= 100:
         raise UserError(f"pack_images: size must be >= 1 and JPEG quality in 1..100, got {size} and {quality}")
 
 
 def pack_images(views: dict[str, list[str]], labels: list[int | str], splits: list[str], out: str | Path,
-                size: int = 64, workers: int = 1, quality: int = 90, progress: bool = True) -> dict:
+                size: int = 64, workers: int = 1, quality: int = 90, progress: bool = True,
+                seed: int = PACK_SEED) -> dict:
     """Aligned image lists (view → paths) with a label and split per sample → `<split>.beton` files and
-    manifest.json in `out`; returns the manifest. A sample's row is its index in its split after rejects."""
+    manifest.json in `out`; returns the manifest. Each split's accepted samples are written in a
+    `seed`ed random order (shards.written_order); a sample's row is its place in that order."""
     _check_inputs(views, labels, splits, size, quality)
     names, out = list(views), Path(out)
-    classes = sorted(set(labels))
+    labels = [str(label) for label in labels]
+    classes = class_order(labels)
     label_of = {c: i for i, c in enumerate(classes)}
     out.mkdir(parents=True, exist_ok=True)
     pixels_path = out / PIXELS
@@ -211,15 +205,16 @@ def pack_images(views: dict[str, list[str]], labels: list[int | str], splits: li
         entries = {}
         for split in dict.fromkeys(splits):
             keep = [i for i, s in enumerate(splits) if s == split and i not in rejected]
+            keep = [keep[j] for j in written_order(len(keep), seed)]
             if keep:
                 samples = _SplitSamples(pixels_path, keep, [label_of[labels[i]] for i in keep])
                 entries[split] = _write_split(out, split, names, samples, size, quality)
     finally:
         pixels_path.unlink(missing_ok=True)
-    manifest = {"format": FORMAT, "container": CONTAINER, "classes": [str(c) for c in classes],
+    manifest = {"format": FORMAT, "container": IMAGE_SET, "classes": classes,
                 "modalities": {n: {"kind": "image", "size": size, "jpeg_quality": quality} for n in names},
                 "splits": {s: {"num_samples": e["count"], "shards": [e]} for s, e in entries.items()},
-                "source": {"generator": "umt-data pack-images", "size": size, "jpeg_quality": quality},
+                "source": {"generator": "umt-data pack-images", "size": size, "jpeg_quality": quality, "seed": seed},
                 "flags": {}, "rejected": [rejected[i] for i in sorted(rejected)]}
     write_manifest(out, manifest)
     return manifest
@@ -240,10 +235,12 @@ def add_pack_images_parser(subparsers) -> None:
     p.add_argument("--size", type=int, default=64, help="stored image side in pixels (default 64)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes")
+    p.add_argument("--seed", type=int, default=PACK_SEED,
+                   help=f"seed of the order in which each split's samples are written (default {PACK_SEED})")
 
 
 def pack_images_command(args: argparse.Namespace) -> dict:
     views, labels, splits = read_image_table(args.table)
-    manifest = pack_images(views, labels, splits, args.out, args.size, args.workers, args.quality)
+    manifest = pack_images(views, labels, splits, args.out, args.size, args.workers, args.quality, seed=args.seed)
     print(f"umt-data: packed {', '.join(manifest['modalities'])} images into {args.out}")
     return manifest

@@ -2,10 +2,10 @@
 
 ffcv decodes the JPEGs (numba-compiled, `num_workers` threads), then an ffcv operation cuts each
 sample's view. ffcv passes an operation the batch's sample indices (`with_indices`), and a sample's
-index in its `.beton` is its row, so the view is `image_view(seed, row, view)`, which is
-`views.make_view`, the function the cache builder uses (DESIGN.md §3). make_view draws from numpy's
-PCG64, which numba cannot run, so the operation is a non-jitted ffcv stage: it looks the parameters
-up in a per-epoch table and hands the pixels to a numba kernel.
+index in its `.beton` is its row, so the operation computes each row's view index and parameters
+with the numba build of views' counter-based draws (the maths of `views.make_view`, which the cache
+builder uses) and crops, all inside ffcv's compiled pipeline (jit_mode). Rows are read in the epoch
+plan's order (one shard: a (seed, epoch) permutation of the split), whatever the batch size.
 
 ffcv is imported only when a pack or a loader needs it: importing it takes about 4 s.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -22,10 +22,9 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .shards import MANIFEST, DataError, load_manifest, split_shards
-from .views import CENTRE, Geometry, View, ViewSpec, make_view, train_view_index
-
-CONTAINER = "beton"   # manifest["container"]: one ffcv file per split, listed as the split's only shard
+from .plan import EpochPlan, PlannedLoader
+from .shards import MANIFEST, DataError, is_image_set, load_manifest, split_shards
+from .views import CENTRE, Geometry, ViewPolicy, ViewSpec, make_views, view_indices_jit, view_params_jit
 
 
 def ffcv_ready() -> None:
@@ -54,47 +53,18 @@ def _keep_threads() -> Iterator[None]:
 def load_image_manifest(data_dir: str | Path) -> dict:
     """The manifest of an image set (local only: ffcv memory-maps its files)."""
     manifest = load_manifest(data_dir)
-    if manifest.get("container") != CONTAINER:
+    if not is_image_set(manifest):
         raise DataError(f"{Path(data_dir) / MANIFEST} is a shard set, not an ffcv image set")
     return manifest
 
 
-# ----------------------------------------------------------------------------------------- views
-
-def image_view(seed: int, row: int, view: int, size: int, crop: int, flip: bool = True) -> View:
-    """The crop box and flip of (seed, row, view) on a stored size x size image.
-
-    It is views.make_view on a one-frame clip without audio, so t0 and audio_offset are 0.
-    """
-    spec = ViewSpec(frames=1, stride=1, crop=crop, audio_seconds=0.0, flip=flip)
-    return make_view(seed, row, view, spec, Geometry(frames=1, height=size, width=size, audio_samples=0,
-                                                     sample_rate=1))
+def image_geometry(size: int) -> Geometry:
+    """A stored size x size image as the views module sees it: a one-frame clip without audio."""
+    return Geometry(frames=1, height=size, width=size, audio_samples=0, sample_rate=1)
 
 
-class ViewTable:
-    """Each row's view index and parameters in one epoch, computed on first use.
-
-    ffcv's thread fills rows as it crops them; the consumer reads them back for the batch. Values are a
-    pure function of the row, so two threads filling the same row write the same numbers.
-    """
-
-    def __init__(self, count: int, seed: int, epoch: int, train: bool, num_views: int | None, size: int,
-                 crop: int, flip: bool, fixed: int | None = None):
-        self.seed, self.epoch, self.train, self.num_views, self.fixed = seed, epoch, train, num_views, fixed
-        self.size, self.crop, self.flip = size, crop, flip
-        self.index = np.full(count, CENTRE, np.int64)
-        self.params = np.zeros((count, 5), np.int32)
-        self.filled = np.zeros(count, bool)
-
-    def __call__(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(view index int64 [B], View.as_tuple() int32 [B, 5]) of these rows."""
-        for row in rows[~self.filled[rows]]:
-            view = (self.fixed if self.fixed is not None else
-                    train_view_index(self.seed, self.epoch, int(row), self.num_views) if self.train else CENTRE)
-            self.index[row] = view
-            self.params[row] = image_view(self.seed, int(row), view, self.size, self.crop, self.flip).as_tuple()
-            self.filled[row] = True
-        return self.index[rows], self.params[rows]
+def image_spec(crop: int, flip: bool) -> ViewSpec:
+    return ViewSpec(frames=1, stride=1, crop=crop, audio_seconds=0.0, flip=flip)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -114,65 +84,51 @@ def _crop_flip(images: np.ndarray, params: np.ndarray, out: np.ndarray) -> None:
 def _view_crop_class() -> type:
     """The ffcv Operation class, defined on first use so that importing this module does not import ffcv."""
     ffcv_ready()
+    from ffcv.pipeline.allocation_query import AllocationQuery
     from ffcv.pipeline.operation import Operation
 
     class ViewCrop(Operation):
-        """Cuts each decoded image to its row's view; returns fresh arrays that outlive ffcv's buffers."""
+        """Cuts each decoded image to its row's view, in ffcv's compiled code."""
 
-        def __init__(self, table: ViewTable):
+        def __init__(self, policy: ViewPolicy, size: int, crop: int, flip: bool):
             super().__init__()
-            self.table = table
+            self.policy, self.size, self.crop, self.flip = policy, size, crop, flip
 
         def generate_code(self):
-            table = self.table
+            p = self.policy
+            seed, epoch, flip, slack = p.seed, p.epoch, self.flip, self.size - self.crop
+            fixed = p.view if p.view is not None else CENTRE if not p.train else -2  # -2: drawn per row
+            num_views = p.num_views or 0
 
-            def view_crop(images, _memory, rows):
-                out = np.empty((len(rows), table.crop, table.crop, 3), np.uint8)
-                _crop_flip(images, table(rows)[1], out)
-                return out
+            def view_crop(images, out, rows):
+                views = view_indices_jit(seed, epoch, rows, num_views) if fixed == -2 else \
+                    np.zeros(len(rows), np.int64) + fixed
+                _crop_flip(images, view_params_jit(seed, rows, views, 0, slack, slack, 0, flip), out[:len(rows)])
+                return out[:len(rows)]
 
             view_crop.with_indices = True
             return view_crop
 
         def declare_state_and_memory(self, previous_state):
-            shape = (self.table.crop, self.table.crop, 3)
-            return replace(previous_state, jit_mode=False, shape=shape), None
+            shape = (self.crop, self.crop, 3)
+            return replace(previous_state, jit_mode=True, shape=shape), AllocationQuery(shape, np.dtype("uint8"))
 
     return ViewCrop
 
 
 # ----------------------------------------------------------------------------------------- loading
 
-def rank_rows(count: int, seed: int, epoch: int, rank: int, world: int, train: bool, batch_size: int) -> np.ndarray:
-    """The rows one rank reads in an epoch, in reading order.
-
-    Training: a (seed, epoch) permutation of all rows dealt round-robin, each rank cut to the same
-    whole number of batches. Evaluation: rows rank, rank + world, ... in order.
-    """
-    if not train:
-        return np.arange(rank, count, world)
-    mine = np.random.default_rng([seed, epoch]).permutation(count)[rank::world]
-    return mine[:count // world // batch_size * batch_size]
-
-
-@dataclass(frozen=True)
-class ImageEpoch:
+class ImageLoader(PlannedLoader):
     """One epoch of one rank's image batches. The ffcv Loader is built, and compiled, when iterated.
 
     Every yielded tensor owns its memory (ffcv reuses its buffers a few batches later).
     """
 
-    beton: Path
-    order: np.ndarray       # the rows to read, in order
-    views: tuple[str, ...]  # the views to decode; the file's other views are skipped
-    stored: tuple[str, ...]
-    table: ViewTable
-    batch_size: int
-    num_workers: int
-    train: bool
-
-    def __len__(self) -> int:
-        return -(-len(self.order) // self.batch_size)
+    def __init__(self, beton: Path, plan: EpochPlan, policy: ViewPolicy, views: Sequence[str],
+                 stored: Sequence[str], size: int, crop: int, flip: bool, num_workers: int):
+        super().__init__(plan, policy)
+        self.beton, self.views, self.stored = beton, tuple(views), tuple(stored)
+        self.size, self.crop, self.flip, self.num_workers = size, crop, flip, num_workers
 
     def _loader(self):
         from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
@@ -180,13 +136,14 @@ class ImageEpoch:
 
         crop = _view_crop_class()
         pipelines = {name: None for name in self.stored}
-        pipelines.update({v: [SimpleRGBImageDecoder(), crop(self.table)] for v in self.views})
+        pipelines.update({v: [SimpleRGBImageDecoder(), crop(self.policy, self.size, self.crop, self.flip)]
+                          for v in self.views})
         pipelines.update(label=[IntDecoder()], row=[IntDecoder()])
-        return Loader(str(self.beton), batch_size=self.batch_size, num_workers=self.num_workers,
-                      order=OrderOption.SEQUENTIAL, indices=self.order, pipelines=pipelines, drop_last=self.train)
+        return Loader(str(self.beton), batch_size=self.plan.batch_size, num_workers=self.num_workers,
+                      order=OrderOption.SEQUENTIAL, indices=self.plan.rows, pipelines=pipelines, drop_last=False)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        if not len(self.order):
+        if not len(self.plan):
             return
         ffcv_ready()
         with _keep_threads():
@@ -198,36 +155,21 @@ class ImageEpoch:
 
     def _batch(self, values: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         rows = values["row"][:, 0].astype(np.int64)  # astype copies out of ffcv's buffer
-        view, params = self.table(rows)
-        batch = {v: torch.from_numpy(values[v]) for v in self.views}
+        view = self.policy.indices(rows)
+        params = make_views(self.policy.seed, rows, view, image_spec(self.crop, self.flip), image_geometry(self.size))
+        batch = {v: torch.from_numpy(np.array(values[v])) for v in self.views}
         batch.update(label=torch.from_numpy(values["label"][:, 0].astype(np.int64)), row=torch.from_numpy(rows),
-                     view=torch.from_numpy(view), params=torch.from_numpy(params))
+                     view=torch.from_numpy(view), params=torch.from_numpy(params.astype(np.int32)))
         return batch
 
 
-def make_image_loader(data_dir: str | Path, split: str, modalities: Sequence[str], seed: int, epoch: int,
-                      train: bool, batch_size: int, crop: int, rank: int = 0, world: int = 1, skip: int = 0,
-                      num_workers: int = 1, num_views: int | None = None, flip: bool = True,
-                      view: int | None = None) -> ImageEpoch:
-    """This rank's batches of one epoch of an image set, after the first `skip` (a mid-epoch resume).
-
-    Training: rows in a (seed, epoch) order, equal batch counts on every rank, last partial batch
-    dropped, view index from views.train_view_index (num_views: the cache's V, or None for a fresh
-    view each epoch). Evaluation: rows in order, the centre view (-1) without flip, or view index
-    `view` for every row (the cache builder's pass over one view).
-    """
-    manifest = load_image_manifest(data_dir)
+def make_image_loader(data_dir: str | Path, manifest: dict, split: str, modalities: Sequence[str],
+                      plan: EpochPlan, policy: ViewPolicy, crop: int, flip: bool, num_workers: int) -> ImageLoader:
+    """This rank's batches of an image set as `plan` says, each image cut to the view `policy` gives."""
     info = split_shards(manifest, split)[0]
     stored = tuple(manifest["modalities"])
-    if not modalities or not set(modalities) <= set(stored):
-        raise DataError(f"{data_dir}: asked for views {list(modalities)}, it has {list(stored)}")
     size = manifest["modalities"][modalities[0]]["size"]
     if not 0 < crop <= size:
         raise UserError(f"crop {crop} does not fit the stored {size} x {size} images of {data_dir}")
-    order = rank_rows(info["count"], seed, epoch, rank, world, train, batch_size)
-    if train and not len(order):
-        raise DataError(f"{data_dir}: {split} has {info['count']} samples, too few for {world} x {batch_size}")
-    table = ViewTable(info["count"], seed, epoch, train, num_views, size, crop, flip, view)
     threads = max(1, min(num_workers, numba.config.NUMBA_NUM_THREADS))  # ffcv fails above numba's limit
-    return ImageEpoch(Path(data_dir) / info["name"], order[skip * batch_size:], tuple(modalities), stored, table,
-                      batch_size, threads, train)
+    return ImageLoader(Path(data_dir) / info["name"], plan, policy, modalities, stored, size, crop, flip, threads)

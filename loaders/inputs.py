@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .shards import split_name
 
 FORMATS = ("generic", "kinetics", "vggsound")
-SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "validate": "val", "validation": "val",
-                 "test": "test", "testing": "test"}
 
 
 @dataclass(frozen=True)
@@ -28,13 +27,6 @@ class ClipInput:
     label: str
     split: str
     flow: str | None = None  # the clip's optical-flow video, when packing with --flow-root
-
-
-def _split(value: str, where: str) -> str:
-    split = SPLIT_ALIASES.get(value.strip().lower())
-    if split is None:
-        raise UserError(f"{where}: unknown split {value!r} (expected train, val or test)")
-    return split
 
 
 def _index_files(root: Path) -> dict[str, str]:
@@ -67,15 +59,15 @@ def read_annotations(csv_path: str | Path, fmt: str, root: str | Path, default_s
         try:
             if fmt == "generic":
                 source, label = row[0], row[1]
-                split = _split(row[2], where) if len(row) > 2 and row[2].strip() else default_split
+                split = split_name(row[2], where) if len(row) > 2 and row[2].strip() else default_split
                 path = Path(source) if Path(source).is_absolute() else root / source
                 found = str(path) if path.is_file() else None
             elif fmt == "kinetics":
-                label, yid, start, end, split = row[0], row[1], int(float(row[2])), int(float(row[3])), _split(row[4], where)
+                label, yid, start, end, split = row[0], row[1], int(float(row[2])), int(float(row[3])), split_name(row[4], where)
                 source = f"{yid}_{start:06d}_{end:06d}"
                 found = files.get(source)
             else:
-                yid, start, label, split = row[0], int(float(row[1])), row[2], _split(row[3], where)
+                yid, start, label, split = row[0], int(float(row[1])), row[2], split_name(row[3], where)
                 source = f"{yid}_{start:06d}"
                 found = next((files[s] for s in (source, f"{yid}_{start}", f"{yid}_{start:06d}_{start + 10:06d}")
                               if s in files), None)

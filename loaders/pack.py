@@ -1,7 +1,9 @@
 """`umt-data pack`: annotation file + videos → WebDataset shards + manifest.json, resumably.
 
-Clips are transcoded in parallel worker processes but written in input order, so the same inputs
-and options always give the same shards. Each split's accepted clips fill shards of exactly
+Each split's clips are written in a seeded random order (`written_order`; the seed is in the
+manifest), so the shards of a class-sorted annotation file (Kinetics, UCF101) mix classes; clips are
+transcoded in parallel worker processes but written in that order, so the same inputs, options and
+seed always give the same shards. Each split's accepted clips fill shards of exactly
 `shard_size` samples (the last may be smaller; equal sizes keep one data shard per cache shard).
 A shard is written to a temporary name and renamed when complete; `pack-state.json` records each
 finished shard's sha256 and the inputs it consumed, so a rerun verifies the finished shards by
@@ -21,7 +23,8 @@ from typing import Iterator
 from tqdm import tqdm
 
 from .inputs import ClipInput
-from .shards import FORMAT, SPLITS, ShardWriter, sha256_file, with_offsets, write_manifest
+from .shards import (FORMAT, PACK_SEED, SPLITS, ShardWriter, class_order, sha256_file, with_offsets, write_manifest,
+                     written_order)
 from .transcode import PackOptions, Rejected, sample_json, transcode
 
 STATE = "pack-state.json"
@@ -37,8 +40,8 @@ def _work(job: tuple[int, ClipInput, PackOptions]) -> tuple[int, object]:
         return index, f"unexpected error: {type(err).__name__}: {err}"
 
 
-def _fingerprint(clips: list[ClipInput], opts: PackOptions, shard_size: int) -> str:
-    text = json.dumps([[asdict(c) for c in clips], opts.to_dict(), shard_size], sort_keys=True)
+def _fingerprint(clips: list[ClipInput], opts: PackOptions, shard_size: int, seed: int) -> str:
+    text = json.dumps([[asdict(c) for c in clips], opts.to_dict(), shard_size, seed], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -77,14 +80,17 @@ def _results(pool, clips: list[ClipInput], indices: list[int], opts: PackOptions
 
 
 def pack(clips: list[ClipInput], out: str | Path, opts: PackOptions, shard_size: int = 256,
-         workers: int = 1, source: dict | None = None, progress: bool = True) -> dict:
-    """Pack `clips` into `out`; returns the manifest."""
+         workers: int = 1, source: dict | None = None, progress: bool = True, seed: int = PACK_SEED) -> dict:
+    """Pack `clips` into `out`, each split in a `seed`ed random order; returns the manifest."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    state = _load_state(out, _fingerprint(clips, opts, shard_size))
-    classes = sorted({c.label for c in clips})
+    state = _load_state(out, _fingerprint(clips, opts, shard_size, seed))
+    classes = class_order(c.label for c in clips)
     label_of = {name: i for i, name in enumerate(classes)}
-    by_split = {s: [i for i, c in enumerate(clips) if c.split == s] for s in SPLITS}
+    by_split = {}
+    for split in SPLITS:
+        indices = [i for i, c in enumerate(clips) if c.split == split]
+        by_split[split] = [indices[j] for j in written_order(len(indices), seed)]
     done_inputs = sum(shards[-1]["consumed"] if shards else 0 for shards in state["splits"].values())
     bar = tqdm(total=len(clips), initial=done_inputs, unit="clip", desc="pack", disable=not progress)
     pool = _pool(workers)
@@ -95,7 +101,7 @@ def pack(clips: list[ClipInput], out: str | Path, opts: PackOptions, shard_size:
         if pool is not None:
             pool.terminate()
     bar.close()
-    return _write_manifest(out, state, classes, opts, shard_size, source)
+    return _write_manifest(out, state, classes, opts, shard_size, {**(source or {}), "seed": seed})
 
 
 def _pack_split(pool, clips: list[ClipInput], split: str, indices: list[int], state: dict, out: Path,
@@ -133,7 +139,7 @@ def _pack_split(pool, clips: list[ClipInput], split: str, indices: list[int], st
 
 
 def _write_manifest(out: Path, state: dict, classes: list[str], opts: PackOptions, shard_size: int,
-                    source: dict | None) -> dict:
+                    source: dict) -> dict:
     splits, rejected, flags = {}, [], Counter()
     for split in SPLITS:
         entries = state["splits"].get(split, [])
@@ -150,7 +156,7 @@ def _write_manifest(out: Path, state: dict, classes: list[str], opts: PackOption
                                "audio": {"codec": "flac", "sample_rate": opts.sample_rate},
                                **({"flow": {"kind": "video", "codec": "h264", "fps": opts.fps, "gop": opts.gop}}
                                   if opts.flow else {})},
-                "splits": splits, "source": {"generator": "umt-data pack", **(source or {}),
+                "splits": splits, "source": {"generator": "umt-data pack", **source,
                                              "options": opts.to_dict(), "shard_size": shard_size},
                 "flags": dict(sorted(flags.items())), "rejected": rejected}
     write_manifest(out, manifest)

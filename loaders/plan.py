@@ -17,9 +17,11 @@ partial last batch; gathering the ranks' results in rank order gives the split i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
+
+from .views import ViewPolicy
 
 
 @dataclass(frozen=True)
@@ -64,3 +66,21 @@ def plan_epoch(counts: Sequence[int], seed: int, epoch: int, rank: int, world: i
     else:
         rows = np.arange(rank * total // world, (rank + 1) * total // world, dtype=np.int64)
     return EpochPlan(rows[start * batch_size:], batch_size, offsets)
+
+
+class PlannedLoader:
+    """What every backend's epoch loader is: the batches of a plan, each sample cut to the view its
+    policy gives. Subclasses supply `__iter__` (dict batches: label, row, view, params, modalities)."""
+
+    def __init__(self, plan: EpochPlan, policy: ViewPolicy):
+        self.plan, self.policy = plan, policy
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def samples(self) -> tuple[np.ndarray, np.ndarray]:
+        """(row, view index) of every sample this loader yields, in order."""
+        return self.plan.rows, self.policy.indices(self.plan.rows)
+
+    def __iter__(self) -> Iterator[dict]:
+        raise NotImplementedError

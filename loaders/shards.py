@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import numpy as np
 from webdataset.gopen import gopen_schemes
 
 from .errors import UserError
@@ -28,6 +29,10 @@ from .errors import UserError
 MANIFEST = "manifest.json"
 FORMAT = "umt-shards/1"
 SPLITS = ("train", "val", "test")
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "validate": "val", "validation": "val",
+                 "test": "test", "testing": "test"}
+IMAGE_SET = "beton"   # manifest["container"] of an ffcv image set: one .beton per split, its only shard
+PACK_SEED = 0         # packers' default seed for the order in which they write each split
 
 
 class DataError(UserError):
@@ -150,15 +155,45 @@ for _scheme in ("s3", "gcs", "az", "abfs", "file"):  # schemes webdataset's gope
     gopen_schemes.setdefault(_scheme, _fsspec_gopen)
 
 
+def split_name(value: str, where: str) -> str:
+    """train, val or test for a split name or alias (`validation`, `Training`, ...), or a UserError at `where`."""
+    split = SPLIT_ALIASES.get(value.strip().lower())
+    if split is None:
+        raise UserError(f"{where}: unknown split {value!r} (expected train, val or test)")
+    return split
+
+
+def class_order(labels) -> list[str]:
+    """The classes of these labels in label order: numeric when every label is an integer, else
+    alphabetical. Label k of a shard set is the k-th of them."""
+    names = {str(label) for label in labels}
+    if all(n.lstrip("-").isdigit() for n in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+def written_order(count: int, seed: int) -> list[int]:
+    """The order in which a packer writes a split's `count` accepted inputs: a seeded permutation, so
+    that shards of a class-sorted annotation file mix classes and the output stays reproducible."""
+    return np.random.default_rng([seed, 0x9ACC]).permutation(count).tolist()
+
+
+def is_image_set(manifest: dict[str, Any]) -> bool:
+    """An ffcv image set (`umt-data pack-images`) rather than a set of WebDataset tar shards."""
+    return manifest.get("container") == IMAGE_SET
+
+
+def split_files(data_dir: str | Path, split: str) -> tuple[list[str], list[int]]:
+    """Each shard of a split: where it is (as webdataset opens it) and how many samples it holds."""
+    shards = split_shards(load_manifest(data_dir), split)
+    return [locate(data_dir, s["name"]) for s in shards], [s["count"] for s in shards]
+
+
 def split_shards(manifest: dict[str, Any], split: str) -> list[dict[str, Any]]:
     splits = manifest["splits"]
     if split not in splits:
         raise DataError(f"split {split!r} not in the manifest (has {sorted(splits)})")
     return splits[split]["shards"]
-
-
-def split_size(manifest: dict[str, Any], split: str) -> int:
-    return sum(shard["count"] for shard in split_shards(manifest, split))
 
 
 def modality_inputs(manifest: dict[str, Any], modalities: list[str] | tuple[str, ...], where: str) -> dict[str, dict]:

@@ -17,15 +17,14 @@ import pytest
 import torch
 
 from umt.loaders.audio import log_mel
-from umt.loaders.dali import (choose_backend, dali_available, dali_log_mel, dali_view_video, make_dali_loader,
-                              view_samples)
+from umt.loaders.dali import choose_backend, dali_available, dali_log_mel, dali_view_video
 from umt.loaders.errors import UserError
 from umt.loaders.kernels import crop_flip_to_rgb
 from umt.loaders.media import decode_flac, encode_flac
-from umt.loaders.pipeline import ViewPolicy, make_loader
+from umt.loaders.loader import dali_loader, make_loader
 from umt.loaders.shards import ShardWriter
 from umt.loaders.synth import SynthConfig, write_synth
-from umt.loaders.views import ViewSpec
+from umt.loaders.views import ViewPolicy, ViewSpec
 
 RATE = 16000
 SPEC = ViewSpec(frames=3, stride=2, crop=16, audio_seconds=0.25, mel_bins=16)
@@ -106,8 +105,8 @@ POLICIES = [("train", ViewPolicy(3, epoch=1, train=True)), ("train", ViewPolicy(
 
 @pytest.mark.parametrize("split, policy", POLICIES)
 def test_sample_source_views_equal_cpu_backend(data, split, policy):
-    loader = make_dali_loader(data, split, SPEC, ["audio"], policy, batch_size=4, device_id=None)
-    samples = list(view_samples(loader.paths, SPEC, policy))
+    loader = dali_loader(data, split, SPEC, ["audio"], policy, batch_size=4, device_id=None)
+    samples = list(loader.inputs())
     cpu = cpu_batches(data, split, policy, batch_size=4)
     params = torch.cat([b["params"] for b in cpu])
     meta = torch.stack([torch.cat([b[k] for b in cpu]) for k in ("label", "row", "view")], 1)
@@ -123,7 +122,7 @@ def test_sample_source_views_equal_cpu_backend(data, split, policy):
     ("val", ViewPolicy(3), 3, 0, 1, 0)])                           # keeps the partial batch
 def test_audio_loader_on_cpu_equals_cpu_backend(dali, data, split, policy, batch_size, rank, world, skip):
     kw = {"rank": rank, "world": world, "skip": skip}
-    got = make_dali_loader(data, split, SPEC, ["audio"], policy, batch_size, device_id=None, **kw)
+    got = dali_loader(data, split, SPEC, ["audio"], policy, batch_size, device_id=None, **kw)
     want = cpu_batches(data, split, policy, batch_size, **kw)
     batches = list(got)
     assert len(got) == len(batches) == len(want)
@@ -179,7 +178,7 @@ def test_backend_choice_without_gpu():
 
 def test_dali_loader_refuses_what_it_cannot_decode(data):
     with pytest.raises(UserError, match="decodes \\['audio', 'video'\\], not \\['vector'\\]"):
-        make_dali_loader(data, "train", SPEC, ["vector"], ViewPolicy(0, train=True), 4, device_id=None)
+        dali_loader(data, "train", SPEC, ["vector"], ViewPolicy(0, train=True), 4, device_id=None)
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +204,7 @@ def vp9_data(data, tmp_path_factory):
 def test_whole_loader_on_cpu_equals_cpu_backend(dali, vp9_data):
     """Video and audio through one pipeline: the batch layout the GPU run gives, decoded on the CPU."""
     policy, kw = ViewPolicy(3, epoch=1, train=True), {"rank": 0, "world": 1, "skip": 1}
-    got = list(make_dali_loader(vp9_data, "train", SPEC, ["video", "audio"], policy, 3, device_id=None, **kw))
+    got = list(dali_loader(vp9_data, "train", SPEC, ["video", "audio"], policy, 3, device_id=None, **kw))
     want = list(make_loader(vp9_data, "train", SPEC, ["video", "audio"], policy, 3, num_workers=0, **kw))
     assert len(got) == len(want) == 4
     for a, b in zip(got, want):

@@ -9,8 +9,8 @@ from umt.engine.cli import main as train_main
 from umt.loaders.cli import main as data_main
 from umt.loaders.errors import UserError
 from umt.loaders.inputs import read_annotations
-from umt.loaders.pipeline import ViewPolicy, make_loader
-from umt.loaders.views import ViewSpec
+from umt.loaders.loader import make_loader
+from umt.loaders.views import ViewPolicy, ViewSpec
 
 from conftest import kill_when
 from media_factory import real_world_folder, write_flow, write_video

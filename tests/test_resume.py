@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from umt.engine.cli import main as train_main
-from umt.loaders.pipeline import ViewPolicy, make_loader
-from umt.loaders.views import ViewSpec
+from umt.loaders.loader import make_loader
+from umt.loaders.views import ViewPolicy, ViewSpec
 
 from conftest import MODEL_ARGS, kill_when
 

@@ -1,0 +1,68 @@
+"""`make_loader`: one rank's batches of one epoch, from whichever backend fits the data.
+
+Every backend follows the same epoch plan (loaders/plan.py) behind one interface
+(plan.PlannedLoader: `len()`, iteration of dict batches, `samples()`): the `cpu` backend (PyAV in
+DataLoader workers, loaders/pipeline.py), `dali` (loaders/dali.py), ffcv image sets
+(loaders/images.py) and in-memory vector sets (loaders/vectors.py).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .dali import DaliLoader, check_decodable, choose_backend
+from .images import make_image_loader
+from .pipeline import CpuLoader
+from .plan import EpochPlan, PlannedLoader, plan_epoch
+from .shards import is_image_set, load_manifest, locate, modality_inputs, split_shards
+from .vectors import VectorLoader
+from .views import ViewPolicy, ViewSpec
+
+
+def planned_split(data_dir: str | Path, split: str, modalities: Sequence[str], policy: ViewPolicy, batch_size: int,
+                  rank: int = 0, world: int = 1, skip: int = 0) -> tuple[dict, list[str], EpochPlan, set[str]]:
+    """(manifest, shard locations, this rank's plan from batch `skip`, modality kinds) of a split."""
+    manifest = load_manifest(data_dir)
+    kinds = {s["kind"] for s in modality_inputs(manifest, list(modalities), str(data_dir)).values()}
+    shards = split_shards(manifest, split)
+    counts = [s["count"] for s in shards]
+    if kinds == {"vector"}:
+        counts = [sum(counts)]  # in memory, the whole split is one shard: one permutation of all rows
+    plan = plan_epoch(counts, policy.seed, policy.epoch, rank, world, batch_size, policy.train, skip)
+    return manifest, [locate(data_dir, s["name"]) for s in shards], plan, kinds
+
+
+def dali_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Sequence[str], policy: ViewPolicy,
+                batch_size: int, rank: int = 0, world: int = 1, skip: int = 0, device_id: int | None = None,
+                num_threads: int = 1) -> DaliLoader:
+    """The dali backend's loader on GPU `device_id`, or with None all on the CPU (VP9 shards: tests)."""
+    check_decodable(modalities)
+    manifest, paths, plan, _ = planned_split(data_dir, split, modalities, policy, batch_size, rank, world, skip)
+    rate = manifest["modalities"]["audio"]["sample_rate"] if "audio" in modalities else None
+    return DaliLoader(paths, plan, policy, spec, modalities, rate, device_id, num_threads)
+
+
+def make_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Sequence[str],
+                policy: ViewPolicy, batch_size: int, num_workers: int = 1, rank: int = 0,
+                world: int = 1, shuffle_buffer: int = 0, skip: int = 0, backend: str = "cpu",
+                device_id: int | None = None) -> PlannedLoader:
+    """This rank's batches of one epoch, starting after the first `skip` (a mid-epoch resume).
+
+    Training (policy.train) shuffles as the plan says and gives every rank the same number of whole
+    batches; evaluation reads every sample once, in order. Vector sets are served from memory, image
+    sets by ffcv, video and audio by the `cpu` backend or, with backend "dali" (or "auto" on a
+    machine with a GPU and DALI), by DALI. `shuffle_buffer` is ignored: the plan shuffles exactly.
+    """
+    del shuffle_buffer  # accepted for the trainer's call; see the docstring
+    if set(modalities) <= {"video", "audio"} and choose_backend(backend) == "dali":
+        return dali_loader(data_dir, split, spec, modalities, policy, batch_size, rank, world, skip,
+                           torch.cuda.current_device() if device_id is None else device_id, max(1, num_workers))
+    manifest, paths, plan, kinds = planned_split(data_dir, split, modalities, policy, batch_size, rank, world, skip)
+    if is_image_set(manifest):
+        return make_image_loader(data_dir, manifest, split, modalities, plan, policy, spec.crop, spec.flip,
+                                 num_workers)
+    if kinds == {"vector"}:
+        return VectorLoader(paths, plan, policy, modalities)
+    return CpuLoader(paths, plan, policy, spec, modalities, num_workers)

@@ -19,8 +19,10 @@ if importlib.util.find_spec("ffcv") is None:  # not importorskip: importing ffcv
 from umt.loaders.errors import UserError  # noqa: E402
 from umt.loaders.cli import main as data_main  # noqa: E402
 from umt.loaders.image_pack import pack_images, read_image_table  # noqa: E402
-from umt.loaders.images import image_view, make_image_loader  # noqa: E402
-from umt.loaders.views import CENTRE  # noqa: E402
+from umt.loaders.images import image_geometry, image_spec  # noqa: E402
+from umt.loaders.loader import make_loader  # noqa: E402
+from umt.loaders.shards import written_order  # noqa: E402
+from umt.loaders.views import CENTRE, ViewPolicy, ViewSpec, make_view  # noqa: E402
 
 SIZE, CROP = 24, 16
 CLASSES = ("chair", "desk", "lamp")
@@ -79,13 +81,19 @@ def packed(summary) -> Path:
 
 
 def _kept(split: str) -> list[int]:
-    """Input indices of a split's packed samples, in row order."""
-    return [i for i in range(SAMPLES) if (i % 6 == 0) == (split == "val") and i not in BROKEN]
+    """Input indices of a split's packed samples, in row order (the packer's seeded write order)."""
+    kept = [i for i in range(SAMPLES) if (i % 6 == 0) == (split == "val") and i not in BROKEN]
+    return [kept[j] for j in written_order(len(kept), 0)]
+
+
+def _loader(packed: Path, split: str = "train", modalities=("front", "rear"), seed: int = 3, epoch: int = 0,
+            train: bool = True, batch_size: int = 4, crop: int = CROP, **kw):
+    return make_loader(packed, split, ViewSpec(frames=1, crop=crop), list(modalities), ViewPolicy(seed, epoch, train),
+                       batch_size, **kw)
 
 
 def _epoch(packed: Path, **kw) -> list[dict]:
-    args = dict(split="train", modalities=["front", "rear"], seed=3, epoch=0, train=True, batch_size=4, crop=CROP)
-    return list(make_image_loader(packed, **{**args, **kw}))
+    return list(_loader(packed, **kw))
 
 
 def _cat(batches: list[dict]) -> dict[str, torch.Tensor]:
@@ -140,7 +148,7 @@ def test_training_order_views_and_pixels(packed):
     assert sorted(a["row"].tolist()) == list(range(28)) and a["row"].tolist() != _cat(other)["row"].tolist()
     assert a["view"].tolist() == [0] * 28 and _cat(other)["view"].tolist() == [1] * 28
     assert a["params"].dtype == torch.int32
-    expected = [image_view(3, r, 0, SIZE, CROP).as_tuple() for r in a["row"].tolist()]
+    expected = [make_view(3, r, 0, image_spec(CROP, True), image_geometry(SIZE)).as_tuple() for r in a["row"].tolist()]
     assert a["params"].tolist() == [list(p) for p in expected]
     assert {p[3] for p in expected} == {0, 1}  # both flips occur
     whole = _cat(_epoch(packed, train=False, crop=SIZE, batch_size=8))["rear"]
@@ -155,7 +163,7 @@ def test_ranks_split_rows_and_skip_resumes(packed):
     assert len(rows[0]) == len(rows[1]) == 14 and rows[0] | rows[1] == set(range(28))
     full = _epoch(packed)
     tail = _epoch(packed, skip=3)
-    assert len(make_image_loader(packed, "train", ["front"], 3, 0, True, 4, CROP, skip=3)) == len(tail) == 4
+    assert len(_loader(packed, modalities=["front"], skip=3)) == len(tail) == 4
     assert all(torch.equal(x[k], y[k]) for x, y in zip(full[3:], tail) for k in x)
 
 

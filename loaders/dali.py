@@ -19,7 +19,6 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-import webdataset as wds
 
 from .audio import EPS, HOP, N_FFT
 from .errors import UserError

@@ -7,6 +7,7 @@ DataLoader workers, loaders/pipeline.py), `dali` (loaders/dali.py), ffcv image s
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -27,6 +28,11 @@ def planned_split(data_dir: str | Path, split: str, modalities: Sequence[str], p
     manifest = load_manifest(data_dir)
     kinds = {s["kind"] for s in modality_inputs(manifest, list(modalities), str(data_dir)).values()}
     shards = split_shards(manifest, split)
+    source = manifest.get("source", {})
+    if policy.train and source.get("generator") == "umt-data pack" and "seed" not in source:
+        warnings.warn(f"{data_dir} was packed in annotation-file order by an older umt-data pack: if that file "
+                      "is sorted by class, each shard holds few classes and so does each batch (the loader "
+                      "shuffles within shards); repack it to write shards in a seeded random order", stacklevel=3)
     counts = [s["count"] for s in shards]
     if kinds == {"vector"}:
         counts = [sum(counts)]  # in memory, the whole split is one shard: one permutation of all rows

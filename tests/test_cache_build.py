@@ -10,9 +10,10 @@ import zarr
 from umt.cache.builder import _check_room
 from umt.cache.cli import main as cache_main
 from umt.cache.reader import FeatureTable
-from umt.cache.store import CacheError
+from umt.cache.store import CacheError, open_group
+from umt.engine.cli import main as train_main
 
-from conftest import accelerate_launch, kill_when, synth
+from conftest import MODEL_ARGS, accelerate_launch, kill_when, synth
 
 
 def _arrays(path) -> dict[str, np.ndarray]:
@@ -101,3 +102,15 @@ def test_streamed_reader_equals_in_memory_reader(cache):
 def test_build_refuses_when_the_disk_lacks_room(tmp_path):
     with pytest.raises(CacheError, match="MiB free, the cache needs about"):
         _check_room(tmp_path / "c.zarr", 1 << 60)
+
+
+def test_a_cache_of_the_older_view_draws_is_refused_with_the_fix(data, cache, tmp_path):
+    """umt-cache/1 caches hold features of views drawn per row by numpy's PCG64: other crops now."""
+    old = tmp_path / "old.zarr"
+    shutil.copytree(cache, old)
+    zarr.open_group(str(old), mode="r+").attrs["format"] = "umt-cache/1"
+    with pytest.raises(CacheError, match="format umt-cache/1, this umt reads umt-cache/2.*rebuild it with `umt-cache build`"):
+        open_group(old)
+    with pytest.raises(SystemExit):  # and umt-train refuses it the same way
+        train_main(["--data", str(data), "--out", str(tmp_path / "run"), "--method", "umt", "--cache", str(old),
+                    "--max-steps", "1", "--no-probe", *MODEL_ARGS])

@@ -24,6 +24,8 @@ from umt.loaders.loader import make_loader  # noqa: E402
 from umt.loaders.shards import written_order  # noqa: E402
 from umt.loaders.views import CENTRE, ViewPolicy, ViewSpec, make_view  # noqa: E402
 
+from conftest import kill_and_resume  # noqa: E402
+
 SIZE, CROP = 24, 16
 CLASSES = ("chair", "desk", "lamp")
 COLOURS = ((220, 40, 40), (40, 200, 60), (50, 60, 230))
@@ -181,15 +183,29 @@ def test_evaluation_is_sequential_with_the_centre_view(packed):
     assert _cat(batches)["params"].tolist() == [[0, c, c, 0, 0]] * 6
 
 
-def test_trainer_and_cache_on_image_views(table, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def three_splits(table, tmp_path_factory) -> Path:
+    """The table with a test split (every 6th train row moves to test), packed."""
+    lines = table.read_text().splitlines()
+    rows = [line.replace(",train,", ",test,") if n % 6 == 3 else line for n, line in enumerate(lines[1:], start=1)]
+    (table.parent / "three_splits.csv").write_text("\n".join([lines[0], *rows]) + "\n")
+    packed = tmp_path_factory.mktemp("three") / "packed"
+    data_main(["pack-images", str(table.parent / "three_splits.csv"), str(packed), "--size", str(SIZE), "--workers", "1"])
+    return packed
+
+
+def test_killed_image_training_resumes_to_the_same_final_weights(three_splits, tmp_path):
+    kill_and_resume(tmp_path, ["--data", str(three_splits), "--method", "joint", "--modality", "front", "--modality",
+                               "rear", "--fusion", "mlp", "--epochs", "3", "--batch-size", "2", "--width", "4",
+                               "--workers", "1", "--crop", str(CROP), "--checkpoint-every", "1", "--no-probe"],
+                    epochs=3, kill_at=4)
+
+
+def test_trainer_and_cache_on_image_views(three_splits, tmp_path, capsys):
     """Two image views through umt-train and umt-cache: teachers, a verified cache, cached and online UMT."""
     from umt.cache.cli import main as cache_main
     from umt.engine.cli import main as train_main
-    lines = table.read_text().splitlines()  # the table with a test split: every 6th train row moves to test
-    rows = [line.replace(",train,", ",test,") if n % 6 == 3 else line for n, line in enumerate(lines[1:], start=1)]
-    (table.parent / "three_splits.csv").write_text("\n".join([lines[0], *rows]) + "\n")
-    packed = tmp_path / "packed"
-    data_main(["pack-images", str(table.parent / "three_splits.csv"), str(packed), "--size", str(SIZE), "--workers", "1"])
+    packed = three_splits
     common = ["--data", str(packed), "--epochs", "2", "--batch-size", "8", "--width", "4", "--workers", "1",
               "--crop", str(CROP), "--no-probe"]
     train_main([*common, "--out", str(tmp_path / "front"), "--method", "unimodal", "--modality", "front"])

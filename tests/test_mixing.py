@@ -9,6 +9,7 @@ hold a single class: `umt-data pack` now shuffles what it writes so that no pack
 from __future__ import annotations
 
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -155,3 +156,13 @@ def test_packed_shards_of_a_class_sorted_list_mix_classes(tmp_path):
                "--out", str(tmp_path / "arrays"), "--shard-size", "10"])
     groups = shard_labels(tmp_path / "arrays")
     assert distinct(groups) >= 0.9 * random_distinct(sum(groups, []), 10)
+
+
+def test_training_on_a_pack_written_in_input_order_warns(sorted_shards, tmp_path):
+    """Packs of the older `umt-data pack` (no write-order seed in the manifest) say how to fix them."""
+    old = Path(shutil.copytree(sorted_shards, tmp_path / "old"))
+    manifest = load_manifest(old)
+    manifest["source"] = {"generator": "umt-data pack", "format": "kinetics"}
+    write_manifest(old, manifest)
+    with pytest.warns(UserWarning, match="repack it"):
+        make_loader(old, "train", SPEC, ["audio"], ViewPolicy(0, 0, True), 4)

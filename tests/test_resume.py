@@ -1,11 +1,12 @@
+import numpy as np
 import pytest
-import torch
 
 from umt.engine.cli import main as train_main
+from umt.loaders.cli import main as data_main
 from umt.loaders.loader import make_loader
 from umt.loaders.views import ViewPolicy, ViewSpec
 
-from conftest import MODEL_ARGS, kill_when
+from conftest import MODEL_ARGS, kill_and_resume
 
 SPEC = ViewSpec(frames=3, stride=2, crop=16, audio_seconds=0.25, mel_bins=16)
 
@@ -19,30 +20,34 @@ def test_loader_resumed_mid_epoch_continues_with_the_next_unseen_batch(data, wor
 
     whole = epoch()
     assert len(whole) == 8 and sorted(r for b in whole for r in b) == list(range(64))
+    plan = make_loader(data, "train", SPEC, ["audio"], ViewPolicy(1, 4, True), 8).samples()[0]
+    assert [r for b in whole for r in b] == plan.tolist()  # the plan's order, whatever the workers
     for skip in range(len(whole) + 1):
         assert epoch(skip) == whole[skip:], skip
 
 
-def _state(path) -> dict[str, torch.Tensor]:
-    return torch.load(path, weights_only=True)["state_dict"]
-
-
 def test_killed_training_resumes_to_the_same_final_weights(data, tmp_path):
-    args = ["--data", str(data), "--method", "joint", "--epochs", "3", "--checkpoint-every", "2",
-            "--no-probe", *MODEL_ARGS, "--workers", "2", "--width", "8"]
-    killed = tmp_path / "killed"
-    ckpt = killed / "checkpoints" / "last.pt"
-    kill_when("umt.engine.cli", ["--out", str(killed), *args],
-              lambda: torch.load(ckpt, weights_only=False)["position"]["step"] >= 4)
-    assert 4 <= torch.load(ckpt, weights_only=False)["position"]["step"] < 24
-    train_main(["--out", str(killed), *args, "--resume", "latest"])
-    train_main(["--out", str(tmp_path / "whole"), *args])
-    resumed, whole = _state(killed / "model.pt"), _state(tmp_path / "whole" / "model.pt")
-    assert resumed.keys() == whole.keys()
-    for name in whole:
-        assert torch.equal(resumed[name], whole[name]), name  # bitwise on CPU
-    steps = [l for l in (killed / "metrics.jsonl").read_text().splitlines() if '"val_top1"' in l]
-    assert len(steps) == 3  # one record per epoch: nothing lost, nothing repeated
+    kill_and_resume(tmp_path, ["--data", str(data), "--method", "joint", "--epochs", "3", "--checkpoint-every", "2",
+                               "--no-probe", *MODEL_ARGS, "--workers", "2", "--width", "8"], epochs=3, kill_at=5)
+
+
+def test_killed_cached_umt_resumes_to_the_same_final_weights(data, cache, tmp_path):
+    kill_and_resume(tmp_path, ["--data", str(data), "--method", "umt", "--cache", str(cache), "--epochs", "2",
+                               "--checkpoint-every", "1", "--no-probe", *MODEL_ARGS], epochs=2, kill_at=3)
+
+
+def test_killed_vector_training_resumes_to_the_same_final_weights(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.arange(300) % 3
+    np.save(tmp_path / "x.npy", np.eye(3)[labels] + rng.normal(size=(300, 3)))
+    np.save(tmp_path / "y.npy", rng.normal(size=(300, 2)))
+    (tmp_path / "labels.csv").write_text("label\n" + "".join(f"{y}\n" for y in labels))
+    data_main(["pack-arrays", f"--view=x={tmp_path / 'x.npy'}", f"--view=y={tmp_path / 'y.npy'}",
+               "--labels", str(tmp_path / "labels.csv"), "--out", str(tmp_path / "packed"), "--shard-size", "50"])
+    kill_and_resume(tmp_path, ["--data", str(tmp_path / "packed"), "--method", "joint", "--modality", "x",
+                               "--modality", "y", "--fusion", "mlp", "--epochs", "12", "--batch-size", "4",
+                               "--width", "4", "--workers", "0", "--checkpoint-every", "1", "--no-probe"],
+                    epochs=12, kill_at=30)
 
 
 def test_resume_refuses_another_configuration(data, tmp_path, capsys):

@@ -36,11 +36,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from umt.loaders.dali import choose_backend
+from umt.loaders.loading.dali import choose_backend
 from umt.loaders.errors import UserError
-from umt.loaders.loader import dali_loader, make_loader
-from umt.loaders.synth import SynthConfig, write_synth
-from umt.loaders.views import ViewPolicy, ViewSpec
+from umt.loaders.loading.loader import dali_loader, make_loader
+from umt.loaders.making.synth import SynthConfig, write_synth
+from umt.loaders.stored.views import ViewPolicy, ViewSpec
 
 from common import median, write_json
 

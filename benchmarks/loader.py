@@ -29,13 +29,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from umt.loaders.audio import log_mel
-from umt.loaders.dali import dali_available
-from umt.loaders.inputs import ClipInput
-from umt.loaders.pack import pack
-from umt.loaders.loader import make_loader
-from umt.loaders.transcode import PackOptions
-from umt.loaders.views import ViewPolicy, ViewSpec
+from umt.loaders.loading.audio import log_mel
+from umt.loaders.loading.dali import dali_available
+from umt.loaders.making.inputs import ClipInput
+from umt.loaders.making.pack import pack
+from umt.loaders.loading.loader import make_loader
+from umt.loaders.making.transcode import PackOptions
+from umt.loaders.stored.views import ViewPolicy, ViewSpec
 
 from common import median, write_json
 

@@ -146,7 +146,7 @@ def summarise(cells: list[dict]) -> dict:
 
 
 def synthetic_cells(out: Path, quick: bool, recipe: Recipe, overrides: dict) -> list[Cell]:
-    from umt.loaders.synth_vectors import VectorSynthConfig, write_raw
+    from umt.loaders.making.synth_vectors import VectorSynthConfig, write_raw
     strengths, seeds = ((0.0, 0.6), (0,)) if quick else (PAIRED, SEEDS)
     size = dict(train=600, val=200, test=400) if quick else {}
     cells = []
@@ -181,7 +181,7 @@ def mfeat_cells(out: Path, quick: bool, recipe: Recipe, overrides: dict) -> list
 
 def generator_overrides(items: list[str]) -> dict:
     """['audio_noise=2.5', ...] → typed VectorSynthConfig overrides."""
-    from umt.loaders.synth_vectors import VectorSynthConfig
+    from umt.loaders.making.synth_vectors import VectorSynthConfig
     types = {f.name: type(f.default) for f in fields(VectorSynthConfig)}
     out = {}
     for item in items:

@@ -23,9 +23,9 @@ import torch
 from umt.cache.builder import ShardViews, batched_by_shard, build, load_teachers
 from umt.engine.config import TrainConfig
 from umt.engine.train import run
-from umt.loaders.pipeline import shard_paths, shard_loader
-from umt.loaders.synth import SynthConfig, write_synth
-from umt.loaders.views import ViewSpec
+from umt.loaders.loading.pipeline import shard_paths, shard_loader
+from umt.loaders.making.synth import SynthConfig, write_synth
+from umt.loaders.stored.views import ViewSpec
 
 from common import median, write_json
 

@@ -22,10 +22,10 @@ from accelerate import PartialState
 from tqdm import tqdm
 
 from umt.engine.checkpoint import fingerprint, load_model
-from umt.loaders.loader import make_loader
-from umt.loaders.pipeline import collate, decode_views, shard_loader
-from umt.loaders.shards import is_image_set, is_remote, load_manifest, locate, manifest_fingerprint, split_shards
-from umt.loaders.views import VIEW_FIELDS, ViewPolicy, ViewSpec
+from umt.loaders.loading.loader import make_loader
+from umt.loaders.loading.pipeline import collate, decode_views, shard_loader
+from umt.loaders.stored.shards import is_image_set, is_remote, load_manifest, locate, manifest_fingerprint, split_shards
+from umt.loaders.stored.views import VIEW_FIELDS, ViewPolicy, ViewSpec
 
 from . import store
 

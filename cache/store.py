@@ -21,7 +21,7 @@ import numpy as np
 import zarr
 
 from umt.loaders.errors import UserError
-from umt.loaders.views import VIEW_FIELDS
+from umt.loaders.stored.views import VIEW_FIELDS
 
 FORMAT = "umt-cache/2"   # /2: views drawn by views.draw (counter-based), not numpy's PCG64 per row
 

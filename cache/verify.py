@@ -15,10 +15,10 @@ import torch
 import webdataset as wds
 
 from umt.loaders.errors import UserError
-from umt.loaders.loader import make_loader
-from umt.loaders.pipeline import decode_views
-from umt.loaders.shards import is_image_set, load_manifest, locate, manifest_fingerprint
-from umt.loaders.views import ViewPolicy, ViewSpec
+from umt.loaders.loading.loader import make_loader
+from umt.loaders.loading.pipeline import decode_views
+from umt.loaders.stored.shards import is_image_set, load_manifest, locate, manifest_fingerprint
+from umt.loaders.stored.views import ViewPolicy, ViewSpec
 
 from . import store
 from .builder import load_teachers

@@ -8,7 +8,7 @@ import argparse
 from dataclasses import fields
 
 from umt.loaders.errors import parse_assignments, run_cli
-from umt.loaders.views import ViewSpec
+from umt.loaders.stored.views import ViewSpec
 
 from . import config_files
 from .config import METHODS, ConfigError, TrainConfig

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from umt.loaders.views import ViewSpec
+from umt.loaders.stored.views import ViewSpec
 
 from .config import ConfigError, TrainConfig
 

@@ -13,9 +13,9 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from umt.cache.builder import build
-from umt.loaders.shards import MANIFEST
-from umt.loaders.synth import SynthConfig, write_synth
-from umt.loaders.views import ViewSpec
+from umt.loaders.stored.shards import MANIFEST
+from umt.loaders.making.synth import SynthConfig, write_synth
+from umt.loaders.stored.views import ViewSpec
 
 from .config import TrainConfig
 from . import plots

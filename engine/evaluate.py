@@ -6,9 +6,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from umt.loaders.loader import make_loader
-from umt.loaders.shards import load_manifest, split_shards
-from umt.loaders.views import ViewPolicy, ViewSpec
+from umt.loaders.loading.loader import make_loader
+from umt.loaders.stored.shards import load_manifest, split_shards
+from umt.loaders.stored.views import ViewPolicy, ViewSpec
 
 Forward = Callable[[dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from umt.loaders.errors import UserError, parse_assignments, run_cli
-from umt.loaders.shards import load_manifest
-from umt.loaders.views import ViewSpec
+from umt.loaders.stored.shards import load_manifest
+from umt.loaders.stored.views import ViewSpec
 
 from . import config_files
 from .checkpoint import load_model

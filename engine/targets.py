@@ -10,8 +10,8 @@ import torch
 from umt.cache import store
 from umt.cache.builder import load_teachers
 from umt.cache.reader import FeatureTable
-from umt.loaders.shards import manifest_fingerprint
-from umt.loaders.views import ViewSpec
+from umt.loaders.stored.shards import manifest_fingerprint
+from umt.loaders.stored.views import ViewSpec
 
 
 class OnlineTeachers:

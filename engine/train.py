@@ -20,9 +20,9 @@ from accelerate.utils import broadcast_object_list
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from umt.loaders.loader import make_loader
-from umt.loaders.views import ViewPolicy
-from umt.loaders.shards import load_manifest, modality_inputs
+from umt.loaders.loading.loader import make_loader
+from umt.loaders.stored.views import ViewPolicy
+from umt.loaders.stored.shards import load_manifest, modality_inputs
 
 from . import balancing, config_files, plots, resume, ume
 from .checkpoint import save_model

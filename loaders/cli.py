@@ -7,15 +7,15 @@ from collections import Counter
 from dataclasses import fields
 from pathlib import Path
 
-from .arrays import pack_arrays
+from .making.arrays import pack_arrays
 from .errors import UserError, parse_assignments, run_cli
-from .image_pack import add_pack_images_parser, pack_images_command
-from .inputs import FORMATS, read_annotations
-from .pack import pack
-from .shards import PACK_SEED, is_remote, load_manifest
-from .synth import SynthConfig, write_synth
-from .synth_vectors import VectorSynthConfig, write_raw
-from .transcode import PackOptions
+from .making.image_pack import add_pack_images_parser, pack_images_command
+from .making.inputs import FORMATS, read_annotations
+from .making.pack import pack
+from .stored.shards import PACK_SEED, is_remote, load_manifest
+from .making.synth import SynthConfig, write_synth
+from .making.synth_vectors import VectorSynthConfig, write_raw
+from .making.transcode import PackOptions
 
 
 CUE_HELPS = {"video_cue": "probability that the video symbol equals the label (non-paired samples)",

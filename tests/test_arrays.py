@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from umt.loaders.cli import main as data_main
-from umt.loaders.loader import make_loader
-from umt.loaders.shards import DataError
-from umt.loaders.views import ViewPolicy, ViewSpec
+from umt.loaders.loading.loader import make_loader
+from umt.loaders.stored.shards import DataError
+from umt.loaders.stored.views import ViewPolicy, ViewSpec
 
 from conftest import accelerate_launch
 

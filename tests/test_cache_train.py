@@ -114,7 +114,7 @@ def test_run_directory_has_curves_tensorboard_and_report(data, tmp_path):
 def test_two_process_evaluation_splits_and_gathers(tmp_path):
     from umt.engine.checkpoint import load_model
     from umt.engine.evaluate import collect, top1
-    from umt.loaders.views import ViewSpec
+    from umt.loaders.stored.views import ViewSpec
     data = synth(tmp_path / "d", "--shard-size", "8")  # 2 val and 2 test shards: one per process
     out = tmp_path / "ddp"
     accelerate_launch("umt.engine.cli", "--data", str(data), "--out", str(out), "--method", "joint",

@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-from umt.loaders.audio import log_mel
-from umt.loaders.dali import choose_backend, dali_available, dali_log_mel, dali_view_video
+from umt.loaders.loading.audio import log_mel
+from umt.loaders.loading.dali import choose_backend, dali_available, dali_log_mel, dali_view_video
 from umt.loaders.errors import UserError
-from umt.loaders.kernels import crop_flip_to_rgb
-from umt.loaders.media import decode_flac, encode_flac
-from umt.loaders.loader import dali_loader, make_loader
-from umt.loaders.shards import ShardWriter
-from umt.loaders.synth import SynthConfig, write_synth
-from umt.loaders.views import ViewPolicy, ViewSpec
+from umt.loaders.loading.kernels import crop_flip_to_rgb
+from umt.loaders.stored.media import decode_flac, encode_flac
+from umt.loaders.loading.loader import dali_loader, make_loader
+from umt.loaders.stored.shards import ShardWriter
+from umt.loaders.making.synth import SynthConfig, write_synth
+from umt.loaders.stored.views import ViewPolicy, ViewSpec
 
 RATE = 16000
 SPEC = ViewSpec(frames=3, stride=2, crop=16, audio_seconds=0.25, mel_bins=16)

@@ -18,11 +18,11 @@ if importlib.util.find_spec("ffcv") is None:  # not importorskip: importing ffcv
 
 from umt.loaders.errors import UserError  # noqa: E402
 from umt.loaders.cli import main as data_main  # noqa: E402
-from umt.loaders.image_pack import pack_images, read_image_table  # noqa: E402
-from umt.loaders.images import image_geometry, image_spec  # noqa: E402
-from umt.loaders.loader import make_loader  # noqa: E402
-from umt.loaders.shards import written_order  # noqa: E402
-from umt.loaders.views import CENTRE, ViewPolicy, ViewSpec, make_view  # noqa: E402
+from umt.loaders.making.image_pack import pack_images, read_image_table  # noqa: E402
+from umt.loaders.loading.images import image_geometry, image_spec  # noqa: E402
+from umt.loaders.loading.loader import make_loader  # noqa: E402
+from umt.loaders.stored.shards import written_order  # noqa: E402
+from umt.loaders.stored.views import CENTRE, ViewPolicy, ViewSpec, make_view  # noqa: E402
 
 from conftest import kill_and_resume  # noqa: E402
 

@@ -4,8 +4,8 @@ import av
 import numpy as np
 import pytest
 
-from umt.loaders.kernels import crop_flip_to_rgb
-from umt.loaders.media import MediaError, decode_flac, decode_h264, encode_flac, encode_h264
+from umt.loaders.loading.kernels import crop_flip_to_rgb
+from umt.loaders.stored.media import MediaError, decode_flac, decode_h264, encode_flac, encode_h264
 
 
 def _frames(n: int = 12) -> np.ndarray:

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from umt.loaders.cli import main as data_main
-from umt.loaders.loader import dali_loader, make_loader
-from umt.loaders.shards import ShardWriter, load_manifest, written_order, write_manifest
-from umt.loaders.views import ViewPolicy, ViewSpec
+from umt.loaders.loading.loader import dali_loader, make_loader
+from umt.loaders.stored.shards import ShardWriter, load_manifest, written_order, write_manifest
+from umt.loaders.stored.views import ViewPolicy, ViewSpec
 
 from media_factory import write_video
 

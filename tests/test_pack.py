@@ -8,9 +8,9 @@ import torch
 from umt.engine.cli import main as train_main
 from umt.loaders.cli import main as data_main
 from umt.loaders.errors import UserError
-from umt.loaders.inputs import read_annotations
-from umt.loaders.loader import make_loader
-from umt.loaders.views import ViewPolicy, ViewSpec
+from umt.loaders.making.inputs import read_annotations
+from umt.loaders.loading.loader import make_loader
+from umt.loaders.stored.views import ViewPolicy, ViewSpec
 
 from conftest import kill_when
 from media_factory import real_world_folder, write_flow, write_video

@@ -1,10 +1,10 @@
-"""Property tests of the epoch plan (loaders/plan.py) over random shard layouts, ranks and batch sizes."""
+"""Property tests of the epoch plan (loaders/loading/plan.py) over random shard layouts, ranks and batch sizes."""
 from __future__ import annotations
 
 import numpy as np
 from hypothesis import assume, given, settings, strategies as st
 
-from umt.loaders.plan import plan_epoch
+from umt.loaders.loading.plan import plan_epoch
 
 SETTINGS = settings(max_examples=300, deadline=None, derandomize=True)
 counts_st = st.lists(st.integers(0, 40), min_size=1, max_size=12)  # uneven, tiny and empty shards

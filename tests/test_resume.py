@@ -3,8 +3,8 @@ import pytest
 
 from umt.engine.cli import main as train_main
 from umt.loaders.cli import main as data_main
-from umt.loaders.loader import make_loader
-from umt.loaders.views import ViewPolicy, ViewSpec
+from umt.loaders.loading.loader import make_loader
+from umt.loaders.stored.views import ViewPolicy, ViewSpec
 
 from conftest import MODEL_ARGS, kill_and_resume
 

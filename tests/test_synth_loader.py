@@ -4,9 +4,9 @@ import tarfile
 import pytest
 import webdataset as wds
 
-from umt.loaders.loader import make_loader
-from umt.loaders.shards import DataError, load_manifest, sha256_file
-from umt.loaders.views import ViewPolicy, ViewSpec
+from umt.loaders.loading.loader import make_loader
+from umt.loaders.stored.shards import DataError, load_manifest, sha256_file
+from umt.loaders.stored.views import ViewPolicy, ViewSpec
 
 from conftest import synth
 

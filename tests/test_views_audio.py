@@ -1,9 +1,9 @@
 import torch
 
-from umt.loaders.audio import log_mel
+from umt.loaders.loading.audio import log_mel
 import numpy as np
 
-from umt.loaders.views import (CENTRE, Geometry, ViewPolicy, ViewSpec, make_view, make_views, view_indices_jit,
+from umt.loaders.stored.views import (CENTRE, Geometry, ViewPolicy, ViewSpec, make_view, make_views, view_indices_jit,
                                view_params, view_params_jit)
 
 SPEC = ViewSpec(frames=4, stride=2, crop=16, audio_seconds=0.5)

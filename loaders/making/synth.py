@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .errors import UserError
-from .media import encode_flac, encode_h264
-from .shards import FORMAT, SPLITS, ShardWriter, with_offsets, write_manifest
+from ..errors import UserError
+from ..stored.media import encode_flac, encode_h264
+from ..stored.shards import FORMAT, SPLITS, ShardWriter, with_offsets, write_manifest
 
 
 @dataclass(frozen=True)

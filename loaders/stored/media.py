@@ -11,7 +11,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 
 BITEXACT = {"fflags": "+bitexact"}
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
-from .shards import SPLITS
+from ..errors import UserError
+from ..stored.shards import SPLITS
 from .synth import draw_symbols
 
 VIEWS = ("vfeat", "afeat")   # the video symbol's and the audio symbol's feature vectors

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import av
 import numpy as np
 
-from .media import encode_flac, encode_h264
+from ..stored.media import encode_flac, encode_h264
 
 
 @dataclass(frozen=True)

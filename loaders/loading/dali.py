@@ -1,8 +1,8 @@
 """The `dali` decode backend: H.264 through NVDEC, crop, flip and log-mel on the GPU.
 
-The `cpu` backend (loaders/pipeline.py) decodes with PyAV in DataLoader workers. On a GPU
+The `cpu` backend (loaders/loading/pipeline.py) decodes with PyAV in DataLoader workers. On a GPU
 machine this backend moves the pixel and audio work onto the GPU; the Python side only reads tar
-samples, one stream per rank in the epoch plan's order (loaders/plan.py: shuffled shards and
+samples, one stream per rank in the epoch plan's order (loaders/loading/plan.py: shuffled shards and
 samples, like the cpu backend's), and computes each sample's view with the same `make_view` and
 view policy as the cpu backend, so both yield the same batches and a teacher cache built with one
 serves training with the other.
@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 from .audio import EPS, HOP, N_FFT
-from .errors import UserError
-from .media import MediaError
+from ..errors import UserError
+from ..stored.media import MediaError
 from .plan import EpochPlan, PlannedLoader
-from .shards import DataError
+from ..stored.shards import DataError
 from .stream import planned_samples
-from .views import Geometry, ViewPolicy, ViewSpec, audio_window, make_view
+from ..stored.views import Geometry, ViewPolicy, ViewSpec, audio_window, make_view
 
 try:
     from nvidia.dali import Pipeline, fn, types

@@ -1,9 +1,9 @@
 """`make_loader`: one rank's batches of one epoch, from whichever backend fits the data.
 
-Every backend follows the same epoch plan (loaders/plan.py) behind one interface
+Every backend follows the same epoch plan (loaders/loading/plan.py) behind one interface
 (plan.PlannedLoader: `len()`, iteration of dict batches, `samples()`): the `cpu` backend (PyAV in
-DataLoader workers, loaders/pipeline.py), `dali` (loaders/dali.py), ffcv image sets
-(loaders/images.py) and in-memory vector sets (loaders/vectors.py).
+DataLoader workers, loaders/loading/pipeline.py), `dali` (loaders/loading/dali.py), ffcv image sets
+(loaders/loading/images.py) and in-memory vector sets (loaders/loading/vectors.py).
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from .dali import DaliLoader, check_decodable, choose_backend
 from .images import make_image_loader
 from .pipeline import CpuLoader
 from .plan import EpochPlan, PlannedLoader, plan_epoch
-from .shards import is_image_set, load_manifest, locate, modality_inputs, split_shards
+from ..stored.shards import is_image_set, load_manifest, locate, modality_inputs, split_shards
 from .vectors import VectorLoader
-from .views import ViewPolicy, ViewSpec
+from ..stored.views import ViewPolicy, ViewSpec
 
 
 def planned_split(data_dir: str | Path, split: str, modalities: Sequence[str], policy: ViewPolicy, batch_size: int,

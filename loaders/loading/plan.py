@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .views import ViewPolicy
+from ..stored.views import ViewPolicy
 
 
 @dataclass(frozen=True)

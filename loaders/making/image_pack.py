@@ -21,9 +21,10 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from .errors import UserError
-from .images import ffcv_ready
-from .shards import FORMAT, IMAGE_SET, PACK_SEED, class_order, sha256_file, split_name, write_manifest, written_order
+from ..errors import UserError
+from ..loading.images import ffcv_ready
+from ..stored.shards import (FORMAT, IMAGE_SET, PACK_SEED, class_order, sha256_file, split_name, write_manifest,
+                             written_order)
 
 RESERVED = ("label", "row")
 MAX_NAME = 16  # ffcv keeps a field's name in 16 bytes

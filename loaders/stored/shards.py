@@ -24,7 +24,7 @@ import fsspec
 import numpy as np
 from webdataset.gopen import gopen_schemes
 
-from .errors import UserError
+from ..errors import UserError
 
 MANIFEST = "manifest.json"
 FORMAT = "umt-shards/1"

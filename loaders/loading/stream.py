@@ -12,7 +12,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import webdataset as wds
 
-from .shards import DataError
+from ..stored.shards import DataError
 
 
 def tar_samples(path: str) -> Iterator[dict]:

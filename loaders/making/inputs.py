@@ -14,8 +14,8 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
-from .shards import split_name
+from ..errors import UserError
+from ..stored.shards import split_name
 
 FORMATS = ("generic", "kinetics", "vggsound")
 

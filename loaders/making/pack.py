@@ -23,7 +23,7 @@ from typing import Iterator
 from tqdm import tqdm
 
 from .inputs import ClipInput
-from .shards import (FORMAT, PACK_SEED, SPLITS, ShardWriter, class_order, sha256_file, with_offsets, write_manifest,
+from ..stored.shards import (FORMAT, PACK_SEED, SPLITS, ShardWriter, class_order, sha256_file, with_offsets, write_manifest,
                      written_order)
 from .transcode import PackOptions, Rejected, sample_json, transcode
 

@@ -1,6 +1,6 @@
 """The `cpu` backend: WebDataset shards → PyAV decode → view crop/flip → log-mel → batches.
 
-The epoch plan (loaders/plan.py) fixes this rank's batches. DataLoader workers take them in turn
+The epoch plan (loaders/loading/plan.py) fixes this rank's batches. DataLoader workers take them in turn
 (batch b → worker b mod W) and torch's DataLoader returns its workers' outputs round-robin, so the
 batches come out in plan order whatever the worker count, and a resume starts at any batch
 exactly. Each worker streams the shards its batches touch and decodes only its own samples; a
@@ -20,10 +20,10 @@ import webdataset as wds
 
 from .audio import log_mel
 from .kernels import crop_flip_to_rgb
-from .media import MediaError, decode_flac, decode_h264
+from ..stored.media import MediaError, decode_flac, decode_h264
 from .plan import EpochPlan, PlannedLoader
 from .stream import planned_samples
-from .views import VIEW_FIELDS, Geometry, ViewPolicy, ViewSpec, audio_window, make_view
+from ..stored.views import VIEW_FIELDS, Geometry, ViewPolicy, ViewSpec, audio_window, make_view
 
 MEDIA = ("video", "audio", "flow")
 CLIPS = {"video": "mp4", "flow": "flow.mp4"}  # tar members of the H.264 modalities

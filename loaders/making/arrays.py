@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
-from .shards import FORMAT, SPLITS, ShardWriter, class_order, split_name, with_offsets, write_manifest, \
+from ..errors import UserError
+from ..stored.shards import FORMAT, SPLITS, ShardWriter, class_order, split_name, with_offsets, write_manifest, \
     written_order
 
 

@@ -21,10 +21,10 @@ import numba
 import numpy as np
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 from .plan import EpochPlan, PlannedLoader
-from .shards import MANIFEST, DataError, is_image_set, load_manifest, split_shards
-from .views import CENTRE, Geometry, ViewPolicy, ViewSpec, make_views, view_indices_jit, view_params_jit
+from ..stored.shards import MANIFEST, DataError, is_image_set, load_manifest, split_shards
+from ..stored.views import CENTRE, Geometry, ViewPolicy, ViewSpec, make_views, view_indices_jit, view_params_jit
 
 
 def ffcv_ready() -> None:

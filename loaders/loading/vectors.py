@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from .plan import EpochPlan, PlannedLoader
-from .shards import DataError
+from ..stored.shards import DataError
 from .stream import tar_samples
-from .views import VIEW_FIELDS, ViewPolicy
+from ..stored.views import VIEW_FIELDS, ViewPolicy
 
 
 @functools.lru_cache(maxsize=None)

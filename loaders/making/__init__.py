@@ -1,0 +1,1 @@
+"""Making datasets: packers (video, arrays, images) and generators of synthetic sets."""

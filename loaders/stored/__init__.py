@@ -1,0 +1,1 @@
+"""The stored format: shard sets and their manifest, media codecs, and views of a sample."""

@@ -19,11 +19,13 @@ from typing import Iterator
 import numpy as np
 import torch
 from accelerate import PartialState
+from accelerate.utils import gather_object
 from tqdm import tqdm
 
 from umt.engine.checkpoint import fingerprint, load_model
 from umt.loaders.loading.loader import make_loader
 from umt.loaders.loading.pipeline import collate, decode_views, shard_loader
+from umt.loaders.stored.integrity import damaged_shards
 from umt.loaders.stored.shards import is_image_set, is_remote, load_manifest, locate, manifest_fingerprint, split_shards
 from umt.loaders.stored.views import VIEW_FIELDS, ViewPolicy, ViewSpec
 
@@ -104,6 +106,11 @@ def build(data_dir: str, teachers: dict[str, str], out: str, num_views: int, see
     todo = sum(shards[i]["count"] for i in mine)
     if state.is_main_process:
         print(f"umt-cache: {len(shards) - int(done.sum())} of {len(shards)} shards to compute")
+    damaged = gather_object(damaged_shards(data_dir, [shards[i] for i in mine]))  # every rank stops alike
+    if damaged:
+        raise store.CacheError(f"{data_dir}: damaged shard(s), nothing computed for them: "
+                               + "; ".join(map(str, damaged)) + " — restore them from the source (or re-pack) "
+                               "and rerun: finished shards are kept")
     offsets = np.array([s["offset"] for s in shards])
     pending: dict[int, list[dict]] = {}
     start = time.perf_counter()

@@ -7,11 +7,14 @@ from collections import Counter
 from dataclasses import fields
 from pathlib import Path
 
+from tqdm import tqdm
+
 from .making.arrays import pack_arrays
 from .errors import UserError, parse_assignments, run_cli
 from .making.image_pack import add_pack_images_parser, pack_images_command
 from .making.inputs import FORMATS, read_annotations
 from .making.pack import pack
+from .stored.integrity import verify_shards
 from .stored.shards import PACK_SEED, is_remote, load_manifest
 from .making.synth import SynthConfig, write_synth
 from .making.synth_vectors import VectorSynthConfig, write_raw
@@ -144,6 +147,32 @@ def _info(data: str) -> None:
     print(f"rejected    {sum(reasons.values())}" + "".join(f"\n  {n} x {r}" for r, n in reasons.items()))
 
 
+def _verify_parser(sub) -> None:
+    p = sub.add_parser("verify", help="check every shard against the manifest; exit 0 only when all is well",
+                       description="Check a shard set against its manifest: each shard's sha256, that its tar reads "
+                                   "to the end, the number of samples, each sample's members and row; with --decode "
+                                   "also that every member decodes to the length its JSON gives. Prints each problem "
+                                   "with the shard and sample it is in; exit status 0 only when there are none, 1 "
+                                   "when there are. Image sets (.beton) are checked by sha256.")
+    p.add_argument("data", help="shard directory or location (holds manifest.json)")
+    p.add_argument("--split", action="append", help="check only this split (repeatable; default all)")
+    p.add_argument("--decode", action="store_true", help="also decode every member (as slow as one epoch)")
+
+
+def _verify(args) -> None:
+    bar = tqdm(total=sum(len(s["shards"]) for n, s in load_manifest(args.data)["splits"].items()
+                         if not args.split or n in args.split), unit="shard", desc="verify", leave=False)
+    problems = verify_shards(args.data, args.split, args.decode, progress=lambda name: bar.update())
+    bar.close()
+    for problem in problems:
+        print(f"FAIL {problem}")
+    damaged = len({p.shard for p in problems})
+    print(f"umt-data verify: {damaged} damaged shard(s), {len(problems)} problem(s)" if problems else
+          f"umt-data verify: {bar.n} shard(s) ok" + (", every member decoded" if args.decode else ""))
+    if problems:
+        raise SystemExit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="umt-data", description="Make and inspect umt shard sets "
                                      "(WebDataset tars of H.264 video, FLAC audio and JSON labels).")
@@ -153,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     _synth_arrays_parser(sub)
     _pack_arrays_parser(sub)
     add_pack_images_parser(sub)
+    _verify_parser(sub)
     info = sub.add_parser("info", help="summarise a shard set")
     info.add_argument("data", help="shard directory (holds manifest.json)")
     args = parser.parse_args(argv)
@@ -168,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
             _pack(args)
         elif args.command == "pack-arrays":
             _pack_arrays(args)
+        elif args.command == "verify":
+            _verify(args)
         elif args.command == "pack-images":
             pack_images_command(args)
             _info(args.out)

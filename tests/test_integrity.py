@@ -1,61 +1,17 @@
 """Damaged shards are found and named: `umt-data verify`, and the cache build's refusal."""
 from __future__ import annotations
 
-import io
 import shutil
-import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from umt.cache.cli import main as cache_main
 from umt.loaders.cli import main as data_main
 
+from damage import copy_set, drop, garbage, members, truncate, zero_inside
+
 SHARD = "train-000001.tar"
-
-
-def _members(path: Path) -> list[tuple[tarfile.TarInfo, bytes]]:
-    with tarfile.open(path) as tar:
-        return [(info, tar.extractfile(info).read()) for info in tar]
-
-
-def _rewrite(path: Path, members: list[tuple[tarfile.TarInfo, bytes]]) -> None:
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for info, data in members:
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-
-def _zero_inside(path: Path, member: str, length: int = 4096) -> None:
-    """Zero a range in the middle of one member's bytes, in place (as bit rot leaves it)."""
-    with tarfile.open(path) as tar:
-        info = tar.getmember(member)
-    start = info.offset_data + info.size // 4
-    with open(path, "r+b") as handle:
-        handle.seek(start)
-        handle.write(bytes(min(length, info.size // 2)))
-
-
-def _truncate(path: Path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[:len(data) * 2 // 3])
-
-
-def _drop(path: Path, member: str) -> None:
-    _rewrite(path, [(i, d) for i, d in _members(path) if i.name != member])
-
-
-def _garbage(path: Path, member: str) -> None:
-    rng = np.random.default_rng(0)
-    _rewrite(path, [(i, rng.integers(0, 256, len(d), dtype=np.uint8).tobytes() if i.name == member else d)
-                    for i, d in _members(path)])
-
-
-def _copy(data: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "set"
-    shutil.copytree(data, out)
-    return out
 
 
 def _verify(data: Path, capsys, *extra: str) -> tuple[int, list[str]]:
@@ -66,7 +22,7 @@ def _verify(data: Path, capsys, *extra: str) -> tuple[int, list[str]]:
 
 
 def _key(data: Path, index: int) -> str:
-    return _members(data / SHARD)[index * 3][0].name.partition(".")[0]
+    return members(data / SHARD)[index * 3][0].name.partition(".")[0]
 
 
 def test_verify_passes_an_intact_set_and_decodes_every_member(data, capsys):
@@ -76,16 +32,16 @@ def test_verify_passes_an_intact_set_and_decodes_every_member(data, capsys):
 
 @pytest.mark.parametrize("damage", ["zeroed", "truncated", "missing", "garbage"])
 def test_verify_names_each_kind_of_damage(data, tmp_path, capsys, damage):
-    copy = _copy(data, tmp_path)
+    copy = copy_set(data, tmp_path)
     key = _key(copy, 5)
     if damage == "zeroed":
-        _zero_inside(copy / SHARD, f"{key}.mp4")
+        zero_inside(copy / SHARD, f"{key}.mp4")
     elif damage == "truncated":
-        _truncate(copy / SHARD)
+        truncate(copy / SHARD)
     elif damage == "missing":
-        _drop(copy / SHARD, f"{key}.flac")
+        drop(copy / SHARD, f"{key}.flac")
     else:
-        _garbage(copy / SHARD, f"{key}.flac")
+        garbage(copy / SHARD, f"{key}.flac")
     code, fails = _verify(copy, capsys, "--decode")
     assert code == 1
     assert all(SHARD in f for f in fails), fails  # only the damaged shard is named
@@ -101,8 +57,8 @@ def test_verify_names_each_kind_of_damage(data, tmp_path, capsys, damage):
 
 
 def test_cache_build_refuses_a_damaged_shard_then_completes_once_repaired(data, teachers, tmp_path, capsys):
-    copy = _copy(data, tmp_path)
-    _zero_inside(copy / SHARD, f"{_key(copy, 3)}.flac")
+    copy = copy_set(data, tmp_path)
+    zero_inside(copy / SHARD, f"{_key(copy, 3)}.flac")
     out = tmp_path / "cache.zarr"
     args = ["build", "--data", str(copy), "--out", str(out), "--views", "1", "--workers", "0",
             *[f"--teacher={m}={p}" for m, p in teachers.items()]]

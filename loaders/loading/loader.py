@@ -15,7 +15,7 @@ import torch
 
 from .dali import DaliLoader, check_decodable, choose_backend
 from .images import make_image_loader
-from .pipeline import CpuLoader
+from .pipeline import BadSamples, CpuLoader
 from .plan import EpochPlan, PlannedLoader, plan_epoch
 from ..stored.shards import is_image_set, load_manifest, locate, modality_inputs, split_shards
 from .vectors import VectorLoader
@@ -53,13 +53,15 @@ def dali_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Se
 def make_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Sequence[str],
                 policy: ViewPolicy, batch_size: int, num_workers: int = 1, rank: int = 0,
                 world: int = 1, shuffle_buffer: int = 0, skip: int = 0, backend: str = "cpu",
-                device_id: int | None = None) -> PlannedLoader:
+                device_id: int | None = None, bad_samples: BadSamples = BadSamples()) -> PlannedLoader:
     """This rank's batches of one epoch, starting after the first `skip` (a mid-epoch resume).
 
     Training (policy.train) shuffles as the plan says and gives every rank the same number of whole
     batches; evaluation reads every sample once, in order. Vector sets are served from memory, image
     sets by ffcv, video and audio by the `cpu` backend or, with backend "dali" (or "auto" on a
     machine with a GPU and DALI), by DALI. `shuffle_buffer` is ignored: the plan shuffles exactly.
+    `bad_samples` (skip or stop at a damaged sample) applies to the cpu backend; the others stop at
+    one, naming its shard.
     """
     del shuffle_buffer  # accepted for the trainer's call; see the docstring
     if set(modalities) <= {"video", "audio"} and choose_backend(backend) == "dali":
@@ -71,4 +73,4 @@ def make_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Se
                                  num_workers)
     if kinds == {"vector"}:
         return VectorLoader(paths, plan, policy, modalities)
-    return CpuLoader(paths, plan, policy, spec, modalities, num_workers)
+    return CpuLoader(paths, plan, policy, spec, modalities, num_workers, bad_samples)

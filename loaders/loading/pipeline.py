@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -19,10 +20,12 @@ import torch
 import webdataset as wds
 
 from .audio import log_mel
+from ..errors import UserError
 from .kernels import crop_flip_to_rgb
 from ..stored.media import MediaError, decode_flac, decode_h264
 from .plan import EpochPlan, PlannedLoader
-from .stream import planned_samples
+from ..stored.shards import DataError
+from .stream import Unreadable, planned_samples
 from ..stored.views import VIEW_FIELDS, Geometry, ViewPolicy, ViewSpec, audio_window, make_view
 
 MEDIA = ("video", "audio", "flow")
@@ -51,6 +54,7 @@ def decode_views(sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: 
             clips = {m: decode_h264(sample[CLIPS[m]], first, max(v.t0 for v in views) + span)
                      for m in media if m in CLIPS}
             wave = decode_flac(sample["flac"]) if "audio" in media else None
+            _check_geometry(clips, wave, geom)
         else:
             views, clips, wave = [None] * len(view_indices), {}, None
     except KeyError as err:
@@ -79,6 +83,16 @@ def decode_views(sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: 
     return out
 
 
+def _check_geometry(clips: dict[str, np.ndarray], wave: np.ndarray | None, geom: Geometry) -> None:
+    """Decoded media must be as large as the JSON says, or a view would read past its end."""
+    for m, planes in clips.items():
+        if planes.shape[1:] != (geom.height * 3 // 2, geom.width):
+            raise MediaError(f"{m} decodes to {planes.shape[2]}x{planes.shape[1] * 2 // 3} frames, the json says "
+                             f"{geom.width}x{geom.height}")
+    if wave is not None and len(wave) < geom.audio_samples:
+        raise MediaError(f"audio decodes to {len(wave)} samples, the json says {geom.audio_samples}")
+
+
 def worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
@@ -94,12 +108,38 @@ def collate(items: list[dict]) -> dict:
     return out
 
 
+@dataclass(frozen=True)
+class BadSamples:
+    """What training does with a sample that fails to decode (evaluation always stops: `error`).
+
+    `skip` puts another sample of the same batch (the batch's good samples in turn, with their own
+    row and view) in its place, so every rank still runs the planned batches and a resumed run sees
+    the same ones; it stops after `limit` bad samples in a row, where the data is plainly broken.
+    """
+
+    policy: str = "error"
+    limit: int = 16
+
+    def __post_init__(self) -> None:
+        if self.policy not in BAD_SAMPLE_POLICIES or self.limit < 1:
+            raise UserError(f"bad samples: policy must be one of {BAD_SAMPLE_POLICIES} and the limit >= 1, "
+                            f"got {self.policy!r}, {self.limit}")
+
+
+BAD_SAMPLE_POLICIES = ("skip", "error")
+
+
 class _PlannedBatches(torch.utils.data.IterableDataset):
-    """Worker w of W: batches w, w + W, ... of the plan, each decoded and collated in the worker."""
+    """Worker w of W: batches w, w + W, ... of the plan, each decoded and collated in the worker.
+
+    Under the `skip` policy each batch also carries `bad_samples`, a list of "shard<TAB>key<TAB>reason"
+    of every sample skipped in it (the trainer pops it before the batch goes to the device).
+    """
 
     def __init__(self, paths: Sequence[str], plan: EpochPlan, policy: ViewPolicy, spec: ViewSpec,
-                 modalities: tuple[str, ...]):
+                 modalities: tuple[str, ...], bad: BadSamples):
         self.paths, self.plan, self.policy, self.spec, self.modalities = list(paths), plan, policy, spec, modalities
+        self.bad = bad
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -109,19 +149,49 @@ class _PlannedBatches(torch.utils.data.IterableDataset):
             return
         rows = np.concatenate(batches)
         views = iter(self.policy.indices(rows).tolist())
-        samples = planned_samples(self.paths, self.plan.offsets, rows)
+        samples = planned_samples(self.paths, self.plan.offsets, rows, tolerate=self.bad.policy == "skip")
+        in_row = 0
         for batch in batches:
-            yield collate([decode_views(next(samples), self.spec, self.modalities, self.policy.seed, [next(views)])[0]
-                           for _ in range(len(batch))])
+            items, skipped = [], []
+            for _ in range(len(batch)):
+                sample, view = next(samples), next(views)
+                try:
+                    items.append(self._decode(sample, view))
+                    in_row = 0
+                except (MediaError, DataError) as err:
+                    if self.bad.policy == "error":
+                        raise
+                    in_row += 1
+                    skipped.append(_name(sample, err))
+                    if in_row >= self.bad.limit:
+                        raise MediaError(f"{in_row} damaged samples in a row, the last {skipped[-1]!r}: "
+                                         f"check the shards with `umt-data verify`") from err
+            if not items:
+                raise MediaError(f"every sample of a batch is damaged ({'; '.join(skipped)})")
+            items += [items[i % len(items)] for i in range(len(skipped))]
+            yield {**collate(items), **({"bad_samples": skipped} if self.bad.policy == "skip" else {})}
+
+    def _decode(self, sample: dict | Unreadable, view: int) -> dict:
+        if isinstance(sample, Unreadable):
+            raise DataError(f"{sample.url} sample {sample.key}: {sample.reason}")
+        return decode_views(sample, self.spec, self.modalities, self.policy.seed, [view])[0]
+
+
+def _name(sample: dict | Unreadable, err: Exception) -> str:
+    """shard<TAB>key<TAB>reason of a skipped sample."""
+    if isinstance(sample, Unreadable):
+        return f"{sample.url}\t{sample.key}\t{sample.reason}"
+    url, key = sample.get("__url__", "?"), sample.get("__key__", "?")
+    return f"{url}\t{key}\t{str(err).removeprefix(f'{url} sample {key}: ')}"
 
 
 class CpuLoader(PlannedLoader):
     """One epoch of one rank's batches, decoded with PyAV in `num_workers` DataLoader workers."""
 
     def __init__(self, paths: Sequence[str], plan: EpochPlan, policy: ViewPolicy, spec: ViewSpec,
-                 modalities: Sequence[str], num_workers: int):
+                 modalities: Sequence[str], num_workers: int, bad: BadSamples = BadSamples()):
         super().__init__(plan, policy)
-        self.batches = _PlannedBatches(paths, plan, policy, spec, tuple(modalities))
+        self.batches = _PlannedBatches(paths, plan, policy, spec, tuple(modalities), bad)
         self.num_workers = max(0, min(num_workers, len(plan)))
 
     def __iter__(self):

@@ -1,0 +1,75 @@
+"""Damaged samples at training time: skipped, replaced within their batch and named, or an error naming them."""
+from __future__ import annotations
+
+import pytest
+
+from umt.loaders.loading.loader import make_loader
+from umt.loaders.stored.media import MediaError
+from umt.loaders.loading.pipeline import BadSamples
+from umt.loaders.stored.views import ViewPolicy, ViewSpec
+
+from damage import copy_set, drop, garbage, members, truncate
+
+SPEC = ViewSpec(frames=3, stride=2, crop=16, audio_seconds=0.25, mel_bins=16)
+SHARD = "train-000001.tar"
+
+
+def _keys(path) -> list[str]:
+    return [info.name.partition(".")[0] for info, _ in members(path)][::3]
+
+
+def _epoch(data, policy: str, workers: int = 0, skip: int = 0, rank: int = 0, world: int = 1) -> list[dict]:
+    loader = make_loader(data, "train", SPEC, ["video", "audio"], ViewPolicy(3, 1, True), 8, workers, rank, world,
+                         skip=skip, bad_samples=BadSamples(policy))
+    return list(loader)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_skip_replaces_exactly_the_damaged_samples_and_keeps_every_batch(data, tmp_path, workers):
+    damaged = copy_set(data, tmp_path)
+    keys = _keys(damaged / SHARD)
+    garbage(damaged / SHARD, f"{keys[2]}.mp4")
+    drop(damaged / SHARD, f"{keys[9]}.flac")
+    clean, batches = _epoch(data, "skip", workers), _epoch(damaged, "skip", workers)
+    assert len(batches) == len(clean) == 8
+    skipped = [b for batch in batches for b in batch["bad_samples"]]
+    assert sorted(s.split("\t")[1] for s in skipped) == sorted([keys[2], keys[9]])
+    assert all(s.split("\t")[0].endswith(SHARD) for s in skipped)
+    for good, bad in zip(clean, batches):
+        assert len(bad["row"]) == 8
+        kept = [r for r in bad["row"].tolist() if r in good["row"].tolist()]
+        assert len(set(kept)) == 8 - len(bad["bad_samples"])  # the others: good samples of the same batch again
+
+
+def test_truncated_shard_skips_each_row_it_cannot_give(data, tmp_path):
+    damaged = copy_set(data, tmp_path)
+    truncate(damaged / SHARD)
+    batches = _epoch(damaged, "skip")
+    assert len(batches) == 8
+    skipped = [b for batch in batches for b in batch["bad_samples"]]
+    assert skipped and all(s.split("\t")[0].endswith(SHARD) for s in skipped)
+    assert all("breaks off" in s or "missing" in s or "undecodable" in s or "no member" in s for s in skipped), skipped
+
+
+def test_error_policy_stops_naming_the_shard_and_sample(data, tmp_path):
+    damaged = copy_set(data, tmp_path)
+    key = _keys(damaged / SHARD)[4]
+    garbage(damaged / SHARD, f"{key}.mp4")
+    with pytest.raises(MediaError, match=f"{SHARD} sample {key}: undecodable video"):
+        _epoch(damaged, "error")
+
+
+def test_resumed_epoch_over_damage_sees_the_same_batches(data, tmp_path):
+    damaged = copy_set(data, tmp_path)
+    garbage(damaged / SHARD, f"{_keys(damaged / SHARD)[6]}.flac")
+    whole = [(b["row"].tolist(), b["bad_samples"]) for b in _epoch(damaged, "skip", workers=2)]
+    for skip in (1, 5):
+        assert [(b["row"].tolist(), b["bad_samples"]) for b in _epoch(damaged, "skip", 2, skip)] == whole[skip:]
+
+
+def test_limit_in_a_row_stops(data, tmp_path):
+    damaged = copy_set(data, tmp_path)
+    truncate(damaged / SHARD)
+    with pytest.raises(MediaError, match="damaged samples in a row"):
+        list(make_loader(damaged, "train", SPEC, ["video", "audio"], ViewPolicy(3, 1, True), 8, 0,
+                         bad_samples=BadSamples("skip", limit=2)))

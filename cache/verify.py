@@ -17,11 +17,11 @@ import webdataset as wds
 from umt.loaders.errors import UserError
 from umt.loaders.images import make_image_loader
 from umt.loaders.pipeline import decode_views
+from umt.engine.checkpoint import load_teachers
 from umt.loaders.shards import load_manifest, locate, manifest_fingerprint
 from umt.loaders.views import ViewSpec
 
 from . import store
-from .builder import load_teachers
 
 
 def verify(path: str, data_dir: str, recompute: int = 0, teachers: dict[str, str] | None = None,

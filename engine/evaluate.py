@@ -56,9 +56,15 @@ def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
                  num_classes: int, weight_decay: float = 1e-3, steps: int = 100) -> float:
-    """Test accuracy of a fresh linear classifier fit (L-BFGS, full batch) on frozen features."""
-    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
-    x, xt = (train_x - mean) / std, (test_x - mean) / std
+    """Test accuracy of a fresh linear classifier fit (L-BFGS, full batch) on frozen features.
+
+    Units constant on the training split (dead ReLUs) are dropped: standardised by their ~0 std they
+    would blow any test-time activity up by ~1e6. The std of the others is clamped for the same reason.
+    """
+    mean, std = train_x.mean(0), train_x.std(0)
+    live = std > 1e-6 * std.max().clamp_min(1e-12)
+    std = std.clamp_min(1e-3 * std[live].mean()) if live.any() else std
+    x, xt = ((train_x - mean) / std)[:, live], ((test_x - mean) / std)[:, live]
     torch.manual_seed(0)
     head = torch.nn.Linear(x.shape[1], num_classes)
     opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
@@ -83,7 +89,8 @@ def final_evaluation(forward: Forward, cfg, seed: int, device: torch.device, mod
     modalities = modalities or cfg.modalities
     args = (cfg.view, list(modalities), seed, cfg.batch_size, cfg.num_workers, device, accelerator)
     test = collect(forward, cfg.data, "test", *args)
-    out = {**accuracies(scores(test["logits"]), test["labels"]), "probe": {}}
+    scored = accuracies(scores(test["logits"]), test["labels"])
+    out = {"test_top1": scored.pop("top1"), "test_top5": scored.pop("top5"), **scored, "probe": {}}
     if cfg.probe:
         train = collect(forward, cfg.data, "train", *args)
         if accelerator is not None and not accelerator.is_main_process:
@@ -95,9 +102,10 @@ def final_evaluation(forward: Forward, cfg, seed: int, device: torch.device, mod
 
 
 def accuracies(scores: torch.Tensor, labels: torch.Tensor) -> dict:
+    """top1, top5, per-class top-1 (None for a class absent from `labels`) and the class count."""
     k = min(5, scores.shape[1])
     per_class = [(scores.argmax(1)[labels == c] == c).float().mean().item() if (labels == c).any() else None
                  for c in range(scores.shape[1])]
-    return {"test_top1": top1(scores, labels),
-            "test_top5": (scores.topk(k, dim=1).indices == labels[:, None]).any(1).float().mean().item(),
+    return {"top1": top1(scores, labels),
+            "top5": (scores.topk(k, dim=1).indices == labels[:, None]).any(1).float().mean().item(),
             "per_class_top1": per_class, "num_classes": scores.shape[1]}

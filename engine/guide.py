@@ -35,7 +35,7 @@ def guide(data: str, members: dict[str, str], joint: str, split: str = "val", ba
     if len(joint_model.cfg.modalities) < 2:
         raise UserError(f"{joint} is not a multi-modal (joint) model")
     view, seed = ViewSpec(**ckpt["view"]), ckpt.get("view_seed", 0)
-    ensemble = load_members(members, num_classes, device)
+    ensemble = load_members(members, num_classes, device, view)  # the members must share the joint model's views
     names = sorted(ensemble)
     uni = collect(forward_fn(ensemble), data, split, view, names, seed, batch_size, num_workers, device)
     fused = collect(joint_model.eval(), data, split, view, list(joint_model.cfg.modalities), seed, batch_size,

@@ -48,7 +48,7 @@ def ogm_coefficients(shares: dict[str, torch.Tensor], labels: torch.Tensor, alph
     coeffs = {}
     for m, s in scores.items():
         others = [scores[o] for o in scores if o != m]
-        ratio = float(s / (sum(others) / len(others) + 1e-12))
+        ratio = float(s.detach() / (sum(others).detach() / len(others) + 1e-12))
         coeffs[m] = 1 - math.tanh(alpha * ratio) if ratio > 1 else 1.0
     return coeffs
 

@@ -13,9 +13,9 @@ Forward = Callable[[dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 @torch.no_grad()
-def collect(forward: Forward, data: str, split: str, spec: ViewSpec, modalities: list[str], seed: int,
+def collect(forward: Forward, data: str, split: str, spec: ViewSpec, modalities: list[str],
             batch_size: int, num_workers: int, device: torch.device, accelerator=None) -> dict:
-    """Labels, logits and pooled features of every sample of a split, on its centre view.
+    """Labels, logits and pooled features of every sample of a split, on its centre view (which no seed moves).
 
     With an Accelerator of several processes, every rank must call this: each reads its own shards
     and the results are gathered to all ranks (when the split has fewer shards than processes,
@@ -24,7 +24,7 @@ def collect(forward: Forward, data: str, split: str, spec: ViewSpec, modalities:
     world = accelerator.num_processes if accelerator is not None else 1
     split_up = world > 1 and len(shard_paths(data, split)[0]) >= world
     rank = accelerator.process_index if split_up else 0
-    loader = make_loader(data, split, spec, modalities, ViewPolicy(seed), batch_size, num_workers,
+    loader = make_loader(data, split, spec, modalities, ViewPolicy(0), batch_size, num_workers,
                          rank, world if split_up else 1)
     labels, logits, feats = [], [], {m: [] for m in modalities}
     for batch in loader:
@@ -80,14 +80,14 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
         return top1(head(xt), test_y)
 
 
-def final_evaluation(forward: Forward, cfg, seed: int, device: torch.device, modalities: tuple[str, ...] | None = None,
+def final_evaluation(forward: Forward, cfg, device: torch.device, modalities: tuple[str, ...] | None = None,
                      scores: Callable[[torch.Tensor], torch.Tensor] = lambda logits: logits, accelerator=None) -> dict:
     """Test top-1 / top-5 / per-class accuracy and, per modality, a linear probe on frozen train features.
 
     `scores` turns what `forward` returns as logits into class scores (UME combines its members here).
     """
     modalities = modalities or cfg.modalities
-    args = (cfg.view, list(modalities), seed, cfg.batch_size, cfg.num_workers, device, accelerator)
+    args = (cfg.view, list(modalities), cfg.batch_size, cfg.num_workers, device, accelerator)
     test = collect(forward, cfg.data, "test", *args)
     scored = accuracies(scores(test["logits"]), test["labels"])
     out = {"test_top1": scored.pop("top1"), "test_top5": scored.pop("top5"), **scored, "probe": {}}

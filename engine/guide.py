@@ -30,13 +30,13 @@ from .ume import combine, forward_fn, load_members
 PREFERENCE = ("ume", "joint", "umt")
 
 
-def _model(path: str, split: str, data: str, view: ViewSpec, seed: int, batch_size: int, num_workers: int,
+def _model(path: str, split: str, data: str, view: ViewSpec, batch_size: int, num_workers: int,
            role: str) -> dict:
     model, ckpt = load_model(path)
     if len(model.cfg.modalities) < 2:
         raise UserError(f"{role} {path} is not a multi-modal model")
     check_views(role, path, ckpt, view)
-    return collect(model.eval(), data, split, view, list(model.cfg.modalities), seed, batch_size, num_workers,
+    return collect(model.eval(), data, split, view, list(model.cfg.modalities), batch_size, num_workers,
                    torch.device("cpu")) | {"fusion": model.cfg.fusion}
 
 
@@ -64,11 +64,11 @@ def guide(data: str, members: dict[str, str], joint: str, split: str = "val", ba
     if len(members) < 2:
         raise UserError("the guide needs two or more uni-modal checkpoints (--member MODALITY=CKPT)")
     ckpt = load_checkpoint(joint)
-    view, seed = saved_views(joint, ckpt), ckpt.get("view_seed", 0)
-    fused = _model(joint, split, data, view, seed, batch_size, num_workers, "joint model")
+    view = saved_views(joint, ckpt)
+    fused = _model(joint, split, data, view, batch_size, num_workers, "joint model")
     ensemble = load_members(members, num_classes, torch.device("cpu"), view)  # on the joint model's views
     names = sorted(ensemble)
-    uni = collect(forward_fn(ensemble), data, split, view, names, seed, batch_size, num_workers, torch.device("cpu"))
+    uni = collect(forward_fn(ensemble), data, split, view, names, batch_size, num_workers, torch.device("cpu"))
     evidence = {f"unimodal_{m}": top1(uni["logits"][:, i], uni["labels"]) for i, m in enumerate(names)}
     evidence["ume"] = top1(combine(uni["logits"], "logits", torch.full((len(names),), 1 / len(names))), uni["labels"])
     evidence["joint"] = top1(fused["logits"], fused["labels"])
@@ -76,7 +76,7 @@ def guide(data: str, members: dict[str, str], joint: str, split: str = "val", ba
     result = {"split": split, "evidence": evidence, "choice": choice, "reason": reason,
               "joint_fusion": fused["fusion"], "members": members, "joint": joint}
     if umt is not None:
-        distilled = _model(umt, split, data, view, seed, batch_size, num_workers, "UMT model")
+        distilled = _model(umt, split, data, view, batch_size, num_workers, "UMT model")
         evidence["umt"] = top1(distilled["logits"], distilled["labels"])
         ranked = sorted(PREFERENCE, key=lambda k: (-evidence[k], PREFERENCE.index(k)))
         best, runner = ranked[0], ranked[1]

@@ -158,10 +158,11 @@ def _train(cfg: TrainConfig, method: Method, num_classes: int, inputs: dict[str,
     model, optimizer = accelerator.prepare(model, optimizer)
     net = accelerator.unwrap_model(model)
 
-    def checkpoint() -> None:
+    def checkpoint(**now) -> None:
+        """Save the loop state (with `now`: the values that hold mid-epoch, e.g. the time so far)."""
         state.method = method.state_dict()
         if accelerator.is_main_process:
-            resume.save(cfg.out, cfg, net, optimizer, schedule, asdict(state))
+            resume.save(cfg.out, cfg, net, optimizer, schedule, {**asdict(state), **now})
 
     while state.epoch < cfg.epochs and state.step < total:
         epoch, size = state.epoch, epoch_batches[state.epoch]
@@ -206,13 +207,11 @@ def _train(cfg: TrainConfig, method: Method, num_classes: int, inputs: dict[str,
             if state.step == total:
                 break
             if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
-                saved_time, state.train_time = state.train_time, elapsed
-                checkpoint()
-                state.train_time = saved_time
+                checkpoint(train_time=elapsed)
             tick = time.perf_counter()
         state.train_time += time.perf_counter() - epoch_start
         bar.close()
-        record = _end_of_epoch(cfg, method, state, net, seed, num_classes, accelerator)
+        record = _end_of_epoch(cfg, method, state, net, num_classes, accelerator)
         state.epoch, state.batch, state.epoch_loss, state.epoch_steps = epoch + 1, 0, 0.0, 0
         log.write(record)
         checkpoint()
@@ -229,11 +228,11 @@ def _train(cfg: TrainConfig, method: Method, num_classes: int, inputs: dict[str,
     if accelerator.is_main_process:
         save_model(Path(cfg.out) / "model.pt", net, {"view": cfg.view.to_dict(), "method": cfg.method,
                                                       "seed": cfg.seed, "view_seed": seed})
-    results.update(final_evaluation(net, cfg, seed, device, accelerator=accelerator))
+    results.update(final_evaluation(net, cfg, device, accelerator=accelerator))
     return results
 
 
-def _end_of_epoch(cfg: TrainConfig, method: Method, state: LoopState, net: LateFusionNet, seed: int,
+def _end_of_epoch(cfg: TrainConfig, method: Method, state: LoopState, net: LateFusionNet,
                   num_classes: int, accelerator: Accelerator) -> dict:
     """The epoch's record: train loss, throughput, validation accuracy (and probes); the best-val
     weights; the method's own end-of-epoch update."""
@@ -243,12 +242,12 @@ def _end_of_epoch(cfg: TrainConfig, method: Method, state: LoopState, net: LateF
               "data_wait_share": round(state.wait_time / state.train_time, 3)}
     net.eval()  # every rank evaluates its share of the split
     device = accelerator.device
-    val = collect(net, cfg.data, "val", cfg.view, list(cfg.modalities), seed, cfg.batch_size,
+    val = collect(net, cfg.data, "val", cfg.view, list(cfg.modalities), cfg.batch_size,
                   cfg.num_workers, device, accelerator)
     scores = accuracies(val["logits"], val["labels"])
     record.update(val_top1=scores["top1"], val_top5=scores["top5"], val_per_class_top1=scores["per_class_top1"])
     if cfg.probe_every and (state.epoch + 1) % cfg.probe_every == 0:
-        train_feats = collect(net, cfg.data, "train", cfg.view, list(cfg.modalities), seed,
+        train_feats = collect(net, cfg.data, "train", cfg.view, list(cfg.modalities),
                               cfg.batch_size, cfg.num_workers, device, accelerator)
         if accelerator.is_main_process:
             record["val_probe"] = {m: linear_probe(train_feats["features"][m], train_feats["labels"],

@@ -72,12 +72,11 @@ def evaluate(cfg: TrainConfig, num_classes: int, device: torch.device) -> dict:
     members = load_members(cfg.members, num_classes, device, cfg.view)
     names = sorted(members)
     forward = forward_fn(members)
-    seed = cfg.resolved_view_seed
     weights = torch.full((len(names),), 1 / len(names))
     if cfg.ume_fit_weights:
-        val = collect(forward, cfg.data, "val", cfg.view, names, seed, cfg.batch_size, cfg.num_workers, device)
+        val = collect(forward, cfg.data, "val", cfg.view, names, cfg.batch_size, cfg.num_workers, device)
         weights = fit_weights(val["logits"], val["labels"], cfg.ume_combine)
-    results = final_evaluation(forward, cfg, seed, device, tuple(names),
+    results = final_evaluation(forward, cfg, device, tuple(names),
                                scores=lambda stacked: combine(stacked, cfg.ume_combine, weights))
     results["ume"] = {"combine": cfg.ume_combine, "weights": dict(zip(names, weights.tolist()))}
     return results

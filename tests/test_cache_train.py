@@ -122,7 +122,7 @@ def test_two_process_evaluation_splits_and_gathers(tmp_path):
     results = json.loads((out / "results.json").read_text())
     model, ckpt = load_model(out / "model.pt")
     view = ViewSpec(**ckpt["view"])
-    alone = {split: collect(model.eval(), str(data), split, view, ["video", "audio"], 0, 8, 0, torch.device("cpu"))
+    alone = {split: collect(model.eval(), str(data), split, view, ["video", "audio"], 8, 0, torch.device("cpu"))
              for split in ("val", "test")}
     assert results["test_top1"] == top1(alone["test"]["logits"], alone["test"]["labels"])
     val_record = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"val_top1"' in l][-1]

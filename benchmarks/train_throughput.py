@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from umt.cache.builder import ShardViews, batched_by_shard, build, load_teachers
+from umt.cache.builder import ShardViews, batched_by_shard, build
+from umt.engine.checkpoint import load_teachers
 from umt.engine.config import TrainConfig
 from umt.engine.train import run
 from umt.loaders.pipeline import shard_paths, shard_loader

@@ -120,7 +120,7 @@ def run(cfg: TrainConfig) -> dict:
                        wall_s=round(time.perf_counter() - start, 2), processes=accelerator.num_processes)
         (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
         curves = plots.training_curves(out / "metrics.jsonl", out / "curves.png") if method else None
-        write_report(out / "report.md", cfg, results, curves)
+        write_report(out / "report.md", cfg, results, curves, method.describe() if method else "")
         log.write({"final": results})
     accelerator.end_training()
     return results if accelerator.is_main_process else {}

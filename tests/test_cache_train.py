@@ -11,6 +11,7 @@ from umt.cache.cli import main as cache_main
 from umt.engine.cli import main as train_main
 from umt.engine.targets import OnlineTeachers
 from umt.loaders.cli import main as data_main
+from umt.loaders.views import ViewSpec
 
 from conftest import MODEL_ARGS, accelerate_launch, synth, train
 
@@ -24,7 +25,8 @@ def _fail(main, argv, capsys) -> str:
 
 def test_cached_targets_equal_online_teacher_features(data, teachers, cache):
     group = zarr.open_group(str(cache), mode="r")
-    online = OnlineTeachers({m: str(p) for m, p in teachers.items()}, torch.device("cpu"))
+    online = OnlineTeachers({m: str(p) for m, p in teachers.items()}, torch.device("cpu"),
+                            ViewSpec(**group.attrs["view_spec"]))
     decode = ShardViews(online.spec, ["audio", "video"], group.attrs["seed"], group.attrs["num_views"])
     samples = list(wds.DataPipeline(wds.SimpleShardList([str(data / "train-000002.tar")]), wds.tarfile_to_samples()))
     for sample in samples[:6]:

@@ -58,6 +58,10 @@ class Method:
         """Update the method's state from the epoch; returns values for the epoch's record."""
         return {}
 
+    def describe(self) -> str:
+        """Markdown lines for the run's report.md."""
+        return ""
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

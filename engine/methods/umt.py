@@ -49,6 +49,11 @@ class Umt(Method):
                               "(train the student with the teachers' --width)")
         return view_seed, num_views
 
+    def describe(self) -> str:
+        cfg = self.cfg
+        source = f"cache `{cfg.cache}`" if cfg.cache else "online teachers (checked against the run's view spec)"
+        return f"- UMT targets: {source}, λ = {cfg.distill_weight}\n"
+
     def loss(self, net, batch, logits, feats) -> tuple[torch.Tensor, Parts]:
         loss, parts = super().loss(net, batch, logits, feats)
         distill = sum(F.mse_loss(net.distilled(m, feats[m]), t) for m, t in self.targets(batch).items()

@@ -133,8 +133,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--joint", metavar="CKPT", help="joint (late-fusion) model checkpoint")
     p.add_argument("--umt", metavar="CKPT", help="UMT model checkpoint: also measure it and recommend the best of "
                    "UME, UMT and joint (--train-missing trains one with the members as online teachers)")
-    p.add_argument("--train-missing", metavar="CONFIG", help="train the uni-modal and joint models not given, "
-                   "with this YAML config, into --out (models already there are reused)")
+    p.add_argument("--train-missing", metavar="CONFIG", help="train the uni-modal, joint and UMT (online "
+                   "teachers: the uni-modal models) models not given, with this YAML config, into --out (models "
+                   "already there are reused)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="overrides for --train-missing")
     p.add_argument("--split", default="val", help="held-out split to decide on (default val; test is refused)")
     p.add_argument("--out", help="directory for guide.json and guide.md")

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 import webdataset as wds
 
+from umt.engine.checkpoint import load_teachers
 from umt.loaders.errors import UserError
 from umt.loaders.images import make_image_loader
 from umt.loaders.pipeline import decode_views
-from umt.engine.checkpoint import load_teachers
 from umt.loaders.shards import load_manifest, locate, manifest_fingerprint
 from umt.loaders.views import ViewSpec
 

@@ -96,7 +96,8 @@ def run_cell(cell: Cell, out: Path) -> dict:
         umt = train("umt", *distil)
         umt_projector = train("umt-projector", *distil, "--projector")
         ume = train("ume", "--method", "ume", *[f"--member={v}={c}" for v, c in ckpts.items()])
-        choice = guide(str(data), ckpts, str(work / "joint" / "model.pt"), split="val", num_workers=0)
+        choice = guide(str(data), ckpts, str(work / "joint" / "model.pt"), split="val", num_workers=0,
+                       umt=str(work / "umt" / "model.pt"))
     test = {"joint": joint["test_top1"], "umt": umt["test_top1"], "umt_projector": umt_projector["test_top1"],
             "ume": ume["test_top1"], **{f"unimodal_{v}": uni[v]["test_top1"] for v in views}}
     probe = {"unimodal": {v: uni[v]["probe"][v] for v in views},
@@ -105,7 +106,7 @@ def run_cell(cell: Cell, out: Path) -> dict:
     return {"cell": cell.name, "seed": cell.seed, "paired": cell.paired, "views": views,
             "generator": json.loads(generator.read_text()) if generator.is_file() else None,
             "test_top1": _round(test), "probe": _round(probe), "guide": {"choice": choice["choice"],
-            "evidence": _round(choice["evidence"])}, "recipe": asdict(cell.recipe)}
+            "recommendation": choice["recommendation"], "evidence": _round(choice["evidence"])}, "recipe": asdict(cell.recipe)}
 
 
 def _round(tree):
@@ -114,7 +115,7 @@ def _round(tree):
 
 def summarise(cells: list[dict]) -> dict:
     """The issue's summary figures; each definition is stated next to it in the output."""
-    gaps, closed, closed_projector, agree, margins = [], [], [], [], []
+    gaps, closed, closed_projector, agree, agree3, margins = [], [], [], [], [], []
     for c in cells:
         p = c["probe"]
         worst = max(c["views"], key=lambda v: p["unimodal"][v] - p["joint"][v])
@@ -128,6 +129,7 @@ def summarise(cells: list[dict]) -> dict:
         better = "ume" if t["ume"] > best_umt else "umt"
         agree.append(c["guide"]["choice"] == better or t["ume"] == best_umt)
         margins.append(best_umt - max(t["joint"], t["ume"]))
+        agree3.append(t[c["guide"]["recommendation"]] == max(t["ume"], t["joint"], t["umt"]))
     mean = lambda xs: round(statistics.fmean(xs), 4) if xs else None  # noqa: E731
     return {
         "laziness_gap": mean(gaps),
@@ -135,6 +137,7 @@ def summarise(cells: list[dict]) -> dict:
         "umt_projector_recovers": mean(closed_projector),
         "cells_with_gap": len(closed),
         "guide_agreement": mean([float(a) for a in agree]),
+        "guide3_agreement": mean([float(a) for a in agree3]),
         "best_umt_vs_best_other": round(min(margins), 4),
         "best_umt_vs_best_other_mean": mean(margins),
         "definitions": {
@@ -142,6 +145,8 @@ def summarise(cells: list[dict]) -> dict:
             "umt_recovers": "mean over cells with laziness_gap >= 0.02 of (UMT probe - joint probe) / gap, same modality",
             "guide_agreement": "share of cells where the guide (on val) picks the better on test of UME and the better "
                                "UMT variant",
+            "guide3_agreement": "share of cells where the three-way guide's pick (on val, of UME, joint and plain "
+                                "UMT) is the best of the three on test",
             "best_umt_vs_best_other": "min over cells of max(UMT, UMT+projector) - max(joint, UME), test top-1"}}
 
 
@@ -236,7 +241,7 @@ def table(cells: list[dict]) -> str:
     for c in cells:
         groups.setdefault(c["cell"], []).append(c)
     views = cells[0]["views"]
-    head = ["cell", *[f"uni {v}" for v in views], "joint", "UMT", "UMT+proj", "UME", "guide",
+    head = ["cell", *[f"uni {v}" for v in views], "joint", "UMT", "UMT+proj", "UME", "guide (paper)", "guide (3-way)",
             *[f"probe {v} uni/joint/UMT/UMT+proj" for v in views]]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, group in groups.items():
@@ -244,9 +249,10 @@ def table(cells: list[dict]) -> str:
         t = [mean(lambda c, k=k: c["test_top1"][k]) for k in [*[f"unimodal_{v}" for v in views], "joint", "umt",
                                                                "umt_projector", "ume"]]
         picks = "/".join(c["guide"]["choice"] for c in group)
+        three = "/".join(c["guide"]["recommendation"] for c in group)
         probes = ["/".join(f"{mean(lambda c, k=k, v=v: c['probe'][k][v]):.3f}"
                            for k in ("unimodal", "joint", "umt", "umt_projector")) for v in views]
-        rows.append("| " + " | ".join([name, *[f"{x:.3f}" for x in t], picks, *probes]) + " |")
+        rows.append("| " + " | ".join([name, *[f"{x:.3f}" for x in t], picks, three, *probes]) + " |")
     return "\n".join(rows)
 
 

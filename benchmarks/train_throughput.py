@@ -20,11 +20,13 @@ from pathlib import Path
 
 import torch
 
-from umt.cache.builder import ShardViews, batched_by_shard, build, load_teachers
+from umt.cache.builder import ShardViews, batched_by_shard, build
+from umt.engine.checkpoint import load_teachers
 from umt.engine.config import TrainConfig
 from umt.engine.train import run
-from umt.loaders.loading.pipeline import shard_paths, shard_loader
+from umt.loaders.loading.pipeline import shard_loader
 from umt.loaders.making.synth import SynthConfig, write_synth
+from umt.loaders.stored.shards import split_files
 from umt.loaders.stored.views import ViewSpec
 
 from common import median, write_json
@@ -37,7 +39,7 @@ def bare_forward_clips_per_s(data: str, teachers: dict[str, str], views: int, ba
     encoders, _, spec = load_teachers(teachers, torch.device("cpu"))
     modalities = sorted(encoders)
     decode = ShardViews(spec, modalities, 0, views)
-    paths, _ = shard_paths(data, "train")
+    paths, _ = split_files(data, "train")
     batches = list(shard_loader(paths, decode, functools.partial(batched_by_shard, batch_size=batch_size), 0))
     start = time.perf_counter()
     with torch.no_grad():

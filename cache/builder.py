@@ -22,7 +22,7 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm import tqdm
 
-from umt.engine.checkpoint import fingerprint, load_model
+from umt.engine.checkpoint import load_teachers
 from umt.loaders.loading.loader import make_loader
 from umt.loaders.loading.pipeline import collate, decode_views, shard_loader
 from umt.loaders.stored.integrity import damaged_shards
@@ -30,22 +30,6 @@ from umt.loaders.stored.shards import is_image_set, is_remote, load_manifest, lo
 from umt.loaders.stored.views import VIEW_FIELDS, ViewPolicy, ViewSpec
 
 from . import store
-
-
-def load_teachers(paths: dict[str, str], device: torch.device) -> tuple[dict, dict, ViewSpec]:
-    """Frozen eval-mode teacher encoders, their fingerprints, and the view spec they were trained on."""
-    encoders, prints, specs = {}, {}, set()
-    for m, path in sorted(paths.items()):
-        model, ckpt = load_model(path)
-        if tuple(model.cfg.modalities) != (m,):
-            raise store.CacheError(f"teacher {path} is a {'+'.join(model.cfg.modalities)} model, "
-                                   f"not a uni-modal {m} model")
-        encoders[m] = model.encoders[m].to(device).eval().requires_grad_(False)
-        prints[m] = fingerprint(ckpt)
-        specs.add(tuple(sorted(ckpt["view"].items())))
-    if len(specs) != 1:
-        raise store.CacheError(f"teachers {sorted(paths.values())} were trained on different view specs")
-    return encoders, prints, ViewSpec(**dict(specs.pop()))
 
 
 class ShardViews:

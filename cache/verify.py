@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
+from umt.engine.checkpoint import load_teachers
 from umt.loaders.errors import UserError
 from umt.loaders.loading.loader import make_loader
 from umt.loaders.loading.pipeline import decode_views
@@ -21,7 +22,6 @@ from umt.loaders.stored.shards import is_image_set, load_manifest, locate, manif
 from umt.loaders.stored.views import ViewPolicy, ViewSpec
 
 from . import store
-from .builder import load_teachers
 
 
 def verify(path: str, data_dir: str, recompute: int = 0, teachers: dict[str, str] | None = None,

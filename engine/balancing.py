@@ -4,8 +4,9 @@ OGM-GE (Peng et al., CVPR 2022). Per batch, each modality's share of the fused l
 confidence in the true class, s^m = Σ_i softmax(W_m f_m(x_i) + b/M)_{y_i} (for `sum` fusion, that
 modality's own head). The discrepancy ratio ρ^m = s^m / mean_{m'≠m} s^{m'} (for two modalities, the
 paper's s^a / s^v) sets the coefficient k^m = 1 − tanh(α · ρ^m) when ρ^m > 1, else 1, which scales
-the gradient of modality m's encoder; generalisation enhancement (GE) then adds Gaussian noise with
-the gradient's own standard deviation to each scaled convolution-weight gradient. Only for
+the convolution-weight gradients of modality m's encoder (GeWu-Lab/OGM-GE_CVPR2022; for an MLP
+encoder, its Linear weight matrices); generalisation enhancement (GE) then adds Gaussian noise with
+the standard deviation of the unmodulated gradient to each of them, g ← k·g + N(0, std(g)). Only for
 `linear` or `sum` fusion, whose logits split by modality. Counts are summed over ranks and the
 noise is seeded by (seed, step), so every replica applies the same update.
 
@@ -47,21 +48,30 @@ def ogm_coefficients(shares: dict[str, torch.Tensor], labels: torch.Tensor, alph
     coeffs = {}
     for m, s in scores.items():
         others = [scores[o] for o in scores if o != m]
-        ratio = float(s / (sum(others) / len(others) + 1e-12))
+        ratio = float(s.detach() / (sum(others).detach() / len(others) + 1e-12))
         coeffs[m] = 1 - math.tanh(alpha * ratio) if ratio > 1 else 1.0
     return coeffs
 
 
+def modulated(net: LateFusionNet, modality: str) -> list[torch.nn.Parameter]:
+    """The tensors OGM-GE modulates: convolution weights (4-D, as the official code), or for an encoder
+    without convolutions (the MLP of vector views) its Linear weight matrices, by the same rule."""
+    params = list(net.encoders[modality].parameters())
+    convs = [p for p in params if p.dim() == 4]
+    return convs or [p for p in params if p.dim() == 2]
+
+
 def modulate_gradients(net: LateFusionNet, coeffs: dict[str, float], generator: torch.Generator | None) -> None:
-    """Scale each encoder's gradients by k^m; with a generator, add GE noise to conv-weight gradients."""
+    """g ← k^m·g (+ N(0, std(g)) with a generator: GE noise of the unmodulated gradient's std)."""
     for m, k in coeffs.items():
-        for p in net.encoders[m].parameters():
+        for p in modulated(net, m):
             if p.grad is None:
                 continue
+            sigma = p.grad.std().item() + 1e-8
             p.grad.mul_(k)
-            if generator is not None and p.grad.dim() == 4:
+            if generator is not None:
                 noise = torch.randn(p.grad.shape, generator=generator, dtype=p.grad.dtype)
-                p.grad.add_(noise.to(p.grad.device) * (p.grad.std() + 1e-8))
+                p.grad.add_(noise.to(p.grad.device) * sigma)
 
 
 def head_losses(net: LateFusionNet, logits: torch.Tensor, feats: dict[str, torch.Tensor],

@@ -1,4 +1,10 @@
-"""Model checkpoints and the teacher fingerprint that ties a cache to the weights that built it."""
+"""Model checkpoints, the view spec each was trained on, and the teacher fingerprint that ties a cache
+to the weights that built it.
+
+A checkpoint used by another run (an online teacher, a UME or guide member) must see the views it
+was trained on: `check_views` refuses one saved with another view spec rather than run it silently
+on views it never saw.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -9,6 +15,7 @@ from typing import Any
 import torch
 
 from umt.loaders.errors import UserError
+from umt.loaders.stored.views import ViewSpec
 
 from .models import LateFusionNet, ModelConfig
 
@@ -50,3 +57,42 @@ def fingerprint(ckpt: dict[str, Any]) -> str:
         digest.update(name.encode())
         digest.update(ckpt["state_dict"][name].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return "sha256:" + digest.hexdigest()
+
+
+def saved_views(path: str | Path, ckpt: dict[str, Any]) -> ViewSpec:
+    if "view" not in ckpt:
+        raise CheckpointError(f"{path} records no view spec (saved by an older umt); retrain it")
+    return ViewSpec(**ckpt["view"])
+
+
+def check_views(role: str, path: str | Path, ckpt: dict[str, Any], spec: ViewSpec) -> None:
+    """Refuse a checkpoint trained on another view spec than the run's (naming the fields that differ)."""
+    saved = saved_views(path, ckpt)
+    if saved != spec:
+        theirs, ours = saved.to_dict(), spec.to_dict()
+        diff = ", ".join(f"{k.replace('_', ' ')} {theirs[k]}" for k in ours if theirs[k] != ours[k])
+        want = ", ".join(f"{k.replace('_', ' ')} {ours[k]}" for k in ours if theirs[k] != ours[k])
+        raise CheckpointError(f"{role} {path} was trained on views with {diff}, this run uses {want}; "
+                              "run with the checkpoint's view flags, or retrain it on these views")
+
+
+def load_teachers(paths: dict[str, str], device: torch.device,
+                  spec: ViewSpec | None = None) -> tuple[dict[str, torch.nn.Module], dict[str, str], ViewSpec]:
+    """Frozen eval-mode teacher encoders, their fingerprints, and the view spec they were trained on.
+
+    With `spec`, every teacher must have been trained on it; without, they must agree with each other.
+    """
+    encoders, prints, specs = {}, {}, {}
+    for m, path in sorted(paths.items()):
+        model, ckpt = load_model(path)
+        if tuple(model.cfg.modalities) != (m,):
+            raise CheckpointError(f"teacher {path} is a {'+'.join(model.cfg.modalities)} model, "
+                                  f"not a uni-modal {m} model")
+        if spec is not None:
+            check_views("teacher", path, ckpt, spec)
+        encoders[m] = model.encoders[m].to(device).eval().requires_grad_(False)
+        prints[m] = fingerprint(ckpt)
+        specs[path] = saved_views(path, ckpt)
+    if len(set(specs.values())) != 1:
+        raise CheckpointError(f"teachers {sorted(paths.values())} were trained on different view specs")
+    return encoders, prints, next(iter(specs.values()))

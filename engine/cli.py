@@ -11,28 +11,26 @@ from umt.loaders.errors import parse_assignments, run_cli
 from umt.loaders.stored.views import ViewSpec
 
 from . import config_files
-from .config import METHODS, ConfigError, TrainConfig
+from .config import CHOICES, ConfigError, TrainConfig
 
-EPILOG = """methods:
-  unimodal  one modality's encoder + linear head (a teacher, and a UME member)
-  joint     naive late fusion: all encoders + fusion head, cross-entropy on the fused logits
-  umt       joint + λ·Σ_m MSE(student feature_m, frozen teacher feature_m) (Du et al., ICML 2023);
-            targets from --cache (umt-cache build) or online from --teacher checkpoints
-  ume       evaluation only: average the logits of uni-modal --member checkpoints
-  ogm-ge    joint + on-the-fly gradient modulation with generalisation enhancement (Peng et al., CVPR 2022)
-  gblend    joint + auxiliary uni-modal heads, losses weighted by gradient blending (Wang et al., CVPR 2020)
+def _epilog() -> str:
+    from .methods import REGISTRY  # one line per method, from the method classes
+    lines = [f"  {name:<9} {cls.summary}" for name, cls in REGISTRY.items()]
+    lines.append("  ume       evaluation only (never trains): average the logits of uni-modal --member checkpoints")
+    return "methods:\n" + "\n".join(lines) + "\n\n" + EXAMPLES
 
-examples:
+
+EXAMPLES = """examples:
   umt-train --data data/synth --method unimodal --modality video --out runs/video
   umt-train --data data/synth --method umt --cache runs/cache.zarr --out runs/umt
-  umt-train --config configs/kinetics400.yaml method.name=umt method.cache=k400.zarr run.out=runs/k400-umt
+  umt-train --config configs/kinetics400.yaml method.name=umt umt.cache=k400.zarr run.out=runs/k400-umt
 """
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p = argparse.ArgumentParser(prog="umt-train", description="Train multi-modal classifiers with UMT, UME and "
                                 "their baselines; writes config.yaml, metrics.jsonl, model.pt, results.json "
-                                "and report.md to --out.", epilog=EPILOG,
+                                "and report.md to --out.", epilog=_epilog(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     d = TrainConfig(data="", out="")
     p.add_argument("--config", help="YAML config (see configs/); then set anything else as KEY=VALUE overrides")
@@ -40,28 +38,29 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    "optim.lr=0.01 run.out=runs/x")
     p.add_argument("--data", help="shard directory (umt-data synth / pack)")
     p.add_argument("--out", help="run directory")
-    p.add_argument("--method", choices=METHODS, default=d.method)
+    p.add_argument("--method", choices=CHOICES["method"], default=d.method)
     p.add_argument("--modality", action="append", help="modality to use, repeatable (default: video and audio)")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
-    p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimiser step")
-    p.add_argument("--precision", choices=("auto", "no", "bf16", "fp16"), default=d.precision,
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimiser step (windows "
+                   "stay inside an epoch; the effective batch is batch size x grad accum x processes)")
+    p.add_argument("--precision", choices=CHOICES["precision"], default=d.precision,
                    help="mixed precision (auto: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate, cosine decay")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--width", type=int, default=d.width, help="ResNet-18 base width; features are 8x this "
                    "(64 gives the paper's 512-d)")
-    p.add_argument("--fusion", choices=("linear", "mlp", "sum"), default=d.fusion, help="fusion head: linear or "
+    p.add_argument("--fusion", choices=CHOICES["fusion"], default=d.fusion, help="fusion head: linear or "
                    "mlp on the concatenated features (linear: the paper's; mlp can read paired cues), or sum of "
                    "per-modality linear heads' logits")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--view-seed", type=int, help="seed of the augmented views (default: --seed, or the cache's)")
     p.add_argument("--num-views", type=int, help="train on views 0..V-1 only (default: fresh views each "
                    "epoch, or the cache's V)")
-    p.add_argument("--select", choices=("last", "best_val"), default=d.select,
+    p.add_argument("--select", choices=CHOICES["select"], default=d.select,
                    help="final model: the last epoch's, or the epoch with the best validation top-1 (early stopping "
                         "without stopping; every method alike)")
-    p.add_argument("--backend", choices=("auto", "cpu", "dali"), default=d.backend,
+    p.add_argument("--backend", choices=CHOICES["backend"], default=d.backend,
                    help="training-loader decoding of video/audio: cpu (PyAV workers), dali (NVDEC on the GPU; "
                         "untested on GPU as of 2026-11), auto (dali when a GPU and DALI are present)")
     p.add_argument("--workers", dest="num_workers", type=int, default=d.num_workers, help="decoding processes")
@@ -72,23 +71,29 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    "(repeatable; default all)")
     p.add_argument("--projector", action="store_true", help="UMT: distil through a learned linear projector, "
                    "MSE(P·f_student, f_teacher) (FitNets)")
-    p.add_argument("--ogm-alpha", type=float, default=d.ogm_alpha, help="OGM-GE modulation strength α")
+    p.add_argument("--ogm-alpha", type=float, default=d.ogm_alpha, help="OGM-GE modulation strength α; k scales "
+                   "the conv-weight gradients (MLP encoders of vector views: their Linear weight matrices) and "
+                   "GE adds noise of the unmodulated gradient's std to them")
     p.add_argument("--ogm-start", type=int, default=d.ogm_start, help="OGM-GE: first modulated epoch")
     p.add_argument("--ogm-end", type=int, help="OGM-GE: epoch at which modulation stops")
     p.add_argument("--no-ogm-ge", dest="ogm_ge", action="store_false", help="OGM without the GE noise")
-    p.add_argument("--ume-combine", choices=("logits", "probs"), default=d.ume_combine, help="UME: average logits or probabilities")
+    p.add_argument("--ume-combine", choices=CHOICES["ume_combine"], default=d.ume_combine, help="UME: average logits or probabilities")
     p.add_argument("--ume-fit-weights", action="store_true", help="UME: fit member weights on the validation split")
     p.add_argument("--cache-budget-gb", type=float, default=d.cache_budget_gb, help="load the cache whole onto "
                    "the training device up to this size; beyond it, stream it shard by shard")
     p.add_argument("--teacher", action="append", default=[], metavar="MODALITY=CKPT",
                    help="UMT: online teacher, or with --cache the teacher to verify the cache against")
     p.add_argument("--member", action="append", default=[], metavar="MODALITY=CKPT", help="UME member")
-    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between "
+    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps (each of --grad-accum "
+                   "micro-batches)")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="optimiser steps between "
                    "training-state checkpoints in OUT/checkpoints/last.pt (default: end of each epoch)")
     p.add_argument("--resume", metavar="latest|PATH", help="continue a killed run: 'latest' resumes OUT's last "
                    "checkpoint (and starts fresh if there is none); the configuration must be the same")
-    p.add_argument("--log-every", type=int, default=d.log_every, help="steps between loss records")
+    p.add_argument("--log-every", type=int, default=d.log_every, help="optimiser steps between loss records")
+    p.add_argument("--log-with", choices=CHOICES["log_with"], default=d.log_with, help="Accelerate tracker that also "
+                   "receives the metrics (default tensorboard, in OUT/tensorboard; metrics.jsonl is always written; "
+                   "others need their package installed)")
     p.add_argument("--no-probe", dest="probe", action="store_false", help="skip the final linear probes")
     p.add_argument("--probe-every", type=int, default=d.probe_every, help="also probe each encoder on the "
                    "validation split every N epochs (costs one pass over the training split)")

@@ -6,7 +6,17 @@ from dataclasses import asdict, dataclass, field
 from umt.loaders.errors import UserError
 from umt.loaders.stored.views import ViewSpec
 
-METHODS = ("unimodal", "joint", "umt", "ume", "ogm-ge", "gblend")
+METHODS = ("unimodal", "joint", "umt", "ume", "ogm-ge", "gblend")  # ume evaluates, the others train
+# The allowed values of every choice setting, declared once (the CLI's choices come from here).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "method": METHODS,
+    "fusion": ("linear", "mlp", "sum"),
+    "precision": ("auto", "no", "bf16", "fp16"),
+    "backend": ("auto", "cpu", "dali"),
+    "select": ("last", "best_val"),
+    "ume_combine": ("logits", "probs"),
+    "log_with": ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "none"),
+}
 
 
 class ConfigError(UserError):
@@ -45,7 +55,7 @@ class TrainConfig:
     cache_budget_gb: float = 8.0     # hold the cache whole in memory up to this size, else stream shards
     teachers: dict[str, str] = field(default_factory=dict)  # modality → uni-modal checkpoint
     members: dict[str, str] = field(default_factory=dict)   # UME: modality → uni-modal checkpoint
-    max_steps: int | None = None     # stop early (smoke tests)
+    max_steps: int | None = None     # stop after this many optimiser steps
     grad_accum: int = 1              # micro-batches per optimiser step
     precision: str = "auto"          # "auto" (bf16 on GPU, fp32 on CPU), "no", "bf16" or "fp16"
     checkpoint_every: int = 0        # steps between training-state checkpoints (0: end of each epoch only)
@@ -54,39 +64,24 @@ class TrainConfig:
     probe: bool = True               # linear probes of each encoder at the end (test split)
     select: str = "last"             # final model: "last" epoch, or "best_val" (the epoch of best validation top-1)
     probe_every: int = 0             # also probe on the validation split every N epochs (0: never)
+    log_with: str = "tensorboard"    # Accelerate tracker for metrics (metrics.jsonl is always written)
 
     def validate(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.method == "unimodal" and len(self.modalities) != 1:
-            raise ConfigError(f"unimodal trains one modality, got {list(self.modalities)}")
-        if self.method in ("joint", "umt", "ogm-ge", "gblend") and len(self.modalities) < 2:
-            raise ConfigError(f"{self.method} needs two or more modalities, got {list(self.modalities)}")
-        if self.method == "umt" and not (self.cache or self.teachers):
-            raise ConfigError("umt needs teacher targets: --cache CACHE or --teacher MODALITY=CKPT")
-        if self.method == "umt" and not self.cache and set(self.teachers) != set(self.modalities):
-            raise ConfigError(f"online umt needs a teacher for each of {list(self.modalities)}, "
-                              f"got {sorted(self.teachers)}")
-        if self.method == "ume" and len(self.members) < 2:
-            raise ConfigError("ume combines two or more uni-modal checkpoints: --member MODALITY=CKPT")
-        if self.method == "ogm-ge" and self.fusion not in ("linear", "sum"):
-            raise ConfigError("ogm-ge needs --fusion linear or sum (its logits must split by modality)")
-        if self.select not in ("last", "best_val"):
-            raise ConfigError(f"select must be last or best_val, got {self.select!r}")
-        if self.backend not in ("auto", "cpu", "dali"):
-            raise ConfigError(f"backend must be auto, cpu or dali, got {self.backend!r}")
-        if self.precision not in ("auto", "no", "bf16", "fp16"):
-            raise ConfigError(f"precision must be auto, no, bf16 or fp16, got {self.precision!r}")
-        if self.grad_accum < 1 or (self.method == "ogm-ge" and self.grad_accum > 1):
-            raise ConfigError("grad_accum must be >= 1 (and 1 for ogm-ge, which modulates each step's gradients)")
-        if self.fusion not in ("linear", "mlp", "sum"):
-            raise ConfigError(f"fusion must be linear, mlp or sum, got {self.fusion!r}")
+        """Settings every method shares; each method checks its own (engine/methods, engine/ume.py)."""
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        if self.grad_accum < 1:
+            raise ConfigError("grad_accum must be >= 1")
         if set(self.distill) - set(self.modalities):
             raise ConfigError(f"distilled modalities {list(self.distill)} are not all among {list(self.modalities)}")
-        if self.ume_combine not in ("logits", "probs"):
-            raise ConfigError(f"ume_combine must be logits or probs, got {self.ume_combine!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("epochs and batch size must be >= 1")
+
+    @property
+    def resolved_view_seed(self) -> int:
+        """The seed of the run's views: view_seed, else seed (a UMT cache fixes its own instead)."""
+        return self.seed if self.view_seed is None else self.view_seed
 
     def to_dict(self) -> dict:
         data = asdict(self)

@@ -1,13 +1,18 @@
 """YAML run configs: small files over built-in defaults, dotted overrides, strict checking.
 
-A config file groups TrainConfig's settings in five sections (the names users edit):
+A config file groups TrainConfig's settings in sections (the names users edit); each method's
+knobs have their own section, read only by that method:
 
     data:   path, workers, shuffle_buffer, view_seed, num_views, view: {frames, stride, crop, ...}
     model:  modalities, width, fusion
     optim:  epochs, batch_size, lr, weight_decay, grad_accum, max_steps, precision
-    method: name, lambda, distill, projector, cache, cache_budget_gb, teachers, members,
-            ogm_alpha, ogm_start, ogm_end, ogm_ge, ume_combine, ume_fit_weights
-    run:    out, seed, log_every, checkpoint_every, resume, probe, probe_every
+    method: name
+    umt:    lambda, distill, projector, cache, cache_budget_gb, teachers
+    ogm_ge: alpha, start, end, ge
+    ume:    members, combine, fit_weights
+    run:    out, seed, log_every, checkpoint_every, resume, select, probe, probe_every, log_with
+
+(Before this layout, every method's knobs sat in `method:`, e.g. `method.cache`; now `umt.cache`.)
 
 `umt-train --config configs/kinetics400.yaml optim.lr=0.01 run.out=runs/k400-umt` merges defaults,
 then the file, then the overrides (values parsed as YAML). An unknown key or a value of the wrong
@@ -33,12 +38,14 @@ SECTIONS: dict[str, dict[str, str]] = {
     "model": {"modalities": "modalities", "width": "width", "fusion": "fusion"},
     "optim": {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "weight_decay": "weight_decay",
               "grad_accum": "grad_accum", "max_steps": "max_steps", "precision": "precision"},
-    "method": {"name": "method", "lambda": "distill_weight", "distill": "distill", "projector": "projector",
-               "cache": "cache", "cache_budget_gb": "cache_budget_gb", "teachers": "teachers", "members": "members",
-               "ogm_alpha": "ogm_alpha", "ogm_start": "ogm_start", "ogm_end": "ogm_end", "ogm_ge": "ogm_ge",
-               "ume_combine": "ume_combine", "ume_fit_weights": "ume_fit_weights"},
+    "method": {"name": "method"},
+    "umt": {"lambda": "distill_weight", "distill": "distill", "projector": "projector", "cache": "cache",
+            "cache_budget_gb": "cache_budget_gb", "teachers": "teachers"},
+    "ogm_ge": {"alpha": "ogm_alpha", "start": "ogm_start", "end": "ogm_end", "ge": "ogm_ge"},
+    "ume": {"members": "members", "combine": "ume_combine", "fit_weights": "ume_fit_weights"},
     "run": {"out": "out", "seed": "seed", "log_every": "log_every", "checkpoint_every": "checkpoint_every",
-            "resume": "resume", "select": "select", "probe": "probe", "probe_every": "probe_every"},
+            "resume": "resume", "select": "select", "probe": "probe", "probe_every": "probe_every",
+            "log_with": "log_with"},
 }
 _FIELD_OF = {(s, k): f for s, keys in SECTIONS.items() for k, f in keys.items()}
 assert sorted(_FIELD_OF.values()) == sorted(f.name for f in fields(TrainConfig)), "every setting in one section"

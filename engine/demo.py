@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
              ("UME (logit average)", train("ume", method="ume", members=teachers))]
     table = results_table(rows)
     picture = plots.laziness(rows, out / "laziness.png")
-    advice = guide(str(data), teachers, str(out / "joint" / "model.pt"))
+    advice = guide(str(data), teachers, str(out / "joint" / "model.pt"), umt=str(out / "umt" / "model.pt"))
     wall = time.perf_counter() - start
     report = (f"# umt demo\n\n{table}\n\n![probe accuracy per encoder]({picture.name})\n\n"
               f"- data: `umt-data synth` {json.dumps(asdict(DATA))}\n"
@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
               "- probe: fresh linear classifier on each frozen encoder's features (train split), test accuracy; "
               "a probe below the uni-modal one is modality laziness\n"
               f"- guide (validation split): {json.dumps({k: round(v, 3) for k, v in advice['evidence'].items()})} "
-              f"→ **{advice['choice'].upper()}**: {advice['reason']}\n"
+              f"→ **{advice['recommendation'].upper()}**: {advice['recommendation_reason']}\n"
+              f"- the paper's rule (UME vs joint): **{advice['choice'].upper()}**: {advice['reason']}\n"
               f"- total wall time {wall:.0f} s\n")
     (out / "report.md").write_text(report)
     print("\n" + report)

@@ -14,9 +14,9 @@ Forward = Callable[[dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 @torch.no_grad()
-def collect(forward: Forward, data: str, split: str, spec: ViewSpec, modalities: list[str], seed: int,
+def collect(forward: Forward, data: str, split: str, spec: ViewSpec, modalities: list[str],
             batch_size: int, num_workers: int, device: torch.device, accelerator=None) -> dict:
-    """Labels, logits and pooled features of every sample of a split, on its centre view.
+    """Labels, logits and pooled features of every sample of a split, on its centre view (which no seed moves).
 
     With an Accelerator of several processes, every rank must call this: each reads its contiguous
     share of the split's rows and the results are gathered to all ranks in row order (a split with
@@ -25,7 +25,7 @@ def collect(forward: Forward, data: str, split: str, spec: ViewSpec, modalities:
     world = accelerator.num_processes if accelerator is not None else 1
     split_up = world > 1 and sum(s["count"] for s in split_shards(load_manifest(data), split)) >= world
     rank = accelerator.process_index if split_up else 0
-    loader = make_loader(data, split, spec, modalities, ViewPolicy(seed), batch_size, num_workers,
+    loader = make_loader(data, split, spec, modalities, ViewPolicy(0), batch_size, num_workers,
                          rank, world if split_up else 1)
     labels, logits, feats = [], [], {m: [] for m in modalities}
     for batch in loader:
@@ -57,9 +57,15 @@ def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
                  num_classes: int, weight_decay: float = 1e-3, steps: int = 100) -> float:
-    """Test accuracy of a fresh linear classifier fit (L-BFGS, full batch) on frozen features."""
-    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
-    x, xt = (train_x - mean) / std, (test_x - mean) / std
+    """Test accuracy of a fresh linear classifier fit (L-BFGS, full batch) on frozen features.
+
+    Units constant on the training split (dead ReLUs) are dropped: standardised by their ~0 std they
+    would blow any test-time activity up by ~1e6. The std of the others is clamped for the same reason.
+    """
+    mean, std = train_x.mean(0), train_x.std(0)
+    live = std > 1e-6 * std.max().clamp_min(1e-12)
+    std = std.clamp_min(1e-3 * std[live].mean()) if live.any() else std
+    x, xt = ((train_x - mean) / std)[:, live], ((test_x - mean) / std)[:, live]
     torch.manual_seed(0)
     head = torch.nn.Linear(x.shape[1], num_classes)
     opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
@@ -75,16 +81,17 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
         return top1(head(xt), test_y)
 
 
-def final_evaluation(forward: Forward, cfg, seed: int, device: torch.device, modalities: tuple[str, ...] | None = None,
+def final_evaluation(forward: Forward, cfg, device: torch.device, modalities: tuple[str, ...] | None = None,
                      scores: Callable[[torch.Tensor], torch.Tensor] = lambda logits: logits, accelerator=None) -> dict:
     """Test top-1 / top-5 / per-class accuracy and, per modality, a linear probe on frozen train features.
 
     `scores` turns what `forward` returns as logits into class scores (UME combines its members here).
     """
     modalities = modalities or cfg.modalities
-    args = (cfg.view, list(modalities), seed, cfg.batch_size, cfg.num_workers, device, accelerator)
+    args = (cfg.view, list(modalities), cfg.batch_size, cfg.num_workers, device, accelerator)
     test = collect(forward, cfg.data, "test", *args)
-    out = {**accuracies(scores(test["logits"]), test["labels"]), "probe": {}}
+    scored = accuracies(scores(test["logits"]), test["labels"])
+    out = {"test_top1": scored.pop("top1"), "test_top5": scored.pop("top5"), **scored, "probe": {}}
     if cfg.probe:
         train = collect(forward, cfg.data, "train", *args)
         if accelerator is not None and not accelerator.is_main_process:
@@ -96,9 +103,10 @@ def final_evaluation(forward: Forward, cfg, seed: int, device: torch.device, mod
 
 
 def accuracies(scores: torch.Tensor, labels: torch.Tensor) -> dict:
+    """top1, top5, per-class top-1 (None for a class absent from `labels`) and the class count."""
     k = min(5, scores.shape[1])
     per_class = [(scores.argmax(1)[labels == c] == c).float().mean().item() if (labels == c).any() else None
                  for c in range(scores.shape[1])]
-    return {"test_top1": top1(scores, labels),
-            "test_top5": (scores.topk(k, dim=1).indices == labels[:, None]).any(1).float().mean().item(),
+    return {"top1": top1(scores, labels),
+            "top5": (scores.topk(k, dim=1).indices == labels[:, None]).any(1).float().mean().item(),
             "per_class_top1": per_class, "num_classes": scores.shape[1]}

@@ -18,14 +18,14 @@ def results_table(rows: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
-def write_report(path: Path, cfg: TrainConfig, results: dict, curves: Path | None = None) -> None:
+def write_report(path: Path, cfg: TrainConfig, results: dict, curves: Path | None = None, details: str = "") -> None:
+    """report.md; `details` are the method's own lines (Method.describe)."""
     path.write_text(
         f"# umt run: {cfg.method} ({'+'.join(results['modalities'])})\n\n"
         f"{results_table([(cfg.method, results)])}\n\n"
         f"- test top-5: {results.get('test_top5', float('nan')):.3f}; per-class top-1 in `results.json`\n"
         f"- data: `{cfg.data}`\n- processes: {results['processes']}, wall time {results['wall_s']} s\n"
-        + (f"- UMT targets: {'cache `' + cfg.cache + '`' if cfg.cache else 'online teachers'}, "
-           f"λ = {cfg.distill_weight}\n" if cfg.method == "umt" else "")
+        + details
         + "- probe: a fresh linear classifier on the frozen encoder's pooled features (train split, centre "
           "view), scored on the test split\n- resolved configuration: `config.yaml`; curves: `metrics.jsonl`, "
           "TensorBoard `tensorboard/`\n" + (f"\n![training curves]({curves.name})\n" if curves else ""))

@@ -19,7 +19,7 @@ from .config import ConfigError, TrainConfig
 
 LAST = "last.pt"
 # Settings a resumed run may change without changing what it computes.
-FREE = {"resume", "log_every", "probe", "probe_every"}
+FREE = {"resume", "log_every", "probe", "probe_every", "log_with"}
 
 
 def checkpoint_path(out: str | Path) -> Path:

@@ -8,17 +8,19 @@ from __future__ import annotations
 import torch
 
 from umt.cache import store
-from umt.cache.builder import load_teachers
 from umt.cache.reader import FeatureTable
-from umt.loaders.stored.shards import manifest_fingerprint
+from umt.loaders.stored.shards import load_manifest, manifest_fingerprint
 from umt.loaders.stored.views import ViewSpec
+
+from .checkpoint import load_teachers
 
 
 class OnlineTeachers:
-    """Teachers run every step, frozen and in eval mode, on the student's own view."""
+    """Teachers run every step, frozen and in eval mode, on the student's own view (which must be
+    the view spec they were trained on)."""
 
-    def __init__(self, checkpoints: dict[str, str], device: torch.device):
-        self.encoders, self.fingerprints, self.spec = load_teachers(checkpoints, device)
+    def __init__(self, checkpoints: dict[str, str], device: torch.device, spec: ViewSpec):
+        self.encoders, self.fingerprints, self.spec = load_teachers(checkpoints, device, spec)
 
     def dims(self) -> dict[str, int]:
         return {m: enc.out_dim for m, enc in self.encoders.items()}
@@ -39,6 +41,11 @@ class CachedTargets:
         if ViewSpec(**group.attrs["view_spec"]) != spec:
             raise store.CacheError(f"cache {path} holds views of spec {group.attrs['view_spec']}, the run "
                                    f"uses {spec.to_dict()}; train with the cache's view spec")
+        train = load_manifest(data_dir)["splits"]["train"]["num_samples"]
+        if group.attrs["split"] != "train" or group.attrs["num_samples"] != train:
+            raise store.CacheError(f"cache {path} holds split {group.attrs['split']!r} ({group.attrs['num_samples']} "
+                                   f"samples); UMT trains on split 'train' ({train} samples): build the cache "
+                                   "with `umt-cache build --split train`")
         self.seed = group.attrs["seed"]
         self.num_views = group.attrs["num_views"]
         self.table = FeatureTable(group, device, budget_bytes)

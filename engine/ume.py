@@ -10,18 +10,28 @@ import itertools
 
 import torch
 
-from .checkpoint import load_model
+from umt.loaders.stored.views import ViewSpec
+
+from .checkpoint import check_views, load_model
 from .config import ConfigError, TrainConfig
 from .evaluate import collect, final_evaluation, top1
 from .models import LateFusionNet
 
 
-def load_members(paths: dict[str, str], num_classes: int, device: torch.device) -> dict[str, LateFusionNet]:
+def check(cfg: TrainConfig) -> None:
+    if len(cfg.members) < 2:
+        raise ConfigError("ume combines two or more uni-modal checkpoints: --member MODALITY=CKPT")
+
+
+def load_members(paths: dict[str, str], num_classes: int, device: torch.device,
+                 spec: ViewSpec) -> dict[str, LateFusionNet]:
+    """Uni-modal models for `num_classes` classes, each trained on the view spec `spec`."""
     members = {}
     for m, path in sorted(paths.items()):
-        model, _ = load_model(path)
+        model, ckpt = load_model(path)
         if tuple(model.cfg.modalities) != (m,) or model.cfg.num_classes != num_classes:
             raise ConfigError(f"UME member {path} is not a uni-modal {m} model for {num_classes} classes")
+        check_views("UME member", path, ckpt, spec)
         members[m] = model.to(device).eval()
     return members
 
@@ -59,15 +69,14 @@ def forward_fn(members: dict[str, LateFusionNet]):
 
 @torch.no_grad()
 def evaluate(cfg: TrainConfig, num_classes: int, device: torch.device) -> dict:
-    members = load_members(cfg.members, num_classes, device)
+    members = load_members(cfg.members, num_classes, device, cfg.view)
     names = sorted(members)
     forward = forward_fn(members)
-    seed = cfg.seed if cfg.view_seed is None else cfg.view_seed
     weights = torch.full((len(names),), 1 / len(names))
     if cfg.ume_fit_weights:
-        val = collect(forward, cfg.data, "val", cfg.view, names, seed, cfg.batch_size, cfg.num_workers, device)
+        val = collect(forward, cfg.data, "val", cfg.view, names, cfg.batch_size, cfg.num_workers, device)
         weights = fit_weights(val["logits"], val["labels"], cfg.ume_combine)
-    results = final_evaluation(forward, cfg, seed, device, tuple(names),
+    results = final_evaluation(forward, cfg, device, tuple(names),
                                scores=lambda stacked: combine(stacked, cfg.ume_combine, weights))
     results["ume"] = {"combine": cfg.ume_combine, "weights": dict(zip(names, weights.tolist()))}
     return results

@@ -1,6 +1,7 @@
 """Shared tiny data and teachers, generated once per test session through the real CLIs."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -97,5 +98,8 @@ def kill_and_resume(tmp_path, args: list[str], epochs: int, kill_at: int = 4) ->
     assert resumed.keys() == whole.keys()
     for name in whole:
         assert torch.equal(resumed[name], whole[name]), name  # bitwise on CPU
-    steps = [l for l in (killed / "metrics.jsonl").read_text().splitlines() if '"val_top1"' in l]
-    assert len(steps) == epochs  # one record per epoch: nothing lost, nothing repeated
+    records = [[json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"val_top1"' in l]
+               for run in (killed, tmp_path / "whole")]
+    assert len(records[0]) == epochs  # one record per epoch: nothing lost, nothing repeated
+    for mine, theirs in zip(*records):  # the same losses and method state, epoch by epoch
+        assert mine["train_loss"] == theirs["train_loss"] and mine.get("blend_weights") == theirs.get("blend_weights")

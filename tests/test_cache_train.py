@@ -11,6 +11,7 @@ from umt.cache.cli import main as cache_main
 from umt.engine.cli import main as train_main
 from umt.engine.targets import OnlineTeachers
 from umt.loaders.cli import main as data_main
+from umt.loaders.stored.views import ViewSpec
 
 from conftest import MODEL_ARGS, accelerate_launch, synth, train
 
@@ -24,7 +25,8 @@ def _fail(main, argv, capsys) -> str:
 
 def test_cached_targets_equal_online_teacher_features(data, teachers, cache):
     group = zarr.open_group(str(cache), mode="r")
-    online = OnlineTeachers({m: str(p) for m, p in teachers.items()}, torch.device("cpu"))
+    online = OnlineTeachers({m: str(p) for m, p in teachers.items()}, torch.device("cpu"),
+                            ViewSpec(**group.attrs["view_spec"]))
     decode = ShardViews(online.spec, ["audio", "video"], group.attrs["seed"], group.attrs["num_views"])
     samples = list(wds.DataPipeline(wds.SimpleShardList([str(data / "train-000002.tar")]), wds.tarfile_to_samples()))
     for sample in samples[:6]:
@@ -122,7 +124,7 @@ def test_two_process_evaluation_splits_and_gathers(tmp_path):
     results = json.loads((out / "results.json").read_text())
     model, ckpt = load_model(out / "model.pt")
     view = ViewSpec(**ckpt["view"])
-    alone = {split: collect(model.eval(), str(data), split, view, ["video", "audio"], 0, 8, 0, torch.device("cpu"))
+    alone = {split: collect(model.eval(), str(data), split, view, ["video", "audio"], 8, 0, torch.device("cpu"))
              for split in ("val", "test")}
     assert results["test_top1"] == top1(alone["test"]["logits"], alone["test"]["labels"])
     val_record = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"val_top1"' in l][-1]

@@ -11,7 +11,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_shipped_configs_load_and_validate(name):
-    cfg = load(str(CONFIGS / name), ["method.name=umt", "method.cache=x.zarr"])
+    cfg = load(str(CONFIGS / name), ["method.name=umt", "umt.cache=x.zarr"])
     cfg.validate()
     assert cfg.distill_weight == 10.0 and len(cfg.modalities) == 2
 

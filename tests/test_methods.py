@@ -1,5 +1,7 @@
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -8,7 +10,7 @@ from umt.engine.guide import main as guide_main
 from umt.engine.models import LateFusionNet, ModelConfig
 from umt.engine.ume import combine, fit_weights
 
-from conftest import train
+from conftest import MODEL_ARGS, train
 
 
 def test_fusion_heads_and_projector_shapes():
@@ -48,12 +50,39 @@ def test_umt_variants_and_ume_options_run(data, teachers, cache, tmp_path):
 
 def test_guide_reports_evidence_and_a_choice(data, teachers, tmp_path, capsys):
     joint = train(data, tmp_path / "joint", "--method", "joint", "--max-steps", "4", "--no-probe") / "model.pt"
-    guide_main(["--data", str(data), "--joint", str(joint), "--out", str(tmp_path / "g"),
-                *[f"--member={m}={p}" for m, p in teachers.items()]])
+    members = [f"--member={m}={p}" for m, p in teachers.items()]
+    guide_main(["--data", str(data), "--joint", str(joint), "--out", str(tmp_path / "g"), *members])
     result = json.loads((tmp_path / "g" / "guide.json").read_text())
     assert set(result["evidence"]) == {"unimodal_audio", "unimodal_video", "ume", "joint"}
     assert result["choice"] == ("ume" if result["evidence"]["ume"] >= result["evidence"]["joint"] else "umt")
-    assert "Recommendation" in capsys.readouterr().out
+    assert "Recommendation (paper's rule" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        guide_main(["--data", str(data), "--joint", str(joint), "--split", "test", *members])
+    assert "never on the test split" in capsys.readouterr().err
+
+
+def test_paper_rule_wording_follows_the_fusion_head():
+    from umt.engine.guide import paper_rule
+    for fusion in ("linear", "sum"):
+        choice, reason = paper_rule({"ume": 0.5, "joint": 0.6}, fusion, "val")
+        assert choice == "umt" and "not from reading paired cues" in reason and "ensemble cannot" not in reason
+    choice, reason = paper_rule({"ume": 0.5, "joint": 0.6}, "mlp", "val")
+    assert "paired cues" in reason and "not from reading" not in reason
+    assert paper_rule({"ume": 0.6, "joint": 0.6}, "mlp", "val")[0] == "ume"
+
+
+@pytest.mark.parametrize("method", ["joint", "umt"])
+def test_bf16_mixed_precision_on_cpu(data, cache, tmp_path, method):
+    """In its own process: Accelerate fixes the precision once per process."""
+    extra = ["--cache", str(cache)] if method == "umt" else []
+    run = tmp_path / method
+    subprocess.run([sys.executable, "-m", "umt.engine.cli", "--data", str(data), "--out", str(run), *MODEL_ARGS,
+                    "--method", method, *extra, "--precision", "bf16", "--max-steps", "3", "--log-every", "1",
+                    "--no-probe"], check=True, capture_output=True, timeout=300)
+    steps = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
+    assert len(steps) == 3 and all(math.isfinite(s["loss"]) for s in steps)
+    assert json.loads((run / "results.json").read_text())["steps"] == 3
+    assert list((run / "tensorboard").rglob("events.out.tfevents.*"))  # the default tracker got the metrics
 
 
 def test_ogm_coefficients_on_a_constructed_batch():
@@ -107,9 +136,13 @@ def test_guide_trains_what_is_missing(data, teachers, tmp_path):
             "--set", "optim.batch_size=8", "--set", "data.workers=0",
             "--set", "data.view={frames: 3, stride: 2, crop: 16, audio_seconds: 0.25, mel_bins: 16}"]
     guide_main(argv)
-    assert (out / "audio" / "model.pt").is_file() and (out / "joint" / "model.pt").is_file()
+    assert all((out / name / "model.pt").is_file() for name in ("audio", "joint", "umt"))
     assert not (out / "video").exists()  # given, not trained
     first = (out / "joint" / "model.pt").stat().st_mtime_ns
     guide_main(argv)  # a rerun reuses what it trained
     assert (out / "joint" / "model.pt").stat().st_mtime_ns == first
-    assert json.loads((out / "guide.json").read_text())["choice"] in ("ume", "umt")
+    result = json.loads((out / "guide.json").read_text())
+    assert result["choice"] in ("ume", "umt") and result["umt"] == str(out / "umt" / "model.pt")
+    best = max(result["evidence"][k] for k in ("ume", "joint", "umt"))
+    assert result["evidence"][result["recommendation"]] == best
+    assert "Paper's rule (UME vs joint)" in (out / "guide.md").read_text()

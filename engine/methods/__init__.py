@@ -1,0 +1,20 @@
+"""The trainable methods, one class each, by the name `--method` gives them."""
+from __future__ import annotations
+
+from ..config import METHODS, ConfigError, TrainConfig
+from .base import Method, Unimodal
+from .gblend import GBlend
+from .ogm_ge import OgmGe
+from .umt import Umt
+
+REGISTRY: dict[str, type[Method]] = {m.name: m for m in (Unimodal, Method, Umt, OgmGe, GBlend)}
+
+
+def method_for(cfg: TrainConfig) -> Method:
+    """The method object that trains `cfg`, after it checked the configuration."""
+    if cfg.method not in REGISTRY:
+        raise ConfigError(f"{cfg.method!r} is not a trainable method ({', '.join(REGISTRY)})")
+    REGISTRY[cfg.method].check(cfg)
+    return REGISTRY[cfg.method](cfg)
+
+assert set(REGISTRY) | {"ume"} == set(METHODS), "config.METHODS names each method once: the trainable ones here"

@@ -1,0 +1,75 @@
+"""The interface every trainable method implements, and the plain cross-entropy methods.
+
+The training loop (engine/train.py) calls, per micro-batch, `loss`; per optimiser step, after the
+backward passes of its window, `after_backward`; per epoch, `end_of_epoch`; and checkpoints
+`state_dict` with the loop's own state, so a resumed run continues every method bit for bit.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..config import ConfigError, TrainConfig
+from ..models import LateFusionNet
+
+Parts = dict[str, torch.Tensor]
+
+
+class Method:
+    """Plain late fusion: cross-entropy on the fused logits (`joint`)."""
+
+    name = "joint"
+    summary = "naive late fusion: all encoders + fusion head, cross-entropy on the fused logits"
+    single_modality = False
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+
+    @classmethod
+    def check(cls, cfg: TrainConfig) -> None:
+        """Refuse a configuration this method cannot train."""
+        if cls.single_modality and len(cfg.modalities) != 1:
+            raise ConfigError(f"{cls.name} trains one modality, got {list(cfg.modalities)}")
+        if not cls.single_modality and len(cfg.modalities) < 2:
+            raise ConfigError(f"{cls.name} needs two or more modalities, got {list(cfg.modalities)}")
+
+    def model_options(self) -> dict[str, Any]:
+        """Extra ModelConfig fields the method's model needs (auxiliary heads, projectors)."""
+        return {}
+
+    def prepare(self, net: LateFusionNet, device: torch.device) -> tuple[int, int | None]:
+        """Load what the method needs beside the model; returns the (view seed, view count) to train on."""
+        return self.cfg.resolved_view_seed, self.cfg.num_views
+
+    def loss(self, net: LateFusionNet, batch: dict[str, torch.Tensor], logits: torch.Tensor,
+             feats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Parts]:
+        """The loss of one micro-batch and its logged parts (detached)."""
+        loss = F.cross_entropy(logits, batch["label"])
+        return loss, {"ce": loss.detach()}
+
+    def after_backward(self, net: LateFusionNet, batch: dict[str, torch.Tensor], feats: dict[str, torch.Tensor],
+                       epoch: int, step: int, accelerator) -> Parts:
+        """Change the window's gradients before the optimiser step (OGM-GE); returns logged values."""
+        return {}
+
+    def end_of_epoch(self, net: LateFusionNet, val: dict, accelerator) -> dict[str, Any]:
+        """Update the method's state from the epoch; returns values for the epoch's record."""
+        return {}
+
+    def describe(self) -> str:
+        """Markdown lines for the run's report.md."""
+        return ""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class Unimodal(Method):
+    name = "unimodal"
+    summary = "one modality's encoder + linear head (a teacher, and a UME member)"
+    single_modality = True

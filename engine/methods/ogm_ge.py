@@ -1,0 +1,36 @@
+"""OGM-GE (Peng et al., CVPR 2022): joint training with on-the-fly gradient modulation (engine/balancing.py)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import balancing
+from ..config import ConfigError, TrainConfig
+from .base import Method, Parts
+
+
+class OgmGe(Method):
+    name = "ogm-ge"
+    summary = ("joint + on-the-fly gradient modulation with generalisation enhancement (Peng et al., CVPR 2022):\n"
+               "            k and N(0, std(g)) noise on conv weights (MLP encoders: their Linear weight matrices)")
+
+    @classmethod
+    def check(cls, cfg: TrainConfig) -> None:
+        super().check(cfg)
+        if cfg.fusion not in ("linear", "sum"):
+            raise ConfigError("ogm-ge needs --fusion linear or sum (its logits must split by modality)")
+        if cfg.grad_accum > 1:
+            raise ConfigError("ogm-ge needs grad_accum 1: it modulates each batch's gradients by that batch's k")
+
+    def after_backward(self, net, batch, feats, epoch, step, accelerator) -> Parts:
+        cfg = self.cfg
+        if not cfg.ogm_start <= epoch < (cfg.ogm_end if cfg.ogm_end is not None else math.inf):
+            return {}
+        shares = balancing.modality_logits(net, {m: f.detach().float() for m, f in feats.items()})
+        coeffs = balancing.ogm_coefficients(shares, batch["label"], cfg.ogm_alpha,
+                                            lambda t: accelerator.reduce(t, "sum"))
+        # seeded by (seed, optimiser step): every replica draws the same noise, and a resumed run too
+        noise = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step) if cfg.ogm_ge else None
+        balancing.modulate_gradients(net, coeffs, noise)
+        return {f"ogm_k_{m}": torch.tensor(k) for m, k in coeffs.items()}

@@ -179,7 +179,7 @@ def main() -> None:
     for r in range(args.repeats):
         def umt(backend: str):
             loader = make_loader(work / "packed", "train", SPEC, ["video", "audio"], ViewPolicy(0, r, True),
-                                 args.batch_size, args.workers, shuffle_buffer=64, backend=backend)
+                                 args.batch_size, args.workers, backend=backend)
             return lambda: timed_pass(loader)
         runs = [(ours, umt("cpu")), (theirs, lambda: timed_pass(naive)), *([(dali, umt("dali"))] if gpu else [])]
         for results, fn in runs[r % len(runs):] + runs[:r % len(runs)]:  # rotate the order between repeats

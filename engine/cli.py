@@ -64,7 +64,13 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    help="training-loader decoding of video/audio: cpu (PyAV workers), dali (NVDEC on the GPU; "
                         "untested on GPU as of 2026-11), auto (dali when a GPU and DALI are present)")
     p.add_argument("--workers", dest="num_workers", type=int, default=d.num_workers, help="decoding processes")
-    p.add_argument("--shuffle-buffer", type=int, default=d.shuffle_buffer)
+    p.add_argument("--bad-samples", choices=CHOICES["bad_samples"], default=d.bad_samples,
+                   help="a training sample that fails to decode: skip (another sample of its batch takes its place, "
+                        "so every rank runs the planned batches; each is named in a warning and counted in "
+                        "metrics.jsonl, results.json and report.md) or error (stop, naming shard and sample). "
+                        "cpu backend; dali, image and vector sets stop at one. Evaluation always stops")
+    p.add_argument("--bad-samples-limit", type=int, default=d.bad_samples_limit,
+                   help="with skip: stop after this many damaged samples in a row (the data is plainly broken)")
     p.add_argument("--lambda", dest="distill_weight", type=float, default=d.distill_weight, help="UMT weight λ")
     p.add_argument("--cache", help="UMT: teacher-feature cache from `umt-cache build`")
     p.add_argument("--distill", action="append", metavar="MODALITY", help="UMT: distil only these modalities "

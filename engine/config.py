@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from umt.loaders.errors import UserError
+from umt.loaders.loading.pipeline import BAD_SAMPLE_POLICIES
 from umt.loaders.stored.views import ViewSpec
 
 METHODS = ("unimodal", "joint", "umt", "ume", "ogm-ge", "gblend")  # ume evaluates, the others train
@@ -15,6 +16,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "backend": ("auto", "cpu", "dali"),
     "select": ("last", "best_val"),
     "ume_combine": ("logits", "probs"),
+    "bad_samples": BAD_SAMPLE_POLICIES,
     "log_with": ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "none"),
 }
 
@@ -41,7 +43,8 @@ class TrainConfig:
     view: ViewSpec = field(default_factory=ViewSpec)
     backend: str = "auto"            # video/audio decoding: "cpu" (PyAV), "dali" (NVDEC), "auto" (dali with a GPU and DALI)
     num_workers: int = 1
-    shuffle_buffer: int = 256
+    bad_samples: str = "skip"         # a training sample that fails to decode: "skip" (replaced, counted) or "error"
+    bad_samples_limit: int = 16      # with skip: stop after this many damaged samples in a row
     distill_weight: float = 10.0     # UMT's λ (BalanceMM uses 10 with mean-reduced MSE)
     distill: tuple[str, ...] = ()    # UMT: modalities distilled (empty: every modality with a teacher)
     projector: bool = False          # UMT: distil through a learned linear projector (FitNets)
@@ -71,8 +74,8 @@ class TrainConfig:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
-        if self.grad_accum < 1:
-            raise ConfigError("grad_accum must be >= 1")
+        if self.grad_accum < 1 or self.bad_samples_limit < 1:
+            raise ConfigError("grad_accum and bad_samples_limit must be >= 1")
         if set(self.distill) - set(self.modalities):
             raise ConfigError(f"distilled modalities {list(self.distill)} are not all among {list(self.modalities)}")
         if self.epochs < 1 or self.batch_size < 1:

@@ -3,7 +3,7 @@
 A config file groups TrainConfig's settings in sections (the names users edit); each method's
 knobs have their own section, read only by that method:
 
-    data:   path, workers, shuffle_buffer, view_seed, num_views, view: {frames, stride, crop, ...}
+    data:   path, backend, workers, bad_samples, bad_samples_limit, view_seed, num_views, view: {frames, ...}
     model:  modalities, width, fusion
     optim:  epochs, batch_size, lr, weight_decay, grad_accum, max_steps, precision
     method: name
@@ -33,7 +33,8 @@ from umt.loaders.stored.views import ViewSpec
 from .config import ConfigError, TrainConfig
 
 SECTIONS: dict[str, dict[str, str]] = {
-    "data": {"path": "data", "backend": "backend", "workers": "num_workers", "shuffle_buffer": "shuffle_buffer",
+    "data": {"path": "data", "backend": "backend", "workers": "num_workers", "bad_samples": "bad_samples",
+             "bad_samples_limit": "bad_samples_limit",
              "view_seed": "view_seed", "num_views": "num_views", "view": "view"},
     "model": {"modalities": "modalities", "width": "width", "fusion": "fusion"},
     "optim": {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "weight_decay": "weight_decay",

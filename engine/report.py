@@ -25,7 +25,17 @@ def write_report(path: Path, cfg: TrainConfig, results: dict, curves: Path | Non
         f"{results_table([(cfg.method, results)])}\n\n"
         f"- test top-5: {results.get('test_top5', float('nan')):.3f}; per-class top-1 in `results.json`\n"
         f"- data: `{cfg.data}`\n- processes: {results['processes']}, wall time {results['wall_s']} s\n"
-        + details
+        + details + _damaged(results.get("bad_samples"))
         + "- probe: a fresh linear classifier on the frozen encoder's pooled features (train split, centre "
           "view), scored on the test split\n- resolved configuration: `config.yaml`; curves: `metrics.jsonl`, "
           "TensorBoard `tensorboard/`\n" + (f"\n![training curves]({curves.name})\n" if curves else ""))
+
+
+def _damaged(bad: dict | None) -> str:
+    """The damaged training samples skipped, per shard and by name (nothing when there were none)."""
+    if not bad or not bad["skipped"]:
+        return ""
+    shards = ", ".join(f"{name} {n}" for name, n in bad["per_shard"].items())
+    names = "".join(f"\n  - {sample}" for sample in bad["samples"])
+    return (f"- **damaged training samples skipped: {bad['skipped']}** (each replaced by another sample of its "
+            f"batch; per shard: {shards}); check them with `umt-data verify`:{names}\n")

@@ -24,10 +24,11 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import broadcast_object_list, gather_object
 from tqdm import tqdm
 
 from umt.loaders.loading.loader import make_loader
+from umt.loaders.loading.pipeline import BadSamples
 from umt.loaders.stored.views import ViewPolicy
 from umt.loaders.stored.shards import load_manifest, modality_inputs
 
@@ -86,6 +87,7 @@ class LoopState:
     best_val: float | None = None
     best_epoch: int | None = None
     method: dict[str, Any] = field(default_factory=dict)  # the method's own state (Method.state_dict)
+    skipped: list[str] = field(default_factory=list)      # damaged samples met, all ranks: "epoch\tshard\tkey\treason"
 
 
 def run(cfg: TrainConfig) -> dict:
@@ -137,8 +139,8 @@ def _train(cfg: TrainConfig, method: Method, num_classes: int, inputs: dict[str,
 
     def loader(epoch: int, skip: int = 0):
         return make_loader(cfg.data, "train", cfg.view, cfg.modalities, ViewPolicy(seed, epoch, True, num_views),
-                           cfg.batch_size, cfg.num_workers, rank, world, cfg.shuffle_buffer, skip, cfg.backend,
-                           device.index if device.type == "cuda" else None)
+                           cfg.batch_size, cfg.num_workers, rank, world, skip, cfg.backend,
+                           device.index if device.type == "cuda" else None, BadSamples(cfg.bad_samples, cfg.bad_samples_limit))
 
     epoch_batches = [len(loader(e)) for e in range(cfg.epochs)]
     total = sum(math.ceil(n / cfg.grad_accum) for n in epoch_batches)  # optimiser steps
@@ -159,8 +161,16 @@ def _train(cfg: TrainConfig, method: Method, num_classes: int, inputs: dict[str,
     model, optimizer = accelerator.prepare(model, optimizer)
     net = accelerator.unwrap_model(model)
 
+    met: list[str] = []  # damaged samples this rank met since the ranks last pooled them
+
+    def pool_skipped() -> None:
+        """Every rank's damaged samples into the loop state (all ranks call it), so a checkpoint holds them all."""
+        state.skipped += gather_object(list(met)) if world > 1 else met
+        met.clear()
+
     def checkpoint(**now) -> None:
         """Save the loop state (with `now`: the values that hold mid-epoch, e.g. the time so far)."""
+        pool_skipped()
         state.method = method.state_dict()
         if accelerator.is_main_process:
             resume.save(cfg.out, cfg, net, optimizer, schedule, {**asdict(state), **now})
@@ -169,55 +179,58 @@ def _train(cfg: TrainConfig, method: Method, num_classes: int, inputs: dict[str,
         epoch, size = state.epoch, epoch_batches[state.epoch]
         model.train()
         batches = loader(epoch, state.batch)
-        bar = tqdm(total=size, initial=state.batch, desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}",
-                   unit="batch", leave=False, disable=not accelerator.is_main_process)
-        epoch_start = tick = time.perf_counter()
-        window_loss = torch.zeros((), device=device)
-        for index, batch in enumerate(batches, start=state.batch + 1):
-            state.wait_time += time.perf_counter() - tick
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            first = (index - 1) // cfg.grad_accum * cfg.grad_accum
-            window = min(cfg.grad_accum, size - first)
-            last = index == first + window
-            with contextlib.nullcontext() if last else accelerator.no_sync(model):
-                logits, feats = model(batch)
-                logits, feats = logits.float(), {m: f.float() for m, f in feats.items()}  # bf16 under mixed precision
-                loss, parts = method.loss(net, batch, logits, feats)
-                accelerator.backward(loss / window)
-            window_loss += loss.detach() / window
-            state.samples += len(batch["label"]) * world
-            bar.update()
-            if not last:
-                tick = time.perf_counter()
-                continue
-            parts.update(method.after_backward(net, batch, feats, epoch, state.step, accelerator))
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            state.batch = index
-            state.epoch_loss += float(window_loss)
-            state.epoch_steps += 1
-            elapsed = state.train_time + time.perf_counter() - epoch_start
-            bar.set_postfix(samples_per_s=f"{state.samples / elapsed:.0f}",
-                            data_wait=f"{state.wait_time / elapsed:.0%}", refresh=False)
-            if state.step % cfg.log_every == 0:
-                log.write({"step": state.step, "epoch": epoch, "loss": float(window_loss),
-                           **{k: v.item() for k, v in parts.items()}, "lr": schedule.get_last_lr()[0]})
+        # the bar is closed (cleared) on an error too, so the error's one line stands alone
+        with tqdm(total=size, initial=state.batch, desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}",
+                  unit="batch", leave=False, disable=not accelerator.is_main_process) as bar:
+            epoch_start = tick = time.perf_counter()
             window_loss = torch.zeros((), device=device)
-            if state.step == total:
-                break
-            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
-                checkpoint(train_time=elapsed)
-            tick = time.perf_counter()
-        state.train_time += time.perf_counter() - epoch_start
-        bar.close()
+            for index, batch in enumerate(batches, start=state.batch + 1):
+                state.wait_time += time.perf_counter() - tick
+                met.extend(_warn_skipped(batch.pop("bad_samples", []), epoch))
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                first = (index - 1) // cfg.grad_accum * cfg.grad_accum
+                window = min(cfg.grad_accum, size - first)
+                last = index == first + window
+                with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                    logits, feats = model(batch)
+                    logits, feats = logits.float(), {m: f.float() for m, f in feats.items()}  # bf16 under mixed precision
+                    loss, parts = method.loss(net, batch, logits, feats)
+                    accelerator.backward(loss / window)
+                window_loss += loss.detach() / window
+                state.samples += len(batch["label"]) * world
+                bar.update()
+                if not last:
+                    tick = time.perf_counter()
+                    continue
+                parts.update(method.after_backward(net, batch, feats, epoch, state.step, accelerator))
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.step += 1
+                state.batch = index
+                state.epoch_loss += float(window_loss)
+                state.epoch_steps += 1
+                elapsed = state.train_time + time.perf_counter() - epoch_start
+                bar.set_postfix(samples_per_s=f"{state.samples / elapsed:.0f}",
+                                data_wait=f"{state.wait_time / elapsed:.0%}", refresh=False)
+                if state.step % cfg.log_every == 0:
+                    log.write({"step": state.step, "epoch": epoch, "loss": float(window_loss),
+                               **{k: v.item() for k, v in parts.items()}, "lr": schedule.get_last_lr()[0]})
+                window_loss = torch.zeros((), device=device)
+                if state.step == total:
+                    break
+                if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+                    checkpoint(train_time=elapsed)
+                tick = time.perf_counter()
+            state.train_time += time.perf_counter() - epoch_start
+        pool_skipped()
         record = _end_of_epoch(cfg, method, state, net, num_classes, accelerator)
         state.epoch, state.batch, state.epoch_loss, state.epoch_steps = epoch + 1, 0, 0.0, 0
         log.write(record)
         checkpoint()
     results = {"steps": state.step, "train_samples_per_s": round(state.samples / max(state.train_time, 1e-9), 1),
-               "data_wait_share": round(state.wait_time / max(state.train_time, 1e-9), 3)}
+               "data_wait_share": round(state.wait_time / max(state.train_time, 1e-9), 3),
+               "bad_samples": skipped_summary(state.skipped)}
     if world > 1:
         results["replica_max_abs_diff"] = _replica_divergence(model, accelerator)
     net.eval()
@@ -240,7 +253,8 @@ def _end_of_epoch(cfg: TrainConfig, method: Method, state: LoopState, net: LateF
     record = {"epoch": state.epoch, "step": state.step,
               "train_loss": state.epoch_loss / max(state.epoch_steps, 1),
               "samples_per_s": round(state.samples / state.train_time, 1),
-              "data_wait_share": round(state.wait_time / state.train_time, 3)}
+              "data_wait_share": round(state.wait_time / state.train_time, 3),
+              "bad_samples": skipped_summary(state.skipped, state.epoch)["per_shard"]}
     net.eval()  # every rank evaluates its share of the split
     device = accelerator.device
     val = collect(net, cfg.data, "val", cfg.view, list(cfg.modalities), cfg.batch_size,
@@ -263,6 +277,27 @@ def _end_of_epoch(cfg: TrainConfig, method: Method, state: LoopState, net: LateF
     record.update(method.end_of_epoch(net, val, accelerator))
     accelerator.wait_for_everyone()
     return record
+
+
+def _warn_skipped(skipped: list[str], epoch: int) -> list[str]:
+    """Name each damaged sample the loader replaced; returns them tagged with the epoch."""
+    for entry in skipped:
+        shard, key, reason = entry.split("\t")
+        tqdm.write(f"umt-train: warning: skipped damaged sample {key} of {shard}: {reason} "
+                   "(another sample of its batch took its place)")
+    return [f"{epoch}\t{entry}" for entry in skipped]
+
+
+def skipped_summary(skipped: list[str], epoch: int | None = None) -> dict:
+    """Damaged samples met (in one epoch, or in all): how many per shard, and each named once with its reason."""
+    rows = [entry.split("\t") for entry in skipped]
+    rows = [r for r in rows if epoch is None or int(r[0]) == epoch]
+    per_shard: dict[str, int] = {}
+    for _, shard, _, _ in rows:
+        name = shard.rsplit("/", 1)[-1]
+        per_shard[name] = per_shard.get(name, 0) + 1
+    return {"skipped": len(rows), "per_shard": dict(sorted(per_shard.items())),
+            "samples": sorted({f"{shard.rsplit('/', 1)[-1]} {key}: {reason}" for _, shard, key, reason in rows})}
 
 
 def best_path(out: str) -> Path:

@@ -1,13 +1,18 @@
 """Damaged samples at training time: skipped, replaced within their batch and named, or an error naming them."""
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 
+from umt.engine.cli import main as train_main
 from umt.loaders.loading.loader import make_loader
 from umt.loaders.stored.media import MediaError
 from umt.loaders.loading.pipeline import BadSamples
 from umt.loaders.stored.views import ViewPolicy, ViewSpec
 
+from conftest import MODEL_ARGS, accelerate_launch, kill_and_resume
 from damage import copy_set, drop, garbage, members, truncate
 
 SPEC = ViewSpec(frames=3, stride=2, crop=16, audio_seconds=0.25, mel_bins=16)
@@ -73,3 +78,51 @@ def test_limit_in_a_row_stops(data, tmp_path):
     with pytest.raises(MediaError, match="damaged samples in a row"):
         list(make_loader(damaged, "train", SPEC, ["video", "audio"], ViewPolicy(3, 1, True), 8, 0,
                          bad_samples=BadSamples("skip", limit=2)))
+
+
+def _train_args(data, out, *extra: str) -> list[str]:
+    return ["--data", str(data), "--out", str(out), "--method", "joint", "--epochs", "2", "--no-probe",
+            *MODEL_ARGS, *extra]
+
+
+def test_two_process_training_skips_and_names_exactly_the_damaged_samples(data, tmp_path):
+    damaged = copy_set(data, tmp_path)
+    keys = _keys(damaged / SHARD)
+    garbage(damaged / SHARD, f"{keys[1]}.mp4")
+    drop(damaged / SHARD, f"{keys[12]}.flac")
+    out = tmp_path / "run"
+    accelerate_launch("umt.engine.cli", *_train_args(damaged, out, "--workers", "2"))
+    results = json.loads((out / "results.json").read_text())
+    assert results["steps"] == 2 * 64 // 16 and results["replica_max_abs_diff"] == 0.0  # ranks stepped alike
+    bad = results["bad_samples"]
+    assert bad["skipped"] == 4 and bad["per_shard"] == {SHARD: 4}  # two samples, two epochs
+    assert sorted(s.split(":")[0] for s in bad["samples"]) == sorted(f"{SHARD} {k}" for k in (keys[1], keys[12]))
+    epochs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"val_top1"' in l]
+    assert [e["bad_samples"] for e in epochs] == [{SHARD: 2}, {SHARD: 2}]
+    assert "damaged training samples skipped: 4" in (out / "report.md").read_text()
+
+
+def test_error_policy_and_damaged_evaluation_stop_with_one_line_naming_shard_and_sample(data, tmp_path, capsys):
+    damaged = copy_set(data, tmp_path)
+    key = _keys(damaged / SHARD)[3]
+    garbage(damaged / SHARD, f"{key}.flac")
+    with pytest.raises(SystemExit) as stop:
+        train_main(_train_args(damaged, tmp_path / "a", "--bad-samples", "error", "--workers", "2"))
+    err = capsys.readouterr().err
+    errors = [l for l in err.splitlines() if "error" in l]  # the rest is the cleared progress bar
+    assert stop.value.code == 2 and "Traceback" not in err and len(errors) == 1, err
+    assert errors[0].startswith("umt-train: error: ") and f"{SHARD} sample {key}: undecodable audio" in errors[0]
+    val_key = _keys(damaged / "val-000000.tar")[2]
+    garbage(damaged / "val-000000.tar", f"{val_key}.mp4")
+    shutil.copy(data / SHARD, damaged / SHARD)
+    with pytest.raises(SystemExit):  # skip is for training only: a skipped test sample would change the accuracy
+        train_main(_train_args(damaged, tmp_path / "b"))
+    err = capsys.readouterr().err.strip()
+    assert f"val-000000.tar sample {val_key}" in err and "Traceback" not in err, err
+
+
+def test_killed_training_over_damaged_shards_resumes_to_the_same_weights(data, tmp_path):
+    damaged = copy_set(data, tmp_path)
+    garbage(damaged / SHARD, f"{_keys(damaged / SHARD)[5]}.mp4")
+    kill_and_resume(tmp_path, ["--data", str(damaged), "--method", "joint", "--epochs", "2", "--no-probe", *MODEL_ARGS,
+                               "--checkpoint-every", "1", "--workers", "2"], epochs=2, kill_at=5)

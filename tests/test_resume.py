@@ -14,8 +14,7 @@ SPEC = ViewSpec(frames=3, stride=2, crop=16, audio_seconds=0.25, mel_bins=16)
 @pytest.mark.parametrize("workers", [0, 2, 3])
 def test_loader_resumed_mid_epoch_continues_with_the_next_unseen_batch(data, workers):
     def epoch(skip: int = 0) -> list[list[int]]:
-        loader = make_loader(data, "train", SPEC, ["audio"], ViewPolicy(1, 4, True), 8, workers,
-                             shuffle_buffer=16, skip=skip)
+        loader = make_loader(data, "train", SPEC, ["audio"], ViewPolicy(1, 4, True), 8, workers, skip=skip)
         return [b["row"].tolist() for b in loader]
 
     whole = epoch()

@@ -46,7 +46,7 @@ def test_paired_and_unimodal_cues(tmp_path):
 
 def test_loader_batches_carry_rows_views_and_are_deterministic(data):
     policy = ViewPolicy(seed=0, epoch=1, train=True, num_views=2)
-    loader = make_loader(data, "train", SPEC, ["video", "audio"], policy, 8, shuffle_buffer=16)
+    loader = make_loader(data, "train", SPEC, ["video", "audio"], policy, 8)
     batches = list(loader)
     assert len(loader) == len(batches) == 8
     b = batches[0]
@@ -54,9 +54,9 @@ def test_loader_batches_carry_rows_views_and_are_deterministic(data):
     assert b["audio"].shape == (8, 1, 16, 26)
     assert sorted(r for b in batches for r in b["row"].tolist()) == list(range(64))
     assert set(b["view"].tolist()) <= {0, 1}
-    again = list(make_loader(data, "train", SPEC, ["video", "audio"], policy, 8, shuffle_buffer=16))
+    again = list(make_loader(data, "train", SPEC, ["video", "audio"], policy, 8))
     assert all((x["row"] == y["row"]).all() and (x["video"] == y["video"]).all() for x, y in zip(batches, again))
-    other = list(make_loader(data, "train", SPEC, ["video"], ViewPolicy(0, 2, True, 2), 8, shuffle_buffer=16))
+    other = list(make_loader(data, "train", SPEC, ["video"], ViewPolicy(0, 2, True, 2), 8))
     assert [b["row"].tolist() for b in other] != [b["row"].tolist() for b in batches]
 
 

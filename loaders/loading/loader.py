@@ -52,18 +52,17 @@ def dali_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Se
 
 def make_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Sequence[str],
                 policy: ViewPolicy, batch_size: int, num_workers: int = 1, rank: int = 0,
-                world: int = 1, shuffle_buffer: int = 0, skip: int = 0, backend: str = "cpu",
+                world: int = 1, skip: int = 0, backend: str = "cpu",
                 device_id: int | None = None, bad_samples: BadSamples = BadSamples()) -> PlannedLoader:
     """This rank's batches of one epoch, starting after the first `skip` (a mid-epoch resume).
 
     Training (policy.train) shuffles as the plan says and gives every rank the same number of whole
     batches; evaluation reads every sample once, in order. Vector sets are served from memory, image
     sets by ffcv, video and audio by the `cpu` backend or, with backend "dali" (or "auto" on a
-    machine with a GPU and DALI), by DALI. `shuffle_buffer` is ignored: the plan shuffles exactly.
+    machine with a GPU and DALI), by DALI.
     `bad_samples` (skip or stop at a damaged sample) applies to the cpu backend; the others stop at
     one, naming its shard.
     """
-    del shuffle_buffer  # accepted for the trainer's call; see the docstring
     if set(modalities) <= {"video", "audio"} and choose_backend(backend) == "dali":
         return dali_loader(data_dir, split, spec, modalities, policy, batch_size, rank, world, skip,
                            torch.cuda.current_device() if device_id is None else device_id, max(1, num_workers))

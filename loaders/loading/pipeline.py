@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -127,6 +127,7 @@ class BadSamples:
 
 
 BAD_SAMPLE_POLICIES = ("skip", "error")
+FAILED = "__failed__"  # a worker's batch that carries its error message instead of samples
 
 
 class _PlannedBatches(torch.utils.data.IterableDataset):
@@ -150,6 +151,12 @@ class _PlannedBatches(torch.utils.data.IterableDataset):
         rows = np.concatenate(batches)
         views = iter(self.policy.indices(rows).tolist())
         samples = planned_samples(self.paths, self.plan.offsets, rows, tolerate=self.bad.policy == "skip")
+        try:
+            yield from self._decoded(batches, samples, views)
+        except UserError as err:  # to the main process as a message, not as a worker's traceback
+            yield {FAILED: str(err)}
+
+    def _decoded(self, batches: list[np.ndarray], samples: Iterator, views: Iterator[int]) -> Iterator[dict]:
         in_row = 0
         for batch in batches:
             items, skipped = [], []
@@ -194,9 +201,12 @@ class CpuLoader(PlannedLoader):
         self.batches = _PlannedBatches(paths, plan, policy, spec, tuple(modalities), bad)
         self.num_workers = max(0, min(num_workers, len(plan)))
 
-    def __iter__(self):
-        return iter(torch.utils.data.DataLoader(self.batches, batch_size=None, num_workers=self.num_workers,
-                                                worker_init_fn=worker_init))
+    def __iter__(self) -> Iterator[dict]:
+        for batch in torch.utils.data.DataLoader(self.batches, batch_size=None, num_workers=self.num_workers,
+                                                 worker_init_fn=worker_init):
+            if FAILED in batch:
+                raise MediaError(batch[FAILED])
+            yield batch
 
 
 def shard_loader(paths: list[str], decode: Callable[[dict], dict], batcher: Callable,

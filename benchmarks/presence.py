@@ -146,6 +146,7 @@ def summarise(cells: list[dict]) -> dict:
     predicted = [t for t in table.values() if t["predicted_umt_win"]]
     others = [t for t in table.values() if not t["predicted_umt_win"]]
     agree = [a == b for t in table.values() for a, b in zip(t["three_way_on_val"], t["best_of_three_on_test"])]
+    agree_guide = [a == b for t in table.values() for a, b in zip(t["guide_two_way"], t["best_of_three_on_test"])]
     views = cells[0]["views"]
     return {
         "umt_wins_where_predicted": round(sum(t["umt_wins"] for t in predicted) / len(predicted), 4) if predicted else None,
@@ -154,6 +155,7 @@ def summarise(cells: list[dict]) -> dict:
         "other_cells": len(others),
         "laziness_gap": {v: _stats([c["probe"]["unimodal"][v] - c["probe"]["joint"][v] for c in cells]) for v in views},
         "three_way_agreement": round(sum(agree) / len(agree), 4),
+        "guide_two_way_agreement": round(sum(agree_guide) / len(agree_guide), 4),
         "conditions": table,
         "definitions": {
             "cell": "one generator condition (video_present, audio_present, paired), over its seeds",
@@ -169,7 +171,8 @@ def summarise(cells: list[dict]) -> dict:
                                 "validation evidence), UMT (umt_val_chosen's selected_val_top1) and joint (its "
                                 "selected_val_top1); ties to UME, then UMT. Not yet the engine's guide",
             "three_way_agreement": "share of seeds x cells where three_way_on_val equals the best of the three on test",
-            "guide_two_way": "umt.engine.guide.guide on validation as it stands (UME vs UMT only)"}}
+            "guide_two_way": "umt.engine.guide.guide on validation as it stands (UME vs UMT only)",
+            "guide_two_way_agreement": "share of seeds x cells where guide_two_way equals the best of the three on test"}}
 
 
 COLOURS = {"joint": "C2", "umt": "C3", "umt_projector": "C4", "ume": "C5", "unimodal_vfeat": "0.3", "unimodal_afeat": "0.65"}

@@ -173,14 +173,23 @@ def synthetic_cells(out: Path, quick: bool, recipe: Recipe, overrides: dict) -> 
     return cells
 
 
-def presence_cells(out: Path, quick: bool, recipe: Recipe, overrides: dict) -> list[Cell]:
-    """The presence sweep: PRESENCE_BASE under each PRESENCE_GRID condition, for every seed."""
+def condition_name(condition: dict) -> str:
+    return "qv{video_present}-qa{audio_present}-p{paired}".format(**condition)
+
+
+def presence_cells(out: Path, quick: bool, recipe: Recipe, overrides: dict, only: list[str] = ()) -> list[Cell]:
+    """The presence sweep: PRESENCE_BASE under each PRESENCE_GRID condition (those named in `only`), every seed."""
     from umt.loaders.synth_vectors import VectorSynthConfig, write_raw
     grid, seeds = (PRESENCE_GRID[-1:], (0,)) if quick else (PRESENCE_GRID, SEEDS)
+    unknown = set(only) - {condition_name(c) for c in PRESENCE_GRID}
+    if unknown:
+        raise SystemExit(f"phenomena: --condition {sorted(unknown)}: not in PRESENCE_GRID "
+                         f"({', '.join(condition_name(c) for c in PRESENCE_GRID)})")
+    grid = [c for c in grid if not only or condition_name(c) in only]
     size = dict(train=600, val=200, test=400) if quick else {}
     cells = []
     for condition in grid:
-        name = "qv{video_present}-qa{audio_present}-p{paired}".format(**condition)
+        name = condition_name(condition)
         for seed in seeds:
             cfg = replace(VectorSynthConfig(seed=seed), **{**PRESENCE_BASE, **condition, **size, **overrides})
             raw = write_raw(out / "raw" / f"{name}-seed{seed}", cfg)
@@ -295,11 +304,18 @@ def main() -> None:
     parser.add_argument("--synth", action="append", default=[], metavar="FIELD=VALUE",
                         help="a generator setting other than its default (VectorSynthConfig field), repeatable")
     parser.add_argument("--jobs", type=int, default=2, help="cells run in parallel, one thread each (default 2)")
+    parser.add_argument("--condition", action="append", default=[], metavar="NAME",
+                        help="--presence: run only this PRESENCE_GRID condition (e.g. qv0.7-qa0.7-p0.2), repeatable")
     args = parser.parse_args()
     out = Path(args.out)
     recipe = replace(Recipe(epochs=4) if args.quick else Recipe(), select=args.select)
-    make = synthetic_cells if args.synthetic else presence_cells if args.presence else mfeat_cells
-    cells = make(out, args.quick, recipe, generator_overrides(args.synth))
+    overrides = generator_overrides(args.synth)
+    if args.condition and not args.presence:
+        raise SystemExit("phenomena: --condition applies to --presence only")
+    if args.presence:
+        cells = presence_cells(out, args.quick, recipe, overrides, args.condition)
+    else:
+        cells = (synthetic_cells if args.synthetic else mfeat_cells)(out, args.quick, recipe, overrides)
     with ProcessPoolExecutor(args.jobs) as pool:
         records = list(pool.map(run_cell, cells, [out] * len(cells)))
     if args.presence:

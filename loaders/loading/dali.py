@@ -24,7 +24,7 @@ from .audio import EPS, HOP, N_FFT
 from ..errors import UserError
 from ..stored.media import MediaError
 from .plan import EpochPlan, PlannedLoader
-from ..stored.shards import DataError
+from ..stored.shards import MEDIA_MEMBERS, DataError
 from .stream import planned_samples
 from ..stored.views import Geometry, ViewPolicy, ViewSpec, audio_window, make_view
 
@@ -39,7 +39,7 @@ else:
     DTYPES = {"mp4": types.UINT8, "flac": types.UINT8, "params": types.INT32, "meta": types.INT64}
 
 INSTALL = "pip install nvidia-dali-cuda130==2.4.0"
-ENCODED = {"video": "mp4", "audio": "flac"}   # modality → its tar member, in pipeline output order
+ENCODED = {m: MEDIA_MEMBERS[m] for m in ("video", "audio")}   # what DALI decodes, in pipeline output order
 
 
 def _missing() -> str | None:
@@ -124,8 +124,7 @@ def view_samples(paths: Sequence[str], plan: EpochPlan, spec: ViewSpec, policy: 
             raise MediaError(f"{sample.get('__url__', '?')} sample {sample.get('__key__', '?')}: {err}") from err
         if sample_rate is not None and geom.sample_rate != sample_rate:
             raise DataError(f"{sample['__key__']}: audio at {geom.sample_rate} Hz, the shard set says {sample_rate} Hz")
-        yield {"mp4": np.frombuffer(sample.get("mp4", b""), np.uint8),
-               "flac": np.frombuffer(sample.get("flac", b""), np.uint8),
+        yield {**{ext: np.frombuffer(sample.get(ext, b""), np.uint8) for ext in ENCODED.values()},
                "params": np.array(view.as_tuple(), np.int32),
                "meta": np.array([meta["label"], meta["row"], index], np.int64)}
 

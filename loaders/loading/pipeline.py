@@ -24,12 +24,10 @@ from ..errors import UserError
 from .kernels import crop_flip_to_rgb
 from ..stored.media import MediaError, decode_flac, decode_h264
 from .plan import EpochPlan, PlannedLoader
-from ..stored.shards import DataError
+from ..stored.shards import MEDIA_MEMBERS, DataError, member
 from .stream import Unreadable, planned_samples
 from ..stored.views import VIEW_FIELDS, Geometry, ViewPolicy, ViewSpec, audio_window, make_view
 
-MEDIA = ("video", "audio", "flow")
-CLIPS = {"video": "mp4", "flow": "flow.mp4"}  # tar members of the H.264 modalities
 
 
 def decode_views(sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: int,
@@ -43,17 +41,17 @@ def decode_views(sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: 
     where = f"{sample.get('__url__', '?')} sample {sample.get('__key__', '?')}"
     try:
         meta = json.loads(sample["json"])
-        media = [m for m in modalities if m in MEDIA]
-        vectors = {m: torch.from_numpy(np.load(io.BytesIO(sample[f"{m}.npy"]), allow_pickle=False))
-                   for m in modalities if m not in MEDIA}
+        media = [m for m in modalities if m in MEDIA_MEMBERS]
+        vectors = {m: torch.from_numpy(np.load(io.BytesIO(sample[member(m)]), allow_pickle=False))
+                   for m in modalities if m not in MEDIA_MEMBERS}
         if media:
             geom = Geometry.of(meta)
             views = [make_view(seed, meta["row"], v, spec, geom) for v in view_indices]
             span = (spec.frames - 1) * spec.stride + 1
             first = min(v.t0 for v in views)
-            clips = {m: decode_h264(sample[CLIPS[m]], first, max(v.t0 for v in views) + span)
-                     for m in media if m in CLIPS}
-            wave = decode_flac(sample["flac"]) if "audio" in media else None
+            clips = {m: decode_h264(sample[member(m)], first, max(v.t0 for v in views) + span)
+                     for m in media if m != "audio"}
+            wave = decode_flac(sample[member("audio")]) if "audio" in media else None
             _check_geometry(clips, wave, geom)
         else:
             views, clips, wave = [None] * len(view_indices), {}, None

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .plan import EpochPlan, PlannedLoader
-from ..stored.shards import DataError
+from ..stored.shards import DataError, member
 from .stream import tar_samples
 from ..stored.views import VIEW_FIELDS, ViewPolicy
 
@@ -30,11 +30,11 @@ def read_shard(path: str, modalities: tuple[str, ...]) -> dict[str, torch.Tensor
         rows.append(meta["row"])
         labels.append(meta["label"])
         for m in modalities:
-            member = sample.get(f"{m}.npy")
-            if member is None:
-                raise DataError(f"{path} sample {sample['__key__']}: no {m}.npy member "
+            data = sample.get(member(m))
+            if data is None:
+                raise DataError(f"{path} sample {sample['__key__']}: no {member(m)} member "
                                 f"(the shard set lacks modality {m!r})")
-            vectors[m].append(np.load(io.BytesIO(member), allow_pickle=False))
+            vectors[m].append(np.load(io.BytesIO(data), allow_pickle=False))
     return {"row": torch.tensor(rows), "label": torch.tensor(labels),
             **{m: torch.from_numpy(np.stack(v)) for m, v in vectors.items()}}
 

@@ -21,7 +21,7 @@ import numpy as np
 from webdataset.gopen import gopen
 
 from .media import MediaError, decode_flac, decode_h264
-from .shards import DataError, is_image_set, load_manifest, locate, split_shards
+from .shards import is_image_set, load_manifest, locate, member, split_shards
 
 JSON = "json"
 
@@ -38,20 +38,6 @@ class Problem:
         return f"{self.shard}" + (f" sample {self.key}" if self.key else "") + f": {self.reason}"
 
 
-def sample_members(manifest: dict) -> dict[str, str]:
-    """Tar member extension of each modality of a shard set (the stored format's one rule for it)."""
-    members = {}
-    for name, info in manifest.get("modalities", {}).items():
-        kind = info.get("kind", name)
-        if kind == "vector":
-            members[name] = f"{name}.npy"
-        elif name == "audio":
-            members[name] = "flac"
-        elif kind == "video":
-            members[name] = "mp4" if name == "video" else f"{name}.mp4"
-        else:
-            raise DataError(f"modality {name!r} of kind {kind!r} is not stored in tar shards")
-    return members
 
 
 class _Hashing(io.RawIOBase):
@@ -167,7 +153,7 @@ def _decode_problems(ext: str, data: bytes, meta: dict) -> list[str]:
             got = len(decode_flac(data))
             if got != int(meta["audio_samples"]):
                 return [f"decodes to {got} audio samples, the json says {meta['audio_samples']}"]
-        elif ext.endswith(".npy") or ext == "npy":
+        elif ext.endswith(".npy"):
             array = np.load(io.BytesIO(data), allow_pickle=False)
             if array.ndim != 1 or not np.isfinite(array).all():
                 return [f"not a finite vector (shape {array.shape})"]
@@ -187,7 +173,7 @@ def verify_shards(data_dir: str | Path, splits: Iterable[str] | None = None, dec
         members, decode = {}, False
         checksum_only = True
     else:
-        members = sample_members(manifest)
+        members = {name: member(name) for name in manifest.get("modalities", {})}
     problems = []
     for split in splits or manifest["splits"]:
         for entry in split_shards(manifest, split):

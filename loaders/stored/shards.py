@@ -33,6 +33,12 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "validate"
                  "test": "test", "testing": "test"}
 IMAGE_SET = "beton"   # manifest["container"] of an ffcv image set: one .beton per split, its only shard
 PACK_SEED = 0         # packers' default seed for the order in which they write each split
+MEDIA_MEMBERS = {"video": "mp4", "audio": "flac", "flow": "flow.mp4"}  # tar member of each media modality
+
+
+def member(modality: str) -> str:
+    """A modality's tar member extension: its media member, else `<name>.npy` (a vector view)."""
+    return MEDIA_MEMBERS.get(modality, f"{modality}.npy")
 
 
 class DataError(UserError):

@@ -3,8 +3,11 @@
 For each cell (a dataset × a seed) it runs, in order, what a user runs: `umt-data pack-arrays`;
 `umt-train` uni-modal models (the teachers) and joint training with an MLP fusion head (which can
 read paired cues); `umt-cache build`; `umt-train --method umt` from the cache, plain and with
-the learned projector; `umt-train --method ume`; and the guide. It records test top-1 of every
-method, linear-probe accuracy of every encoder, and the guide's choice.
+the learned projector; `umt-train --method ume`; the guide; then every other method the engine
+registers (the peers: OGM-GE, G-Blending, ...), each with its own defaults, on the MLP fusion head when
+it accepts one, else on the first fusion it accepts (then joint training on that fusion is run too, as
+its reference). It records test top-1 of every method, linear-probe accuracy of every encoder, and
+the guide's choice.
 
 Datasets: `--synthetic` sweeps the share of paired-cue samples of `umt-data synth-arrays`'s model
 (loaders/synth_vectors.py; settings and their reasons in benchmarks/RESULTS.md, fixed before the
@@ -39,7 +42,7 @@ from common import write_json  # noqa: E402
 
 PAIRED = (0.0, 0.2, 0.4, 0.6, 0.8)
 SEEDS = (0, 1, 2)
-METHODS = ("unimodal", "joint", "umt", "umt_projector", "ume")
+CORE = ("unimodal", "joint", "umt", "ume")  # run first, in this order: the teachers, cache and guide need them
 PRESENCE_BASE = {"label_model": "presence", "audio_encoding": "product", "audio_noise": 0.5}  # RESULTS.md: fixed before the sweep
 PRESENCE_GRID = tuple({"video_present": qv, "audio_present": qa, "paired": p} for qv, qa, p in (
     (1.0, 0.7, 0.2), (0.7, 0.7, 0.0), (0.5, 0.9, 0.0),   # controls: no weak-only samples; no paired samples (x2)
@@ -67,6 +70,26 @@ class Cell:
     recipe: Recipe
     paired: float | None = None
     groups: bool = False  # the labels file records each sample's group: score every method per group
+    peers: tuple[str, ...] = ()  # the other registered methods to run (peers())
+
+
+def peers() -> tuple[str, ...]:
+    """Every trainable method the engine registers besides the core ones: each new method joins the sweeps."""
+    from umt.engine.methods import REGISTRY
+    return tuple(m for m in REGISTRY if m not in CORE)
+
+
+def fusion_for(method: str, views: list[str]) -> str:
+    """The sweep's MLP fusion head if `method` accepts it, else the first fusion it accepts."""
+    from umt.engine.config import CHOICES, ConfigError, TrainConfig
+    from umt.engine.methods import REGISTRY
+    for fusion in ("mlp", *(f for f in CHOICES["fusion"] if f != "mlp")):
+        try:
+            REGISTRY[method].check(TrainConfig(data="", out="", method=method, modalities=tuple(views), fusion=fusion))
+            return fusion
+        except ConfigError:
+            continue
+    raise SystemExit(f"phenomena: {method} accepts none of the fusion heads {CHOICES['fusion']}")
 
 
 def run_cell(cell: Cell, out: Path) -> dict:
@@ -88,12 +111,14 @@ def run_cell(cell: Cell, out: Path) -> dict:
                    "--out", str(data), "--seed", str(cell.seed), "--shard-size", "1000"])
         r = cell.recipe
         common = ["--data", str(data), "--epochs", str(r.epochs), "--batch-size", str(r.batch_size), "--lr", str(r.lr),
-                  "--width", str(r.width), "--seed", str(cell.seed), "--workers", "0", "--fusion", "mlp",
-                  "--select", r.select]
+                  "--width", str(r.width), "--seed", str(cell.seed), "--workers", "0", "--select", r.select]
 
-        def train(name: str, *args: str) -> dict:
-            train_main([*common, "--out", str(work / name), *args])
+        def train(name: str, *args: str, fusion: str = "mlp") -> dict:
+            train_main([*common, "--fusion", fusion, "--out", str(work / name), *args])
+            runs[name.replace("-", "_")] = name
             return json.loads((work / name / "results.json").read_text())
+
+        runs: dict[str, str] = {}  # method key → run folder, for the per-group scores
 
         both = [a for v in views for a in ("--modality", v)]
         uni = {v: train(f"unimodal-{v}", "--method", "unimodal", "--modality", v) for v in views}
@@ -107,22 +132,27 @@ def run_cell(cell: Cell, out: Path) -> dict:
         ume = train("ume", "--method", "ume", *[f"--member={v}={c}" for v, c in ckpts.items()])
         choice = guide(str(data), ckpts, str(work / "joint" / "model.pt"), split="val", num_workers=0,
                        umt=str(work / "umt" / "model.pt"))
-        recorded = {"joint": joint, "umt": umt, "umt_projector": umt_projector, "ume": ume,
-                    **{f"unimodal_{v}": uni[v] for v in views}}
-        by_group = presence.per_group(work, cell.raw["labels"], views, recorded) if cell.groups else None
-    test = {"joint": joint["test_top1"], "umt": umt["test_top1"], "umt_projector": umt_projector["test_top1"],
-            "ume": ume["test_top1"], **{f"unimodal_{v}": uni[v]["test_top1"] for v in views}}
-    probe = {"unimodal": {v: uni[v]["probe"][v] for v in views},
-             **{k: res["probe"] for k, res in (("joint", joint), ("umt", umt), ("umt_projector", umt_projector))}}
+        fused = {"joint": joint, "umt": umt, "umt_projector": umt_projector}
+        fusions = {}
+        for method in cell.peers:  # keyed like the run folders, with "_" for "-" (ogm-ge → ogm_ge)
+            fusion = fusions[method.replace("-", "_")] = fusion_for(method, views)
+            if fusion != "mlp" and f"joint_{fusion}" not in fused:
+                fused[f"joint_{fusion}"] = train(f"joint-{fusion}", "--method", "joint", *both, fusion=fusion)
+            fused[method.replace("-", "_")] = train(method, "--method", method, *both, fusion=fusion)
+        recorded = {**fused, "ume": ume, **{f"unimodal_{v}": uni[v] for v in views}}
+        fused_runs = {k: runs[k] for k in fused}
+        by_group = presence.per_group(work, cell.raw["labels"], views, recorded, fused_runs) if cell.groups else None
+    test = {k: res["test_top1"] for k, res in recorded.items()}
+    probe = {"unimodal": {v: uni[v]["probe"][v] for v in views}, **{k: res["probe"] for k, res in fused.items()}}
     generator = Path(cell.raw["labels"]).with_name("config.json")
     return {"cell": cell.name, "seed": cell.seed, "paired": cell.paired, "views": views,
             "generator": json.loads(generator.read_text()) if generator.is_file() else None,
             "test_top1": _round(test), "probe": _round(probe), "guide": {"choice": choice["choice"],
             "recommendation": choice["recommendation"], "evidence": _round(choice["evidence"])},
-            "recipe": asdict(cell.recipe),
-            **({"groups": by_group, "val_top1": _round({
-                "ume": choice["evidence"]["ume"], "joint": choice["evidence"]["joint"],
-                **{m: recorded[m]["selected_val_top1"] for m in ("umt", "umt_projector")}})} if cell.groups else {})}
+            "recipe": asdict(cell.recipe), "peer_fusion": fusions,
+            "val_top1": _round({"ume": choice["evidence"]["ume"], **{m: res["selected_val_top1"] for m, res in fused.items()
+                                                                       if "selected_val_top1" in res}}),
+            **({"groups": by_group} if cell.groups else {})}
 
 
 def _round(tree):
@@ -130,40 +160,53 @@ def _round(tree):
 
 
 def summarise(cells: list[dict]) -> dict:
-    """The issue's summary figures; each definition is stated next to it in the output."""
-    gaps, closed, closed_projector, agree, agree3, margins = [], [], [], [], [], []
+    """The summary figures; each definition is stated next to it in the output."""
+    views = cells[0]["views"]
+    gaps = {v: [] for v in views}
+    closed = {k: {v: [] for v in views} for k in ("umt", "umt_projector")}
+    agree, agree3, margins, peer_margins = [], [], [], []
     for c in cells:
-        p = c["probe"]
-        worst = max(c["views"], key=lambda v: p["unimodal"][v] - p["joint"][v])
-        gap = p["unimodal"][worst] - p["joint"][worst]
-        gaps.append(gap)
-        if gap >= 0.02:  # a share of a gap within probe noise means nothing
-            closed.append((p["umt"][worst] - p["joint"][worst]) / gap)
-            closed_projector.append((p["umt_projector"][worst] - p["joint"][worst]) / gap)
-        t = c["test_top1"]
-        best_umt = max(t["umt"], t["umt_projector"])
-        better = "ume" if t["ume"] > best_umt else "umt"
-        agree.append(c["guide"]["choice"] == better or t["ume"] == best_umt)
-        margins.append(best_umt - max(t["joint"], t["ume"]))
-        agree3.append(t[c["guide"]["recommendation"]] == max(t["ume"], t["joint"], t["umt"]))
+        p, t = c["probe"], c["test_top1"]
+        for v in views:
+            gap = p["unimodal"][v] - p["joint"][v]
+            gaps[v].append(gap)
+            if gap >= 0.02:  # a share of a gap within probe noise means nothing
+                for k in closed:
+                    closed[k][v].append((p[k][v] - p["joint"][v]) / gap)
+        umt = presence.chosen_umt(c)
+        better = "ume" if t["ume"] > t[umt] else "umt"
+        agree.append(c["guide"]["choice"] == better or t["ume"] == t[umt])
+        margins.append(t[umt] - max(t["joint"], t["ume"]))
+        peer_margins.append(t[umt] - max(t[m] for m in (*c.get("peer_fusion", {}), "joint", "ume")))
+        three = {k: t[k] for k in ("ume", "joint", "umt")}
+        agree3.append(three[c["guide"]["recommendation"]] == max(three.values()))
     mean = lambda xs: round(statistics.fmean(xs), 4) if xs else None  # noqa: E731
     return {
-        "laziness_gap": mean(gaps),
-        "umt_recovers": mean(closed),
-        "umt_projector_recovers": mean(closed_projector),
-        "cells_with_gap": len(closed),
+        "laziness_gap": {v: presence.stats(g) for v, g in gaps.items()},
+        "umt_recovers": {v: mean(x) for v, x in closed["umt"].items()},
+        "umt_projector_recovers": {v: mean(x) for v, x in closed["umt_projector"].items()},
+        "cells_with_gap": {v: len(x) for v, x in closed["umt"].items()},
+        "test_top1": {name: {m: presence.stats([c["test_top1"][m] for c in cells if c["cell"] == name])
+                             for m in cells[0]["test_top1"]} for name in dict.fromkeys(c["cell"] for c in cells)},
         "guide_agreement": mean([float(a) for a in agree]),
         "guide3_agreement": mean([float(a) for a in agree3]),
         "best_umt_vs_best_other": round(min(margins), 4),
         "best_umt_vs_best_other_mean": mean(margins),
+        "umt_vs_every_method_mean": mean(peer_margins),
         "definitions": {
-            "laziness_gap": "mean over cells of (uni-modal probe - joint probe) on the modality where it is largest",
-            "umt_recovers": "mean over cells with laziness_gap >= 0.02 of (UMT probe - joint probe) / gap, same modality",
-            "guide_agreement": "share of cells where the guide (on val) picks the better on test of UME and the better "
-                               "UMT variant",
-            "guide3_agreement": "share of cells where the three-way guide's pick (on val, of UME, joint and plain "
-                                "UMT) is the best of the three on test",
-            "best_umt_vs_best_other": "min over cells of max(UMT, UMT+projector) - max(joint, UME), test top-1"}}
+            "laziness_gap": "per modality, mean ± std over cells of (uni-modal probe - joint probe), test linear probes "
+                            "(per modality: the max over modalities per cell is biased upward)",
+            "umt_recovers": "per modality, mean over cells with a gap >= 0.02 of (UMT probe - joint probe) / gap",
+            "umt (chosen)": "of plain UMT and UMT + projector, the one with the higher validation top-1 (its best-"
+                            "validation epoch's); plain UMT on a tie. Never chosen on test",
+            "guide_agreement": "share of cells where the guide's paper rule (on val) picks the better on test of UME "
+                               "and the chosen UMT",
+            "guide3_agreement": "share of cells where the engine guide's three-way recommendation (on val, of UME, "
+                                "joint and plain UMT) is the best of the three on test (ties count as agreement)",
+            "best_umt_vs_best_other": "min over cells of chosen UMT - max(joint, UME), test top-1",
+            "umt_vs_every_method_mean": "mean over cells of chosen UMT - the best of joint, UME and every peer method, "
+                                        "test top-1",
+            "test_top1": "per dataset (cell name) and method, mean ± std over its seeds"}}
 
 
 def synthetic_cells(out: Path, quick: bool, recipe: Recipe, overrides: dict) -> list[Cell]:
@@ -277,23 +320,29 @@ def _line(axis, xs: list[float], cells: list[dict], value, label: str, colour: s
 
 
 def table(cells: list[dict]) -> str:
-    """Markdown: mean over seeds of each method's test top-1 and the weak modality's probes, per dataset."""
+    """Markdown, per dataset (cell name): every method's test top-1 and every encoder's probe, mean ± std over seeds."""
     groups: dict[str, list[dict]] = {}
     for c in cells:
         groups.setdefault(c["cell"], []).append(c)
     views = cells[0]["views"]
-    head = ["cell", *[f"uni {v}" for v in views], "joint", "UMT", "UMT+proj", "UME", "guide (paper)", "guide (3-way)",
-            *[f"probe {v} uni/joint/UMT/UMT+proj" for v in views]]
-    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    methods = list(cells[0]["test_top1"])
+    fusion = {**cells[0].get("peer_fusion", {}), **{m: "mlp" for m in ("joint", "umt", "umt_projector")}}
+    head = ["cell (seeds)", *[f"{m} ({fusion[m]})" if m in fusion else m for m in methods], "guide (paper)",
+            "guide (3-way)"]
+    rows = ["Test top-1, mean ± std over seeds:", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, group in groups.items():
-        mean = lambda f: statistics.fmean(f(c) for c in group)  # noqa: E731
-        t = [mean(lambda c, k=k: c["test_top1"][k]) for k in [*[f"unimodal_{v}" for v in views], "joint", "umt",
-                                                               "umt_projector", "ume"]]
         picks = "/".join(c["guide"]["choice"] for c in group)
         three = "/".join(c["guide"]["recommendation"] for c in group)
-        probes = ["/".join(f"{mean(lambda c, k=k, v=v: c['probe'][k][v]):.3f}"
-                           for k in ("unimodal", "joint", "umt", "umt_projector")) for v in views]
-        rows.append("| " + " | ".join([name, *[f"{x:.3f}" for x in t], picks, three, *probes]) + " |")
+        rows.append("| " + " | ".join([f"{name} ({len(group)})",
+                                       *[presence.pm(presence.stats([c["test_top1"][m] for c in group])) for m in methods],
+                                       picks, three]) + " |")
+    probed = list(cells[0]["probe"])
+    rows += ["", "Linear probes of each encoder on test, mean ± std over seeds:", "",
+             "| cell | encoder | " + " | ".join(probed) + " |", "|" + "---|" * (len(probed) + 2)]
+    for name, group in groups.items():
+        for v in views:
+            rows.append(f"| {name} | {v} | " + " | ".join(presence.pm(presence.stats([c["probe"][k][v] for c in group]))
+                                                           for k in probed) + " |")
     return "\n".join(rows)
 
 
@@ -314,8 +363,14 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="cells run in parallel, one thread each (default 2)")
     parser.add_argument("--condition", action="append", default=[], metavar="NAME",
                         help="--presence: run only this PRESENCE_GRID condition (e.g. qv0.7-qa0.7-p0.2), repeatable")
+    parser.add_argument("--peers", default="all", metavar="LIST",
+                        help="the other registered methods to run beside the core ones: 'all' (default), 'none', or "
+                             f"a comma list of {', '.join(peers())}")
     args = parser.parse_args()
     out = Path(args.out)
+    chosen = peers() if args.peers == "all" else () if args.peers == "none" else tuple(args.peers.split(","))
+    if set(chosen) - set(peers()):
+        raise SystemExit(f"phenomena: --peers {args.peers}: not among {', '.join(peers())}")
     recipe = replace(Recipe(epochs=4) if args.quick else Recipe(), select=args.select)
     overrides = generator_overrides(args.synth)
     if args.condition and not args.presence:
@@ -324,6 +379,7 @@ def main() -> None:
         cells = presence_cells(out, args.quick, recipe, overrides, args.condition)
     else:
         cells = (synthetic_cells if args.synthetic else mfeat_cells)(out, args.quick, recipe, overrides)
+    cells = [replace(c, peers=chosen) for c in cells]
     with ProcessPoolExecutor(args.jobs) as pool:
         records = list(pool.map(run_cell, cells, [out] * len(cells)))
     if args.presence:

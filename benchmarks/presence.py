@@ -17,7 +17,6 @@ from pathlib import Path
 
 GROUPS = ("both", "video_only", "audio_only", "paired", "neither")
 FUSED = ("joint", "umt", "umt_projector", "ume")
-RUNS = {"joint": "joint", "umt": "umt", "umt_projector": "umt-projector"}   # method → run folder
 
 
 def group_shares(generator: dict) -> dict[str, float]:
@@ -55,14 +54,16 @@ def _test_scores(path: Path, data: str):
     return out["logits"][order], out["labels"][order]
 
 
-def per_group(work: Path, labels_csv: str | Path, views: list[str], recorded: dict[str, dict]) -> dict:
-    """Test top-1 of every method per group, from each run's model.pt; `recorded`: method → results.json."""
+def per_group(work: Path, labels_csv: str | Path, views: list[str], recorded: dict[str, dict],
+              runs: dict[str, str]) -> dict:
+    """Test top-1 of every method per group, from each run's model.pt; `recorded`: method → results.json,
+    `runs`: each fused model's method key → its run folder under `work`."""
     import torch
     from umt.engine.ume import combine
 
     groups = groups_of_test(labels_csv)
     data = str(work / "data")
-    scores = {m: _test_scores(work / run / "model.pt", data) for m, run in RUNS.items()}
+    scores = {m: _test_scores(work / run / "model.pt", data) for m, run in runs.items()}
     uni = {v: _test_scores(work / f"unimodal-{v}" / "model.pt", data) for v in views}
     scores.update({f"unimodal_{v}": s for v, s in uni.items()})
     ume = recorded["ume"]["ume"]
@@ -84,21 +85,21 @@ def per_group(work: Path, labels_csv: str | Path, views: list[str], recorded: di
     return out
 
 
-def _stats(values: list[float]) -> dict:
+def stats(values: list[float]) -> dict:
     return {"mean": round(statistics.fmean(values), 4),
             "std": round(statistics.stdev(values), 4) if len(values) > 1 else None}
 
 
 def chosen_umt(cell: dict) -> str:
     """The UMT variant with the higher validation top-1 (plain UMT on a tie): never chosen on test."""
-    v = cell["val_top1"]
-    return "umt_projector" if v["umt_projector"] > v["umt"] else "umt"
+    v = cell["val_top1"]  # without validation selection (--select last) neither is recorded: plain UMT
+    return "umt_projector" if v.get("umt_projector", -1) > v.get("umt", -1) else "umt"
 
 
-def three_way(figures: dict[str, float], umt: str) -> str:
-    """The best of UME, UMT (the variant chosen on validation) and joint by the given figures (ties: UME, UMT)."""
-    options = {"ume": figures["ume"], "umt": figures[umt], "joint": figures["joint"]}
-    return max(options, key=lambda k: (options[k], -list(options).index(k)))
+def best_of_three(test: dict[str, float]) -> list[str]:
+    """The best of UME, plain UMT and joint on test (every one tied for best)."""
+    top = max(test[k] for k in ("ume", "umt", "joint"))
+    return [k for k in ("ume", "umt", "joint") if test[k] == top]
 
 
 def summarise(cells: list[dict]) -> dict:
@@ -121,20 +122,20 @@ def summarise(cells: list[dict]) -> dict:
         for g in GROUPS:
             if g not in group[0]["groups"]["top1"]["joint"]:
                 continue
-            row = {m: _stats([c["groups"]["top1"][m][g] for c in group]) for m in group[0]["groups"]["top1"]}
-            row["umt_val_chosen"] = _stats([c["groups"]["top1"][u][g] for c, u in zip(group, umt_pick)])
+            row = {m: stats([c["groups"]["top1"][m][g] for c in group]) for m in group[0]["groups"]["top1"]}
+            row["umt_val_chosen"] = stats([c["groups"]["top1"][u][g] for c, u in zip(group, umt_pick)])
             by_group[g] = {"count": round(statistics.fmean(c["groups"]["count"][g] for c in group), 1), **row}
-        three_val = [three_way({**c["val_top1"]}, u) for c, u in zip(group, umt_pick)]
-        three_test = [three_way(c["test_top1"], u) for c, u in zip(group, umt_pick)]
+        three_val = [c["guide"]["recommendation"] for c in group]
+        three_test = ["=".join(best_of_three(c["test_top1"])) for c in group]
         table[name] = {
             "settings": {k: gen[k] for k in ("video_present", "audio_present", "paired")},
             "seeds": [c["seed"] for c in group],
             "expected_shares": {g: round(s, 4) for g, s in shares.items()},
             "predicted_umt_win": shares["audio_only"] > 0 and shares["paired"] > 0,
-            "test_top1": {m: _stats(v) for m, v in test.items()},
+            "test_top1": {m: stats(v) for m, v in test.items()},
             "test_top1_by_group": by_group,
-            "laziness_gap": {v: _stats([c["probe"]["unimodal"][v] - c["probe"]["joint"][v] for c in group]) for v in views},
-            "umt_probe_minus_joint": {v: _stats([c["probe"]["umt"][v] - c["probe"]["joint"][v] for c in group])
+            "laziness_gap": {v: stats([c["probe"]["unimodal"][v] - c["probe"]["joint"][v] for c in group]) for v in views},
+            "umt_probe_minus_joint": {v: stats([c["probe"]["umt"][v] - c["probe"]["joint"][v] for c in group])
                                       for v in views},
             "umt_variant_on_val": umt_pick,
             "three_way_on_val": three_val,
@@ -145,15 +146,16 @@ def summarise(cells: list[dict]) -> dict:
         }
     predicted = [t for t in table.values() if t["predicted_umt_win"]]
     others = [t for t in table.values() if not t["predicted_umt_win"]]
-    agree = [a == b for t in table.values() for a, b in zip(t["three_way_on_val"], t["best_of_three_on_test"])]
-    agree_guide = [a == b for t in table.values() for a, b in zip(t["guide_two_way"], t["best_of_three_on_test"])]
+    agree = [a in b.split("=") for t in table.values() for a, b in zip(t["three_way_on_val"], t["best_of_three_on_test"])]
+    agree_guide = [a in b.split("=") for t in table.values()
+                   for a, b in zip(t["guide_two_way"], t["best_of_three_on_test"])]
     views = cells[0]["views"]
     return {
         "umt_wins_where_predicted": round(sum(t["umt_wins"] for t in predicted) / len(predicted), 4) if predicted else None,
         "predicted_cells": len(predicted),
         "umt_wins_elsewhere": sum(t["umt_wins"] for t in others),
         "other_cells": len(others),
-        "laziness_gap": {v: _stats([c["probe"]["unimodal"][v] - c["probe"]["joint"][v] for c in cells]) for v in views},
+        "laziness_gap": {v: stats([c["probe"]["unimodal"][v] - c["probe"]["joint"][v] for c in cells]) for v in views},
         "three_way_agreement": round(sum(agree) / len(agree), 4),
         "guide_two_way_agreement": round(sum(agree_guide) / len(agree_guide), 4),
         "conditions": table,
@@ -167,12 +169,12 @@ def summarise(cells: list[dict]) -> dict:
             "predicted_umt_win": "the condition has weak-only (audio_only) and paired samples: expected shares > 0",
             "umt_wins_where_predicted": "share of predicted cells in which umt_wins",
             "laziness_gap": "per modality, mean ± std over cells of (uni-modal probe - joint probe), linear probes on test",
-            "three_way_on_val": "the three-way rule applied to the recorded validation figures: best of UME (guide's "
-                                "validation evidence), UMT (umt_val_chosen's selected_val_top1) and joint (its "
-                                "selected_val_top1); ties to UME, then UMT. Not yet the engine's guide",
-            "three_way_agreement": "share of seeds x cells where three_way_on_val equals the best of the three on test",
-            "guide_two_way": "umt.engine.guide.guide on validation as it stands (UME vs UMT only)",
-            "guide_two_way_agreement": "share of seeds x cells where guide_two_way equals the best of the three on test"}}
+            "three_way_on_val": "the engine guide's recommendation (umt.engine.guide.guide with the plain UMT model, on "
+                                "validation): the best of UME, joint and UMT there, ties to the cheaper",
+            "best_of_three_on_test": "the best of UME, plain UMT and joint on test (ties joined by =)",
+            "three_way_agreement": "share of seeds x cells where three_way_on_val is among best_of_three_on_test",
+            "guide_two_way": "the guide's paper rule on validation (UME vs UMT)",
+            "guide_two_way_agreement": "share of seeds x cells where guide_two_way is among best_of_three_on_test"}}
 
 
 COLOURS = {"joint": "C2", "umt": "C3", "umt_projector": "C4", "ume": "C5", "unimodal_vfeat": "0.3", "unimodal_afeat": "0.65"}
@@ -217,7 +219,7 @@ def plot(summary: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def _pm(s: dict) -> str:
+def pm(s: dict) -> str:
     return f"{s['mean']:.3f}" + (f" ± {s['std']:.3f}" if s["std"] is not None else "")
 
 
@@ -232,15 +234,21 @@ def tables(summary: dict) -> str:
         gap = " / ".join(f"{x['mean']:+.3f}" for x in t["laziness_gap"].values())
         lines.append("| " + " | ".join([
             f"{s['video_present']} / {s['audio_present']} / {s['paired']}", f"{sh['audio_only']:.2f} / {sh['paired']:.2f}",
-            *[_pm(top[m]) for m in (*FUSED, "umt_val_chosen")],
+            *[pm(top[m]) for m in (*FUSED, "umt_val_chosen")],
             f"{t['umt_margin']['mean']:+.3f} ± {t['umt_margin']['se']:.3f}",
             f"{'yes' if t['predicted_umt_win'] else 'no'} / {'**yes**' if t['umt_wins'] else 'no'}",
             ", ".join(t["three_way_on_val"]), ", ".join(t["best_of_three_on_test"]), ", ".join(t["guide_two_way"]), gap]) + " |")
-    methods = [*FUSED, "umt_val_chosen", "unimodal_vfeat", "unimodal_afeat"]
+    first = next(iter(summary["conditions"].values()))["test_top1"]
+    peers = [m for m in first if m not in (*FUSED, "umt_val_chosen") and not m.startswith("unimodal_")]
+    if peers:
+        lines += ["", "| q_v / q_a / p | " + " | ".join(peers) + " |", "|" + "---|" * (len(peers) + 1)]
+        lines += [f"| {t['settings']['video_present']} / {t['settings']['audio_present']} / {t['settings']['paired']} | "
+                  + " | ".join(pm(t["test_top1"][m]) for m in peers) + " |" for t in summary["conditions"].values()]
+    methods = [*FUSED, "umt_val_chosen", *peers, "unimodal_vfeat", "unimodal_afeat"]
     lines += ["", "| q_v / q_a / p | group (test n) | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 2)]
     for t in summary["conditions"].values():
         s = t["settings"]
         for g, row in t["test_top1_by_group"].items():
             lines.append(f"| {s['video_present']} / {s['audio_present']} / {s['paired']} | {g} ({row['count']:.0f}) | "
-                         + " | ".join(_pm(row[m]) for m in methods if m in row) + " |")
+                         + " | ".join(pm(row[m]) for m in methods if m in row) + " |")
     return "\n".join(lines)

@@ -113,7 +113,7 @@ def _cell(seed: int, margin: float, val_umt: float = 0.7, val_projector: float =
     group = {"top1": {m: {"both": t} for m, t in test.items()}, "count": {"both": 10}}
     probe = {m: {"vfeat": 0.5, "afeat": 0.4} for m in ("unimodal", "joint", "umt", "umt_projector")}
     return {"cell": "c", "seed": seed, "views": ["vfeat", "afeat"], "test_top1": test, "groups": group,
-            "probe": probe, "guide": {"choice": "umt"},
+            "probe": probe, "guide": {"choice": "umt", "recommendation": "joint"},
             "val_top1": {"joint": 0.65, "ume": 0.5, "umt": val_umt, "umt_projector": val_projector},
             "generator": {"video_present": 0.7, "audio_present": 0.7, "paired": 0.2}}
 
@@ -126,7 +126,10 @@ def test_umt_wins_needs_two_standard_errors_and_the_variant_chosen_on_validation
     on_val = presence.summarise([_cell(s, 0.03, val_umt=0.5) for s in range(3)])
     assert on_val["conditions"]["c"]["umt_variant_on_val"] == ["umt_projector"] * 3
     assert on_val["umt_wins_where_predicted"] == 0.0  # the projector run is worse on test, and it was chosen
-    assert on_val["conditions"]["c"]["three_way_on_val"] == ["joint"] * 3
+    assert on_val["conditions"]["c"]["best_of_three_on_test"] == ["umt"] * 3
+    assert on_val["three_way_agreement"] == 0.0  # the guide recommended joint on validation
+    tied = presence.summarise([_cell(s, 0.0) for s in range(3)])
+    assert tied["conditions"]["c"]["best_of_three_on_test"] == ["umt=joint"] * 3 and tied["three_way_agreement"] == 1.0
 
 
 def test_phenomena_presence_quick_scores_every_method_per_group(tmp_path):

@@ -6,7 +6,17 @@ decode and resample the whole audio track. umt's loader reads the same clips aft
 `umt-data pack` (short side 128, 15 fps, GOP 8): keyframe seek, crop-only colour conversion.
 Same clips, same view size, same workers and batch size; passes interleaved; medians.
 
+On the same packed shards, through the same planned streaming and DataLoader workers (only the
+per-sample decode differs), it also measures:
+- the bare-decode bound: PyAV decoding exactly the frames each view needs, from the keyframe
+  before it, with no conversion (frames stay FFmpeg's), plus the FLAC decode: `limit_clips_per_s`,
+  and `ratio_vs_limit` = umt / limit (what umt's crop, colour conversion, log-mel and collation cost);
+- peer decoders producing the same views: decord (`VideoReader.get_batch` of the view's frames, RGB
+  by the library, then crop and flip) and PyAV with FFmpeg's frame/slice threading (whole-frame RGB
+  by FFmpeg, then crop and flip); audio as umt's. A peer that does not import is reported as such.
+
     python benchmarks/loader.py --out benchmarks/results/loader_cpu.json
+    PYTHONPATH=/tmp/peerdec python benchmarks/loader.py ...   # with decord installed with pip --target
 
 `--images` instead measures the ffcv image loader alone: samples/s of training epochs over a packed
 set of 64 px images (crop 56, flip), one decoding thread, from each epoch's first batch on (ffcv
@@ -17,6 +27,8 @@ compiles its pipeline when an epoch's loader starts); run it under `taskset -c 0
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import os
 import tempfile
 import time
@@ -31,11 +43,14 @@ from PIL import Image
 
 from umt.loaders.loading.audio import log_mel
 from umt.loaders.loading.dali import dali_available
+from umt.loaders.loading.loader import make_loader, planned_split
+from umt.loaders.loading.pipeline import _PlannedBatches, BadSamples, worker_init
 from umt.loaders.making.inputs import ClipInput
 from umt.loaders.making.pack import pack
-from umt.loaders.loading.loader import make_loader
 from umt.loaders.making.transcode import PackOptions
-from umt.loaders.stored.views import ViewPolicy, ViewSpec
+from umt.loaders.stored.media import decode_flac
+from umt.loaders.stored.shards import member
+from umt.loaders.stored.views import Geometry, ViewPolicy, ViewSpec, audio_window, make_view
 
 from common import median, write_json
 
@@ -106,10 +121,105 @@ class NaiveClips(torch.utils.data.Dataset):
                 "audio": log_mel(wave[a0:a0 + 16000], 16000, SPEC.mel_bins).unsqueeze(0)}
 
 
+def _view(sample: dict, seed: int, view: int):
+    meta = json.loads(sample["json"])
+    return meta, make_view(seed, meta["row"], view, SPEC, Geometry.of(meta))
+
+
+def _frames(data: bytes, start: int, stop: int, threads: bool) -> list:
+    """PyAV frames [start, stop) from the keyframe at or before `start`, left in FFmpeg's format."""
+    out = []
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_type = "AUTO" if threads else "NONE"
+        rate = stream.average_rate
+        if start > 0:
+            container.seek(int(start / rate / stream.time_base), stream=stream, backward=True)
+        for frame in container.decode(stream):
+            if round(frame.pts * stream.time_base * rate) >= start:
+                out.append(frame)
+                if len(out) == stop - start:
+                    break
+    return out
+
+
+def _bare(sample: dict, seed: int, view: int) -> dict:
+    """The bound: the view's frames and the whole FLAC track decoded, nothing converted or cut."""
+    meta, v = _view(sample, seed, view)
+    _frames(sample[member("video")], v.t0, v.t0 + (SPEC.frames - 1) * SPEC.stride + 1, threads=False)
+    with av.open(io.BytesIO(sample[member("audio")])) as container:
+        for _ in container.decode(audio=0):
+            pass
+    return {"label": meta["label"]}
+
+
+def _peer_item(meta: dict, v, rgb: np.ndarray, sample: dict) -> dict:
+    """A peer's RGB frames [T, H, W, 3] → the view (crop, flip) and umt's log-mel of its audio window."""
+    clip = rgb[:, v.y0:v.y0 + SPEC.crop, v.x0:v.x0 + SPEC.crop]
+    wave = decode_flac(sample[member("audio")])
+    window = audio_window(SPEC, meta["sample_rate"])
+    mel = log_mel(torch.from_numpy(wave[v.audio_offset:v.audio_offset + window]), meta["sample_rate"], SPEC.mel_bins)
+    return {"label": meta["label"], "video": torch.from_numpy(np.ascontiguousarray(clip[:, :, ::-1] if v.flip else clip)),
+            "audio": mel.unsqueeze(0)}
+
+
+def _decord(sample: dict, seed: int, view: int) -> dict:
+    import decord
+    meta, v = _view(sample, seed, view)
+    reader = decord.VideoReader(io.BytesIO(sample[member("video")]), num_threads=1)
+    rgb = reader.get_batch(list(range(v.t0, v.t0 + (SPEC.frames - 1) * SPEC.stride + 1, SPEC.stride))).asnumpy()
+    return _peer_item(meta, v, rgb, sample)
+
+
+def _pyav_threaded(sample: dict, seed: int, view: int) -> dict:
+    meta, v = _view(sample, seed, view)
+    frames = _frames(sample[member("video")], v.t0, v.t0 + (SPEC.frames - 1) * SPEC.stride + 1, threads=True)
+    rgb = np.stack([f.to_ndarray(format="rgb24") for f in frames[::SPEC.stride]])
+    return _peer_item(meta, v, rgb, sample)
+
+
+DECODERS = {"limit": _bare, "decord": _decord, "pyav_threaded": _pyav_threaded}
+
+
+class _Decoded(_PlannedBatches):
+    """umt's planned batches (same shards streamed, same worker split) with another per-sample decode."""
+
+    def __init__(self, decode, *args):
+        super().__init__(*args)
+        self.decode = decode
+
+    def _decode(self, sample: dict, view: int) -> dict:
+        return self.decode(sample, self.policy.seed, view)
+
+
+def variant_pass(data: Path, decode, policy: ViewPolicy, batch_size: int, workers: int) -> float:
+    """Clips/s of one epoch through umt's planned streaming and workers with `decode` per sample."""
+    _, paths, plan, _ = planned_split(data, "train", ["video", "audio"], policy, batch_size)
+    batches = _Decoded(decode, paths, plan, policy, SPEC, ("video", "audio"), BadSamples("error"))
+    return timed_pass(torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers,
+                                                  worker_init_fn=worker_init))
+
+
+def available_peers() -> dict[str, str]:
+    """Each peer decoder → "ok" or why it is left out (the import error)."""
+    status = {"pyav_threaded": "ok"}
+    try:
+        import decord  # noqa: F401
+        status["decord"] = "ok"
+    except ImportError as err:
+        status["decord"] = f"not installed: {err}"
+    try:
+        from torchcodec.decoders import VideoDecoder  # noqa: F401
+        status["torchcodec"] = "imports, but not measured here"
+    except (ImportError, OSError, RuntimeError) as err:
+        status["torchcodec"] = f"does not load: {str(err).splitlines()[-1][:160]}"
+    return status
+
+
 def timed_pass(loader) -> float:
     start, clips = time.perf_counter(), 0
     for batch in loader:
-        clips += len(batch["video"])
+        clips += len(next(iter(batch.values())))
     return clips / (time.perf_counter() - start)
 
 
@@ -175,23 +285,32 @@ def main() -> None:
     naive = torch.utils.data.DataLoader(NaiveClips(files), batch_size=args.batch_size, shuffle=True,
                                         num_workers=args.workers, generator=torch.Generator().manual_seed(0))
     gpu = dali_available()  # with a GPU and DALI, the dali backend is measured in the same rounds
-    ours, theirs, dali = [], [], []
+    peers = available_peers()
+    variants = ["limit", *[p for p in DECODERS if p != "limit" and peers.get(p) == "ok"]]
+    rates: dict[str, list[float]] = {k: [] for k in ("umt", "naive", *variants, *(["dali"] if gpu else []))}
     for r in range(args.repeats):
+        policy = ViewPolicy(0, r, True)
+
         def umt(backend: str):
-            loader = make_loader(work / "packed", "train", SPEC, ["video", "audio"], ViewPolicy(0, r, True),
+            loader = make_loader(work / "packed", "train", SPEC, ["video", "audio"], policy,
                                  args.batch_size, args.workers, backend=backend)
             return lambda: timed_pass(loader)
-        runs = [(ours, umt("cpu")), (theirs, lambda: timed_pass(naive)), *([(dali, umt("dali"))] if gpu else [])]
-        for results, fn in runs[r % len(runs):] + runs[:r % len(runs)]:  # rotate the order between repeats
-            results.append(fn())
-        print(f"repeat {r}: umt {ours[-1]:.1f} clips/s, naive {theirs[-1]:.1f} clips/s"
-              + (f", dali {dali[-1]:.1f} clips/s" if gpu else ""))
+        runs = [("umt", umt("cpu")), ("naive", lambda: timed_pass(naive)), *([("dali", umt("dali"))] if gpu else []),
+                *[(v, lambda v=v: variant_pass(work / "packed", DECODERS[v], policy, args.batch_size, args.workers))
+                  for v in variants]]
+        for name, fn in runs[r % len(runs):] + runs[:r % len(runs)]:  # rotate the order between repeats
+            rates[name].append(fn())
+        print(f"repeat {r}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()) + " clips/s")
+    ours, theirs, limit = rates["umt"], rates["naive"], rates["limit"]
     write_json(args.out, {"clips_per_s": median(ours), "naive_clips_per_s": median(theirs),
                           "ratio_vs_naive": round(median(ours) / median(theirs), 2),
-                          "umt_runs": [round(x, 1) for x in ours], "naive_runs": [round(x, 1) for x in theirs],
+                          "limit_clips_per_s": median(limit), "ratio_vs_limit": round(median(ours) / median(limit), 3),
+                          "peer_clips_per_s": {p: median(rates[p]) for p in variants if p != "limit"},
+                          "peer_status": peers,
+                          "runs": {k: [round(x, 1) for x in v] for k, v in rates.items()},
                           "pack_seconds": round(pack_s, 1), "backend": "cpu",
-                          **({"dali_clips_per_s": median(dali), "dali_ratio_vs_naive": round(median(dali) / median(theirs), 2),
-                              "dali_runs": [round(x, 1) for x in dali]} if gpu else {}),
+                          **({"dali_clips_per_s": median(rates["dali"]),
+                              "dali_ratio_vs_naive": round(median(rates["dali"]) / median(theirs), 2)} if gpu else {}),
                           "settings": {**vars(args), "view": SPEC.to_dict(), "packed": PACKED.to_dict(),
                                        "source": {"fps": SOURCE_FPS, "size": SOURCE_SIZE, "seconds": SECONDS}}})
 

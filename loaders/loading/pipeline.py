@@ -21,7 +21,7 @@ import webdataset as wds
 
 from .audio import log_mel
 from ..errors import UserError
-from .kernels import crop_flip_to_rgb
+from .kernels import crop_flip_to_rgb, load as load_kernels
 from ..stored.media import MediaError, decode_flac, decode_h264
 from .plan import EpochPlan, PlannedLoader
 from ..stored.shards import MEDIA_MEMBERS, DataError, member
@@ -200,6 +200,7 @@ class CpuLoader(PlannedLoader):
         self.num_workers = max(0, min(num_workers, len(plan)))
 
     def __iter__(self) -> Iterator[dict]:
+        load_kernels()  # before the workers fork
         for batch in torch.utils.data.DataLoader(self.batches, batch_size=None, num_workers=self.num_workers,
                                                  worker_init_fn=worker_init):
             if FAILED in batch:

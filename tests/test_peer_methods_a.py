@@ -235,6 +235,6 @@ def test_two_processes_train_each_method_above_chance_with_identical_replicas(ve
 
 def test_killed_pmr_training_resumes_to_the_same_final_weights(vectors, tmp_path):
     kill_and_resume(tmp_path, ["--data", str(vectors), "--method", "pmr", "--modality", "strong", "--modality",
-                               "weak", "--epochs", "3", "--batch-size", "16", "--width", "4", "--workers", "0",
+                               "weak", "--epochs", "2", "--batch-size", "32", "--width", "4", "--workers", "0",
                                "--checkpoint-every", "1", "--no-probe", "--log-with", "none"],
-                    epochs=3, kill_at=14)
+                    epochs=2, kill_at=7)  # 5 steps an epoch: killed in the second, after one prototype update

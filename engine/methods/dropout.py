@@ -14,8 +14,6 @@ No official code: p = 0.5 is this module's default.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -39,15 +37,14 @@ class ModalityDropout(Method):
     summary = ("joint training with modality dropout: with probability p a sample's feature of one modality\n"
                "            (chosen uniformly) is zeroed before fusion, seeded by (seed, epoch, sample row)")
 
-    def __init__(self, cfg: TrainConfig):
-        super().__init__(cfg)
-        self.epoch = 0  # epochs finished (the loop's epoch, counted here: loss() is not told it)
-
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
         super().check(cfg)
         if not 0 <= cfg.dropout_p <= 1:
             raise ConfigError(f"dropout p must lie in [0, 1], got {cfg.dropout_p}")
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def loss(self, net, batch, logits, feats) -> tuple[torch.Tensor, Parts]:
         mods = list(net.cfg.modalities)
@@ -56,13 +53,3 @@ class ModalityDropout(Method):
         kept = {m: feats[m] * (dropped != i).to(feats[m].dtype)[:, None] for i, m in enumerate(mods)}
         loss = F.cross_entropy(net.fuse(kept), batch["label"])
         return loss, {"ce": loss.detach(), "dropped_share": (dropped >= 0).float().mean()}
-
-    def end_of_epoch(self, net, val, accelerator) -> dict[str, Any]:
-        self.epoch += 1
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch = state["epoch"]

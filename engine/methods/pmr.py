@@ -67,7 +67,7 @@ class Pmr(Method):
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)
         self.prototypes: dict[str, torch.Tensor] = {}
-        self.epoch = 0  # epochs finished (the loop's epoch, counted here: loss() is not told it)
+        self.epoch = 0
 
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
@@ -93,6 +93,9 @@ class Pmr(Method):
             self.prototypes[m] = updated_prototypes(None if old is None else old.cpu(), means, present,
                                                     cfg.pmr_momentum).to(device)
 
+    def begin_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
     def loss(self, net, batch, logits, feats) -> tuple[torch.Tensor, Parts]:
         cfg = self.cfg
         loss = F.cross_entropy(logits, batch["label"])
@@ -112,15 +115,13 @@ class Pmr(Method):
         return loss, parts
 
     def end_of_epoch(self, net, val, accelerator) -> dict[str, Any]:
-        self.epoch += 1
-        if self.epoch < self.cfg.epochs:  # after the last epoch no step would use them
+        if self.epoch + 1 < self.cfg.epochs:  # after the last epoch no step would use them
             self._update(net, accelerator.device, accelerator)
         return {}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"prototypes": {m: p.cpu() for m, p in self.prototypes.items()}, "epoch": self.epoch}
+        return {"prototypes": {m: p.cpu() for m, p in self.prototypes.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         device = next(iter(self.prototypes.values())).device
         self.prototypes = {m: p.to(device) for m, p in state["prototypes"].items()}
-        self.epoch = state["epoch"]

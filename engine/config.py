@@ -7,7 +7,8 @@ from umt.loaders.errors import UserError
 from umt.loaders.loading.pipeline import BAD_SAMPLE_POLICIES
 from umt.loaders.stored.views import ViewSpec
 
-METHODS = ("unimodal", "joint", "umt", "ume", "ogm-ge", "gblend", "mmpareto", "agm", "pmr", "dropout")  # ume evaluates, the others train
+METHODS = ("unimodal", "joint", "umt", "ume", "ogm-ge", "gblend",
+           "mmpareto", "agm", "pmr", "dropout")  # ume evaluates, the others train
 # The allowed values of every choice setting, declared once (the CLI's choices come from here).
 CHOICES: dict[str, tuple[str, ...]] = {
     "method": METHODS,

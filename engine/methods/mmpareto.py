@@ -47,11 +47,15 @@ def pareto_weights(gg: float, gh: float, hh: float) -> tuple[float, float]:
     return k, 1 - k
 
 
+def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """The inner product of two gradients given tensor by tensor (in float64)."""
+    return sum(float((x.double() * y.double()).sum()) for x, y in zip(a, b))
+
+
 def combine(g: list[torch.Tensor], h: list[torch.Tensor], gamma: float) -> tuple[list[torch.Tensor], float, float]:
     """The new gradient of each tensor of one encoder from its multi-modal (g) and uni-modal (h)
     gradients; returns it with the cosine of g and h and the weight k_g."""
-    dot = lambda a, b: sum(float((x.double() * y.double()).sum()) for x, y in zip(a, b))  # noqa: E731
-    gg, gh, hh = dot(g, g), dot(g, h), dot(h, h)
+    gg, gh, hh = _dot(g, g), _dot(g, h), _dot(h, h)
     k_g, k_h = pareto_weights(gg, gh, hh)
     out = []
     for gp, hp in zip(g, h):

@@ -18,7 +18,8 @@ Deviations: the prototypes average the whole training split (the official code s
 of the loader's batches), and every rank computes them from the same gathered features; the scores
 s_m are summed over all ranks' samples, so every replica weights the losses alike. With gradient
 accumulation, each micro-batch's β comes from its own samples (as separate batches would).
-Cost: one forward pass over the training split per epoch (and one before training).
+Cost: one forward pass over the training split per epoch (and one before training). That pass reads
+the split as evaluation does, so a damaged training sample stops a PMR run even with --bad-samples skip.
 """
 from __future__ import annotations
 

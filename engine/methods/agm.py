@@ -18,8 +18,9 @@ biases or norms) are multiplied by k_m.
 Source: lihongcs/AGM (the official code; not in our reference index) as carried over for two modalities
 in GeWu-Lab/BalanceBenchmark, balancemm/trainer/AGM_trainer.py (α = 0.1 in configs/trainer_config.yaml;
 the cap 10 and the sign of ratio from its two-modality branch, whose general branch flips the sign).
-Deviations: a modality is made absent by zeroing its pooled feature before the fusion head, not its
-input (no extra encoder passes: 2^|M| − 1 head evaluations instead); the encoders' weight gradients
+Deviations: a modality is made absent by zeroing its pooled feature before the fusion head (the reference
+implementations pad it inside the model's forward, with extra no-grad passes; where lihongcs/AGM pads
+could not be checked here): 2^|M| head evaluations and no extra encoder pass; the encoders' weight gradients
 are scaled after the backward pass (as BalanceBenchmark), not through hooks on the responses; no
 gradient clipping. Scores are averaged over all ranks' samples, so every replica applies the same k.
 Refused: grad_accum > 1 (k comes from one batch and scales the whole window's gradients).

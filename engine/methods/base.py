@@ -2,8 +2,8 @@
 
 The training loop (engine/train.py) calls, per epoch, `begin_epoch` (also for a resumed epoch); per
 micro-batch, `loss`; per optimiser step, after the backward passes of its window, `after_backward`;
-per epoch, `end_of_epoch`; and checkpoints
-`state_dict` with the loop's own state, so a resumed run continues every method bit for bit.
+per epoch, `end_of_epoch`; and checkpoints `state_dict` with the loop's own state, so a resumed run
+continues every method bit for bit.
 """
 from __future__ import annotations
 

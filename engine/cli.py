@@ -83,6 +83,19 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--ogm-start", type=int, default=d.ogm_start, help="OGM-GE: first modulated epoch")
     p.add_argument("--ogm-end", type=int, help="OGM-GE: epoch at which modulation stops")
     p.add_argument("--no-ogm-ge", dest="ogm_ge", action="store_false", help="OGM without the GE noise")
+    p.add_argument("--pareto-gamma", type=float, default=d.pareto_gamma, help="MMPareto: factor on each encoder's "
+                   "combined gradient after its rescaling to the summed gradient's norm")
+    p.add_argument("--agm-alpha", type=float, default=d.agm_alpha, help="AGM modulation strength α")
+    p.add_argument("--agm-start", type=int, default=d.agm_start, help="AGM: first modulated epoch")
+    p.add_argument("--agm-end", type=int, help="AGM: epoch at which modulation stops")
+    p.add_argument("--pmr-alpha", type=float, default=d.pmr_alpha, help="PMR: weight α of the weaker modality's "
+                   "prototypical cross-entropy")
+    p.add_argument("--pmr-momentum", type=float, default=d.pmr_momentum, help="PMR: share of the previous "
+                   "prototypes kept at each epoch's update")
+    p.add_argument("--pmr-start", type=int, default=d.pmr_start, help="PMR: first rebalanced epoch")
+    p.add_argument("--pmr-end", type=int, help="PMR: epoch at which rebalancing stops")
+    p.add_argument("--dropout-p", type=float, default=d.dropout_p, help="modality dropout: probability that a "
+                   "training sample loses one modality (chosen uniformly; its feature zeroed, not rescaled)")
     p.add_argument("--ume-combine", choices=CHOICES["ume_combine"], default=d.ume_combine, help="UME: average logits or probabilities")
     p.add_argument("--ume-fit-weights", action="store_true", help="UME: fit member weights on the validation split")
     p.add_argument("--cache-budget-gb", type=float, default=d.cache_budget_gb, help="load the cache whole onto "

@@ -7,7 +7,8 @@ from umt.loaders.errors import UserError
 from umt.loaders.loading.pipeline import BAD_SAMPLE_POLICIES
 from umt.loaders.stored.views import ViewSpec
 
-METHODS = ("unimodal", "joint", "umt", "ume", "ogm-ge", "gblend")  # ume evaluates, the others train
+METHODS = ("unimodal", "joint", "umt", "ume", "ogm-ge", "gblend",
+           "mmpareto", "agm", "pmr", "dropout")  # ume evaluates, the others train
 # The allowed values of every choice setting, declared once (the CLI's choices come from here).
 CHOICES: dict[str, tuple[str, ...]] = {
     "method": METHODS,
@@ -52,6 +53,15 @@ class TrainConfig:
     ogm_start: int = 0               # OGM-GE: first epoch of modulation
     ogm_end: int | None = None       # OGM-GE: epoch at which modulation stops (None: never)
     ogm_ge: bool = True              # OGM-GE: add the generalisation-enhancement noise
+    pareto_gamma: float = 1.5        # MMPareto: enlargement of the combined encoder gradient (MMPareto.py: gamma=1.5)
+    agm_alpha: float = 0.1           # AGM's α (BalanceBenchmark configs/trainer_config.yaml, AGM: alpha 0.1)
+    agm_start: int = 0               # AGM: first epoch of modulation
+    agm_end: int | None = None       # AGM: epoch at which modulation stops (None: never)
+    pmr_alpha: float = 1.0           # PMR's α, weight of the prototypical loss (main_Prototype_grad.py: --alpha 1.0)
+    pmr_momentum: float = 0.2        # PMR: share of the old prototype kept per epoch (--momentum_coef 0.2)
+    pmr_start: int = 0               # PMR: first epoch of rebalancing (--modulation_starts 0)
+    pmr_end: int | None = None       # PMR: epoch at which rebalancing stops (None: never)
+    dropout_p: float = 0.5           # modality dropout: probability that a training sample loses one modality
     ume_combine: str = "logits"      # UME: average "logits" or "probs"
     ume_fit_weights: bool = False    # UME: fit per-member weights on the validation split
     cache: str | None = None         # UMT targets from `umt-cache build`

@@ -9,6 +9,10 @@ knobs have their own section, read only by that method:
     method: name
     umt:    lambda, distill, projector, cache, cache_budget_gb, teachers
     ogm_ge: alpha, start, end, ge
+    mmpareto: gamma
+    agm:    alpha, start, end
+    pmr:    alpha, momentum, start, end
+    dropout: p
     ume:    members, combine, fit_weights
     run:    out, seed, log_every, checkpoint_every, resume, select, probe, probe_every, log_with
 
@@ -43,6 +47,10 @@ SECTIONS: dict[str, dict[str, str]] = {
     "umt": {"lambda": "distill_weight", "distill": "distill", "projector": "projector", "cache": "cache",
             "cache_budget_gb": "cache_budget_gb", "teachers": "teachers"},
     "ogm_ge": {"alpha": "ogm_alpha", "start": "ogm_start", "end": "ogm_end", "ge": "ogm_ge"},
+    "mmpareto": {"gamma": "pareto_gamma"},
+    "agm": {"alpha": "agm_alpha", "start": "agm_start", "end": "agm_end"},
+    "pmr": {"alpha": "pmr_alpha", "momentum": "pmr_momentum", "start": "pmr_start", "end": "pmr_end"},
+    "dropout": {"p": "dropout_p"},
     "ume": {"members": "members", "combine": "ume_combine", "fit_weights": "ume_fit_weights"},
     "run": {"out": "out", "seed": "seed", "log_every": "log_every", "checkpoint_every": "checkpoint_every",
             "resume": "resume", "select": "select", "probe": "probe", "probe_every": "probe_every",

@@ -158,9 +158,14 @@ class LateFusionNet(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Fused logits and each modality's pooled feature (the UMT distillation point)."""
         feats = self.features(batch)
+        return self.fuse(feats), feats
+
+    def fuse(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The fusion head's logits from each modality's feature (methods that change features before
+        fusion, e.g. modality dropout, call it on their own)."""
         if self.cfg.fusion == "sum":
-            return sum(self.head[m](feats[m]) for m in self.cfg.modalities), feats
-        return self.head(torch.cat([feats[m] for m in self.cfg.modalities], dim=1)), feats
+            return sum(self.head[m](feats[m]) for m in self.cfg.modalities)
+        return self.head(torch.cat([feats[m] for m in self.cfg.modalities], dim=1))
 
     def distilled(self, modality: str, feature: torch.Tensor) -> torch.Tensor:
         """What UMT compares with the teacher's feature: the feature itself, or its projection."""

@@ -55,11 +55,13 @@ def cache(data, teachers, tmp_path_factory) -> Path:
 
 
 def accelerate_launch(module: str, *args: str, processes: int = 2) -> None:
-    """Run `python -m module args` as several CPU processes through Accelerate (gloo DDP)."""
+    """Run `python -m module args` (or, for a path ending in .py, that script) as several CPU processes
+    through Accelerate (gloo DDP)."""
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    target = [module] if module.endswith(".py") else ["-m", module]
     subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                     str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                    "-m", module, *args], check=True, env=env, timeout=300)
+                    *target, *args], check=True, env=env, timeout=300)
 
 
 def kill_when(module: str, args: list[str], ready: Callable[[], bool], timeout: float = 120) -> None:

@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 from ..config import METHODS, ConfigError, TrainConfig
+from .agm import Agm
 from .base import Method, Unimodal
+from .dropout import ModalityDropout
 from .gblend import GBlend
+from .mmpareto import MMPareto
 from .ogm_ge import OgmGe
+from .pmr import Pmr
 from .umt import Umt
 
-REGISTRY: dict[str, type[Method]] = {m.name: m for m in (Unimodal, Method, Umt, OgmGe, GBlend)}
+REGISTRY: dict[str, type[Method]] = {m.name: m for m in (Unimodal, Method, Umt, OgmGe, GBlend, MMPareto, Agm, Pmr,
+                                                         ModalityDropout)}
 
 
 def method_for(cfg: TrainConfig) -> Method:

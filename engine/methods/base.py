@@ -1,8 +1,9 @@
 """The interface every trainable method implements, and the plain cross-entropy methods.
 
-The training loop (engine/train.py) calls, per micro-batch, `loss`; per optimiser step, after the
-backward passes of its window, `after_backward`; per epoch, `end_of_epoch`; and checkpoints
-`state_dict` with the loop's own state, so a resumed run continues every method bit for bit.
+The training loop (engine/train.py) calls, per epoch, `begin_epoch` (also for a resumed epoch); per
+micro-batch, `loss`; per optimiser step, after the backward passes of its window, `after_backward`;
+per epoch, `end_of_epoch`; and checkpoints `state_dict` with the loop's own state, so a resumed run
+continues every method bit for bit.
 """
 from __future__ import annotations
 
@@ -42,6 +43,9 @@ class Method:
     def prepare(self, net: LateFusionNet, device: torch.device) -> tuple[int, int | None]:
         """Load what the method needs beside the model; returns the (view seed, view count) to train on."""
         return self.cfg.resolved_view_seed, self.cfg.num_views
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Told the epoch about to run (or resume), for a loss that depends on it (PMR, modality dropout)."""
 
     def loss(self, net: LateFusionNet, batch: dict[str, torch.Tensor], logits: torch.Tensor,
              feats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Parts]:

@@ -60,6 +60,9 @@ class Recipe:
     width: int = 16          # vector encoders: 128-d features
     distill_weight: float = 10.0
     select: str = "best_val"  # final model of every run: its best validation epoch ("last": the first sweep)
+    workers: int = 0          # decoding processes (vector sets: none needed)
+    cache_views: int = 1      # views per sample in the UMT cache
+    view: tuple[str, ...] = ()  # view flags of video/audio sets (--frames 4 ...)
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class Cell:
     paired: float | None = None
     groups: bool = False  # the labels file records each sample's group: score every method per group
     peers: tuple[str, ...] = ()  # the other registered methods to run (peers())
+    modalities: tuple[str, ...] = ()  # of a shard set made beforehand (raw = {"data": its folder})
 
 
 def peers() -> tuple[str, ...]:
@@ -103,18 +107,24 @@ def run_cell(cell: Cell, out: Path) -> dict:
     from umt.loaders.cli import main as data_main
 
     work = out / f"{cell.name}-seed{cell.seed}"
-    views = [v for v in cell.raw if v != "labels"]
+    views = list(cell.modalities) or [v for v in cell.raw if v != "labels"]
     work.parent.mkdir(parents=True, exist_ok=True)
-    with open(work.parent / f"{work.name}.log", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        data = work / "data"
-        data_main(["pack-arrays", *[f"--view={v}={cell.raw[v]}" for v in views], "--labels", str(cell.raw["labels"]),
-                   "--out", str(data), "--seed", str(cell.seed), "--shard-size", "1000"])
+    with open(work.parent / f"{work.name}.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        if "data" in cell.raw:  # a shard set made beforehand (--demo)
+            data = Path(cell.raw["data"])
+        else:
+            data = work / "data"
+            data_main(["pack-arrays", *[f"--view={v}={cell.raw[v]}" for v in views], "--labels", str(cell.raw["labels"]),
+                       "--out", str(data), "--seed", str(cell.seed), "--shard-size", "1000"])
         r = cell.recipe
         common = ["--data", str(data), "--epochs", str(r.epochs), "--batch-size", str(r.batch_size), "--lr", str(r.lr),
-                  "--width", str(r.width), "--seed", str(cell.seed), "--workers", "0", "--select", r.select]
+                  "--width", str(r.width), "--seed", str(cell.seed), "--workers", str(r.workers), "--select", r.select,
+                  *r.view]
 
         def train(name: str, *args: str, fusion: str = "mlp") -> dict:
-            train_main([*common, "--fusion", fusion, "--out", str(work / name), *args])
+            """One run; a run whose results.json exists is read, not repeated (a sweep resumes where it stopped)."""
+            if not (work / name / "results.json").is_file():
+                train_main([*common, "--fusion", fusion, "--out", str(work / name), *args])
             runs[name.replace("-", "_")] = name
             return json.loads((work / name / "results.json").read_text())
 
@@ -125,12 +135,13 @@ def run_cell(cell: Cell, out: Path) -> dict:
         ckpts = {v: str(work / f"unimodal-{v}" / "model.pt") for v in views}
         joint = train("joint", "--method", "joint", *both)
         cache_main(["build", "--data", str(data), *[f"--teacher={v}={c}" for v, c in ckpts.items()],
-                    "--out", str(work / "cache.zarr"), "--views", "1", "--seed", str(cell.seed), "--workers", "0"])
+                    "--out", str(work / "cache.zarr"), "--views", str(r.cache_views), "--seed", str(cell.seed),
+                    "--workers", str(r.workers)])
         distil = ["--method", "umt", *both, "--cache", str(work / "cache.zarr"), "--lambda", str(r.distill_weight)]
         umt = train("umt", *distil)
         umt_projector = train("umt-projector", *distil, "--projector")
         ume = train("ume", "--method", "ume", *[f"--member={v}={c}" for v, c in ckpts.items()])
-        choice = guide(str(data), ckpts, str(work / "joint" / "model.pt"), split="val", num_workers=0,
+        choice = guide(str(data), ckpts, str(work / "joint" / "model.pt"), split="val", num_workers=r.workers,
                        umt=str(work / "umt" / "model.pt"))
         fused = {"joint": joint, "umt": umt, "umt_projector": umt_projector}
         fusions = {}
@@ -144,7 +155,7 @@ def run_cell(cell: Cell, out: Path) -> dict:
         by_group = presence.per_group(work, cell.raw["labels"], views, recorded, fused_runs) if cell.groups else None
     test = {k: res["test_top1"] for k, res in recorded.items()}
     probe = {"unimodal": {v: uni[v]["probe"][v] for v in views}, **{k: res["probe"] for k, res in fused.items()}}
-    generator = Path(cell.raw["labels"]).with_name("config.json")
+    generator = Path(cell.raw.get("labels", work)).with_name("config.json")
     return {"cell": cell.name, "seed": cell.seed, "paired": cell.paired, "views": views,
             "generator": json.loads(generator.read_text()) if generator.is_file() else None,
             "test_top1": _round(test), "probe": _round(probe), "guide": {"choice": choice["choice"],
@@ -267,6 +278,22 @@ def mfeat_cells(out: Path, quick: bool, recipe: Recipe, overrides: dict) -> list
     return [Cell("mfeat", seed, {k: str(v) for k, v in raw.items()}, recipe) for seed in ((0,) if quick else SEEDS)]
 
 
+def demo_cells(out: Path, quick: bool) -> list[Cell]:
+    """`make demo`'s dataset and settings (engine/demo.py), every method, one cell per seed."""
+    from umt.engine.demo import DATA, VIEW, VIEWS
+    from umt.loaders.making.synth import write_synth
+    from umt.loaders.stored.shards import MANIFEST
+    data = out / "raw" / "demo"
+    config = replace(DATA, train=200, val=64, test=64, shard_size=100) if quick else DATA
+    if not (data / MANIFEST).is_file():
+        write_synth(data, config, progress=False)
+    view = tuple(a for f, v in VIEW.to_dict().items()
+                 for a in ([f"--{'' if v else 'no-'}{f}"] if isinstance(v, bool) else [f"--{f.replace('_', '-')}", str(v)]))
+    recipe = Recipe(epochs=2 if quick else 6, batch_size=32, width=8, workers=1, cache_views=VIEWS, view=view)
+    return [Cell("demo", seed, {"data": str(data)}, recipe, modalities=("video", "audio"))
+            for seed in ((0,) if quick else SEEDS)]
+
+
 def generator_overrides(items: list[str]) -> dict:
     """['audio_noise=2.5', ...] → typed VectorSynthConfig overrides."""
     from umt.loaders.making.synth_vectors import VectorSynthConfig
@@ -353,6 +380,8 @@ def main() -> None:
     which.add_argument("--presence", action="store_true", help="the presence label model over PRESENCE_GRID, "
                        "with test accuracy per kind of sample")
     which.add_argument("--mfeat", action="store_true", help="UCI Multiple Features digits (fou + pix views)")
+    which.add_argument("--demo", action="store_true", help="`make demo`'s video + audio set and settings (the methods "
+                       "table; minutes per run on a CPU)")
     parser.add_argument("--out", required=True, help="work directory; results go to OUT/phenomena.json and .png")
     parser.add_argument("--quick", action="store_true", help="1 seed, small data, 4 epochs, 2 strengths (--synthetic) or 1 condition "
                         "(--presence): for tests")
@@ -377,6 +406,8 @@ def main() -> None:
         raise SystemExit("phenomena: --condition applies to --presence only")
     if args.presence:
         cells = presence_cells(out, args.quick, recipe, overrides, args.condition)
+    elif args.demo:
+        cells = [replace(c, recipe=replace(c.recipe, select=args.select)) for c in demo_cells(out, args.quick)]
     else:
         cells = (synthetic_cells if args.synthetic else mfeat_cells)(out, args.quick, recipe, overrides)
     cells = [replace(c, peers=chosen) for c in cells]
@@ -390,7 +421,7 @@ def main() -> None:
         print(presence.tables(summary))
         return
     summary = summarise(records)
-    dataset = "synthetic" if args.synthetic else "mfeat"
+    dataset = "synthetic" if args.synthetic else "demo" if args.demo else "mfeat"
     if args.synthetic:
         plot(records, summary, out / "phenomena.png", "umt-data synth-arrays: test top-1")
     (out / "table.md").write_text(table(records) + "\n")

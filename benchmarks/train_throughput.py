@@ -2,12 +2,15 @@
 
 Side by side, interleaved, in one process: training samples/s of `joint`, `umt` with online
 teachers and `umt` with cached targets (same model, batch, data, loader, steps), medians over
-repeats; then the cache build's clips/s against the teachers' bare forward throughput on the same
-clips, already decoded and in memory (build_overhead = 1 - build / bare). The build is measured
-with teachers of `--build-width` (64: ResNet-18's real width, the teachers users cache) as well as
-with the small training width, since the overhead is decode cost over teacher cost.
+repeats, at each of `--widths` (8: the CPU demo's; 64: ResNet-18's, where an online teacher costs what
+the student does); students and teachers share the width. Each repeat runs every width's three
+methods back to back, the order rotated; `ratio_cached_vs_joint_per_repeat` is the spread of the
+ratio within repeats. Then, per width, the cache build's clips/s against the teachers' bare forward
+throughput on the same clips, already decoded and in memory (build_overhead = 1 - build / bare).
+`--profile` runs cProfile over one joint and one cached run at the largest width and lists the
+functions whose own time per step differs most: where a gap between them goes.
 
-    python benchmarks/train_throughput.py --out benchmarks/results/train_throughput_cpu.json
+    python benchmarks/train_throughput.py --profile --out benchmarks/results/train_throughput_cpu.json
 """
 from __future__ import annotations
 
@@ -49,36 +52,60 @@ def bare_forward_clips_per_s(data: str, teachers: dict[str, str], views: int, ba
     return sum(len(b["row"]) for b in batches) / (time.perf_counter() - start)
 
 
+def gap_profile(run_once, names: tuple[str, str], top: int = 12) -> list[dict]:
+    """cProfile both runs; the functions whose own time differs most between them, seconds per step."""
+    import cProfile
+    import pstats
+    own = {}
+    for name in names:
+        profiler = cProfile.Profile()
+        steps = profiler.runcall(run_once, name)["steps"]
+        stats = pstats.Stats(profiler).stats
+        own[name] = {f"{Path(f).name}:{line}({fn})": v[2] / steps for (f, line, fn), v in stats.items()}
+    a, b = (own[n] for n in names)
+    keys = sorted(set(a) | set(b), key=lambda k: -abs(b.get(k, 0) - a.get(k, 0)))[:top]
+    return [{"function": k, f"{names[0]}_s_per_step": round(a.get(k, 0), 5), f"{names[1]}_s_per_step": round(b.get(k, 0), 5)}
+            for k in keys]
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": median(values), "min": round(min(values), 3), "max": round(max(values), 3)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="benchmarks/results/train_throughput.json")
     p.add_argument("--train-clips", type=int, default=1000)
-    p.add_argument("--steps", type=int, default=30, help="optimiser steps per timed run")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--steps", type=int, default=30, help="optimiser steps per timed run at the smallest width")
+    p.add_argument("--steps-wide", type=int, default=8, help="optimiser steps per timed run at the other widths")
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--width", type=int, default=8)
+    p.add_argument("--widths", default="8,64", help="student and teacher widths, comma-separated (64: ResNet-18)")
     p.add_argument("--views", type=int, default=4)
-    p.add_argument("--build-width", type=int, default=64, help="teacher width for the second build measurement")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--profile", action="store_true", help="also profile one joint and one cached run at the "
+                   "largest width: where the time differs")
     args = p.parse_args()
+    widths = [int(w) for w in args.widths.split(",")]
     work = Path(tempfile.mkdtemp(prefix="umt-bench-"))
     data = str(work / "data")
     write_synth(data, SynthConfig(train=args.train_clips, val=64, test=64, shard_size=args.train_clips // 4), progress=False)
-    base = TrainConfig(data=data, out="", width=args.width, batch_size=args.batch_size, view=VIEW, epochs=1,
-                       num_workers=args.workers, probe=False, log_every=10**9)
+    base = TrainConfig(data=data, out="", batch_size=args.batch_size, view=VIEW, epochs=1,
+                       num_workers=args.workers, probe=False, log_every=10**9, log_with="none")
 
-    def make_teachers(width: int, tag: str) -> dict[str, str]:
+    def make_teachers(width: int) -> dict[str, str]:
         paths = {}
         for m in ("video", "audio"):
-            run(replace(base, out=str(work / f"{tag}{m}"), method="unimodal", modalities=(m,), width=width, max_steps=5))
-            paths[m] = str(work / f"{tag}{m}" / "model.pt")
+            out = work / f"w{width}-{m}"
+            run(replace(base, out=str(out), method="unimodal", modalities=(m,), width=width, max_steps=5))
+            paths[m] = str(out / "model.pt")
         return paths
 
-    def build_figures(teachers: dict[str, str], tag: str) -> dict:
+    def build_figures(teachers: dict[str, str], width: int) -> dict:
         seconds = []
         for r in range(args.repeats):
             start = time.perf_counter()
-            build(data, teachers, str(work / f"{tag}cache{r}.zarr"), args.views, batch_size=args.batch_size,
+            build(data, teachers, str(work / f"w{width}-cache{r}.zarr"), args.views, batch_size=args.batch_size,
                   num_workers=args.workers, progress=False)
             seconds.append(time.perf_counter() - start)
         bare = median([bare_forward_clips_per_s(data, teachers, args.views, args.batch_size) for _ in range(args.repeats)])
@@ -86,26 +113,41 @@ def main() -> None:
         return {"build_clips_per_s": round(build_cps, 1), "bare_teacher_clips_per_s": bare,
                 "build_overhead": round(1 - build_cps / bare, 3), "build_seconds_runs": [round(x, 2) for x in seconds]}
 
-    teachers = make_teachers(args.width, "")
-    small = build_figures(teachers, "")
-    big = build_figures(make_teachers(args.build_width, "big"), "big")
+    configs, builds = {}, {}
+    for width in widths:
+        teachers = make_teachers(width)
+        builds[width] = build_figures(teachers, width)
+        configs[width] = {"joint": dict(method="joint"),
+                          "umt_online": dict(method="umt", teachers=teachers, num_views=args.views),
+                          "umt_cached": dict(method="umt", cache=str(work / f"w{width}-cache0.zarr"))}
 
-    configs = {"joint": dict(method="joint"),
-               "umt_online": dict(method="umt", teachers=teachers, num_views=args.views),
-               "umt_cached": dict(method="umt", cache=str(work / "cache0.zarr"))}
-    speeds: dict[str, list[float]] = {name: [] for name in configs}
+    def run_once(width: int, name: str, tag: str) -> dict:
+        steps = args.steps if width == min(widths) else args.steps_wide
+        return run(replace(base, out=str(work / f"w{width}-{name}{tag}"), width=width, max_steps=steps,
+                           **configs[width][name]))
+
+    speeds = {w: {name: [] for name in configs[w]} for w in widths}
     for r in range(args.repeats):
-        order = list(configs)[r % 3:] + list(configs)[:r % 3]  # rotate so no method always runs first
-        for name in order:
-            res = run(replace(base, out=str(work / f"{name}{r}"), max_steps=args.steps, **configs[name]))
-            speeds[name].append(res["train_samples_per_s"])
-            print(f"repeat {r} {name}: {res['train_samples_per_s']} samples/s")
-    joint, online, cached = (median(speeds[k]) for k in ("joint", "umt_online", "umt_cached"))
-    write_json(args.out, {
-        "joint_samples_per_s": joint, "umt_online_samples_per_s": online, "umt_cached_samples_per_s": cached,
-        "ratio_cached_vs_joint": round(cached / joint, 3), "ratio_cached_vs_online": round(cached / online, 3),
-        **big, f"build_at_width_{args.width}": small, "samples_per_s_runs": speeds,
-        "settings": {**vars(args), "view": VIEW.to_dict(), "fusion": base.fusion}})
+        for width in widths:
+            names = list(configs[width])
+            for name in names[r % 3:] + names[:r % 3]:  # rotate so no method always runs first
+                speeds[width][name].append(run_once(width, name, str(r))["train_samples_per_s"])
+                print(f"repeat {r} width {width} {name}: {speeds[width][name][-1]} samples/s", flush=True)
+    figures = {}
+    for width in widths:
+        s = speeds[width]
+        paired = [c / j for c, j in zip(s["umt_cached"], s["joint"])]  # same repeat, back to back
+        figures[f"width_{width}"] = {
+            **{f"{k}_samples_per_s": median(v) for k, v in s.items()},
+            "ratio_cached_vs_joint": round(median(s["umt_cached"]) / median(s["joint"]), 3),
+            "ratio_cached_vs_joint_per_repeat": spread(paired),
+            "ratio_cached_vs_online": round(median(s["umt_cached"]) / median(s["umt_online"]), 3),
+            "samples_per_s_runs": s, "cache_build": builds[width]}
+    if args.profile:
+        wide = max(widths)
+        figures["gap_profile"] = {"width": wide, "functions": gap_profile(lambda n: run_once(wide, n, "-profile"),
+                                                                            ("joint", "umt_cached"))}
+    write_json(args.out, {**figures, "settings": {**vars(args), "view": VIEW.to_dict(), "fusion": base.fusion}})
 
 
 if __name__ == "__main__":

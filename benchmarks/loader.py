@@ -59,21 +59,21 @@ SPEC = ViewSpec(frames=8, stride=2, crop=112, audio_seconds=1.0, mel_bins=64)
 PACKED = PackOptions(short_side=128, fps=15, gop=8)
 
 
-def write_source(path: Path, seed: int) -> None:
-    """A downloaded-style clip: 320x240 H.264 at 30 fps, long GOP, stereo AAC at 44.1 kHz."""
+def write_source(path: Path, seed: int, size: tuple[int, int] = SOURCE_SIZE, seconds: int = SECONDS) -> None:
+    """A downloaded-style clip: 320x240 (or `size`) H.264 at 30 fps, long GOP, stereo AAC at 44.1 kHz."""
     rng = np.random.default_rng(seed)
-    w, h = SOURCE_SIZE
+    w, h = size
     yy, xx = np.mgrid[0:h, 0:w]
     with av.open(str(path), "w") as out:
         vs = out.add_stream("libx264", rate=SOURCE_FPS)
         vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
         aud = out.add_stream("aac", rate=44100)
-        for t in range(SOURCE_FPS * SECONDS):
+        for t in range(SOURCE_FPS * seconds):
             img = np.stack([(xx + 3 * t) % 256, (yy * 2 + seed * 17) % 256, (xx + yy + t) % 256], -1)
             img = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
             out.mux(vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
         out.mux(vs.encode())
-        tone = 0.3 * np.sin(2 * np.pi * (200 + 50 * seed) * np.arange(44100 * SECONDS) / 44100)
+        tone = 0.3 * np.sin(2 * np.pi * (200 + 50 * seed) * np.arange(44100 * seconds) / 44100)
         for start in range(0, len(tone), 1024):
             frame = av.AudioFrame.from_ndarray(np.repeat(tone[None, start:start + 1024], 2, 0).astype(np.float32),
                                                format="fltp", layout="stereo")

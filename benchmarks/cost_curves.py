@@ -1,0 +1,150 @@
+"""How cost grows with the work: four curves, one JSON and one PNG.
+
+1. Cached UMT training samples/s with the cache held in memory against streamed from its Zarr
+   shards (`--cache-budget-gb 0`), interleaved repeats: what a cache larger than memory costs.
+2. `umt-cache build` clips/s against the views cached per clip (teachers of `--width`): decoding is
+   shared by a clip's views, the teachers' forward is not.
+3. `umt-data pack` clips/s with 1 and 2 workers on 720p and 1080p sources (H.264 + AAC, 30 fps):
+   the one-off transcode a Kinetics user pays per clip.
+4. umt's cpu loader clips/s against its worker count (0 = in the main process, 1, 2).
+
+    python benchmarks/cost_curves.py --out benchmarks/results/cost_curves_cpu.json --png docs/cost_curves_cpu.png
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from umt.cache.builder import build
+from umt.engine.config import TrainConfig
+from umt.engine.train import run
+from umt.loaders.loading.loader import make_loader
+from umt.loaders.making.inputs import ClipInput
+from umt.loaders.making.pack import pack
+from umt.loaders.making.synth import SynthConfig, write_synth
+from umt.loaders.stored.views import ViewPolicy
+
+from common import median, write_json
+from loader import PACKED, SPEC, timed_pass, write_source
+from train_throughput import VIEW
+
+
+def training_curve(base: TrainConfig, work: Path, cache: str, repeats: int, steps: int) -> dict:
+    """Cached UMT samples/s, cache in memory vs streamed, repeats interleaved."""
+    speeds = {"in_memory": [], "streamed": []}
+    for r in range(repeats):
+        order = list(speeds)[r % 2:] + list(speeds)[:r % 2]
+        for name in order:
+            budget = 8.0 if name == "in_memory" else 0.0
+            res = run(replace(base, out=str(work / f"{name}{r}"), method="umt", cache=cache, cache_budget_gb=budget,
+                              max_steps=steps))
+            speeds[name].append(res["train_samples_per_s"])
+    return {"samples_per_s": {k: median(v) for k, v in speeds.items()}, "runs": speeds,
+            "ratio_streamed_vs_memory": round(median(speeds["streamed"]) / median(speeds["in_memory"]), 3)}
+
+
+def build_curve(data: str, teachers: dict[str, str], work: Path, views: list[int], clips: int, workers: int) -> dict:
+    rates = {}
+    for v in views:
+        start = time.perf_counter()
+        build(data, teachers, str(work / f"views{v}.zarr"), v, num_workers=workers, progress=False)
+        rates[v] = round(clips / (time.perf_counter() - start), 1)
+    return {"clips_per_s": rates, "views_per_s": {v: round(r * v, 1) for v, r in rates.items()}}
+
+
+def pack_curve(work: Path, clips: int, seconds: int) -> dict:
+    out = {}
+    for name, size in (("720p", (1280, 720)), ("1080p", (1920, 1080))):
+        src = work / f"src{name}"
+        src.mkdir()
+        inputs = []
+        for i in range(clips):
+            write_source(src / f"{i}.mp4", i, size, seconds)
+            inputs.append(ClipInput(f"{i}.mp4", str(src / f"{i}.mp4"), f"class{i % 4}", "train"))
+        out[name] = {}
+        for workers in (1, 2):
+            start = time.perf_counter()
+            pack(inputs, work / f"packed{name}-{workers}", PACKED, shard_size=clips, workers=workers, progress=False)
+            out[name][workers] = round(clips / (time.perf_counter() - start), 2)
+    return {"clips_per_s": out, "source_seconds": seconds, "packed": PACKED.to_dict()}
+
+
+def loader_curve(data: Path, repeats: int) -> dict:
+    rates = {w: [] for w in (0, 1, 2)}
+    for r in range(repeats):
+        for w in list(rates)[r % 3:] + list(rates)[:r % 3]:
+            rates[w].append(timed_pass(make_loader(data, "train", SPEC, ["video", "audio"], ViewPolicy(0, r, True), 16, w)))
+    return {"clips_per_s": {w: median(v) for w, v in rates.items()}, "runs": {w: [round(x, 1) for x in v]
+                                                                              for w, v in rates.items()}}
+
+
+def plot(figures: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    t = figures["training"]["samples_per_s"]
+    axes[0].bar(list(t), list(t.values()), color=["C0", "C1"])
+    axes[0].set(title="cached UMT training", ylabel="samples/s")
+    b = figures["cache_build"]["clips_per_s"]
+    axes[1].plot(list(b), list(b.values()), marker="o")
+    axes[1].set(title="cache build", xlabel="views per clip", ylabel="clips/s")
+    for name, rates in figures["pack"]["clips_per_s"].items():
+        axes[2].plot(list(rates), list(rates.values()), marker="o", label=name)
+    axes[2].set(title="umt-data pack", xlabel="workers", ylabel="clips/s", xticks=[1, 2])
+    axes[2].legend()
+    lo = figures["loader"]["clips_per_s"]
+    axes[3].plot(list(lo), list(lo.values()), marker="o")
+    axes[3].set(title="cpu loader (112 px, 8 frames)", xlabel="workers", ylabel="clips/s", xticks=[0, 1, 2])
+    for axis in axes:
+        axis.grid(alpha=0.3)
+        axis.set_ylim(bottom=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="benchmarks/results/cost_curves.json")
+    p.add_argument("--png", default="docs/cost_curves.png")
+    p.add_argument("--train-clips", type=int, default=512)
+    p.add_argument("--width", type=int, default=8)
+    p.add_argument("--steps", type=int, default=15)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--views", default="1,2,4,8", help="views per clip for the cache-build curve")
+    p.add_argument("--pack-clips", type=int, default=6, help="720p and 1080p source clips to pack")
+    p.add_argument("--pack-seconds", type=int, default=4)
+    p.add_argument("--loader-clips", type=int, default=64)
+    args = p.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="umt-curves-"))
+    data = str(work / "data")
+    write_synth(data, SynthConfig(train=args.train_clips, val=32, test=32, shard_size=args.train_clips // 8), progress=False)
+    base = TrainConfig(data=data, out="", width=args.width, batch_size=32, view=VIEW, epochs=1, num_workers=1,
+                       probe=False, log_every=10**9, log_with="none")
+    teachers = {}
+    for m in ("video", "audio"):
+        run(replace(base, out=str(work / m), method="unimodal", modalities=(m,), max_steps=3))
+        teachers[m] = str(work / m / "model.pt")
+    views = [int(v) for v in args.views.split(",")]
+    figures = {"cache_build": build_curve(data, teachers, work, views, args.train_clips, 1)}
+    figures["training"] = training_curve(base, work, str(work / f"views{max(views)}.zarr"), args.repeats, args.steps)
+
+    loader_work = work / "loader"
+    (loader_work / "src").mkdir(parents=True)
+    inputs = []
+    for i in range(args.loader_clips):
+        write_source(loader_work / "src" / f"{i}.mp4", i)
+        inputs.append(ClipInput(f"{i}.mp4", str(loader_work / "src" / f"{i}.mp4"), f"class{i % 4}", "train"))
+    pack(inputs, loader_work / "packed", PACKED, shard_size=max(1, args.loader_clips // 4), workers=2, progress=False)
+    figures["loader"] = loader_curve(loader_work / "packed", args.repeats)
+    figures["pack"] = pack_curve(work, args.pack_clips, args.pack_seconds)
+    Path(args.png).parent.mkdir(parents=True, exist_ok=True)
+    plot(figures, Path(args.png))
+    write_json(args.out, {**figures, "png": args.png, "settings": {**vars(args), "view": VIEW.to_dict()}})
+
+
+if __name__ == "__main__":
+    main()

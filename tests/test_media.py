@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from umt.loaders.loading.kernels import crop_flip_to_rgb
-from umt.loaders.stored.media import MediaError, decode_flac, decode_h264, encode_flac, encode_h264
+from umt.loaders.stored.media import MediaError, decode_flac, decode_flac_span, decode_h264, encode_flac, encode_h264
 
 
 def _frames(n: int = 12) -> np.ndarray:
@@ -46,10 +46,24 @@ def test_flac_is_lossless():
     assert np.array_equal(np.round(decode_flac(encode_flac(samples, 16000)) * 32768).astype(np.int16), samples)
 
 
+def test_flac_span_equals_the_slice_of_the_whole_decode():
+    samples = (np.random.default_rng(2).standard_normal(40_000) * 5000).astype(np.int16)
+    data = encode_flac(samples, 16000)
+    whole = decode_flac(data)
+    for start, stop in [(0, 16000), (1, 2), (4607, 4609), (12_345, 28_345), (24_000, 40_000)]:  # in, at, across frames
+        span, total = decode_flac_span(data, start, stop)
+        assert np.array_equal(span, whole[start:stop]), (start, stop)
+        assert total == 40_000
+    with pytest.raises(MediaError, match="the view needs samples 30000-40000"):
+        decode_flac_span(data, 30_000, 40_001)
+
+
 def test_corrupt_media_raises_media_error():
     with pytest.raises(MediaError):
         decode_h264(b"not a video", 0, 1)
     with pytest.raises(MediaError):
         decode_flac(b"fLaC garbage")
+    with pytest.raises(MediaError):
+        decode_flac_span(b"fLaC garbage", 0, 10)
     with pytest.raises(MediaError, match="the view needs frames 0-4"):
         decode_h264(encode_h264(np.zeros((2, 8, 8, 3), np.uint8), 8, 2), 0, 5)

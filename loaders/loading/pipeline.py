@@ -22,7 +22,7 @@ import webdataset as wds
 from .audio import log_mel
 from ..errors import UserError
 from .kernels import crop_flip_to_rgb, load as load_kernels
-from ..stored.media import MediaError, decode_flac, decode_h264
+from ..stored.media import MediaError, decode_flac_span, decode_h264
 from .plan import EpochPlan, PlannedLoader
 from ..stored.shards import MEDIA_MEMBERS, DataError, member
 from .stream import Unreadable, planned_samples
@@ -51,8 +51,13 @@ def decode_views(sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: 
             first = min(v.t0 for v in views)
             clips = {m: decode_h264(sample[member(m)], first, max(v.t0 for v in views) + span)
                      for m in media if m != "audio"}
-            wave = decode_flac(sample[member("audio")]) if "audio" in media else None
-            _check_geometry(clips, wave, geom)
+            wave, audio_start, total = None, 0, None
+            if "audio" in media:  # only the span the views' windows cover
+                window = audio_window(spec, geom.sample_rate)
+                audio_start = min(v.audio_offset for v in views)
+                wave, total = decode_flac_span(sample[member("audio")], audio_start,
+                                               max(v.audio_offset for v in views) + window)
+            _check_geometry(clips, total, geom)
         else:
             views, clips, wave = [None] * len(view_indices), {}, None
     except KeyError as err:
@@ -61,8 +66,8 @@ def decode_views(sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: 
     except (ValueError, MediaError) as err:
         raise MediaError(f"{where}: {err}") from err
     if wave is not None:  # every view's window through one STFT call
-        window = audio_window(spec, geom.sample_rate)
-        pieces = torch.from_numpy(np.stack([wave[v.audio_offset:v.audio_offset + window] for v in views]))
+        pieces = torch.from_numpy(np.stack([wave[v.audio_offset - audio_start:v.audio_offset - audio_start + window]
+                                            for v in views]))
         mels = log_mel(pieces, geom.sample_rate, spec.mel_bins).unsqueeze(1)
     out = []
     for i, (index, view) in enumerate(zip(view_indices, views)):
@@ -81,14 +86,14 @@ def decode_views(sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: 
     return out
 
 
-def _check_geometry(clips: dict[str, np.ndarray], wave: np.ndarray | None, geom: Geometry) -> None:
-    """Decoded media must be as large as the JSON says, or a view would read past its end."""
+def _check_geometry(clips: dict[str, np.ndarray], audio_samples: int | None, geom: Geometry) -> None:
+    """Decoded media must be as large as the JSON says (audio: its FLAC header), or a view would read past its end."""
     for m, planes in clips.items():
         if planes.shape[1:] != (geom.height * 3 // 2, geom.width):
             raise MediaError(f"{m} decodes to {planes.shape[2]}x{planes.shape[1] * 2 // 3} frames, the json says "
                              f"{geom.width}x{geom.height}")
-    if wave is not None and len(wave) < geom.audio_samples:
-        raise MediaError(f"audio decodes to {len(wave)} samples, the json says {geom.audio_samples}")
+    if audio_samples is not None and audio_samples < geom.audio_samples:
+        raise MediaError(f"audio holds {audio_samples} samples, the json says {geom.audio_samples}")
 
 
 def worker_init(_: int) -> None:

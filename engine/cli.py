@@ -77,6 +77,13 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    "(repeatable; default all)")
     p.add_argument("--projector", action="store_true", help="UMT: distil through a learned linear projector, "
                    "MSE(P·f_student, f_teacher) (FitNets)")
+    p.add_argument("--distill-targets", choices=CHOICES["distill_targets"], default=d.distill_targets,
+                   help="UMT: distil the teachers' features (MSE, the paper's), their logits (T²·KL(teacher ‖ "
+                        "student) on per-modality auxiliary heads), or both; logits need a umt-cache/3 cache "
+                        "or online teachers")
+    p.add_argument("--temperature", dest="logit_temperature", type=float, default=d.logit_temperature,
+                   help="UMT logit distillation temperature T")
+    p.add_argument("--logit-weight", type=float, default=d.logit_weight, help="UMT: weight of the logit KL term")
     p.add_argument("--ogm-alpha", type=float, default=d.ogm_alpha, help="OGM-GE modulation strength α; k scales "
                    "the conv-weight gradients (MLP encoders of vector views: their Linear weight matrices) and "
                    "GE adds noise of the unmodulated gradient's std to them")

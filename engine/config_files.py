@@ -7,7 +7,7 @@ knobs have their own section, read only by that method:
     model:  modalities, width, fusion
     optim:  epochs, batch_size, lr, weight_decay, grad_accum, max_steps, precision
     method: name
-    umt:    lambda, distill, projector, cache, cache_budget_gb, teachers
+    umt:    lambda, distill, projector, cache, cache_budget_gb, teachers, targets, temperature, logit_weight
     ogm_ge: alpha, start, end, ge
     ume:    members, combine, fit_weights
     run:    out, seed, log_every, checkpoint_every, resume, select, probe, probe_every, log_with
@@ -41,7 +41,8 @@ SECTIONS: dict[str, dict[str, str]] = {
               "grad_accum": "grad_accum", "max_steps": "max_steps", "precision": "precision"},
     "method": {"name": "method"},
     "umt": {"lambda": "distill_weight", "distill": "distill", "projector": "projector", "cache": "cache",
-            "cache_budget_gb": "cache_budget_gb", "teachers": "teachers"},
+            "cache_budget_gb": "cache_budget_gb", "teachers": "teachers", "targets": "distill_targets",
+            "temperature": "logit_temperature", "logit_weight": "logit_weight"},
     "ogm_ge": {"alpha": "ogm_alpha", "start": "ogm_start", "end": "ogm_end", "ge": "ogm_ge"},
     "ume": {"members": "members", "combine": "ume_combine", "fit_weights": "ume_fit_weights"},
     "run": {"out": "out", "seed": "seed", "log_every": "log_every", "checkpoint_every": "checkpoint_every",

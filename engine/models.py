@@ -158,9 +158,13 @@ class LateFusionNet(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Fused logits and each modality's pooled feature (the UMT distillation point)."""
         feats = self.features(batch)
+        return self.fused_logits(feats), feats
+
+    def fused_logits(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The fusion head on the modalities' features (a uni-modal model: its classifier's logits)."""
         if self.cfg.fusion == "sum":
-            return sum(self.head[m](feats[m]) for m in self.cfg.modalities), feats
-        return self.head(torch.cat([feats[m] for m in self.cfg.modalities], dim=1)), feats
+            return sum(self.head[m](feats[m]) for m in self.cfg.modalities)
+        return self.head(torch.cat([feats[m] for m in self.cfg.modalities], dim=1))
 
     def distilled(self, modality: str, feature: torch.Tensor) -> torch.Tensor:
         """What UMT compares with the teacher's feature: the feature itself, or its projection."""

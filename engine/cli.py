@@ -51,8 +51,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--width", type=int, default=d.width, help="ResNet-18 base width; features are 8x this "
                    "(64 gives the paper's 512-d)")
     p.add_argument("--fusion", choices=CHOICES["fusion"], default=d.fusion, help="fusion head: linear or "
-                   "mlp on the concatenated features (linear: the paper's; mlp can read paired cues), or sum of "
-                   "per-modality linear heads' logits")
+                   "mlp on the concatenated features (linear: the paper's; mlp can read paired cues), sum of "
+                   "per-modality linear heads' logits, or shared: one linear head for every modality, their "
+                   "logits weighted per sample by exp(-entropy) (MLA's; needs equal feature dims)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--view-seed", type=int, help="seed of the augmented views (default: --seed, or the cache's)")
     p.add_argument("--num-views", type=int, help="train on views 0..V-1 only (default: fresh views each "
@@ -90,6 +91,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--ogm-start", type=int, default=d.ogm_start, help="OGM-GE: first modulated epoch")
     p.add_argument("--ogm-end", type=int, help="OGM-GE: epoch at which modulation stops")
     p.add_argument("--no-ogm-ge", dest="ogm_ge", action="store_false", help="OGM without the GE noise")
+    p.add_argument("--no-mla-projection", dest="mla_projection", action="store_false", help="MLA without the "
+                   "gradient modification of the shared head (the paper's ablation)")
     p.add_argument("--ume-combine", choices=CHOICES["ume_combine"], default=d.ume_combine, help="UME: average logits or probabilities")
     p.add_argument("--ume-fit-weights", action="store_true", help="UME: fit member weights on the validation split")
     p.add_argument("--cache-budget-gb", type=float, default=d.cache_budget_gb, help="load the cache whole onto "

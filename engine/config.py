@@ -7,11 +7,11 @@ from umt.loaders.errors import UserError
 from umt.loaders.loading.pipeline import BAD_SAMPLE_POLICIES
 from umt.loaders.stored.views import ViewSpec
 
-METHODS = ("unimodal", "joint", "umt", "ume", "ogm-ge", "gblend")  # ume evaluates, the others train
+METHODS = ("unimodal", "joint", "umt", "ume", "ogm-ge", "gblend", "mla")  # ume evaluates, the others train
 # The allowed values of every choice setting, declared once (the CLI's choices come from here).
 CHOICES: dict[str, tuple[str, ...]] = {
     "method": METHODS,
-    "fusion": ("linear", "mlp", "sum"),
+    "fusion": ("linear", "mlp", "sum", "shared"),
     "precision": ("auto", "no", "bf16", "fp16"),
     "backend": ("auto", "cpu", "dali"),
     "select": ("last", "best_val"),
@@ -56,6 +56,7 @@ class TrainConfig:
     ogm_start: int = 0               # OGM-GE: first epoch of modulation
     ogm_end: int | None = None       # OGM-GE: epoch at which modulation stops (None: never)
     ogm_ge: bool = True              # OGM-GE: add the generalisation-enhancement noise
+    mla_projection: bool = True      # MLA: project the shared head's gradient (OWM; the official GSPlugin)
     ume_combine: str = "logits"      # UME: average "logits" or "probs"
     ume_fit_weights: bool = False    # UME: fit per-member weights on the validation split
     cache: str | None = None         # UMT targets from `umt-cache build`

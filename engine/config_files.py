@@ -9,6 +9,7 @@ knobs have their own section, read only by that method:
     method: name
     umt:    lambda, distill, projector, cache, cache_budget_gb, teachers, targets, temperature, logit_weight
     ogm_ge: alpha, start, end, ge
+    mla:    projection
     ume:    members, combine, fit_weights
     run:    out, seed, log_every, checkpoint_every, resume, select, probe, probe_every, log_with
 
@@ -44,6 +45,7 @@ SECTIONS: dict[str, dict[str, str]] = {
             "cache_budget_gb": "cache_budget_gb", "teachers": "teachers", "targets": "distill_targets",
             "temperature": "logit_temperature", "logit_weight": "logit_weight"},
     "ogm_ge": {"alpha": "ogm_alpha", "start": "ogm_start", "end": "ogm_end", "ge": "ogm_ge"},
+    "mla": {"projection": "mla_projection"},
     "ume": {"members": "members", "combine": "ume_combine", "fit_weights": "ume_fit_weights"},
     "run": {"out": "out", "seed": "seed", "log_every": "log_every", "checkpoint_every": "checkpoint_every",
             "resume": "resume", "select": "select", "probe": "probe", "probe_every": "probe_every",

@@ -74,7 +74,7 @@ def test_verify_passes_fresh_and_fails_tampered_caches(data, teachers, cache, tm
     assert shard_file.is_file()
     shard_file.unlink()
     code, out = _verify(holed, data)
-    assert code == 1 and "FAIL finite: NaN/Inf in video rows [32, 33" in out
+    assert code == 1 and "FAIL finite: NaN/Inf in features/video rows [32, 33" in out
 
     other = tmp_path / "other"
     other.mkdir()

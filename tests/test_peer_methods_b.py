@@ -4,25 +4,31 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from accelerate import Accelerator
 import webdataset as wds
 import zarr
 
 from umt.cache.builder import ShardViews
 from umt.cache.store import CacheError
 from umt.engine.checkpoint import load_model
+from umt.engine.cli import main as train_main
 from umt.engine.config import TrainConfig
 from umt.engine.methods import method_for
+from umt.engine.methods.mla import Mla, owm_update
 from umt.engine.methods.umt import kd_loss
 from umt.engine.models import LateFusionNet, ModelConfig
 from umt.engine.targets import CachedTargets
+from umt.loaders.cli import main as data_main
 from umt.loaders.loading.loader import make_loader
 from umt.loaders.stored.shards import load_manifest, modality_inputs
 from umt.loaders.stored.views import ViewPolicy, ViewSpec
 
-from conftest import train
+from conftest import accelerate_launch
 
 
 def test_cached_logits_equal_the_teachers_logits_on_the_same_views(data, teachers, cache):
@@ -101,3 +107,110 @@ def test_a_format_2_cache_serves_features_and_refuses_logits(data, cache, tmp_pa
     with pytest.raises(CacheError, match=r"umt-cache/2\) holds no teacher logits; distil features only, or "
                                           r"rebuild it with `umt-cache build` \(format umt-cache/3"):
         CachedTargets(str(old), str(data), spec, torch.device("cpu"), kinds=("features", "logits"))
+
+
+# --- MLA -------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def vectors(tmp_path_factory) -> Path:
+    """Two vector views of 240 samples, 3 classes: `strong` separates them well, `weak` barely."""
+    raw = tmp_path_factory.mktemp("vectors")
+    rng = np.random.default_rng(0)
+    labels = np.arange(240) % 3
+    np.save(raw / "strong.npy", np.eye(3)[labels] * 2 + rng.normal(size=(240, 3)))
+    np.save(raw / "weak.npy", np.eye(3)[labels] * 0.5 + rng.normal(size=(240, 3)))
+    (raw / "labels.csv").write_text("label\n" + "".join(f"{y}\n" for y in labels))
+    data_main(["pack-arrays", f"--view=strong={raw / 'strong.npy'}", f"--view=weak={raw / 'weak.npy'}",
+               "--labels", str(raw / "labels.csv"), "--out", str(raw / "packed"), "--shard-size", "40"])
+    return raw / "packed"
+
+
+MLA_ARGS = ["--method", "mla", "--fusion", "shared", "--modality", "strong", "--modality", "weak",
+            "--batch-size", "16", "--width", "4", "--workers", "0", "--no-probe", "--log-with", "none"]
+
+
+def test_mla_alternates_modalities_and_learns_above_chance(vectors, tmp_path):
+    train_main(["--data", str(vectors), "--out", str(tmp_path / "run"), *MLA_ARGS, "--epochs", "4",
+                "--log-every", "1", "--lr", "0.01"])
+    steps = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    trained = [next(k[3:] for k in r if k.startswith("ce_")) for r in steps]
+    assert trained == ["strong", "weak"] * (len(steps) // 2) + ["strong"] * (len(steps) % 2)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["test_top1"] > 0.6  # 3 classes: chance 1/3; the strong view alone allows ~0.8
+
+
+def test_mla_refuses_a_head_it_cannot_share(vectors, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train_main(["--data", str(vectors), "--out", str(tmp_path / "x"), *MLA_ARGS, "--fusion", "linear"])
+    assert "use --fusion shared" in capsys.readouterr().err
+
+
+def test_owm_projection_by_hand():
+    # P = I, r = (1, 0), α = 0.1: k = (1, 0), P − k kᵀ/(α + 1) = diag(1 − 1/1.1, 1), then / its Frobenius norm
+    p = owm_update(torch.eye(2), torch.tensor([1.0, 0.0]), 0.1)
+    a = 1 - 1 / 1.1
+    assert torch.allclose(p, torch.tensor([[a, 0.0], [0.0, 1.0]]) / math.hypot(a, 1.0), atol=1e-7)
+
+
+def test_mla_step_projects_the_shared_head_gradient_away_from_protected_features():
+    """After steps on features r1 then r2, the head's update ΔW ∝ −G Pᵀ leaves W·r1 and W·r2 (nearly) alone."""
+    cfg = TrainConfig(data="", out="", method="mla", modalities=("a", "b"), fusion="shared", width=1)
+    method = Mla(cfg)
+    net = LateFusionNet(ModelConfig(("a", "b"), 3, 1, "shared", inputs={m: {"kind": "vector", "dim": 8} for m in "ab"}))
+    accelerator = Accelerator(cpu=True)
+    method.start_of_epoch(0, range(0, 4))
+    gen = torch.Generator().manual_seed(0)
+    expected = torch.eye(8)
+    seen = []
+    for step in range(3):
+        feats = {m: torch.rand(5, 8, generator=gen) for m in "ab"}
+        logits = net.fused_logits(feats)
+        loss, _ = method.loss(net, {"label": torch.tensor([0, 1, 2, 0, 1])}, logits, feats)
+        net.zero_grad()
+        loss.backward()
+        g = net.head.weight.grad.clone()
+        method.after_backward(net, {}, feats, 0, step, accelerator)
+        r = feats["ab"[step % 2]].mean(0).double()
+        if step == 0:  # the first step of a run is neither projected nor recorded
+            assert torch.equal(net.head.weight.grad, g)
+            assert all(p.grad is None for p in net.encoders["b"].parameters())  # idle encoder: no update
+            continue
+        alpha = 0.1 ** (1 + step / 4)
+        k = expected.double() @ r
+        expected = expected.double() - torch.outer(k, k) / (alpha + r @ k)
+        expected = (expected / expected.norm()).float()
+        seen.append(r.float())
+        assert torch.allclose(net.head.weight.grad, g @ expected.T, atol=1e-6)
+        for protected in seen:  # the update barely moves W·r along the recorded features
+            moved = (net.head.weight.grad @ protected).norm() / (g @ protected).norm()
+            assert moved < 0.05
+    assert method.steps == 3
+
+
+def test_entropy_fusion_weights_by_hand():
+    net = LateFusionNet(ModelConfig(("a", "b"), 2, 1, "shared", inputs={m: {"kind": "vector", "dim": 4} for m in "ab"}))
+    with torch.no_grad():  # the shared head reads the first two feature units as the logits
+        net.head.weight.copy_(torch.eye(2, 8))
+        net.head.bias.zero_()
+    feats = {"a": torch.tensor([[2.0, 0.0] + [0.0] * 6, [0.0, 0.0] + [0.0] * 6]),
+             "b": torch.tensor([[0.0, 1.0] + [0.0] * 6, [0.0, 3.0] + [0.0] * 6])}
+
+    def entropy(logits):
+        z = [math.exp(v) for v in logits]
+        return -sum(v / sum(z) * math.log(v / sum(z)) for v in z)
+
+    fused = net.fused_logits(feats)
+    for i in range(2):
+        za, zb = feats["a"][i, :2].tolist(), feats["b"][i, :2].tolist()
+        wa, wb = math.exp(-entropy(za)), math.exp(-entropy(zb))
+        wa, wb = wa / (wa + wb), wb / (wa + wb)
+        assert fused[i].tolist() == pytest.approx([wa * x + wb * y for x, y in zip(za, zb)], rel=1e-6)
+    # sample 1: modality a is uninformative (uniform, weight smallest possible), b is confident
+    assert fused[1, 1] > 0.5 * 3.0
+
+
+def test_mla_two_processes_keep_replicas_identical(vectors, tmp_path):
+    accelerate_launch("umt.engine.cli", "--data", str(vectors), "--out", str(tmp_path / "run"), *MLA_ARGS,
+                      "--epochs", "2", "--grad-accum", "2")
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["processes"] == 2 and results["replica_max_abs_diff"] == 0.0

@@ -4,10 +4,11 @@ from __future__ import annotations
 from ..config import METHODS, ConfigError, TrainConfig
 from .base import Method, Unimodal
 from .gblend import GBlend
+from .mla import Mla
 from .ogm_ge import OgmGe
 from .umt import Umt
 
-REGISTRY: dict[str, type[Method]] = {m.name: m for m in (Unimodal, Method, Umt, OgmGe, GBlend)}
+REGISTRY: dict[str, type[Method]] = {m.name: m for m in (Unimodal, Method, Umt, OgmGe, GBlend, Mla)}
 
 
 def method_for(cfg: TrainConfig) -> Method:

@@ -1,7 +1,8 @@
 """The interface every trainable method implements, and the plain cross-entropy methods.
 
-The training loop (engine/train.py) calls, per micro-batch, `loss`; per optimiser step, after the
-backward passes of its window, `after_backward`; per epoch, `end_of_epoch`; and checkpoints
+The training loop (engine/train.py) calls, before each epoch (also one resumed mid-way),
+`start_of_epoch`; per micro-batch, `loss`; per optimiser step, after the backward passes of its
+window, `after_backward`; per epoch, `end_of_epoch`; and checkpoints
 `state_dict` with the loop's own state, so a resumed run continues every method bit for bit.
 """
 from __future__ import annotations
@@ -42,6 +43,9 @@ class Method:
     def prepare(self, net: LateFusionNet, device: torch.device) -> tuple[int, int | None]:
         """Load what the method needs beside the model; returns the (view seed, view count) to train on."""
         return self.cfg.resolved_view_seed, self.cfg.num_views
+
+    def start_of_epoch(self, epoch: int, steps: range) -> None:
+        """Before an epoch: the optimiser steps it spans (a schedule within the epoch: MLA's)."""
 
     def loss(self, net: LateFusionNet, batch: dict[str, torch.Tensor], logits: torch.Tensor,
              feats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Parts]:

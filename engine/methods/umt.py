@@ -50,6 +50,9 @@ class Umt(Method):
         if not cfg.cache and set(cfg.teachers) != set(cfg.modalities):
             raise ConfigError(f"online umt needs a teacher for each of {list(cfg.modalities)}, "
                               f"got {sorted(cfg.teachers)}")
+        if cfg.distill_targets != "features" and cfg.distill and set(cfg.distill) != set(cfg.modalities):
+            raise ConfigError("logit distillation trains an auxiliary head for every modality, so it distils "
+                              f"them all: drop --distill {' '.join(cfg.distill)} or use --distill-targets features")
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -79,6 +82,9 @@ class Umt(Method):
                 raise ConfigError(f"teachers classify {classes} classes, the data has {net.cfg.num_classes}")
         dims = self.targets.dims()
         student = {m: enc.out_dim for m, enc in net.encoders.items()}
+        if "logits" in self.kinds and set(student) - set(dims):
+            raise ConfigError(f"logit distillation needs a teacher for each of {sorted(student)}; the "
+                              f"targets have {sorted(dims)}")
         if "features" in self.kinds and any(dims.get(m) != student[m] for m in student):
             raise ConfigError(f"teacher feature dims {dims} do not match the student's {student} "
                               "(train the student with the teachers' --width)")
@@ -94,7 +100,8 @@ class Umt(Method):
     def loss(self, net, batch, logits, feats) -> tuple[torch.Tensor, Parts]:
         cfg = self.cfg
         loss, parts = super().loss(net, batch, logits, feats)
-        targets = {kind: {m: t for m, t in by_modality.items() if not cfg.distill or m in cfg.distill}
+        distilled = cfg.distill or cfg.modalities
+        targets = {kind: {m: t for m, t in by_modality.items() if m in distilled}
                    for kind, by_modality in self.targets(batch).items()}
         if "features" in targets:
             distill = sum(F.mse_loss(net.distilled(m, feats[m]), t) for m, t in targets["features"].items())

@@ -28,7 +28,7 @@ from umt.loaders.loading.loader import make_loader
 from umt.loaders.stored.shards import load_manifest, modality_inputs
 from umt.loaders.stored.views import ViewPolicy, ViewSpec
 
-from conftest import accelerate_launch
+from conftest import accelerate_launch, kill_and_resume
 
 
 def test_cached_logits_equal_the_teachers_logits_on_the_same_views(data, teachers, cache):
@@ -218,3 +218,9 @@ def test_mla_two_processes_keep_replicas_identical(vectors, tmp_path):
                       "--epochs", "2", "--grad-accum", "2")
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["processes"] == 2 and results["replica_max_abs_diff"] == 0.0
+
+
+def test_killed_mla_run_resumes_bit_for_bit(vectors, tmp_path):
+    """The projector P and the alternation counter are checkpointed: killed in epoch 2, resumed, equal."""
+    args = ["--data", str(vectors), *MLA_ARGS, "--batch-size", "8", "--epochs", "2", "--checkpoint-every", "1"]
+    kill_and_resume(tmp_path, args, epochs=2, kill_at=25)

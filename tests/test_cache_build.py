@@ -18,7 +18,8 @@ from conftest import MODEL_ARGS, accelerate_launch, kill_when, synth
 
 def _arrays(path) -> dict[str, np.ndarray]:
     group = zarr.open_group(str(path), mode="r")
-    return {name: group[name][:] for name in ("features/video", "features/audio", "views", "keys", "done")}
+    return {name: group[name][:] for name in ("features/video", "features/audio", "logits/video", "logits/audio",
+                                              "views", "keys", "done")}
 
 
 def _assert_same_cache(a, b) -> None:

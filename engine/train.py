@@ -3,7 +3,8 @@ evaluates through engine/ume.py and never enters the loop.
 
 The loop knows no method by name: it tells the method object the optimiser steps of each epoch (MLA),
 asks it for the loss of each micro-batch, lets it change the gradients after the backward passes of an
-optimiser step's window (OGM-GE, MLA) and update itself at each epoch's end (G-Blending), and checkpoints its state with the loop's own (`LoopState`).
+optimiser step's window (OGM-GE, MLA) and update itself at each epoch's end (G-Blending), and
+checkpoints its state with the loop's own (`LoopState`).
 Gradient accumulation follows Accelerate's manual recipe: an epoch's micro-batches are cut into
 windows of `grad_accum` (the last window of an epoch may be shorter; windows never cross an epoch's
 end); each micro-batch's loss is divided by its window's length and backpropagated, without DDP

@@ -17,7 +17,8 @@ from umt.cache.builder import ShardViews
 from umt.cache.store import CacheError
 from umt.engine.checkpoint import load_model
 from umt.engine.cli import main as train_main
-from umt.engine.config import TrainConfig
+from umt.engine import resume
+from umt.engine.config import ConfigError, TrainConfig
 from umt.engine.methods import method_for
 from umt.engine.methods.mla import Mla, owm_update
 from umt.engine.methods.umt import kd_loss
@@ -224,3 +225,15 @@ def test_killed_mla_run_resumes_bit_for_bit(vectors, tmp_path):
     """The projector P and the alternation counter are checkpointed: killed in epoch 2, resumed, equal."""
     args = ["--data", str(vectors), *MLA_ARGS, "--batch-size", "8", "--epochs", "2", "--checkpoint-every", "1"]
     kill_and_resume(tmp_path, args, epochs=2, kill_at=25)
+
+
+def test_a_checkpoint_saved_before_the_new_settings_still_resumes(tmp_path):
+    """Settings added by this issue default to the old behaviour, so an older checkpoint's config matches."""
+    cfg = TrainConfig(data="d", out=str(tmp_path), resume="latest")
+    old = {k: v for k, v in cfg.to_dict().items()
+           if k not in ("distill_targets", "logit_temperature", "logit_weight", "mla_projection")}
+    resume.checkpoint_path(tmp_path).parent.mkdir(parents=True)
+    torch.save({"config": old}, resume.checkpoint_path(tmp_path))
+    assert resume.load(cfg)["config"] == old
+    with pytest.raises(ConfigError, match=r"other settings \(distill_targets\)"):
+        resume.load(TrainConfig(data="d", out=str(tmp_path), resume="latest", distill_targets="both"))

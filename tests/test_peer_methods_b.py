@@ -9,20 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from accelerate import Accelerator
 import webdataset as wds
 import zarr
+from accelerate import Accelerator
+from hypothesis import given, settings, strategies as st
 
 from umt.cache.builder import ShardViews
 from umt.cache.store import CacheError
+from umt.engine import resume
 from umt.engine.checkpoint import load_model
 from umt.engine.cli import main as train_main
-from umt.engine import resume
 from umt.engine.config import ConfigError, TrainConfig
 from umt.engine.methods import method_for
 from umt.engine.methods.mla import Mla, owm_update
 from umt.engine.methods.umt import kd_loss
-from umt.engine.models import LateFusionNet, ModelConfig
+from umt.engine.models import LateFusionNet, ModelConfig, entropy_weights
 from umt.engine.targets import CachedTargets
 from umt.loaders.cli import main as data_main
 from umt.loaders.loading.loader import make_loader
@@ -237,3 +238,21 @@ def test_a_checkpoint_saved_before_the_new_settings_still_resumes(tmp_path):
     assert resume.load(cfg)["config"] == old
     with pytest.raises(ConfigError, match=r"other settings \(distill_targets\)"):
         resume.load(TrainConfig(data="d", out=str(tmp_path), resume="latest", distill_targets="both"))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(-5, 5), min_size=12, max_size=12), st.floats(0.01, 0.1))
+def test_owm_and_entropy_rules_hold_for_any_input(values, alpha):
+    r = torch.tensor(values[:4], dtype=torch.float64)
+    p = torch.eye(4, dtype=torch.float64) + 0.1 * torch.outer(r.flip(0), r.flip(0))  # symmetric, positive definite
+    new = owm_update(p, r, alpha)
+    # still a projector-like matrix: symmetric, positive semi-definite, unit Frobenius norm
+    assert torch.allclose(new, new.T) and new.norm().item() == pytest.approx(1.0)
+    assert torch.linalg.eigvalsh(new).min() >= -1e-9
+    logits = torch.tensor(values, dtype=torch.float64).view(2, 2, 3)  # 2 modalities, 2 samples, 3 classes
+    w = entropy_weights(logits).double()
+    assert torch.allclose(w.sum(0), torch.ones(2, dtype=torch.float64)) and (w > 0).all()
+    probs = logits.softmax(-1)
+    entropy = -(probs * probs.log()).sum(-1)
+    for i in range(2):  # the more certain modality never weighs less
+        assert (w[0, i] >= w[1, i]) == (entropy[0, i] <= entropy[1, i]) or torch.isclose(entropy[0, i], entropy[1, i])

@@ -1,1 +1,1 @@
-"""Teacher-feature cache: frozen uni-modal teachers' features computed once into Zarr."""
+"""Teacher-target cache: frozen uni-modal teachers' features and logits computed once into Zarr."""

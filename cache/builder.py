@@ -1,11 +1,12 @@
-"""`umt-cache build`: run frozen uni-modal teachers once over every (training row, view).
+"""`umt-cache build`: run frozen uni-modal teachers once over every (training row, view), storing
+each teacher's feature and its classifier's logits on that feature.
 
 Work is divided by whole data shards: rank r of W owns shards r, r+W, ...; each finished shard is
 written in one piece and then marked done, so a rerun computes only unfinished shards. Batches
 never straddle two shards, so a shard's features come from the same batches whichever rank builds
 it and whether or not the build was interrupted: resumed and multi-process builds equal a plain one
-bit for bit. Teachers run in eval mode (BatchNorm running statistics), so a feature is a pure
-function of the weights and the view, and the online teacher of `umt-train --method umt
+bit for bit. Teachers run in eval mode (BatchNorm running statistics), so a feature (and its
+logits) is a pure function of the weights and the view, and the online teacher of `umt-train --method umt
 --teacher ...` gives the same value.
 """
 from __future__ import annotations
@@ -22,7 +23,8 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm import tqdm
 
-from umt.engine.checkpoint import load_teachers
+from umt.engine.checkpoint import load_teacher_models
+from umt.engine.models import LateFusionNet
 from umt.loaders.loading.loader import make_loader
 from umt.loaders.loading.pipeline import collate, decode_views, shard_loader
 from umt.loaders.stored.integrity import damaged_shards
@@ -66,9 +68,14 @@ def build(data_dir: str, teachers: dict[str, str], out: str, num_views: int, see
     state = PartialState(cpu=not torch.cuda.is_available())
     manifest = load_manifest(data_dir)
     shards = split_shards(manifest, split)
-    encoders, prints, spec = load_teachers(teachers, state.device)
-    modalities = sorted(encoders)
-    dims = {m: encoders[m].out_dim for m in modalities}
+    models, prints, spec = load_teacher_models(teachers, state.device)
+    modalities = sorted(models)
+    dims = {m: models[m].encoders[m].out_dim for m in modalities}
+    classes = len(manifest["classes"])
+    for m, model in models.items():
+        if model.cfg.num_classes != classes:
+            raise store.CacheError(f"teacher {teachers[m]} classifies {model.cfg.num_classes} classes, "
+                                   f"{data_dir} has {classes}: it was not trained on this data")
     attrs = {"format": store.FORMAT, "split": split, "num_samples": sum(s["count"] for s in shards),
              "num_views": num_views, "seed": seed, "view_spec": spec.to_dict(),
              "data_dir": str(data_dir) if is_remote(data_dir) else str(Path(data_dir).resolve()), "data_fingerprint": manifest_fingerprint(data_dir),
@@ -76,13 +83,13 @@ def build(data_dir: str, teachers: dict[str, str], out: str, num_views: int, see
                               "dim": dims[m]} for m in modalities},
              "shards": [s["name"] for s in shards]}
     if state.is_main_process:
-        size = cache_bytes(attrs["num_samples"], num_views, dims)
+        size = cache_bytes(attrs["num_samples"], num_views, {m: d + classes for m, d in dims.items()})
         print(f"umt-cache: {attrs['num_samples']} samples x {num_views} views of {modalities} "
-              f"→ {size / 2**20:.1f} MiB of float16 features in {out}")
+              f"→ {size / 2**20:.1f} MiB of float16 features and logits in {out}")
         if not Path(out).exists():
             _check_room(Path(out), size)
         store.create(out, attrs, dims, shards, {"torch": torch.__version__, "processes": state.num_processes,
-                                                "device": str(state.device), "started": time.time()})
+                                                "device": str(state.device), "started": time.time()}, classes)
     state.wait_for_everyone()
     group = store.open_group(out)
     done = group["done"][:]
@@ -101,7 +108,7 @@ def build(data_dir: str, teachers: dict[str, str], out: str, num_views: int, see
     if is_image_set(manifest):  # one shard per split, one pass per view
         with torch.no_grad(), tqdm(total=todo * num_views, unit="image", desc="cache", disable=not progress) as bar:
             for i in mine:
-                parts = _image_set_features(data_dir, split, shards[i], encoders, spec, seed, num_views, batch_size,
+                parts = _image_set_features(data_dir, split, shards[i], models, classes, spec, seed, num_views, batch_size,
                                             num_workers, state.device, bar)
                 _write_shard(group, i, shards[i], [parts], modalities)
         state.wait_for_everyone()
@@ -113,9 +120,10 @@ def build(data_dir: str, teachers: dict[str, str], out: str, num_views: int, see
                                disable=not progress) as bar:
         for batch in loader if paths else []:
             shard = int(np.searchsorted(offsets, int(batch["row"][0]), side="right") - 1)
-            feats = {m: _teacher_features(encoders[m], batch[m].to(state.device)) for m in modalities}
+            outputs = {f"{kind}/{m}": value for m in modalities
+                       for kind, value in zip(store.KINDS, _teacher_outputs(models[m], m, batch[m].to(state.device)))}
             pending.setdefault(shard, []).append({"row": batch["row"].numpy(), "key": batch["key"],
-                                                  "params": batch["params"].numpy(), **feats})
+                                                  "params": batch["params"].numpy(), **outputs})
             if sum(len(p["row"]) for p in pending[shard]) == shards[shard]["count"]:
                 _write_shard(group, shard, shards[shard], pending.pop(shard), modalities)
             bar.update(len(batch["row"]))
@@ -128,20 +136,24 @@ def build(data_dir: str, teachers: dict[str, str], out: str, num_views: int, see
     return Path(out)
 
 
-def _image_set_features(data_dir: str, split: str, shard: dict, encoders: dict, spec: ViewSpec, seed: int,
-                        num_views: int, batch_size: int, num_workers: int, device: torch.device, bar) -> dict:
+def _image_set_features(data_dir: str, split: str, shard: dict, models: dict, classes: int, spec: ViewSpec,
+                        seed: int, num_views: int, batch_size: int, num_workers: int, device: torch.device,
+                        bar) -> dict:
     """Every (row, view) of an image split through the teachers: V in-order passes of its ffcv loader."""
-    count, modalities = shard["count"], sorted(encoders)
+    count, modalities = shard["count"], sorted(models)
     parts = {"row": np.arange(count), "key": np.array([f"{split}_{r:07d}" for r in range(count)]),
              "params": np.zeros((count, num_views, len(VIEW_FIELDS)), np.int32)}
-    parts.update({m: np.zeros((count, num_views, encoders[m].out_dim), np.float16) for m in modalities})
+    for m in modalities:
+        for kind, width in zip(store.KINDS, (models[m].encoders[m].out_dim, classes)):
+            parts[f"{kind}/{m}"] = np.zeros((count, num_views, width), np.float16)
     for view in range(num_views):
         for batch in make_loader(data_dir, split, spec, modalities, ViewPolicy(seed, view=view), batch_size,
                                  num_workers):
             rows = batch["row"].numpy()
             parts["params"][rows, view] = batch["params"].numpy()
             for m in modalities:
-                parts[m][rows, view] = _teacher_features(encoders[m], batch[m][:, None].to(device))[:, 0]
+                for kind, value in zip(store.KINDS, _teacher_outputs(models[m], m, batch[m][:, None].to(device))):
+                    parts[f"{kind}/{m}"][rows, view] = value[:, 0]
             bar.update(len(rows))
     return parts
 
@@ -155,10 +167,12 @@ def _check_room(out: Path, size: int) -> None:
                                f"{size * 1.1 / 2**20:.0f} MiB; free space or choose another --out")
 
 
-def _teacher_features(encoder: torch.nn.Module, views: torch.Tensor) -> np.ndarray:
-    """[B, V, ...] inputs → [B, V, D] float16 features."""
+def _teacher_outputs(teacher: LateFusionNet, modality: str, views: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """[B, V, ...] inputs → [B, V, D] float16 features and [B, V, C] float16 logits (in store.KINDS order)."""
     b, v = views.shape[:2]
-    return encoder(views.flatten(0, 1)).view(b, v, -1).to(torch.float16).cpu().numpy()
+    feats = teacher.encoders[modality](views.flatten(0, 1))
+    logits = teacher.fuse({modality: feats})
+    return tuple(t.view(b, v, -1).to(torch.float16).cpu().numpy() for t in (feats, logits))
 
 
 def _write_shard(group, index: int, shard: dict, parts: list[dict], modalities: list[str]) -> None:
@@ -169,8 +183,8 @@ def _write_shard(group, index: int, shard: dict, parts: list[dict], modalities: 
         raise store.CacheError(f"{shard['name']}: rows {sorted(set(range(shard['count'])) - set(rows.tolist()))[:5]} "
                                "missing or repeated; the shard does not match the manifest")
     lo, hi = shard["offset"], shard["offset"] + shard["count"]
-    for m in modalities:
-        group[f"features/{m}"][lo:hi] = np.concatenate([p[m] for p in parts])[order]
+    for name in (f"{kind}/{m}" for kind in store.KINDS for m in modalities):
+        group[name][lo:hi] = np.concatenate([p[name] for p in parts])[order]
     group["views"][lo:hi] = np.concatenate([p["params"] for p in parts])[order]
     group["keys"][lo:hi] = np.array([k for p in parts for k in p["key"]])[order]
     group["done"][index] = 1

@@ -12,10 +12,10 @@ from .verify import verify
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="umt-cache", description="Precompute frozen uni-modal teachers' "
-                                     "features for every training sample and view into a Zarr v3 store, so UMT "
+                                     "features and logits for every training sample and view into a Zarr v3 store, so UMT "
                                      "trains at the cost of joint training.")
     sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="compute teacher features (resumable; runs under accelerate launch)")
+    b = sub.add_parser("build", help="compute teacher features and logits (resumable; runs under accelerate launch)")
     b.add_argument("--data", required=True, help="shard directory")
     b.add_argument("--teacher", action="append", default=[], metavar="MODALITY=CKPT", required=True,
                    help="uni-modal teacher checkpoint (umt-train --method unimodal), once per modality")

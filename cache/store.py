@@ -5,6 +5,7 @@
                         fingerprint (manifest hash), per-modality teacher fingerprint and feature
                         dim, the data shards it mirrors; `build`: versions, start time, processes
       features/<m>      float16 [N, V, D]   teacher feature of (row, view)
+      logits/<m>        float16 [N, V, C]   teacher classifier's logits on that feature (since /3)
       views             int32   [N, V, 5]   the view parameters (t0, y0, x0, flip, audio offset)
       keys              str     [N]         sample keys, to trace a row back to its clip
       done              uint8   [S]         completion marker per data shard
@@ -23,7 +24,11 @@ import zarr
 from umt.loaders.errors import UserError
 from umt.loaders.stored.views import VIEW_FIELDS
 
-FORMAT = "umt-cache/2"   # /2: views drawn by views.draw (counter-based), not numpy's PCG64 per row
+FORMAT = "umt-cache/3"   # /3: teacher logits beside the features
+# /2: views drawn by views.draw (counter-based), not numpy's PCG64 per row; its features are still the
+# right ones, so a /2 cache serves feature distillation (it has no logits: `kinds` refuses them)
+READABLE = ("umt-cache/2", FORMAT)
+KINDS = ("features", "logits")  # what a cache holds per teacher, each an array kind/<modality>
 
 
 class CacheError(UserError):
@@ -31,8 +36,9 @@ class CacheError(UserError):
 
 
 def create(path: str | Path, attrs: dict[str, Any], dims: dict[str, int], shards: list[dict],
-           build_info: dict[str, Any]) -> zarr.Group:
-    """Create an empty cache, or reopen one whose identity attributes equal `attrs` (a resume).
+           build_info: dict[str, Any], classes: int | None = None) -> zarr.Group:
+    """Create an empty cache, or reopen one whose identity attributes equal `attrs` (a resume);
+    with `classes`, it holds the teachers' logits too.
 
     `attrs` identify the cache (data, teachers, views); `build_info` only describes the build
     (versions, start time, processes) and may differ between a build and its resumption.
@@ -52,6 +58,7 @@ def create(path: str | Path, attrs: dict[str, Any], dims: dict[str, int], shards
     n, v = attrs["num_samples"], attrs["num_views"]
     chunk = max(d for d in range(1, min(rows, 64) + 1) if rows % d == 0)  # inner chunks tile a shard
     arrays = {f"features/{m}": ((n, v, dim), "float16", np.nan) for m, dim in dims.items()}
+    arrays.update({f"logits/{m}": ((n, v, classes), "float16", np.nan) for m in dims if classes})
     arrays["views"] = ((n, v, len(VIEW_FIELDS)), "int32", -1)
     arrays["keys"] = ((n,), str, "")
     for name, (shape, dtype, fill) in arrays.items():
@@ -72,12 +79,24 @@ def open_group(path: str | Path) -> zarr.Group:
     except Exception as err:  # zarr raises several types for a non-group path
         raise CacheError(f"{path} is not a Zarr cache: {err}") from err
     found = group.attrs.get("format")
-    if found != FORMAT:
+    if found not in READABLE:
         if str(found).startswith("umt-cache/"):
-            raise CacheError(f"cache {path} has format {found}, this umt reads {FORMAT}: its views were drawn "
-                             "another way, so its features belong to other crops; rebuild it with `umt-cache build`")
+            raise CacheError(f"cache {path} has format {found}, this umt reads {' and '.join(READABLE)}: its "
+                             "views were drawn another way, so its features belong to other crops; rebuild it "
+                             "with `umt-cache build`")
         raise CacheError(f"{path} is not a umt cache (format {found!r})")
     return group
+
+
+def kinds(group: zarr.Group, path: str | Path, wanted: tuple[str, ...]) -> tuple[str, ...]:
+    """`wanted` (features, logits), refused with the fix when the cache lacks one (a /2 cache has no logits)."""
+    teachers = sorted(group.attrs["teachers"])
+    lacking = [k for k in wanted if any(f"{k}/{m}" not in group for m in teachers)]
+    if lacking:
+        raise CacheError(f"cache {path} ({group.attrs['format']}) holds no teacher {' or '.join(lacking)}; "
+                         f"distil features only, or rebuild it with `umt-cache build` (format {FORMAT} "
+                         "stores the teachers' logits too)")
+    return wanted
 
 
 def missing_shards(group: zarr.Group) -> list[str]:
@@ -119,6 +138,8 @@ def summary(group: zarr.Group, path: str | Path) -> str:
     for m, t in a["teachers"].items():
         arr = group[f"features/{m}"]
         lines.append(f"features/{m:<6} {arr.dtype} {arr.shape}  teacher {t['checkpoint']}  {t['fingerprint']}")
+        if f"logits/{m}" in group:
+            lines.append(f"logits/{m:<8} {group[f'logits/{m}'].dtype} {group[f'logits/{m}'].shape}")
     size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
     lines.append(f"size on disk   {size / 2**20:.1f} MiB")
     return "\n".join(lines)

@@ -2,8 +2,8 @@
 
 Checks, each reported on its own line: every shard marked done; the data fingerprint; the teacher
 fingerprints (against the checkpoints recorded in the cache, or the ones given); no NaN or Inf in any
-feature (read shard by shard); and, with --recompute K, K random (row, view) pairs recomputed
-online, compared within float16 rounding. The last line is `max_abs_diff=<float>` when recomputing.
+feature or logit (read shard by shard); and, with --recompute K, K random (row, view) pairs recomputed
+online (features, and logits where the cache holds them), compared within float16 rounding. The last line is `max_abs_diff=<float>` when recomputing.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from umt.engine.checkpoint import load_teachers
+from umt.engine.checkpoint import load_teacher_models
 from umt.loaders.errors import UserError
 from umt.loaders.loading.loader import make_loader
 from umt.loaders.loading.pipeline import decode_views
@@ -43,7 +43,7 @@ def verify(path: str, data_dir: str, recompute: int = 0, teachers: dict[str, str
                  + ("" if data_fp == attrs["data_fingerprint"] else f" ≠ cache's {attrs['data_fingerprint'][:23]}…"))
     paths = teachers or {m: t["checkpoint"] for m, t in attrs["teachers"].items()}
     try:
-        encoders, prints, _ = load_teachers(paths, torch.device("cpu"))
+        models, prints, _ = load_teacher_models(paths, torch.device("cpu"))
     except UserError as err:
         report(False, f"teachers: {err}")
         return False, lines
@@ -52,7 +52,7 @@ def verify(path: str, data_dir: str, recompute: int = 0, teachers: dict[str, str
         ok &= report(same, f"teacher {m}: {paths.get(m)} " + ("matches" if same else "is not the teacher this cache was built from"))
     ok &= _scan_finite(group, report)
     if recompute:
-        diff, within = _recompute(group, data_dir, encoders, recompute, seed)
+        diff, within = _recompute(group, data_dir, models, recompute, seed)
         ok &= report(within, f"recomputed {recompute} (row, view) pairs online: "
                      + ("equal within float16 rounding" if within else "DIFFER from the cache"))
         lines.append(f"max_abs_diff={diff:.6g}")
@@ -61,17 +61,22 @@ def verify(path: str, data_dir: str, recompute: int = 0, teachers: dict[str, str
 
 def _scan_finite(group, report) -> bool:
     bad = {}
-    for m in group.attrs["teachers"]:
-        arr = group[f"features/{m}"]
+    for name in _arrays(group):
+        arr = group[name]
         for lo in range(0, arr.shape[0], arr.shards[0]):
             rows = ~np.isfinite(arr[lo:lo + arr.shards[0]]).all(axis=(1, 2))
             if rows.any():
-                bad.setdefault(m, []).extend((lo + np.flatnonzero(rows)).tolist())
+                bad.setdefault(name, []).extend((lo + np.flatnonzero(rows)).tolist())
     return report(not bad, "finite: no NaN or Inf" if not bad else
                   "finite: NaN/Inf in " + "; ".join(f"{m} rows {r[:5]}{'…' if len(r) > 5 else ''} ({len(r)})" for m, r in bad.items()))
 
 
-def _recompute(group, data_dir: str, encoders: dict, k: int, seed: int) -> tuple[float, bool]:
+def _arrays(group) -> list[str]:
+    """The cache's kind/modality arrays (a umt-cache/2 cache has no logits)."""
+    return [f"{kind}/{m}" for kind in store.KINDS for m in group.attrs["teachers"] if f"{kind}/{m}" in group]
+
+
+def _recompute(group, data_dir: str, models: dict, k: int, seed: int) -> tuple[float, bool]:
     """Recompute k random (row, view) pairs; (largest |cached − online|, all within rounding)."""
     attrs = group.attrs
     rng = np.random.default_rng(seed)
@@ -80,13 +85,16 @@ def _recompute(group, data_dir: str, encoders: dict, k: int, seed: int) -> tuple
     wanted = dict(zip(rows.tolist(), views.tolist()))
     worst, within = 0.0, True
     with torch.no_grad():
-        for item_row, view, item in _views_of(group, data_dir, sorted(encoders), wanted):
-            for m, enc in encoders.items():
-                online = enc(item[m][None])[0].float()
-                cached = torch.from_numpy(group[f"features/{m}"][item_row, view].astype(np.float32))
-                diff = (cached - online).abs()
+        for item_row, view, item in _views_of(group, data_dir, sorted(models), wanted):
+            online = {}
+            for m, model in models.items():
+                online[f"features/{m}"] = model.encoders[m](item[m][None])
+                online[f"logits/{m}"] = model.fuse({m: online[f"features/{m}"]})
+            for name in _arrays(group):
+                cached = torch.from_numpy(group[name][item_row, view].astype(np.float32))
+                diff = (cached - online[name][0].float()).abs()
                 worst = max(worst, float(diff.max())) if torch.isfinite(diff).all() else float("nan")
-                within &= bool((diff <= online.abs() * 2 ** -11 + 1e-3).all())
+                within &= bool((diff <= online[name][0].abs() * 2 ** -11 + 1e-3).all())
     return worst, within
 
 

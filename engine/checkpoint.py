@@ -78,11 +78,19 @@ def check_views(role: str, path: str | Path, ckpt: dict[str, Any], spec: ViewSpe
 
 def load_teachers(paths: dict[str, str], device: torch.device,
                   spec: ViewSpec | None = None) -> tuple[dict[str, torch.nn.Module], dict[str, str], ViewSpec]:
-    """Frozen eval-mode teacher encoders, their fingerprints, and the view spec they were trained on.
+    """Frozen eval-mode teacher encoders, their fingerprints, and the view spec they were trained on."""
+    models, prints, spec = load_teacher_models(paths, device, spec)
+    return {m: model.encoders[m] for m, model in models.items()}, prints, spec
+
+
+def load_teacher_models(paths: dict[str, str], device: torch.device, spec: ViewSpec | None = None
+                        ) -> tuple[dict[str, LateFusionNet], dict[str, str], ViewSpec]:
+    """Frozen eval-mode uni-modal teachers (encoder and classifier, for features and logits), their
+    fingerprints, and the view spec they were trained on.
 
     With `spec`, every teacher must have been trained on it; without, they must agree with each other.
     """
-    encoders, prints, specs = {}, {}, {}
+    models, prints, specs = {}, {}, {}
     for m, path in sorted(paths.items()):
         model, ckpt = load_model(path)
         if tuple(model.cfg.modalities) != (m,):
@@ -90,9 +98,9 @@ def load_teachers(paths: dict[str, str], device: torch.device,
                                   f"not a uni-modal {m} model")
         if spec is not None:
             check_views("teacher", path, ckpt, spec)
-        encoders[m] = model.encoders[m].to(device).eval().requires_grad_(False)
+        models[m] = model.to(device).eval().requires_grad_(False)
         prints[m] = fingerprint(ckpt)
         specs[path] = saved_views(path, ckpt)
     if len(set(specs.values())) != 1:
         raise CheckpointError(f"teachers {sorted(paths.values())} were trained on different view specs")
-    return encoders, prints, next(iter(specs.values()))
+    return models, prints, next(iter(specs.values()))

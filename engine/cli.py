@@ -51,8 +51,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--width", type=int, default=d.width, help="ResNet-18 base width; features are 8x this "
                    "(64 gives the paper's 512-d)")
     p.add_argument("--fusion", choices=CHOICES["fusion"], default=d.fusion, help="fusion head: linear or "
-                   "mlp on the concatenated features (linear: the paper's; mlp can read paired cues), or sum of "
-                   "per-modality linear heads' logits")
+                   "mlp on the concatenated features (linear: the paper's; mlp can read paired cues), sum of "
+                   "per-modality linear heads' logits, or shared: one linear head for every modality, their "
+                   "logits weighted per sample by exp(-entropy) (MLA's; needs equal feature dims)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--view-seed", type=int, help="seed of the augmented views (default: --seed, or the cache's)")
     p.add_argument("--num-views", type=int, help="train on views 0..V-1 only (default: fresh views each "
@@ -77,6 +78,13 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    "(repeatable; default all)")
     p.add_argument("--projector", action="store_true", help="UMT: distil through a learned linear projector, "
                    "MSE(P·f_student, f_teacher) (FitNets)")
+    p.add_argument("--distill-targets", choices=CHOICES["distill_targets"], default=d.distill_targets,
+                   help="UMT: distil the teachers' features (MSE, the paper's), their logits (T²·KL(teacher ‖ "
+                        "student) on per-modality auxiliary heads), or both; logits need a umt-cache/3 cache "
+                        "or online teachers")
+    p.add_argument("--temperature", dest="logit_temperature", type=float, default=d.logit_temperature,
+                   help="UMT logit distillation temperature T")
+    p.add_argument("--logit-weight", type=float, default=d.logit_weight, help="UMT: weight of the logit KL term")
     p.add_argument("--ogm-alpha", type=float, default=d.ogm_alpha, help="OGM-GE modulation strength α; k scales "
                    "the conv-weight gradients (MLP encoders of vector views: their Linear weight matrices) and "
                    "GE adds noise of the unmodulated gradient's std to them")
@@ -96,6 +104,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--pmr-end", type=int, help="PMR: epoch at which rebalancing stops")
     p.add_argument("--dropout-p", type=float, default=d.dropout_p, help="modality dropout: probability that a "
                    "training sample loses one modality (chosen uniformly; its feature zeroed, not rescaled)")
+    p.add_argument("--no-mla-projection", dest="mla_projection", action="store_false", help="MLA without the "
+                   "gradient modification of the shared head (the paper's ablation)")
     p.add_argument("--ume-combine", choices=CHOICES["ume_combine"], default=d.ume_combine, help="UME: average logits or probabilities")
     p.add_argument("--ume-fit-weights", action="store_true", help="UME: fit member weights on the validation split")
     p.add_argument("--cache-budget-gb", type=float, default=d.cache_budget_gb, help="load the cache whole onto "

@@ -8,15 +8,16 @@ from umt.loaders.loading.pipeline import BAD_SAMPLE_POLICIES
 from umt.loaders.stored.views import ViewSpec
 
 METHODS = ("unimodal", "joint", "umt", "ume", "ogm-ge", "gblend",
-           "mmpareto", "agm", "pmr", "dropout")  # ume evaluates, the others train
+           "mmpareto", "agm", "pmr", "dropout", "mla")  # ume evaluates, the others train
 # The allowed values of every choice setting, declared once (the CLI's choices come from here).
 CHOICES: dict[str, tuple[str, ...]] = {
     "method": METHODS,
-    "fusion": ("linear", "mlp", "sum"),
+    "fusion": ("linear", "mlp", "sum", "shared"),
     "precision": ("auto", "no", "bf16", "fp16"),
     "backend": ("auto", "cpu", "dali"),
     "select": ("last", "best_val"),
     "ume_combine": ("logits", "probs"),
+    "distill_targets": ("features", "logits", "both"),
     "bad_samples": BAD_SAMPLE_POLICIES,
     "log_with": ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "none"),
 }
@@ -49,6 +50,9 @@ class TrainConfig:
     distill_weight: float = 10.0     # UMT's λ (BalanceMM uses 10 with mean-reduced MSE)
     distill: tuple[str, ...] = ()    # UMT: modalities distilled (empty: every modality with a teacher)
     projector: bool = False          # UMT: distil through a learned linear projector (FitNets)
+    distill_targets: str = "features"  # UMT: distil teacher "features" (the paper's), "logits" or "both"
+    logit_temperature: float = 4.0   # UMT logit KL temperature T (Hinton et al. 2015's KD; T² keeps gradients' scale)
+    logit_weight: float = 1.0        # UMT: weight of T²·KL(teacher ‖ student) per modality
     ogm_alpha: float = 0.1           # OGM-GE's α (OGM-GE repo: 0.1 VGGSound, 0.8 CREMA-D)
     ogm_start: int = 0               # OGM-GE: first epoch of modulation
     ogm_end: int | None = None       # OGM-GE: epoch at which modulation stops (None: never)
@@ -62,6 +66,7 @@ class TrainConfig:
     pmr_start: int = 0               # PMR: first epoch of rebalancing (--modulation_starts 0)
     pmr_end: int | None = None       # PMR: epoch at which rebalancing stops (None: never)
     dropout_p: float = 0.5           # modality dropout: probability that a training sample loses one modality
+    mla_projection: bool = True      # MLA: project the shared head's gradient (OWM; the official GSPlugin)
     ume_combine: str = "logits"      # UME: average "logits" or "probs"
     ume_fit_weights: bool = False    # UME: fit per-member weights on the validation split
     cache: str | None = None         # UMT targets from `umt-cache build`
@@ -88,6 +93,8 @@ class TrainConfig:
             raise ConfigError("grad_accum and bad_samples_limit must be >= 1")
         if set(self.distill) - set(self.modalities):
             raise ConfigError(f"distilled modalities {list(self.distill)} are not all among {list(self.modalities)}")
+        if self.logit_temperature <= 0:
+            raise ConfigError(f"logit temperature must be > 0, got {self.logit_temperature}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("epochs and batch size must be >= 1")
 

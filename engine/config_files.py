@@ -7,12 +7,13 @@ knobs have their own section, read only by that method:
     model:  modalities, width, fusion
     optim:  epochs, batch_size, lr, weight_decay, grad_accum, max_steps, precision
     method: name
-    umt:    lambda, distill, projector, cache, cache_budget_gb, teachers
+    umt:    lambda, distill, projector, cache, cache_budget_gb, teachers, targets, temperature, logit_weight
     ogm_ge: alpha, start, end, ge
     mmpareto: gamma
     agm:    alpha, start, end
     pmr:    alpha, momentum, start, end
     dropout: p
+    mla:    projection
     ume:    members, combine, fit_weights
     run:    out, seed, log_every, checkpoint_every, resume, select, probe, probe_every, log_with
 
@@ -45,12 +46,14 @@ SECTIONS: dict[str, dict[str, str]] = {
               "grad_accum": "grad_accum", "max_steps": "max_steps", "precision": "precision"},
     "method": {"name": "method"},
     "umt": {"lambda": "distill_weight", "distill": "distill", "projector": "projector", "cache": "cache",
-            "cache_budget_gb": "cache_budget_gb", "teachers": "teachers"},
+            "cache_budget_gb": "cache_budget_gb", "teachers": "teachers", "targets": "distill_targets",
+            "temperature": "logit_temperature", "logit_weight": "logit_weight"},
     "ogm_ge": {"alpha": "ogm_alpha", "start": "ogm_start", "end": "ogm_end", "ge": "ogm_ge"},
     "mmpareto": {"gamma": "pareto_gamma"},
     "agm": {"alpha": "agm_alpha", "start": "agm_start", "end": "agm_end"},
     "pmr": {"alpha": "pmr_alpha", "momentum": "pmr_momentum", "start": "pmr_start", "end": "pmr_end"},
     "dropout": {"p": "dropout_p"},
+    "mla": {"projection": "mla_projection"},
     "ume": {"members": "members", "combine": "ume_combine", "fit_weights": "ume_fit_weights"},
     "run": {"out": "out", "seed": "seed", "log_every": "log_every", "checkpoint_every": "checkpoint_every",
             "resume": "resume", "select": "select", "probe": "probe", "probe_every": "probe_every",

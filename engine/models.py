@@ -21,7 +21,8 @@ class ModelConfig:
     num_classes: int
     width: int = 64          # ResNet-18 proper is 64 → 512-d features; small widths for CPU runs
     fusion: str = "linear"   # "linear" on concatenated features (the paper's), "mlp" (can read paired
-                             # cues), or "sum" (sum of per-modality linear heads' logits)
+                             # cues), "sum" (sum of per-modality linear heads' logits), or "shared" (one
+                             # linear head for every modality, logits fused by prediction entropy; MLA's)
     hidden: int = 256
     projector: tuple[str, ...] = ()  # UMT: modalities distilled through a learned linear map, MSE(P·f, f_teacher)
     aux_heads: bool = False  # G-Blending: one auxiliary linear classifier per modality
@@ -132,6 +133,17 @@ class VectorEncoder(nn.Module):
 ENCODERS = {"video": VideoEncoder, "audio": AudioEncoder, "image": ImageEncoder, "vector": VectorEncoder}
 
 
+def entropy_weights(logits: torch.Tensor) -> torch.Tensor:
+    """[M, B, C] per-modality logits → [M, B] fusion weights exp(−H_m) / Σ_k exp(−H_k), H_m the entropy of
+    modality m's prediction for the sample: the more certain modality counts more (MLA, Zhang et al.,
+    CVPR 2024). Per sample, as the paper writes it (the official code's `calculate_gating_weights` takes
+    one entropy over a whole batch, so a sample's score would depend on its batch-mates). Detached: a
+    test-time gate, not something training should learn to game."""
+    log_p = torch.log_softmax(logits.detach().float(), dim=-1)
+    entropy = -(log_p.exp() * log_p).sum(-1)
+    return torch.softmax(-entropy, dim=0)
+
+
 class LateFusionNet(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -145,8 +157,13 @@ class LateFusionNet(nn.Module):
                                       nn.Linear(cfg.hidden, cfg.num_classes))
         elif cfg.fusion == "sum":
             self.head = nn.ModuleDict({m: nn.Linear(enc.out_dim, cfg.num_classes) for m, enc in self.encoders.items()})
+        elif cfg.fusion == "shared":
+            dims = {m: enc.out_dim for m, enc in self.encoders.items()}
+            if len(set(dims.values())) != 1:
+                raise ValueError(f"fusion 'shared' needs equal feature dims, got {dims}")
+            self.head = nn.Linear(next(iter(dims.values())), cfg.num_classes)
         else:
-            raise ValueError(f"fusion must be 'linear', 'mlp' or 'sum', got {cfg.fusion!r}")
+            raise ValueError(f"fusion must be 'linear', 'mlp', 'sum' or 'shared', got {cfg.fusion!r}")
         self.aux_heads = nn.ModuleDict({m: nn.Linear(enc.out_dim, cfg.num_classes) for m, enc in self.encoders.items()}
                                        if cfg.aux_heads else {})
         self.projectors = nn.ModuleDict({m: nn.Linear(self.encoders[m].out_dim, self.encoders[m].out_dim)
@@ -161,10 +178,13 @@ class LateFusionNet(nn.Module):
         return self.fuse(feats), feats
 
     def fuse(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The fusion head's logits from each modality's feature (methods that change features before
-        fusion, e.g. modality dropout, call it on their own)."""
+        """The fusion head's logits from each modality's feature (a uni-modal model: its classifier's logits;
+        methods that change features before fusion, e.g. modality dropout, call it on their own)."""
         if self.cfg.fusion == "sum":
             return sum(self.head[m](feats[m]) for m in self.cfg.modalities)
+        if self.cfg.fusion == "shared":
+            logits = torch.stack([self.head(feats[m]) for m in self.cfg.modalities])  # [M, B, C]
+            return (entropy_weights(logits)[..., None] * logits).sum(0)
         return self.head(torch.cat([feats[m] for m in self.cfg.modalities], dim=1))
 
     def distilled(self, modality: str, feature: torch.Tensor) -> torch.Tensor:

@@ -48,8 +48,9 @@ def load(cfg: TrainConfig) -> dict[str, Any] | None:
             return None  # nothing saved yet: start from scratch, so `--resume latest` is always safe
         raise ConfigError(f"checkpoint {path} does not exist")
     state = torch.load(path, map_location="cpu", weights_only=False)
-    saved, now = state["config"], cfg.to_dict()
-    changed = sorted(k for k in now if k not in FREE and saved.get(k) != now[k])
+    # a setting added since the checkpoint was saved counts as its default, which keeps the old behaviour
+    saved, now, default = state["config"], cfg.to_dict(), TrainConfig(data="", out="").to_dict()
+    changed = sorted(k for k in now if k not in FREE and saved.get(k, default[k]) != now[k])
     if changed:
         raise ConfigError(f"{path} was saved by a run with other settings ({', '.join(changed)}); "
                           "resume with the same configuration or start a new --out")

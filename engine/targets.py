@@ -1,40 +1,49 @@
-"""UMT distillation targets: the frozen teachers' features for the batch's exact views.
+"""UMT distillation targets: the frozen teachers' features, and their classifiers' logits, for the
+batch's exact views.
 
 Two sources give the same signal (up to float16 rounding): `CachedTargets` gathers rows of a table
-built by `umt-cache build`; `OnlineTeachers` runs the teacher encoders on the batch.
+built by `umt-cache build`; `OnlineTeachers` runs the teachers on the batch. Both return
+{kind: {modality: [B, ...] float32}} for the asked kinds ("features", "logits"; cache/store.KINDS).
 """
 from __future__ import annotations
 
 import torch
 
 from umt.cache import store
-from umt.cache.reader import FeatureTable
+from umt.cache.reader import FeatureTable, Targets
 from umt.loaders.stored.shards import load_manifest, manifest_fingerprint
 from umt.loaders.stored.views import ViewSpec
 
-from .checkpoint import load_teachers
+from .checkpoint import load_teacher_models, load_teachers
 
 
 class OnlineTeachers:
     """Teachers run every step, frozen and in eval mode, on the student's own view (which must be
     the view spec they were trained on)."""
 
-    def __init__(self, checkpoints: dict[str, str], device: torch.device, spec: ViewSpec):
-        self.encoders, self.fingerprints, self.spec = load_teachers(checkpoints, device, spec)
+    def __init__(self, checkpoints: dict[str, str], device: torch.device, spec: ViewSpec,
+                 kinds: tuple[str, ...] = ("features",)):
+        self.teachers, self.fingerprints, self.spec = load_teacher_models(checkpoints, device, spec)
+        self.kinds = kinds
 
     def dims(self) -> dict[str, int]:
-        return {m: enc.out_dim for m, enc in self.encoders.items()}
+        return {m: t.encoders[m].out_dim for m, t in self.teachers.items()}
 
     @torch.no_grad()
-    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {m: enc(batch[m]).float() for m, enc in self.encoders.items()}
+    def __call__(self, batch: dict[str, torch.Tensor]) -> Targets:
+        feats = {m: t.encoders[m](batch[m]) for m, t in self.teachers.items()}
+        out = {"features": {m: f.float() for m, f in feats.items()}}
+        if "logits" in self.kinds:
+            out["logits"] = {m: t.fuse({m: feats[m]}).float() for m, t in self.teachers.items()}
+        return {k: out[k] for k in self.kinds}
 
 
 class CachedTargets:
     """Targets read from a verified cache: whole in memory within `budget_bytes`, else streamed."""
 
     def __init__(self, path: str, data_dir: str, spec: ViewSpec, device: torch.device,
-                 teachers: dict[str, str] | None = None, budget_bytes: int = 8 << 30):
+                 teachers: dict[str, str] | None = None, budget_bytes: int = 8 << 30,
+                 kinds: tuple[str, ...] = ("features",)):
         group = store.open_group(path)
         prints = load_teachers(teachers, torch.device("cpu"))[1] if teachers else None
         store.check(group, path, manifest_fingerprint(data_dir), prints)
@@ -48,10 +57,10 @@ class CachedTargets:
                                    "with `umt-cache build --split train`")
         self.seed = group.attrs["seed"]
         self.num_views = group.attrs["num_views"]
-        self.table = FeatureTable(group, device, budget_bytes)
+        self.table = FeatureTable(group, device, budget_bytes, kinds=store.kinds(group, path, kinds))
 
     def dims(self) -> dict[str, int]:
         return self.table.dims()
 
-    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def __call__(self, batch: dict[str, torch.Tensor]) -> Targets:
         return self.table.gather(batch["row"], batch["view"])

@@ -1,10 +1,11 @@
 """The trainer behind `umt-train`: one loop for every trainable method (engine/methods); `--method ume`
 evaluates through engine/ume.py and never enters the loop.
 
-The loop knows no method by name: it tells the method object each epoch it starts (or resumes), asks
-it for the loss of each micro-batch, lets it change the gradients after the backward passes of an
-optimiser step's window (OGM-GE) and update itself at each epoch's end (G-Blending), and checkpoints
-its state with the loop's own (`LoopState`).
+The loop knows no method by name: it tells the method object the optimiser steps of each epoch it
+starts or resumes (PMR, modality dropout, MLA), asks it for the loss of each micro-batch, lets it change
+the gradients after the backward passes of an optimiser step's window (OGM-GE, MMPareto, AGM, MLA) and
+update itself at each epoch's end (G-Blending, PMR), and checkpoints its state with the loop's own
+(`LoopState`).
 Gradient accumulation follows Accelerate's manual recipe: an epoch's micro-batches are cut into
 windows of `grad_accum` (the last window of an epoch may be shorter; windows never cross an epoch's
 end); each micro-batch's loss is divided by its window's length and backpropagated, without DDP
@@ -178,7 +179,8 @@ def _train(cfg: TrainConfig, method: Method, num_classes: int, inputs: dict[str,
 
     while state.epoch < cfg.epochs and state.step < total:
         epoch, size = state.epoch, epoch_batches[state.epoch]
-        method.begin_epoch(epoch)
+        first_step = sum(math.ceil(n / cfg.grad_accum) for n in epoch_batches[:epoch])
+        method.begin_epoch(epoch, range(first_step, first_step + math.ceil(size / cfg.grad_accum)))
         model.train()
         batches = loader(epoch, state.batch)
         # the bar is closed (cleared) on an error too, so the error's one line stands alone

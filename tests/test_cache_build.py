@@ -18,7 +18,8 @@ from conftest import MODEL_ARGS, accelerate_launch, kill_when, synth
 
 def _arrays(path) -> dict[str, np.ndarray]:
     group = zarr.open_group(str(path), mode="r")
-    return {name: group[name][:] for name in ("features/video", "features/audio", "views", "keys", "done")}
+    return {name: group[name][:] for name in ("features/video", "features/audio", "logits/video", "logits/audio",
+                                              "views", "keys", "done")}
 
 
 def _assert_same_cache(a, b) -> None:
@@ -74,7 +75,7 @@ def test_verify_passes_fresh_and_fails_tampered_caches(data, teachers, cache, tm
     assert shard_file.is_file()
     shard_file.unlink()
     code, out = _verify(holed, data)
-    assert code == 1 and "FAIL finite: NaN/Inf in video rows [32, 33" in out
+    assert code == 1 and "FAIL finite: NaN/Inf in features/video rows [32, 33" in out
 
     other = tmp_path / "other"
     other.mkdir()
@@ -88,14 +89,15 @@ def test_verify_passes_fresh_and_fails_tampered_caches(data, teachers, cache, tm
 
 def test_streamed_reader_equals_in_memory_reader(cache):
     group = zarr.open_group(str(cache), mode="r")
-    whole = FeatureTable(group, torch.device("cpu"), budget_bytes=1 << 30)
-    streamed = FeatureTable(group, torch.device("cpu"), budget_bytes=0, resident_shards=2)
+    kinds = ("features", "logits")
+    whole = FeatureTable(group, torch.device("cpu"), budget_bytes=1 << 30, kinds=kinds)
+    streamed = FeatureTable(group, torch.device("cpu"), budget_bytes=0, resident_shards=2, kinds=kinds)
     assert not whole.streaming and streamed.streaming
     gen = torch.Generator().manual_seed(0)
     for _ in range(5):
         rows, views = torch.randint(0, 64, (16,), generator=gen), torch.randint(0, 2, (16,), generator=gen)
         a, b = whole.gather(rows, views), streamed.gather(rows, views)
-        assert all(torch.equal(a[m], b[m]) for m in ("video", "audio"))
+        assert all(torch.equal(a[k][m], b[k][m]) for k in kinds for m in ("video", "audio"))
     assert len(streamed._blocks) <= 2
 
 

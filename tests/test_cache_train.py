@@ -31,7 +31,7 @@ def test_cached_targets_equal_online_teacher_features(data, teachers, cache):
     samples = list(wds.DataPipeline(wds.SimpleShardList([str(data / "train-000002.tar")]), wds.tarfile_to_samples()))
     for sample in samples[:6]:
         item = decode(sample)
-        targets = online({m: item[m] for m in ("audio", "video")})  # the views as a batch of V
+        targets = online({m: item[m] for m in ("audio", "video")})["features"]  # the views as a batch of V
         for m, feature in targets.items():
             cached = torch.from_numpy(group[f"features/{m}"][item["row"]]).float()
             assert cached.shape == feature.shape == (2, 32)

@@ -215,7 +215,7 @@ def test_dropout_masks_share_p_never_all_and_do_not_depend_on_batching():
     assert torch.equal(halves, torch.cat([dropped[1::2], dropped[::2]]))  # per sample, not per batch or rank
     assert not torch.equal(dropped_modality(7, 3, rows, 2, p), dropped)  # a new draw each epoch
     method = ModalityDropout(config("dropout", seed=7, dropout_p=p))
-    method.begin_epoch(0)
+    method.begin_epoch(0, range(0, 4))
     net = small_net("linear")
     feats = {m: torch.randn(64, 8) for m in MODS}
     batch = {"row": torch.arange(64), "label": torch.randint(0, 3, (64,))}

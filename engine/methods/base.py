@@ -1,9 +1,9 @@
 """The interface every trainable method implements, and the plain cross-entropy methods.
 
-The training loop (engine/train.py) calls, per epoch, `begin_epoch` (also for a resumed epoch); per
-micro-batch, `loss`; per optimiser step, after the backward passes of its window, `after_backward`;
-per epoch, `end_of_epoch`; and checkpoints `state_dict` with the loop's own state, so a resumed run
-continues every method bit for bit.
+The training loop (engine/train.py) calls, before each epoch (also one resumed mid-way),
+`begin_epoch`; per micro-batch, `loss`; per optimiser step, after the backward passes of its
+window, `after_backward`; per epoch, `end_of_epoch`; and checkpoints `state_dict` with the loop's
+own state, so a resumed run continues every method bit for bit.
 """
 from __future__ import annotations
 
@@ -44,8 +44,9 @@ class Method:
         """Load what the method needs beside the model; returns the (view seed, view count) to train on."""
         return self.cfg.resolved_view_seed, self.cfg.num_views
 
-    def begin_epoch(self, epoch: int) -> None:
-        """Told the epoch about to run (or resume), for a loss that depends on it (PMR, modality dropout)."""
+    def begin_epoch(self, epoch: int, steps: range) -> None:
+        """Before an epoch (or its resumed rest): the optimiser steps it spans, for a loss or schedule that
+        depends on them (PMR, modality dropout, MLA's alternation)."""
 
     def loss(self, net: LateFusionNet, batch: dict[str, torch.Tensor], logits: torch.Tensor,
              feats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Parts]:

@@ -43,7 +43,7 @@ class ModalityDropout(Method):
         if not 0 <= cfg.dropout_p <= 1:
             raise ConfigError(f"dropout p must lie in [0, 1], got {cfg.dropout_p}")
 
-    def begin_epoch(self, epoch: int) -> None:
+    def begin_epoch(self, epoch: int, steps: range) -> None:
         self.epoch = epoch
 
     def loss(self, net, batch, logits, feats) -> tuple[torch.Tensor, Parts]:

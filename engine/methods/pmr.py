@@ -94,7 +94,7 @@ class Pmr(Method):
             self.prototypes[m] = updated_prototypes(None if old is None else old.cpu(), means, present,
                                                     cfg.pmr_momentum).to(device)
 
-    def begin_epoch(self, epoch: int) -> None:
+    def begin_epoch(self, epoch: int, steps: range) -> None:
         self.epoch = epoch
 
     def loss(self, net, batch, logits, feats) -> tuple[torch.Tensor, Parts]:

@@ -1,5 +1,20 @@
 """UMT (Du et al., ICML 2023): joint training + λ · Σ_m MSE(student feature_m, teacher feature_m),
-targets from a verified cache or from online teachers (engine/targets.py)."""
+targets from a verified cache or from online teachers (engine/targets.py).
+
+Logit targets (`distill_targets: logits` or `both`; default `features`, the paper's): each teacher's
+classifier logits z_t on the same view are distilled into the student's per-modality auxiliary head
+z_s = A_m f_m (the heads G-Blending uses; ModelConfig.aux_heads) by Hinton et al.'s (2015) KD term
+
+    w · Σ_m T² · KL(softmax(z_t/T) ‖ softmax(z_s/T)),   batch mean, T = logit_temperature, w = logit_weight.
+
+Why an auxiliary head and not the modality's additive share of a linear fused head (OGM-GE's
+W_m f_m + b/M): the teacher's logits are a whole uni-modal classifier's, and matching every share to
+one would make the fused logits a sum of M teachers' logits (their evidence counted M times, a sum
+the fused head's cross-entropy then fights); an auxiliary head leaves the fusion head free, works for
+every fusion (mlp too), and costs one small linear layer per modality. The auxiliary heads do not
+enter the fused prediction. There is no official UMT logit code: T = 4 and
+w = 1 are common KD settings (Hinton et al. use T in 2…20), not tuned.
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -11,11 +26,21 @@ from ..config import ConfigError, TrainConfig
 from ..targets import CachedTargets, OnlineTeachers
 from .base import Method, Parts
 
+KINDS = {"features": ("features",), "logits": ("logits",), "both": ("features", "logits")}
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T² · KL(softmax(teacher/T) ‖ softmax(student/T)), mean over the batch."""
+    log_s = F.log_softmax(student / temperature, dim=1)
+    log_t = F.log_softmax(teacher / temperature, dim=1)
+    return F.kl_div(log_s, log_t, log_target=True, reduction="batchmean") * temperature ** 2
+
 
 class Umt(Method):
     name = "umt"
     summary = ("joint + λ·Σ_m MSE(student feature_m, frozen teacher feature_m) (Du et al., ICML 2023);\n"
-               "            targets from --cache (umt-cache build) or online from --teacher checkpoints")
+               "            targets from --cache (umt-cache build) or online from --teacher checkpoints;\n"
+               "            --distill-targets logits|both: T²·KL(teacher logits ‖ auxiliary head) too")
 
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
@@ -25,26 +50,42 @@ class Umt(Method):
         if not cfg.cache and set(cfg.teachers) != set(cfg.modalities):
             raise ConfigError(f"online umt needs a teacher for each of {list(cfg.modalities)}, "
                               f"got {sorted(cfg.teachers)}")
+        if cfg.distill_targets != "features" and cfg.distill and set(cfg.distill) != set(cfg.modalities):
+            raise ConfigError("logit distillation trains an auxiliary head for every modality, so it distils "
+                              f"them all: drop --distill {' '.join(cfg.distill)} or use --distill-targets features")
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return KINDS[self.cfg.distill_targets]
 
     def model_options(self) -> dict[str, Any]:
-        return {"projector": tuple(self.cfg.distill or self.cfg.modalities) if self.cfg.projector else ()}
+        cfg = self.cfg
+        projector = cfg.projector and "features" in self.kinds
+        return {"projector": tuple(cfg.distill or cfg.modalities) if projector else (),
+                "aux_heads": "logits" in self.kinds}
 
     def prepare(self, net, device) -> tuple[int, int | None]:
         cfg = self.cfg
         view_seed, num_views = super().prepare(net, device)
         if cfg.cache:
             self.targets = CachedTargets(cfg.cache, cfg.data, cfg.view, device, cfg.teachers or None,
-                                         int(cfg.cache_budget_gb * 2**30))
+                                         int(cfg.cache_budget_gb * 2**30), self.kinds)
             for name, given, cached in (("view_seed", cfg.view_seed, self.targets.seed),
                                         ("num_views", cfg.num_views, self.targets.num_views)):
                 if given is not None and given != cached:
                     raise ConfigError(f"{name}={given} but the cache {cfg.cache} was built with {cached}")
             view_seed, num_views = self.targets.seed, self.targets.num_views
         else:
-            self.targets = OnlineTeachers(cfg.teachers, device, cfg.view)
+            self.targets = OnlineTeachers(cfg.teachers, device, cfg.view, self.kinds)
+            classes = {m: t.cfg.num_classes for m, t in self.targets.teachers.items()}
+            if any(c != net.cfg.num_classes for c in classes.values()):
+                raise ConfigError(f"teachers classify {classes} classes, the data has {net.cfg.num_classes}")
         dims = self.targets.dims()
         student = {m: enc.out_dim for m, enc in net.encoders.items()}
-        if any(dims.get(m) != student[m] for m in student):
+        if "logits" in self.kinds and set(student) - set(dims):
+            raise ConfigError(f"logit distillation needs a teacher for each of {sorted(student)}; the "
+                              f"targets have {sorted(dims)}")
+        if "features" in self.kinds and any(dims.get(m) != student[m] for m in student):
             raise ConfigError(f"teacher feature dims {dims} do not match the student's {student} "
                               "(train the student with the teachers' --width)")
         return view_seed, num_views
@@ -52,10 +93,23 @@ class Umt(Method):
     def describe(self) -> str:
         cfg = self.cfg
         source = f"cache `{cfg.cache}`" if cfg.cache else "online teachers (checked against the run's view spec)"
-        return f"- UMT targets: {source}, λ = {cfg.distill_weight}\n"
+        logits = (f", logit KL T = {cfg.logit_temperature}, weight {cfg.logit_weight}"
+                  if "logits" in self.kinds else "")
+        return f"- UMT targets: {source}, {cfg.distill_targets}, λ = {cfg.distill_weight}{logits}\n"
 
     def loss(self, net, batch, logits, feats) -> tuple[torch.Tensor, Parts]:
+        cfg = self.cfg
         loss, parts = super().loss(net, batch, logits, feats)
-        distill = sum(F.mse_loss(net.distilled(m, feats[m]), t) for m, t in self.targets(batch).items()
-                      if not self.cfg.distill or m in self.cfg.distill)
-        return loss + self.cfg.distill_weight * distill, {**parts, "distill": distill.detach()}
+        distilled = cfg.distill or cfg.modalities
+        targets = {kind: {m: t for m, t in by_modality.items() if m in distilled}
+                   for kind, by_modality in self.targets(batch).items()}
+        if "features" in targets:
+            distill = sum(F.mse_loss(net.distilled(m, feats[m]), t) for m, t in targets["features"].items())
+            loss = loss + cfg.distill_weight * distill
+            parts["distill"] = distill.detach()
+        if "logits" in targets:
+            kd = sum(kd_loss(net.aux_heads[m](feats[m]), t, cfg.logit_temperature)
+                     for m, t in targets["logits"].items())
+            loss = loss + cfg.logit_weight * kd
+            parts["distill_kl"] = kd.detach()
+        return loss, parts

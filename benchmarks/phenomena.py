@@ -2,8 +2,8 @@
 
 For each cell (a dataset × a seed) it runs, in order, what a user runs: `umt-data pack-arrays`;
 `umt-train` uni-modal models (the teachers) and joint training with an MLP fusion head (which can
-read paired cues); `umt-cache build`; `umt-train --method umt` from the cache, plain and with
-the learned projector; `umt-train --method ume`; the guide; then every other method the engine
+read paired cues); `umt-cache build`; `umt-train --method umt` from the cache, plain, with
+the learned projector, and distilling the teachers' logits as well (`--distill-targets both`); `umt-train --method ume`; the guide; then every other method the engine
 registers (the peers: OGM-GE, G-Blending, ...), each with its own defaults, on the MLP fusion head when
 it accepts one, else on the first fusion it accepts (then joint training on that fusion is run too, as
 its reference). It records test top-1 of every method, linear-probe accuracy of every encoder, and
@@ -140,10 +140,11 @@ def run_cell(cell: Cell, out: Path) -> dict:
         distil = ["--method", "umt", *both, "--cache", str(work / "cache.zarr"), "--lambda", str(r.distill_weight)]
         umt = train("umt", *distil)
         umt_projector = train("umt-projector", *distil, "--projector")
+        umt_both = train("umt-both", *distil, "--distill-targets", "both")  # features and T²·KL on teacher logits
         ume = train("ume", "--method", "ume", *[f"--member={v}={c}" for v, c in ckpts.items()])
         choice = guide(str(data), ckpts, str(work / "joint" / "model.pt"), split="val", num_workers=r.workers,
                        umt=str(work / "umt" / "model.pt"))
-        fused = {"joint": joint, "umt": umt, "umt_projector": umt_projector}
+        fused = {"joint": joint, "umt": umt, "umt_projector": umt_projector, "umt_both": umt_both}
         fusions = {}
         for method in cell.peers:  # keyed like the run folders, with "_" for "-" (ogm-ge → ogm_ge)
             fusion = fusions[method.replace("-", "_")] = fusion_for(method, views)
@@ -353,7 +354,7 @@ def table(cells: list[dict]) -> str:
         groups.setdefault(c["cell"], []).append(c)
     views = cells[0]["views"]
     methods = list(cells[0]["test_top1"])
-    fusion = {**cells[0].get("peer_fusion", {}), **{m: "mlp" for m in ("joint", "umt", "umt_projector")}}
+    fusion = {**cells[0].get("peer_fusion", {}), **{m: "mlp" for m in ("joint", "umt", "umt_projector", "umt_both")}}
     head = ["cell (seeds)", *[f"{m} ({fusion[m]})" if m in fusion else m for m in methods], "guide (paper)",
             "guide (3-way)"]
     rows = ["Test top-1, mean ± std over seeds:", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -115,10 +115,10 @@ def build(data_dir: str, teachers: dict[str, str], out: str, num_views: int, see
         return Path(out)
     paths = [locate(data_dir, shards[i]["name"]) for i in mine]
     loader = shard_loader(paths, ShardViews(spec, modalities, seed, num_views),
-                          functools.partial(batched_by_shard, batch_size=batch_size), num_workers)
+                          functools.partial(batched_by_shard, batch_size=batch_size), num_workers) if paths else []
     with torch.no_grad(), tqdm(total=todo, unit="clip", desc=f"cache[rank {state.process_index}]",
                                disable=not progress) as bar:
-        for batch in loader if paths else []:
+        for batch in loader:  # nothing left for this rank (a finished cache rebuilt, or more ranks than shards)
             shard = int(np.searchsorted(offsets, int(batch["row"][0]), side="right") - 1)
             outputs = {f"{kind}/{m}": value for m in modalities
                        for kind, value in zip(store.KINDS, _teacher_outputs(models[m], m, batch[m].to(state.device)))}

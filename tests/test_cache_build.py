@@ -116,3 +116,15 @@ def test_a_cache_of_the_older_view_draws_is_refused_with_the_fix(data, cache, tm
     with pytest.raises(SystemExit):  # and umt-train refuses it the same way
         train_main(["--data", str(data), "--out", str(tmp_path / "run"), "--method", "umt", "--cache", str(old),
                     "--max-steps", "1", "--no-probe", *MODEL_ARGS])
+
+
+def test_rebuilding_a_finished_cache_changes_nothing(data, teachers, cache, tmp_path, capsys):
+    """A rerun of a finished build (a sweep resumed) computes nothing and leaves every byte as it was."""
+    copy = tmp_path / "cache.zarr"
+    shutil.copytree(cache, copy)
+    before = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    cache_main(["build", "--data", str(data), "--out", str(copy), "--views", "2", "--workers", "1",
+                *[f"--teacher={m}={p}" for m, p in teachers.items()]])
+    assert "0 of" in capsys.readouterr().out
+    after = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    assert after.keys() == before.keys() and all(after[k] == before[k] for k in before if k.name != "zarr.json")

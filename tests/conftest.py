@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 import torch
 
@@ -105,3 +106,17 @@ def kill_and_resume(tmp_path, args: list[str], epochs: int, kill_at: int = 4) ->
     assert len(records[0]) == epochs  # one record per epoch: nothing lost, nothing repeated
     for mine, theirs in zip(*records):  # the same losses and method state, epoch by epoch
         assert mine["train_loss"] == theirs["train_loss"] and mine.get("blend_weights") == theirs.get("blend_weights")
+
+
+@pytest.fixture(scope="session")
+def strong_weak(tmp_path_factory) -> Path:
+    """Vector views of 240 samples, 3 classes: `strong` shows the class plainly, `weak` noisily (peer-method tests)."""
+    raw = tmp_path_factory.mktemp("peer-vectors")
+    rng = np.random.default_rng(0)
+    labels = np.arange(240) % 3
+    np.save(raw / "strong.npy", np.eye(3)[labels] * 3 + rng.normal(size=(240, 3)))
+    np.save(raw / "weak.npy", np.c_[np.eye(3)[labels] + rng.normal(size=(240, 3)), rng.normal(size=(240, 2))])
+    (raw / "labels.csv").write_text("label\n" + "".join(f"c{y}\n" for y in labels))
+    data_main(["pack-arrays", f"--view=strong={raw / 'strong.npy'}", f"--view=weak={raw / 'weak.npy'}",
+               "--labels", str(raw / "labels.csv"), "--out", str(raw / "packed"), "--shard-size", "40"])
+    return raw / "packed"

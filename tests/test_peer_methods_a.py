@@ -20,7 +20,6 @@ from umt.engine.methods.dropout import ModalityDropout, dropped_modality
 from umt.engine.methods.mmpareto import MMPareto, combine, pareto_weights
 from umt.engine.methods.pmr import Pmr, class_means, updated_prototypes
 from umt.engine.models import LateFusionNet, ModelConfig
-from umt.loaders.cli import main as data_main
 
 from conftest import accelerate_launch, kill_and_resume
 
@@ -38,18 +37,6 @@ def config(method: str, **settings) -> TrainConfig:
     return TrainConfig(data="unused", out="unused", method=method, modalities=MODS, **settings)
 
 
-@pytest.fixture(scope="module")
-def vectors(tmp_path_factory) -> Path:
-    """240 samples, 3 classes: a strong view (the class plainly) and a weak, noisy one."""
-    raw = tmp_path_factory.mktemp("peer-vectors")
-    rng = np.random.default_rng(0)
-    labels = np.arange(240) % 3
-    np.save(raw / "strong.npy", np.eye(3)[labels] * 3 + rng.normal(size=(240, 3)))
-    np.save(raw / "weak.npy", np.c_[np.eye(3)[labels] + rng.normal(size=(240, 3)), rng.normal(size=(240, 2))])
-    (raw / "labels.csv").write_text("label\n" + "".join(f"c{y}\n" for y in labels))
-    data_main(["pack-arrays", f"--view=strong={raw / 'strong.npy'}", f"--view=weak={raw / 'weak.npy'}",
-               "--labels", str(raw / "labels.csv"), "--out", str(raw / "packed"), "--shard-size", "40"])
-    return raw / "packed"
 
 
 # --- MMPareto ---------------------------------------------------------------------------------
@@ -227,20 +214,20 @@ def test_dropout_masks_share_p_never_all_and_do_not_depend_on_batching():
 
 # --- training ------------------------------------------------------------------------------------
 
-def test_two_processes_train_each_method_above_chance_with_identical_replicas(vectors, tmp_path):
-    common = (f"--data {vectors} --modality strong --modality weak --epochs 6 --batch-size 16 --width 4 "
+def test_two_processes_train_each_method_above_chance_with_identical_replicas(strong_weak, tmp_path):
+    common = (f"--data {strong_weak} --modality strong --modality weak --epochs 6 --batch-size 16 --width 4 "
               "--workers 0 --no-probe --log-with none")
-    methods = ("mmpareto", "agm", "pmr", "dropout")
+    methods = {"mmpareto": "", "agm": "", "pmr": "", "dropout": "", "mla": "--fusion shared --grad-accum 2 --lr 0.01"}
     accelerate_launch(str(ROOT / "tests" / "several_runs.py"),
-                      *(f"{common} --method {m} --out {tmp_path / m}" for m in methods))
+                      *(f"{common} --method {m} {extra} --out {tmp_path / m}" for m, extra in methods.items()))
     for m in methods:
         results = json.loads((tmp_path / m / "results.json").read_text())
         assert results["processes"] == 2 and results["replica_max_abs_diff"] == 0.0, m
         assert results["test_top1"] > 0.6, (m, results["test_top1"])  # 3 classes: chance is 1/3
 
 
-def test_killed_pmr_training_resumes_to_the_same_final_weights(vectors, tmp_path):
-    kill_and_resume(tmp_path, ["--data", str(vectors), "--method", "pmr", "--modality", "strong", "--modality",
+def test_killed_pmr_training_resumes_to_the_same_final_weights(strong_weak, tmp_path):
+    kill_and_resume(tmp_path, ["--data", str(strong_weak), "--method", "pmr", "--modality", "strong", "--modality",
                                "weak", "--epochs", "2", "--batch-size", "32", "--width", "4", "--workers", "0",
                                "--checkpoint-every", "1", "--no-probe", "--log-with", "none"],
                     epochs=2, kill_at=7)  # 5 steps an epoch: killed in the second, after one prototype update

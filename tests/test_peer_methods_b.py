@@ -26,7 +26,6 @@ from umt.engine.methods.mla import Mla, owm_update
 from umt.engine.methods.umt import kd_loss
 from umt.engine.models import LateFusionNet, ModelConfig, entropy_weights
 from umt.engine.targets import CachedTargets
-from umt.loaders.cli import main as data_main
 from umt.loaders.loading.loader import make_loader
 from umt.loaders.stored.shards import load_manifest, modality_inputs
 from umt.loaders.stored.views import ViewPolicy, ViewSpec
@@ -114,26 +113,14 @@ def test_a_format_2_cache_serves_features_and_refuses_logits(data, cache, tmp_pa
 
 # --- MLA -------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def vectors(tmp_path_factory) -> Path:
-    """Two vector views of 240 samples, 3 classes: `strong` separates them well, `weak` barely."""
-    raw = tmp_path_factory.mktemp("vectors")
-    rng = np.random.default_rng(0)
-    labels = np.arange(240) % 3
-    np.save(raw / "strong.npy", np.eye(3)[labels] * 2 + rng.normal(size=(240, 3)))
-    np.save(raw / "weak.npy", np.eye(3)[labels] * 0.5 + rng.normal(size=(240, 3)))
-    (raw / "labels.csv").write_text("label\n" + "".join(f"{y}\n" for y in labels))
-    data_main(["pack-arrays", f"--view=strong={raw / 'strong.npy'}", f"--view=weak={raw / 'weak.npy'}",
-               "--labels", str(raw / "labels.csv"), "--out", str(raw / "packed"), "--shard-size", "40"])
-    return raw / "packed"
 
 
 MLA_ARGS = ["--method", "mla", "--fusion", "shared", "--modality", "strong", "--modality", "weak",
             "--batch-size", "16", "--width", "4", "--workers", "0", "--no-probe", "--log-with", "none"]
 
 
-def test_mla_alternates_modalities_and_learns_above_chance(vectors, tmp_path):
-    train_main(["--data", str(vectors), "--out", str(tmp_path / "run"), *MLA_ARGS, "--epochs", "4",
+def test_mla_alternates_modalities_and_learns_above_chance(strong_weak, tmp_path):
+    train_main(["--data", str(strong_weak), "--out", str(tmp_path / "run"), *MLA_ARGS, "--epochs", "4",
                 "--log-every", "1", "--lr", "0.01"])
     steps = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     trained = [next(k[3:] for k in r if k.startswith("ce_")) for r in steps]
@@ -142,9 +129,9 @@ def test_mla_alternates_modalities_and_learns_above_chance(vectors, tmp_path):
     assert results["test_top1"] > 0.6  # 3 classes: chance 1/3; the strong view alone allows ~0.8
 
 
-def test_mla_refuses_a_head_it_cannot_share(vectors, tmp_path, capsys):
+def test_mla_refuses_a_head_it_cannot_share(strong_weak, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        train_main(["--data", str(vectors), "--out", str(tmp_path / "x"), *MLA_ARGS, "--fusion", "linear"])
+        train_main(["--data", str(strong_weak), "--out", str(tmp_path / "x"), *MLA_ARGS, "--fusion", "linear"])
     assert "use --fusion shared" in capsys.readouterr().err
 
 
@@ -218,16 +205,9 @@ def test_entropy_fusion_weights_by_hand():
     assert fused[1, 1] > 0.5 * 3.0
 
 
-def test_mla_two_processes_keep_replicas_identical(vectors, tmp_path):
-    accelerate_launch("umt.engine.cli", "--data", str(vectors), "--out", str(tmp_path / "run"), *MLA_ARGS,
-                      "--epochs", "2", "--grad-accum", "2")
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert results["processes"] == 2 and results["replica_max_abs_diff"] == 0.0
-
-
-def test_killed_mla_run_resumes_bit_for_bit(vectors, tmp_path):
+def test_killed_mla_run_resumes_bit_for_bit(strong_weak, tmp_path):
     """The projector P and the alternation counter are checkpointed: killed in epoch 2, resumed, equal."""
-    args = ["--data", str(vectors), *MLA_ARGS, "--batch-size", "8", "--epochs", "2", "--checkpoint-every", "1"]
+    args = ["--data", str(strong_weak), *MLA_ARGS, "--batch-size", "8", "--epochs", "2", "--checkpoint-every", "1"]
     kill_and_resume(tmp_path, args, epochs=2, kill_at=25)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -60,9 +61,12 @@ def accelerate_launch(module: str, *args: str, processes: int = 2) -> None:
     through Accelerate (gloo DDP)."""
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     target = [module] if module.endswith(".py") else ["-m", module]
+    with socket.socket() as probe:  # a free rendezvous port: tests run two at a time (pytest -n 2)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                     str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                    *target, *args], check=True, env=env, timeout=300)
+                    "--main_process_port", str(port), *target, *args], check=True, env=env, timeout=300)
 
 
 def kill_when(module: str, args: list[str], ready: Callable[[], bool], timeout: float = 120) -> None:

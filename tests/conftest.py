@@ -71,8 +71,11 @@ def accelerate_launch(module: str, *args: str, processes: int = 2) -> None:
 
 def kill_when(module: str, args: list[str], ready: Callable[[], bool], timeout: float = 120) -> None:
     """Run `python -m module args`, SIGKILL it as soon as ready() holds; fail if it finished first."""
+    # the same torch threads as this process (bitwise comparisons with runs in it; an import of ffcv, or
+    # a pytest-xdist worker, can leave it with other than the default)
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # same threads as the test process: bitwise comparisons
+                            stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         try:

@@ -90,7 +90,8 @@ def test_phenomena_quick_runs_every_method(tmp_path):
     assert {"laziness_gap", "umt_recovers", "guide_agreement", "best_umt_vs_best_other"} <= set(record["summary"])
     assert len(record["cells"]) == 2 and (tmp_path / "phenomena.png").stat().st_size > 10_000
     for cell in record["cells"]:
-        assert set(cell["test_top1"]) == {"joint", "umt", "umt_projector", "ume", "unimodal_vfeat", "unimodal_afeat"}
+        assert set(cell["test_top1"]) == {"joint", "umt", "umt_projector", "umt_both", "ume", "unimodal_vfeat",
+                                      "unimodal_afeat"}
         assert cell["guide"]["choice"] in ("ume", "umt")
         assert cell["test_top1"]["unimodal_vfeat"] > 0.2  # learned: chance is 0.1
 

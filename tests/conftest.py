@@ -61,7 +61,7 @@ def accelerate_launch(module: str, *args: str, processes: int = 2) -> None:
     through Accelerate (gloo DDP)."""
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     target = [module] if module.endswith(".py") else ["-m", module]
-    with socket.socket() as probe:  # a free rendezvous port: tests run two at a time (pytest -n 2)
+    with socket.socket() as probe:  # a free rendezvous port: two launches never collide (e.g. under pytest -n)
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",

@@ -228,6 +228,7 @@ def test_two_processes_train_each_method_above_chance_with_identical_replicas(st
 
 def test_killed_pmr_training_resumes_to_the_same_final_weights(strong_weak, tmp_path):
     kill_and_resume(tmp_path, ["--data", str(strong_weak), "--method", "pmr", "--modality", "strong", "--modality",
-                               "weak", "--epochs", "2", "--batch-size", "32", "--width", "4", "--workers", "0",
+                               "weak", "--epochs", "2", "--batch-size", "8", "--width", "4", "--workers", "0",
                                "--checkpoint-every", "1", "--no-probe", "--log-with", "none"],
-                    epochs=2, kill_at=7)  # 5 steps an epoch: killed in the second, after one prototype update
+                    epochs=2, kill_at=25)  # 21 steps an epoch: killed in the second, after one prototype update,
+    # with 17 steps to spare before its end (a vector step takes milliseconds: the kill must not miss the epoch)

@@ -48,7 +48,7 @@ from umt.loaders.loading.pipeline import _PlannedBatches, BadSamples, worker_ini
 from umt.loaders.making.inputs import ClipInput
 from umt.loaders.making.pack import pack
 from umt.loaders.making.transcode import PackOptions
-from umt.loaders.stored.media import decode_flac
+from umt.loaders.stored.media import decode_flac, h264_frames
 from umt.loaders.stored.shards import member
 from umt.loaders.stored.views import Geometry, ViewPolicy, ViewSpec, audio_window, make_view
 
@@ -126,27 +126,11 @@ def _view(sample: dict, seed: int, view: int):
     return meta, make_view(seed, meta["row"], view, SPEC, Geometry.of(meta))
 
 
-def _frames(data: bytes, start: int, stop: int, threads: bool) -> list:
-    """PyAV frames [start, stop) from the keyframe at or before `start`, left in FFmpeg's format."""
-    out = []
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.video[0]
-        stream.codec_context.thread_type = "AUTO" if threads else "NONE"
-        rate = stream.average_rate
-        if start > 0:
-            container.seek(int(start / rate / stream.time_base), stream=stream, backward=True)
-        for frame in container.decode(stream):
-            if round(frame.pts * stream.time_base * rate) >= start:
-                out.append(frame)
-                if len(out) == stop - start:
-                    break
-    return out
-
-
 def _bare(sample: dict, seed: int, view: int) -> dict:
     """The bound: the view's frames and the whole FLAC track decoded, nothing converted or cut."""
     meta, v = _view(sample, seed, view)
-    _frames(sample[member("video")], v.t0, v.t0 + (SPEC.frames - 1) * SPEC.stride + 1, threads=False)
+    for _ in h264_frames(sample[member("video")], v.t0, v.t0 + (SPEC.frames - 1) * SPEC.stride + 1):
+        pass
     with av.open(io.BytesIO(sample[member("audio")])) as container:
         for _ in container.decode(audio=0):
             pass
@@ -173,7 +157,8 @@ def _decord(sample: dict, seed: int, view: int) -> dict:
 
 def _pyav_threaded(sample: dict, seed: int, view: int) -> dict:
     meta, v = _view(sample, seed, view)
-    frames = _frames(sample[member("video")], v.t0, v.t0 + (SPEC.frames - 1) * SPEC.stride + 1, threads=True)
+    span = (SPEC.frames - 1) * SPEC.stride + 1
+    frames = list(h264_frames(sample[member("video")], v.t0, v.t0 + span, threads=True))
     rgb = np.stack([f.to_ndarray(format="rgb24") for f in frames[::SPEC.stride]])
     return _peer_item(meta, v, rgb, sample)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 from fractions import Fraction
+from typing import Iterator
 
 import av
 import numpy as np
@@ -44,32 +45,41 @@ def encode_h264(frames: np.ndarray, fps: int, gop: int, crf: int = 18) -> bytes:
     return buf.getvalue()
 
 
+def h264_frames(data: bytes, start: int, stop: int, threads: bool = False) -> Iterator[av.VideoFrame]:
+    """FFmpeg's frames [start, stop) of a constant-frame-rate mp4, unconverted, from the keyframe at or before
+    `start` (so a clip costs at most GOP - 1 extra frames wherever it sits); `threads`: FFmpeg's frame threading
+    (small frames: one thread decodes faster)."""
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_type = "AUTO" if threads else "NONE"
+        if not threads:
+            stream.codec_context.thread_count = 1
+        rate = stream.average_rate or stream.guessed_rate
+        if start > 0:
+            container.seek(int(start / rate / stream.time_base), stream=stream, backward=True)
+        found = 0
+        for frame in container.decode(stream):
+            index = round(frame.pts * stream.time_base * rate) if frame.pts is not None else start + found
+            if index < start:
+                continue
+            yield frame
+            found += 1
+            if found == stop - start:
+                return
+
+
 def decode_h264(data: bytes, start: int, stop: int) -> np.ndarray:
     """Decode frames [start, stop) of a constant-frame-rate mp4 into yuv420p planes [n, 3H/2, W].
 
-    Seeks to the keyframe at or before `start`, so a clip costs at most GOP - 1 extra frames
-    whatever its position. Colour conversion is left to the view kernel, which converts only
-    the cropped pixels: on small frames FFmpeg's whole-frame RGB conversion costs more than
-    decoding itself.
+    Colour conversion is left to the view kernel, which converts only the cropped pixels: on small
+    frames FFmpeg's whole-frame RGB conversion costs more than decoding itself.
     """
     frames = []
     try:
-        with av.open(io.BytesIO(data)) as container:
-            stream = container.streams.video[0]
-            stream.codec_context.thread_count = 1   # small frames: threads only add overhead
-            stream.codec_context.thread_type = "NONE"
-            rate = stream.average_rate or stream.guessed_rate
-            if start > 0:
-                container.seek(int(start / rate / stream.time_base), stream=stream, backward=True)
-            for frame in container.decode(stream):
-                index = round(frame.pts * stream.time_base * rate) if frame.pts is not None else start + len(frames)
-                if index < start:
-                    continue
-                if frame.format.name != "yuv420p":
-                    frame = frame.reformat(format="yuv420p")
-                frames.append(frame.to_ndarray())
-                if len(frames) == stop - start:
-                    break
+        for frame in h264_frames(data, start, stop):
+            if frame.format.name != "yuv420p":
+                frame = frame.reformat(format="yuv420p")
+            frames.append(frame.to_ndarray())
     except (av.FFmpegError, IndexError, ZeroDivisionError) as err:
         raise MediaError(f"undecodable video: {err}") from err
     if len(frames) < stop - start:

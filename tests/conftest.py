@@ -1,6 +1,7 @@
 """Shared tiny data and teachers, generated once per test session through the real CLIs."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import torch
 from umt.cache.cli import main as cache_main
 from umt.engine.cli import main as train_main
 from umt.loaders.cli import main as data_main
+from umt.loaders.loading.images import ffcv_ready
 
 # A dataset small enough that a few steps take a second: 4 train shards of 16 clips.
 SYNTH_ARGS = ["--train", "64", "--val", "16", "--test", "16", "--shard-size", "16", "--size", "24",
@@ -69,11 +71,13 @@ def accelerate_launch(module: str, *args: str, processes: int = 2) -> None:
                     "--main_process_port", str(port), *target, *args], check=True, env=env, timeout=300)
 
 
-def kill_when(module: str, args: list[str], ready: Callable[[], bool], timeout: float = 120) -> None:
-    """Run `python -m module args`, SIGKILL it as soon as ready() holds; fail if it finished first."""
+def kill_when(module: str, args: list[str], ready: Callable[[], bool], timeout: float = 120,
+              env: dict[str, str] | None = None) -> None:
+    """Run `python -m module args` (with `env` added to the environment), SIGKILL it as soon as ready()
+    holds; fail if it finished first."""
     # the same torch threads as this process (bitwise comparisons with runs in it; an import of ffcv, or
     # a pytest-xdist worker, can leave it with other than the default)
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), **(env or {})}
     proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + timeout
@@ -94,13 +98,13 @@ def _state(path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["state_dict"]
 
 
-def kill_and_resume(tmp_path, args: list[str], epochs: int, kill_at: int = 4) -> None:
-    """Train with `args`, SIGKILL after step `kill_at`'s checkpoint, resume; the final weights equal an
-    uninterrupted run's bit for bit, and the log holds one record per epoch."""
+def kill_and_resume(tmp_path, args: list[str], epochs: int, kill_at: int = 4, env: dict[str, str] | None = None) -> None:
+    """Train with `args` (the killed process with `env` added), SIGKILL after step `kill_at`'s checkpoint,
+    resume; the final weights equal an uninterrupted run's bit for bit, and the log holds one record per epoch."""
     killed = tmp_path / "killed"
     ckpt = killed / "checkpoints" / "last.pt"
     kill_when("umt.engine.cli", ["--out", str(killed), *args],
-              lambda: torch.load(ckpt, weights_only=False)["position"]["step"] >= kill_at)
+              lambda: torch.load(ckpt, weights_only=False)["position"]["step"] >= kill_at, env=env)
     assert torch.load(ckpt, weights_only=False)["position"]["batch"] > 0  # killed mid-epoch
     train_main(["--out", str(killed), *args, "--resume", "latest"])
     train_main(["--out", str(tmp_path / "whole"), *args])
@@ -127,3 +131,17 @@ def strong_weak(tmp_path_factory) -> Path:
     data_main(["pack-arrays", f"--view=strong={raw / 'strong.npy'}", f"--view=weak={raw / 'weak.npy'}",
                "--labels", str(raw / "labels.csv"), "--out", str(raw / "packed"), "--shard-size", "40"])
     return raw / "packed"
+
+
+@pytest.fixture
+def ffcv_uncompiled(monkeypatch):
+    """ffcv's pipeline run as Python in this process: each ffcv Loader otherwise spends 1.5-3.5 s compiling
+    on this machine, and a few training runs build dozens. The compiled pipeline is what
+    tests/test_images.py's test_training_order_views_and_pixels checks; these tests are about the
+    trainer, the cache and resuming, on the same pixels. (Not NUMBA_DISABLE_JIT here: numba re-reads it
+    while compiling, and functions decorated afterwards would stop being compiled mid-process.)"""
+    if importlib.util.find_spec("ffcv") is None:
+        pytest.skip("ffcv is not installed (make install puts it in)")
+    ffcv_ready()  # imported keeping this process's torch threads (ffcv's import would set them to 1)
+    from ffcv.pipeline.compiler import Compiler
+    monkeypatch.setattr(Compiler, "is_enabled", False)

@@ -159,6 +159,7 @@ def test_training_order_views_and_pixels(packed):
         assert torch.equal(a["rear"][n], view.flip(1) if flip else view)
 
 
+@pytest.mark.usefixtures("ffcv_uncompiled")
 def test_ranks_split_rows_and_skip_resumes(packed):
     ranks = [_cat(_epoch(packed, batch_size=7, rank=r, world=2)) for r in range(2)]
     rows = [set(r["row"].tolist()) for r in ranks]
@@ -194,13 +195,15 @@ def three_splits(table, tmp_path_factory) -> Path:
     return packed
 
 
+@pytest.mark.usefixtures("ffcv_uncompiled")
 def test_killed_image_training_resumes_to_the_same_final_weights(three_splits, tmp_path):
     kill_and_resume(tmp_path, ["--data", str(three_splits), "--method", "joint", "--modality", "front", "--modality",
                                "rear", "--fusion", "mlp", "--epochs", "3", "--batch-size", "2", "--width", "4",
                                "--workers", "1", "--crop", str(CROP), "--checkpoint-every", "1", "--no-probe"],
-                    epochs=3, kill_at=4)
+                    epochs=3, kill_at=4, env={"NUMBA_DISABLE_JIT": "1"})  # the killed run uncompiled as well
 
 
+@pytest.mark.usefixtures("ffcv_uncompiled")
 def test_trainer_and_cache_on_image_views(three_splits, tmp_path, capsys):
     """Two image views through umt-train and umt-cache: teachers, a verified cache, cached and online UMT."""
     from umt.cache.cli import main as cache_main

@@ -106,8 +106,7 @@ def test_vector_loader_mixes_a_class_sorted_split(tmp_path):
     assert abs(distinct(epoch_labels(loaders)) / random_distinct(rows, 8) - 1) <= 0.1
 
 
-def test_image_loader_mixes_a_class_sorted_split(tmp_path):
-    pytest.importorskip("ffcv")
+def test_image_loader_mixes_a_class_sorted_split(tmp_path, ffcv_uncompiled):
     from PIL import Image
     labels = [str(k) for k in range(6) for _ in range(20)]
     (tmp_path / "pics").mkdir()

@@ -75,6 +75,7 @@ class Cell:
     groups: bool = False  # the labels file records each sample's group: score every method per group
     peers: tuple[str, ...] = ()  # the other registered methods to run (peers())
     modalities: tuple[str, ...] = ()  # of a shard set made beforehand (raw = {"data": its folder})
+    weak: str = "audio"  # the modality whose sole-feature samples joint training should lose (presence model)
 
 
 def peers() -> tuple[str, ...]:
@@ -153,12 +154,21 @@ def run_cell(cell: Cell, out: Path) -> dict:
             fused[method.replace("-", "_")] = train(method, "--method", method, *both, fusion=fusion)
         recorded = {**fused, "ume": ume, **{f"unimodal_{v}": uni[v] for v in views}}
         fused_runs = {k: runs[k] for k in fused}
-        by_group = presence.per_group(work, cell.raw["labels"], views, recorded, fused_runs) if cell.groups else None
+        by_group = None
+        if cell.groups:  # each test row's group: from the generator's labels file, or a clip set's JSON members
+            groups = (presence.groups_of_test(cell.raw["labels"]) if "labels" in cell.raw
+                      else presence.groups_of_shards(data))
+            by_group = presence.per_group(work, data, groups, views, recorded, fused_runs)
     test = {k: res["test_top1"] for k, res in recorded.items()}
     probe = {"unimodal": {v: uni[v]["probe"][v] for v in views}, **{k: res["probe"] for k, res in fused.items()}}
-    generator = Path(cell.raw.get("labels", work)).with_name("config.json")
-    return {"cell": cell.name, "seed": cell.seed, "paired": cell.paired, "views": views,
-            "generator": json.loads(generator.read_text()) if generator.is_file() else None,
+    if "data" in cell.raw:  # a clip set: its generator's settings are in the manifest
+        from umt.loaders.stored.shards import load_manifest
+        settings = load_manifest(cell.raw["data"]).get("source", {}).get("config")
+    else:
+        generator = Path(cell.raw["labels"]).with_name("config.json")
+        settings = json.loads(generator.read_text()) if generator.is_file() else None
+    return {"cell": cell.name, "seed": cell.seed, "paired": cell.paired, "views": views, "weak": cell.weak,
+            "generator": settings,
             "test_top1": _round(test), "probe": _round(probe), "guide": {"choice": choice["choice"],
             "recommendation": choice["recommendation"], "evidence": _round(choice["evidence"])},
             "recipe": asdict(cell.recipe), "peer_fusion": fusions,
@@ -279,20 +289,25 @@ def mfeat_cells(out: Path, quick: bool, recipe: Recipe, overrides: dict) -> list
     return [Cell("mfeat", seed, {k: str(v) for k, v in raw.items()}, recipe) for seed in ((0,) if quick else SEEDS)]
 
 
-def demo_cells(out: Path, quick: bool) -> list[Cell]:
-    """`make demo`'s dataset and settings (engine/demo.py), every method, one cell per seed."""
+def demo_cells(out: Path, quick: bool, data_config=None, seeds: tuple[int, ...] = SEEDS) -> list[Cell]:
+    """`make demo`'s settings (engine/demo.py) on its dataset (or `data_config`), every method, one cell per
+    training seed. Under the presence label model each method is also scored per kind of clip; video is the
+    demo's weak modality (its uni-modal model learns slowly)."""
     from umt.engine.demo import DATA, VIEW, VIEWS
     from umt.loaders.making.synth import write_synth
     from umt.loaders.stored.shards import MANIFEST
-    data = out / "raw" / "demo"
-    config = replace(DATA, train=200, val=64, test=64, shard_size=100) if quick else DATA
+    config = data_config or DATA
+    data = out / "raw" / ("demo" if config == DATA else f"demo-data{config.seed}")
+    if quick:
+        config = replace(config, train=200, val=64, test=64, shard_size=100)
     if not (data / MANIFEST).is_file():
         write_synth(data, config, progress=False)
     view = tuple(a for f, v in VIEW.to_dict().items()
                  for a in ([f"--{'' if v else 'no-'}{f}"] if isinstance(v, bool) else [f"--{f.replace('_', '-')}", str(v)]))
     recipe = Recipe(epochs=2 if quick else 6, batch_size=32, width=8, workers=1, cache_views=VIEWS, view=view)
-    return [Cell("demo", seed, {"data": str(data)}, recipe, modalities=("video", "audio"))
-            for seed in ((0,) if quick else SEEDS)]
+    return [Cell("demo", seed, {"data": str(data)}, recipe, config.paired, groups=config.label_model == "presence",
+                 modalities=("video", "audio"), weak="video")
+            for seed in ((seeds[0],) if quick else seeds)]
 
 
 def generator_overrides(items: list[str]) -> dict:
@@ -414,11 +429,12 @@ def main() -> None:
     cells = [replace(c, peers=chosen) for c in cells]
     with ProcessPoolExecutor(args.jobs) as pool:
         records = list(pool.map(run_cell, cells, [out] * len(cells)))
-    if args.presence:
+    if all(c.groups for c in cells):  # presence label model: per-group figures
         summary = presence.summarise(records)
         presence.plot(summary, out / "phenomena.png")
         (out / "table.md").write_text(presence.tables(summary) + "\n")
-        write_json(out / "phenomena.json", {"dataset": "presence", "summary": summary, "cells": records})
+        write_json(out / "phenomena.json", {"dataset": "demo-presence" if args.demo else "presence", "summary": summary,
+                                            "cells": records})
         print(presence.tables(summary))
         return
     summary = summarise(records)

@@ -11,6 +11,7 @@ next to it in the output.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import statistics
 from pathlib import Path
@@ -31,6 +32,20 @@ def groups_of_test(labels_csv: str | Path) -> list[str]:
     """The group of each test sample, in test-row order (pack-arrays keeps a split's rows in file order)."""
     with open(labels_csv, newline="") as handle:
         return [row["group"] for row in csv.DictReader(handle) if row["split"] == "test"]
+
+
+def groups_of_shards(data: str | Path) -> list[str]:
+    """The group of each test clip of a `umt-data synth` shard set, in test-row order (from its JSON members)."""
+    import tarfile
+    from umt.loaders.stored.shards import split_files
+    rows = {}
+    for path in split_files(data, "test")[0]:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if member.name.endswith(".json"):
+                    meta = json.load(tar.extractfile(member))
+                    rows[meta["row"]] = meta["group"]
+    return [rows[r] for r in range(len(rows))]
 
 
 def _test_scores(path: Path, data: str):
@@ -54,15 +69,14 @@ def _test_scores(path: Path, data: str):
     return out["logits"][order], out["labels"][order]
 
 
-def per_group(work: Path, labels_csv: str | Path, views: list[str], recorded: dict[str, dict],
+def per_group(work: Path, data: Path, groups: list[str], views: list[str], recorded: dict[str, dict],
               runs: dict[str, str]) -> dict:
-    """Test top-1 of every method per group, from each run's model.pt; `recorded`: method → results.json,
-    `runs`: each fused model's method key → its run folder under `work`."""
+    """Test top-1 of every method per group, from each run's model.pt; `groups`: each test row's group,
+    `recorded`: method → results.json, `runs`: each fused model's method key → its run folder under `work`."""
     import torch
     from umt.engine.ume import combine
 
-    groups = groups_of_test(labels_csv)
-    data = str(work / "data")
+    data = str(data)
     scores = {m: _test_scores(work / run / "model.pt", data) for m, run in runs.items()}
     uni = {v: _test_scores(work / f"unimodal-{v}" / "model.pt", data) for v in views}
     scores.update({f"unimodal_{v}": s for v, s in uni.items()})
@@ -72,7 +86,7 @@ def per_group(work: Path, labels_csv: str | Path, views: list[str], recorded: di
     stacked = torch.stack([uni[v][0] for v in names], 1)
     scores["ume"] = (combine(stacked, ume["combine"], weights), uni[names[0]][1])
     if len(groups) != len(scores["joint"][1]):
-        raise RuntimeError(f"{labels_csv} lists {len(groups)} test samples, the packed test split {len(scores['joint'][1])}")
+        raise RuntimeError(f"{data}: its generator lists {len(groups)} test samples, the packed test split {len(scores['joint'][1])}")
     out = {"count": {g: groups.count(g) for g in GROUPS}, "top1": {}}
     for method, (logits, labels) in scores.items():
         hits = (logits.argmax(1) == labels).tolist()
@@ -111,6 +125,7 @@ def summarise(cells: list[dict]) -> dict:
     for name, group in conditions.items():
         views = group[0]["views"]
         gen = group[0]["generator"]
+        weak_only = f"{group[0].get('weak', 'audio')}_only"  # records before the demo's presence set: audio weak
         shares = group_shares(gen)
         umt_pick = [chosen_umt(c) for c in group]
         test = {m: [c["test_top1"][m] for c in group] for m in group[0]["test_top1"]}
@@ -131,7 +146,8 @@ def summarise(cells: list[dict]) -> dict:
             "settings": {k: gen[k] for k in ("video_present", "audio_present", "paired")},
             "seeds": [c["seed"] for c in group],
             "expected_shares": {g: round(s, 4) for g, s in shares.items()},
-            "predicted_umt_win": shares["audio_only"] > 0 and shares["paired"] > 0,
+            "weak_only_group": weak_only,
+            "predicted_umt_win": shares[weak_only] > 0 and shares["paired"] > 0,
             "test_top1": {m: stats(v) for m, v in test.items()},
             "test_top1_by_group": by_group,
             "laziness_gap": {v: stats([c["probe"]["unimodal"][v] - c["probe"]["joint"][v] for c in group]) for v in views},
@@ -166,7 +182,9 @@ def summarise(cells: list[dict]) -> dict:
             "umt_margin": "per seed: test top-1 of umt_val_chosen - max(joint, UME) of that seed; mean and its "
                           "standard error over seeds (sample std / sqrt(seeds))",
             "umt_wins": "umt_margin mean > 0 and >= 2 standard errors",
-            "predicted_umt_win": "the condition has weak-only (audio_only) and paired samples: expected shares > 0",
+            "weak_only_group": "the samples only the weak modality labels (the cell's declared weak modality: audio in "
+                               "the vector sweeps, video in the demo's clip set)",
+            "predicted_umt_win": "the condition has weak-only and paired samples: expected shares > 0",
             "umt_wins_where_predicted": "share of predicted cells in which umt_wins",
             "laziness_gap": "per modality, mean ± std over cells of (uni-modal probe - joint probe), linear probes on test",
             "three_way_on_val": "the engine guide's recommendation (umt.engine.guide.guide with the plain UMT model, on "
@@ -177,9 +195,8 @@ def summarise(cells: list[dict]) -> dict:
             "guide_two_way_agreement": "share of seeds x cells where guide_two_way is among best_of_three_on_test"}}
 
 
-COLOURS = {"joint": "C2", "umt": "C3", "umt_projector": "C4", "ume": "C5", "unimodal_vfeat": "0.3", "unimodal_afeat": "0.65"}
-LABELS = {"joint": "joint", "umt": "UMT", "umt_projector": "UMT + projector", "ume": "UME",
-          "unimodal_vfeat": "uni-modal video (strong)", "unimodal_afeat": "uni-modal audio (weak)"}
+COLOURS = {"joint": "C2", "umt": "C3", "umt_projector": "C4", "ume": "C5"}
+LABELS = {"joint": "joint", "umt": "UMT", "umt_projector": "UMT + projector", "ume": "UME"}
 
 
 def plot(summary: dict, path: Path) -> None:
@@ -191,7 +208,11 @@ def plot(summary: dict, path: Path) -> None:
     cols = min(3, len(conditions))
     rows = math.ceil(len(conditions) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
-    methods = [m for m in COLOURS if m in next(iter(conditions.values()))["test_top1"]]
+    first = next(iter(conditions.values()))["test_top1"]
+    uni = [m for m in first if m.startswith("unimodal_")]
+    colours = {**COLOURS, **dict(zip(uni, ("0.3", "0.65")))}
+    labels = {**LABELS, **{m: f"uni-modal {m.removeprefix('unimodal_')}" for m in uni}}
+    methods = [m for m in colours if m in first]
     width = 0.8 / len(methods)
     for axis, (name, t) in zip(axes.flat, conditions.items()):
         groups = list(t["test_top1_by_group"])
@@ -199,7 +220,7 @@ def plot(summary: dict, path: Path) -> None:
             means = [t["test_top1_by_group"][g][m]["mean"] for g in groups]
             stds = [t["test_top1_by_group"][g][m]["std"] or 0.0 for g in groups]
             axis.bar([x + (i - len(methods) / 2 + 0.5) * width for x in range(len(groups))], means, width, yerr=stds,
-                     color=COLOURS[m], label=LABELS[m], capsize=2)
+                     color=colours[m], label=labels[m], capsize=2)
         axis.set_xticks(range(len(groups)), [f"{g}\n({t['test_top1_by_group'][g]['count']:.0f})" for g in groups],
                         fontsize=7)
         s, top = t["settings"], t["test_top1"]
@@ -227,13 +248,13 @@ def tables(summary: dict) -> str:
     """Markdown: one row per condition (test top-1, mean ± std over seeds), then accuracy per group."""
     head = ["q_v / q_a / p", "weak-only / paired share", "joint", "UMT", "UMT+proj", "UME", "UMT* (val-chosen)",
             "UMT* − max(joint, UME) ± SE", "predicted / wins", "3-way on val", "best on test", "guide (2-way)",
-            "laziness gap vfeat / afeat"]
+            "laziness gap " + " / ".join(summary["laziness_gap"])]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for t in summary["conditions"].values():
         s, top, sh = t["settings"], t["test_top1"], t["expected_shares"]
         gap = " / ".join(f"{x['mean']:+.3f}" for x in t["laziness_gap"].values())
         lines.append("| " + " | ".join([
-            f"{s['video_present']} / {s['audio_present']} / {s['paired']}", f"{sh['audio_only']:.2f} / {sh['paired']:.2f}",
+            f"{s['video_present']} / {s['audio_present']} / {s['paired']}", f"{sh[t['weak_only_group']]:.2f} / {sh['paired']:.2f}",
             *[pm(top[m]) for m in (*FUSED, "umt_val_chosen")],
             f"{t['umt_margin']['mean']:+.3f} ± {t['umt_margin']['se']:.3f}",
             f"{'yes' if t['predicted_umt_win'] else 'no'} / {'**yes**' if t['umt_wins'] else 'no'}",
@@ -244,7 +265,7 @@ def tables(summary: dict) -> str:
         lines += ["", "| q_v / q_a / p | " + " | ".join(peers) + " |", "|" + "---|" * (len(peers) + 1)]
         lines += [f"| {t['settings']['video_present']} / {t['settings']['audio_present']} / {t['settings']['paired']} | "
                   + " | ".join(pm(t["test_top1"][m]) for m in peers) + " |" for t in summary["conditions"].values()]
-    methods = [*FUSED, "umt_val_chosen", *peers, "unimodal_vfeat", "unimodal_afeat"]
+    methods = [*FUSED, "umt_val_chosen", *peers, *(f"unimodal_{v}" for v in summary["laziness_gap"])]
     lines += ["", "| q_v / q_a / p | group (test n) | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 2)]
     for t in summary["conditions"].values():
         s = t["settings"]

@@ -106,16 +106,20 @@ def test_clips_without_a_feature_show_noise_only(tmp_path):
     for m in metas:
         assert (m["bits"] is not None) == (m["group"] == "paired") == m["paired"]
         assert m["video_symbol"] in ((m["label"],) if m["group"] in ("both", "video_only") else (None,))
+    test = sorted((json.loads(s["json"]) for s in wds.DataPipeline(
+        wds.SimpleShardList([str(p) for p in sorted(out.glob("test-*.tar"))]), wds.tarfile_to_samples())),
+        key=lambda m: m["row"])
+    assert presence.groups_of_shards(out) == [m["group"] for m in test]  # what per-group scores of clips read
 
 
-def _cell(seed: int, margin: float, val_umt: float = 0.7, val_projector: float = 0.6) -> dict:
+def _cell(seed: int, margin: float, val_umt: float = 0.7, val_projector: float = 0.6, **generator) -> dict:
     test = {"joint": 0.70, "ume": 0.69, "umt": 0.70 + margin, "umt_projector": 0.5}
     group = {"top1": {m: {"both": t} for m, t in test.items()}, "count": {"both": 10}}
     probe = {m: {"vfeat": 0.5, "afeat": 0.4} for m in ("unimodal", "joint", "umt", "umt_projector")}
     return {"cell": "c", "seed": seed, "views": ["vfeat", "afeat"], "test_top1": test, "groups": group,
             "probe": probe, "guide": {"choice": "umt", "recommendation": "joint"},
             "val_top1": {"joint": 0.65, "ume": 0.5, "umt": val_umt, "umt_projector": val_projector},
-            "generator": {"video_present": 0.7, "audio_present": 0.7, "paired": 0.2}}
+            "generator": {"video_present": 0.7, "audio_present": 0.7, "paired": 0.2, **generator}}
 
 
 def test_umt_wins_needs_two_standard_errors_and_the_variant_chosen_on_validation():
@@ -128,6 +132,13 @@ def test_umt_wins_needs_two_standard_errors_and_the_variant_chosen_on_validation
     assert on_val["umt_wins_where_predicted"] == 0.0  # the projector run is worse on test, and it was chosen
     assert on_val["conditions"]["c"]["best_of_three_on_test"] == ["umt"] * 3
     assert on_val["three_way_agreement"] == 0.0  # the guide recommended joint on validation
+    no_weak_only = presence.summarise([_cell(s, 0.03, video_present=1.0) for s in range(3)])
+    assert no_weak_only["predicted_cells"] == 0  # audio, the vector sets' weak modality, is never alone
+    weak_video = presence.summarise([{**_cell(s, 0.03, audio_present=1.0), "weak": "video"}
+                                     for s in range(3)])
+    assert weak_video["predicted_cells"] == 0  # the demo's weak modality is video: never alone either
+    weak_video = presence.summarise([{**_cell(s, 0.03, audio_present=0.5), "weak": "video"} for s in range(3)])
+    assert weak_video["umt_wins_where_predicted"] == 1.0 and weak_video["conditions"]["c"]["weak_only_group"] == "video_only"
     tied = presence.summarise([_cell(s, 0.0) for s in range(3)])
     assert tied["conditions"]["c"]["best_of_three_on_test"] == ["umt=joint"] * 3 and tied["three_way_agreement"] == 1.0
 

@@ -226,8 +226,9 @@ def test_two_processes_train_each_method_above_chance_with_identical_replicas(st
         assert results["test_top1"] > 0.6, (m, results["test_top1"])  # 3 classes: chance is 1/3
 
 
-def test_killed_pmr_training_resumes_to_the_same_final_weights(strong_weak, tmp_path):
-    kill_and_resume(tmp_path, ["--data", str(strong_weak), "--method", "pmr", "--modality", "strong", "--modality",
+@pytest.mark.parametrize("method", ["pmr", "agm"])  # prototypes per epoch; AGM's running scores per step
+def test_killed_peer_training_resumes_to_the_same_final_weights(strong_weak, tmp_path, method):
+    kill_and_resume(tmp_path, ["--data", str(strong_weak), "--method", method, "--modality", "strong", "--modality",
                                "weak", "--epochs", "2", "--batch-size", "8", "--width", "4", "--workers", "0",
                                "--checkpoint-every", "1", "--no-probe", "--log-with", "none"],
                     epochs=2, kill_at=25)  # 21 steps an epoch: killed in the second, after one prototype update,

@@ -229,3 +229,19 @@ def test_trainer_and_cache_on_image_views(three_splits, tmp_path, capsys):
                 "--modality", "rear", "--cache", cache])
     cached = json.loads((tmp_path / "cached" / "results.json").read_text())
     assert cached["steps"] == results["steps"]
+
+
+def test_an_error_in_ffcvs_decoding_thread_fails_the_epoch_instead_of_hanging(packed, ffcv_uncompiled, monkeypatch):
+    import threading
+    from umt.loaders.loading import images
+
+    def broken(*_):
+        raise ValueError("a failing operation")
+
+    monkeypatch.setattr(images, "_crop_flip", broken)  # called from ffcv's thread (uncompiled: looked up per call)
+    monkeypatch.setattr(threading, "excepthook", lambda _: None)  # the thread's traceback: not this test's output
+    outcome = []
+    reader = threading.Thread(target=lambda: outcome.append(pytest.raises(UserError, _epoch, packed)), daemon=True)
+    reader.start()
+    reader.join(60)
+    assert outcome and "decoding thread stopped" in str(outcome[0].value), "the epoch hung or did not fail"

@@ -150,7 +150,7 @@ class ImageLoader(PlannedLoader):
             loader = self._loader()
             names = list(loader.pipeline_specs)  # ffcv's output order
             batches = iter(loader)
-        for values in batches:
+        for values in _while_alive(batches, self.beton):
             yield self._batch(dict(zip(names, values)))
 
     def _batch(self, values: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -161,6 +161,23 @@ class ImageLoader(PlannedLoader):
         batch.update(label=torch.from_numpy(values["label"][:, 0].astype(np.int64)), row=torch.from_numpy(rows),
                      view=torch.from_numpy(view), params=torch.from_numpy(params.astype(np.int32)))
         return batch
+
+
+def _while_alive(batches, beton: Path) -> Iterator:
+    """ffcv's batches, failing when its decoding thread dies: an error there (a damaged page, a failing
+    operation) ends that thread, and ffcv's own iterator would then wait for the next batch forever."""
+    queue = batches.output_queue
+    while True:
+        with queue.not_empty:  # holds the queue's lock (so _qsize); one consumer: a batch seen here stays for next()
+            while not queue._qsize() and batches.is_alive():
+                queue.not_empty.wait(0.5)
+            stopped = not queue._qsize() and not batches.is_alive()
+        if stopped:
+            raise DataError(f"{beton}: ffcv's decoding thread stopped with an error (its traceback is above)")
+        try:
+            yield next(batches)
+        except StopIteration:
+            return
 
 
 def make_image_loader(data_dir: str | Path, manifest: dict, split: str, modalities: Sequence[str],

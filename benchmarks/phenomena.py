@@ -161,9 +161,8 @@ def run_cell(cell: Cell, out: Path) -> dict:
         recorded = {**fused, "ume": ume, **{f"unimodal_{v}": uni[v] for v in views}}
         fused_runs = {k: runs[k] for k in fused}
         by_group = None
-        if cell.groups:  # each test row's group: from the generator's labels file, or a clip set's JSON members
-            groups = (presence.groups_of_test(cell.raw["labels"]) if "labels" in cell.raw
-                      else presence.groups_of_shards(data))
+        if cell.groups:  # each test row's group: from a clip set's JSON members, or the generator's labels file
+            groups = presence.groups_of_test(data, cell.raw.get("labels"))
             by_group = presence.per_group(work, data, groups, views, recorded, fused_runs)
     test = {k: res["test_top1"] for k, res in recorded.items()}
     probe = {"unimodal": {v: uni[v]["probe"][v] for v in views}, **{k: res["probe"] for k, res in fused.items()}}

@@ -28,23 +28,23 @@ def group_shares(generator: dict) -> dict[str, float]:
             "paired": p, "neither": rest * (1 - qv) * (1 - qa)}
 
 
-def groups_of_test(labels_csv: str | Path) -> list[str]:
-    """The group of each test sample, in test-row order (pack-arrays keeps a split's rows in file order)."""
-    with open(labels_csv, newline="") as handle:
-        return [row["group"] for row in csv.DictReader(handle) if row["split"] == "test"]
-
-
-def groups_of_shards(data: str | Path) -> list[str]:
-    """The group of each test clip of a `umt-data synth` shard set, in test-row order (from its JSON members)."""
+def groups_of_test(data: str | Path, labels_csv: str | Path | None = None) -> list[str]:
+    """The group of each test row of a packed set, in row order: from each `umt-data synth` clip's JSON, or,
+    for a `pack-arrays` set, from the generator's labels file through each row's `source` (its line in that
+    file: pack-arrays writes a split in a seeded order, so a row is not its line)."""
     import tarfile
     from umt.loaders.stored.shards import split_files
+    lines = None
+    if labels_csv is not None:
+        with open(labels_csv, newline="") as handle:
+            lines = [row["group"] for row in csv.DictReader(handle)]
     rows = {}
     for path in split_files(data, "test")[0]:
         with tarfile.open(path) as tar:
             for member in tar:
                 if member.name.endswith(".json"):
                     meta = json.load(tar.extractfile(member))
-                    rows[meta["row"]] = meta["group"]
+                    rows[meta["row"]] = meta["group"] if lines is None else lines[meta["source"]]
     return [rows[r] for r in range(len(rows))]
 
 

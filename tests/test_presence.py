@@ -15,6 +15,10 @@ from hypothesis import given, settings, strategies as st
 from umt.loaders.making.synth import GROUPS, SynthConfig, draw_symbols, render_audio, render_video
 from umt.loaders.making.synth_vectors import VectorSynthConfig, generate, pair_prototypes, prototypes, write_raw
 
+from umt.loaders.cli import main as data_main
+from umt.loaders.loading.loader import make_loader
+from umt.loaders.stored.views import ViewPolicy, ViewSpec
+
 from conftest import synth
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +113,23 @@ def test_clips_without_a_feature_show_noise_only(tmp_path):
     test = sorted((json.loads(s["json"]) for s in wds.DataPipeline(
         wds.SimpleShardList([str(p) for p in sorted(out.glob("test-*.tar"))]), wds.tarfile_to_samples())),
         key=lambda m: m["row"])
-    assert presence.groups_of_shards(out) == [m["group"] for m in test]  # what per-group scores of clips read
+    assert presence.groups_of_test(out) == [m["group"] for m in test]  # what per-group scores of clips read
+
+
+def test_groups_of_a_packed_vector_set_follow_its_rows_not_its_file_lines(tmp_path):
+    """pack-arrays writes a split in a seeded order: a packed test row's group is that of the line it came from."""
+    n, test = 60, range(40, 60)
+    np.save(tmp_path / "x.npy", np.arange(n, dtype=float)[:, None])  # each line's number, as its feature
+    (tmp_path / "labels.csv").write_text("label,split,group\n" + "".join(
+        f"{i % 3},{'test' if i in test else 'train'},g{i * 7 % 11}\n" for i in range(n)))
+    data_main(["pack-arrays", f"--view=x={tmp_path / 'x.npy'}", "--labels", str(tmp_path / "labels.csv"),
+               "--out", str(tmp_path / "packed"), "--shard-size", "8", "--seed", "3"])
+    loader = make_loader(tmp_path / "packed", "test", ViewSpec(), ["x"], ViewPolicy(0, 0, False), 64)
+    batch = next(iter(loader))
+    line = [test[k] for k in batch["x"][:, 0].argsort().argsort().tolist()]  # features are standardised: ranks
+    assert line != sorted(line)  # the packed order is not the file's
+    groups = presence.groups_of_test(tmp_path / "packed", tmp_path / "labels.csv")
+    assert [groups[r] for r in batch["row"].tolist()] == [f"g{i * 7 % 11}" for i in line]
 
 
 def _cell(seed: int, margin: float, val_umt: float = 0.7, val_projector: float = 0.6, **generator) -> dict:

@@ -245,3 +245,16 @@ def test_an_error_in_ffcvs_decoding_thread_fails_the_epoch_instead_of_hanging(pa
     reader.start()
     reader.join(60)
     assert outcome and "decoding thread stopped" in str(outcome[0].value), "the epoch hung or did not fail"
+
+
+def test_a_process_pinned_to_one_cpu_exits_after_packing_and_loading_images(table, tmp_path):
+    """numba's TBB threading layer (found through OpenCV's libtbb) deadlocked at interpreter exit in a
+    process pinned to one CPU (as `taskset -c 0`, or a one-CPU job, runs it): it must exit."""
+    import subprocess
+    import sys
+    script = (f"import os; os.sched_setaffinity(0, {{0}}); import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+              "import test_images as t; from pathlib import Path; from umt.loaders.cli import main; "
+              f"main(['pack-images', {str(table)!r}, {str(tmp_path / 'out')!r}, '--size', '24', '--workers', '1']); "
+              f"print(sum(len(b['row']) for b in t._epoch(Path({str(tmp_path / 'out')!r}), num_workers=1)))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.split()[-1] == "28", done.stderr[-2000:]

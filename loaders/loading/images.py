@@ -29,7 +29,10 @@ from ..stored.views import CENTRE, Geometry, ViewPolicy, ViewSpec, make_views, v
 
 def ffcv_ready() -> None:
     """Import ffcv (about 4 s, once), keeping this thread's torch and numba thread counts, which
-    ffcv's import sets to 1."""
+    ffcv's import sets to 1. ffcv's compiled code runs in numba's thread pool; numba would pick its TBB
+    layer when a libtbb is installed (OpenCV's Debian package brings one), and that layer deadlocks at
+    interpreter exit in a process pinned to one CPU, so OpenMP (or numba's own workqueue) goes first."""
+    numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]  # read when the pool first starts
     try:
         with _keep_threads():
             import ffcv  # noqa: F401

@@ -35,12 +35,16 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import presence  # noqa: E402
 from common import write_json  # noqa: E402
+
+if TYPE_CHECKING:
+    from umt.loaders.making.synth import SynthConfig
 
 PAIRED = (0.0, 0.2, 0.4, 0.6, 0.8)
 SEEDS = (0, 1, 2)
@@ -294,19 +298,23 @@ def mfeat_cells(out: Path, quick: bool, recipe: Recipe, overrides: dict) -> list
     return [Cell("mfeat", seed, {k: str(v) for k, v in raw.items()}, recipe) for seed in ((0,) if quick else SEEDS)]
 
 
-def demo_cells(out: Path, quick: bool, data_config=None, seeds: tuple[int, ...] = SEEDS) -> list[Cell]:
+def demo_cells(out: Path, quick: bool, data_config: SynthConfig | None = None,
+               seeds: tuple[int, ...] = SEEDS) -> list[Cell]:
     """`make demo`'s settings (engine/demo.py) on its dataset (or `data_config`), every method, one cell per
     training seed. Under the presence label model each method is also scored per kind of clip; video is the
     demo's weak modality (its uni-modal model learns slowly)."""
     from umt.engine.demo import DATA, VIEW, VIEWS
     from umt.loaders.making.synth import write_synth
-    from umt.loaders.stored.shards import MANIFEST
+    from umt.loaders.stored.shards import MANIFEST, load_manifest
     config = data_config or DATA
     data = out / "raw" / ("demo" if config == DATA else f"demo-data{config.seed}")
     if quick:
         config = replace(config, train=200, val=64, test=64, shard_size=100)
     if not (data / MANIFEST).is_file():
         write_synth(data, config, progress=False)
+    elif load_manifest(data)["source"]["config"] != asdict(config):  # made once per folder, then reused
+        raise SystemExit(f"phenomena: {data} holds clips made with other generator settings; remove it or choose "
+                         "another --out")
     view = tuple(a for f, v in VIEW.to_dict().items()
                  for a in ([f"--{'' if v else 'no-'}{f}"] if isinstance(v, bool) else [f"--{f.replace('_', '-')}", str(v)]))
     recipe = Recipe(epochs=2 if quick else 6, batch_size=32, width=8, workers=1, cache_views=VIEWS, view=view)

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 import webdataset as wds
 from hypothesis import given, settings, strategies as st
 
@@ -174,3 +175,14 @@ def test_phenomena_presence_quick_scores_every_method_per_group(tmp_path):
     for method, by_group in cell["groups"]["top1"].items():
         weighted = sum(by_group[g] * counts[g] for g in by_group) / 400
         assert abs(weighted - cell["test_top1"][method]) < 2e-3, method  # the groups partition the test split
+
+
+def test_demo_cells_refuse_a_clip_set_made_with_other_settings(tmp_path):
+    """A clip set is made once per out folder and reused: one made with other generator settings is refused."""
+    import phenomena
+    from umt.engine.demo import DATA
+    made = replace(DATA, seed=7, train=8, val=4, test=4, shard_size=8, frames=3, audio_seconds=0.25)
+    phenomena.demo_cells(tmp_path, False, made)
+    assert len(phenomena.demo_cells(tmp_path, False, made)) == 3  # the same settings: reused
+    with pytest.raises(SystemExit, match="other generator settings"):
+        phenomena.demo_cells(tmp_path, False, replace(made, paired=0.5))

@@ -55,7 +55,7 @@ from umt.loaders.stored.views import Geometry, ViewPolicy, ViewSpec, audio_windo
 from common import median, write_json
 
 SOURCE_FPS, SOURCE_SIZE, SECONDS = 30, (320, 240), 6
-SPEC = ViewSpec(frames=8, stride=2, crop=112, audio_seconds=1.0, mel_bins=64)
+SPEC = ViewSpec(frames=8, stride=2, crop=112, audio_seconds=1.0, mel_bins=64, crop_mode="cut")  # peers cut too
 PACKED = PackOptions(short_side=128, fps=15, gop=8)
 
 

@@ -1,4 +1,4 @@
-"""The `cpu` backend: WebDataset shards → PyAV decode → view crop/flip → log-mel → batches.
+"""The `cpu` backend: WebDataset shards → PyAV decode → view box resized to the crop, flip → log-mel → batches.
 
 The epoch plan (loaders/loading/plan.py) fixes this rank's batches. DataLoader workers take them in turn
 (batch b → worker b mod W) and torch's DataLoader returns its workers' outputs round-robin, so the
@@ -21,7 +21,7 @@ import webdataset as wds
 
 from .audio import log_mel
 from ..errors import UserError
-from .kernels import crop_flip_to_rgb, load as load_kernels
+from .kernels import load as load_kernels, resize_to_rgb
 from ..stored.media import MediaError, decode_flac_span, decode_h264
 from .plan import EpochPlan, PlannedLoader
 from ..stored.shards import MEDIA_MEMBERS, DataError, member
@@ -34,8 +34,8 @@ def decode_views(sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: 
                  view_indices: Sequence[int]) -> list[dict]:
     """Decode one raw tar sample once and cut every requested view from it.
 
-    Optical flow gets the video's crop; a horizontal flip also negates its x component (red: 255 -
-    red). Vector views (`<key>.<name>.npy`, from `umt-data pack-arrays`) have no augmentation: every view is the
+    Optical flow gets the video's box, resized alike (its values are not rescaled, as in TSN and
+    MMAction2); a horizontal flip also negates its x component (red: 255 - red). Vector views (`<key>.<name>.npy`, from `umt-data pack-arrays`) have no augmentation: every view is the
     vector itself and its params are zeros.
     """
     where = f"{sample.get('__url__', '?')} sample {sample.get('__key__', '?')}"
@@ -75,8 +75,8 @@ def decode_views(sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: 
         item = {"label": meta["label"], "row": meta["row"], "view": index,
                 "params": torch.tensor(params, dtype=torch.int32), **vectors}
         for m, frames in clips.items():
-            clip = crop_flip_to_rgb(frames[view.t0 - first:view.t0 - first + span:spec.stride], view.y0, view.x0,
-                                    spec.crop, view.flip)
+            clip = resize_to_rgb(frames[view.t0 - first:view.t0 - first + span:spec.stride], view.box, spec.crop,
+                                 view.flip)
             if m == "flow" and view.flip:
                 clip[..., 0] = 255 - clip[..., 0]
             item[m] = torch.from_numpy(clip)

@@ -181,7 +181,7 @@ def test_evaluation_is_sequential_with_the_centre_view(packed):
     assert [len(b["row"]) for b in batches] == [4, 2] and "rear" not in batches[0]
     c = (SIZE - CROP) // 2
     assert all(b["view"].tolist() == [CENTRE] * len(b["row"]) for b in batches)
-    assert _cat(batches)["params"].tolist() == [[0, c, c, 0, 0]] * 6
+    assert _cat(batches)["params"].tolist() == [[0, c, c, CROP, CROP, 0, 0]] * 6
 
 
 @pytest.fixture(scope="module")

@@ -58,6 +58,11 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--view-seed", type=int, help="seed of the augmented views (default: --seed, or the cache's)")
     p.add_argument("--num-views", type=int, help="train on views 0..V-1 only (default: fresh views each "
                    "epoch, or the cache's V)")
+    p.add_argument("--test-clips", type=int, default=d.test_clips, help="test protocol: T temporal windows per "
+                   "sample, evenly spaced from the clip's start to its end (audio windows aligned), logits "
+                   "averaged over T x C views (Kinetics literature: 10 x 3; default one centre view)")
+    p.add_argument("--test-crops", type=int, default=d.test_crops, help="test protocol: C spatial crops per "
+                   "window, along the frame's long side (3: left/centre/right; 1: centre)")
     p.add_argument("--select", choices=CHOICES["select"], default=d.select,
                    help="final model: the last epoch's, or the epoch with the best validation top-1 (early stopping "
                         "without stopping; every method alike)")

@@ -122,7 +122,7 @@ def test_pack_flow_videos_as_a_modality(tmp_path):
     for epoch in range(6):
         for batch in make_loader(out, "train", spec, ["video", "flow"], ViewPolicy(0, epoch, True), 2):
             assert batch["flow"].shape == batch["video"].shape == (2, 4, 20, 20, 3)
-            for flip, clip in zip(batch["params"][:, 3].tolist(), batch["flow"].float()):
+            for flip, clip in zip(batch["params"][:, 5].tolist(), batch["flow"].float()):
                 seen[flip] = clip.mean((0, 1, 2))
     assert set(seen) == {0, 1}
     assert (seen[0] - torch.tensor([200, 100, 128])).abs().max() < 6

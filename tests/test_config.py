@@ -39,7 +39,7 @@ def test_test_protocol_and_crop_mode_settings():
     assert (flags.test_clips, flags.test_crops, flags.view.min_area, flags.view.crop_mode) == (10, 3, 0.3, "resized")
     with pytest.raises(ConfigError, match="test clips must be in 1..64 and test crops in 1..8, got 10 and 9"):
         parse_args(["--data", "d", "--out", "o", "--test-clips", "10", "--test-crops", "9"]).validate()
-    with pytest.raises(UserError, match="view crop mode must be one of resized, cut, got 'squash'"):
+    with pytest.raises(UserError, match="view crop mode must be one of resized, cut, jitter, got 'squash'"):
         load(str(CONFIGS / "kinetics400.yaml"), ["data.view.crop_mode=squash"])
 
 

@@ -25,7 +25,7 @@ from umt.loaders.stored.media import decode_flac, encode_flac
 from umt.loaders.loading.loader import dali_loader, make_loader
 from umt.loaders.stored.shards import ShardWriter
 from umt.loaders.making.synth import SynthConfig, write_synth
-from umt.loaders.stored.views import Geometry, ViewPolicy, ViewSpec, eval_views, make_views
+from umt.loaders.stored.views import CROP_MODES, Geometry, ViewPolicy, ViewSpec, eval_views, make_views
 
 RATE = 16000
 SPEC = ViewSpec(frames=3, stride=2, crop=16, audio_seconds=0.25, mel_bins=16)
@@ -168,17 +168,17 @@ def test_video_view_graph_cuts_the_view(dali):
 
 
 @settings(max_examples=25, deadline=None)
-@given(height=st.integers(4, 40), width=st.integers(4, 40), crop=st.integers(2, 48), cut=st.booleans(),
+@given(height=st.integers(4, 40), width=st.integers(4, 40), crop=st.integers(2, 48), mode=st.sampled_from(CROP_MODES),
        seed=st.integers(0, 2**31), rows=st.lists(st.integers(0, 10**6), min_size=6, max_size=6),
        eval_view=st.sampled_from(eval_views(1, 1) + eval_views(2, 3)))
-def test_cpu_and_dali_resize_the_same_box(dali, height, width, crop, cut, seed, rows, eval_view):
+def test_cpu_and_dali_resize_the_same_box(dali, height, width, crop, mode, seed, rows, eval_view):
     """Each view's box, resized by DALI's graph (loader's dali_box_view) and by the cpu kernel, gives
     the same pixels on noise, where a box one pixel off or another filter differs by tens of levels.
     Luma with neutral chroma is grey, so the only difference left is where each rounds (max 1)."""
     height, width = 2 * height, 2 * width
-    if cut and crop > min(height, width):
+    if mode == "cut" and crop > min(height, width):
         crop = min(height, width)
-    spec = ViewSpec(frames=1, crop=crop, audio_seconds=0.0, crop_mode="cut" if cut else "resized")
+    spec = ViewSpec(frames=1, crop=crop, audio_seconds=0.0, crop_mode=mode)
     views = np.array([0, 1, 2, 3, eval_view, 7])
     params = make_views(seed, np.array(rows), views, spec, Geometry(1, height, width, 0, 1)).astype(np.int32)
     luma = np.random.default_rng(seed).integers(16, 236, (1, height, width), dtype=np.uint8)

@@ -64,6 +64,19 @@ def test_resized_crop_box_follows_its_area_and_aspect():
     assert len(set(map(tuple, sizes.tolist()))) > 100 and (sizes[:, 0] != sizes[:, 1]).mean() > 0.5
 
 
+def test_short_side_jitter_box_is_the_short_side_over_the_drawn_scale():
+    """jitter: the short side scaled by s x crop, then a crop: a square box of short / s (20 / 2 = 10
+    here), anywhere; PySlowFast's 256-320 for 224 gives boxes from 20 x 7/10 to 20 x 7/8 pixels."""
+    rows, zeros = np.arange(2000), np.zeros(2000, np.int64)
+    fixed = dataclasses.replace(SPEC, crop_mode="jitter", min_short=2.0, max_short=2.0)
+    params = make_views(1, rows, zeros, fixed, GEOM)
+    assert set(map(tuple, params[:, 3:5].tolist())) == {(10, 10)}
+    assert set(params[:, 1].tolist()) == set(range(15)) and set(params[:, 2].tolist()) == set(range(11))
+    sides = make_views(1, rows, zeros, dataclasses.replace(SPEC, crop_mode="jitter"), GEOM)[:, 3:5]
+    assert (sides[:, 0] == sides[:, 1]).all() and set(sides[:, 0].tolist()) == {14, 15, 16, 17}   # 17.5 rounds up only at 8/7 itself
+    assert make_view(0, 5, CENTRE, fixed, GEOM) == make_view(0, 5, CENTRE, SPEC, GEOM)
+
+
 def test_eval_views_space_clips_and_crops():
     """3 clips x 3 crops: windows at the start, middle and end; crops along the long side (here the
     height), centred across; no flip. A landscape frame puts them along the width."""

@@ -13,6 +13,10 @@ horizontal flip and the first audio sample. The box comes from the spec's `crop_
   `RandomResizedCrop` (area share in [min_area, max_area] of the frame, aspect ratio log-uniform in
   [min_aspect, max_aspect], 10 tries, else the centred square of the short side); an evaluation
   view is a square of the short side (the short side scaled to the crop, as PySlowFast tests).
+- `jitter`: a training view is PySlowFast's short-side scale jitter then a random crop: the short
+  side scaled to a uniform size in [min_short, max_short] x crop (default 8/7-10/7: 256-320 for a
+  224 crop), then a crop x crop crop, i.e. a square box of short side / that factor; evaluation
+  views as `resized`.
 - `cut`: the box is crop x crop (no resizing): the crop is cut from the stored frame.
 
 View indices >= 0 are training views. Negative indices are deterministic evaluation views
@@ -31,7 +35,7 @@ from ..errors import UserError
 
 CENTRE = -1
 VIEW_FIELDS = ("t0", "y0", "x0", "h", "w", "flip", "audio_offset")
-CROP_MODES = ("resized", "cut")
+CROP_MODES = ("resized", "cut", "jitter")
 MAX_TEST_CLIPS, MAX_TEST_CROPS = 64, 8   # what an evaluation view index can encode
 _CROP_CODES = MAX_TEST_CROPS ** 2
 ATTEMPTS = 10                            # random-resized crop tries before its fallback (torchvision's)
@@ -52,13 +56,17 @@ class ViewSpec:
     max_area: float = 1.0
     min_aspect: float = 3 / 4         # and its width / height range
     max_aspect: float = 4 / 3
+    min_short: float = 8 / 7          # jitter: the short side scaled to this x crop ... (PySlowFast: 256 / 224)
+    max_short: float = 10 / 7         # ... up to this x crop (320 / 224)
 
     def __post_init__(self) -> None:
         if self.crop_mode not in CROP_MODES:
             raise UserError(f"view crop mode must be one of {', '.join(CROP_MODES)}, got {self.crop_mode!r}")
-        if not (0 < self.min_area <= self.max_area <= 1 and 0 < self.min_aspect <= self.max_aspect):
-            raise UserError(f"view: need 0 < min_area <= max_area <= 1 and 0 < min_aspect <= max_aspect, got "
-                            f"area [{self.min_area}, {self.max_area}], aspect [{self.min_aspect}, {self.max_aspect}]")
+        if not (0 < self.min_area <= self.max_area <= 1 and 0 < self.min_aspect <= self.max_aspect
+                and 0 < self.min_short <= self.max_short):
+            raise UserError(f"view: need 0 < min_area <= max_area <= 1, 0 < min_aspect <= max_aspect and 0 < "
+                            f"min_short <= max_short, got area [{self.min_area}, {self.max_area}], aspect "
+                            f"[{self.min_aspect}, {self.max_aspect}], short [{self.min_short}, {self.max_short}]")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -140,7 +148,8 @@ def audio_window(spec: ViewSpec, sample_rate: int) -> int:
 _GAMMA, _M1, _M2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
 _T0, _Y0, _X0, _AUDIO, _FLIP, _INDEX = (np.uint64(k) for k in range(1, 7))  # one stream per drawn number
-_AREA, _ASPECT = 16, 32   # + attempt: the random-resized crop's tries
+_AREA, _ASPECT = 16, 32   # + attempt: the random-resized crop's tries (_AREA: also the jitter's scale)
+_CUT, _RESIZED, _JITTER = (CROP_MODES.index(m) for m in ("cut", "resized", "jitter"))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -176,12 +185,13 @@ def _spaced(i: int, n: int, slack: int) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def view_params(seed, rows, views, t_slack, a_slack, height, width, crop, resized,
-                min_area, max_area, min_aspect, max_aspect, flip):
+def view_params(seed, rows, views, t_slack, a_slack, height, width, crop, mode,
+                min_area, max_area, min_aspect, max_aspect, min_short, max_short, flip):
     """int64 [n, 7] View.as_tuple() of each (row, view). rows, views: int64 [n].
 
     Training views (index >= 0): offsets uniform within each slack, a coin for the flip (if `flip`),
-    the box by crop mode. Evaluation views (< 0, `eval_view`): spaced windows and crops, no flip."""
+    the box by crop mode (an index of CROP_MODES). Evaluation views (< 0, `eval_view`): spaced
+    windows and crops, no flip."""
     out = np.empty((len(rows), 7), np.int64)
     short = min(height, width)
     for n in range(len(rows)):
@@ -190,7 +200,7 @@ def view_params(seed, rows, views, t_slack, a_slack, height, width, crop, resize
             code = -1 - view
             crops, crop_i = code % MAX_TEST_CROPS + 1, code // MAX_TEST_CROPS % MAX_TEST_CROPS
             clips, clip_i = code // _CROP_CODES % MAX_TEST_CLIPS + 1, code // (_CROP_CODES * MAX_TEST_CLIPS)
-            h = w = short if resized else crop
+            h = w = crop if mode == _CUT else short
             along_y = crops > 1 and height > width   # test crops run along the long side
             y = _spaced(crop_i, crops, height - h) if along_y else (height - h) // 2
             x = (width - w) // 2 if along_y else _spaced(crop_i, crops, width - w)
@@ -198,7 +208,10 @@ def view_params(seed, rows, views, t_slack, a_slack, height, width, crop, resize
             continue
         h = w = crop
         drawn = True
-        if resized:
+        if mode == _JITTER:
+            scale = min_short + (max_short - min_short) * _unit(_draw(seed, row, view, _AREA))
+            h = w = max(1, min(short, int(np.floor(short / scale + 0.5))))
+        elif mode == _RESIZED:
             h = w = short
             drawn = False
             for attempt in range(ATTEMPTS):
@@ -236,8 +249,8 @@ def train_view_indices(seed: int, epoch: int, rows: np.ndarray, num_views: int |
 def spec_params(spec: ViewSpec, geom: Geometry) -> tuple:
     """view_params' arguments after (seed, rows, views) for clips of `geom`."""
     t_slack, a_slack = _spans(spec, geom)
-    return (t_slack, a_slack, geom.height, geom.width, spec.crop, spec.crop_mode == "resized",
-            spec.min_area, spec.max_area, spec.min_aspect, spec.max_aspect, spec.flip)
+    return (t_slack, a_slack, geom.height, geom.width, spec.crop, CROP_MODES.index(spec.crop_mode),
+            spec.min_area, spec.max_area, spec.min_aspect, spec.max_aspect, spec.min_short, spec.max_short, spec.flip)
 
 
 def make_views(seed: int, rows: np.ndarray, views: np.ndarray, spec: ViewSpec, geom: Geometry) -> np.ndarray:

@@ -85,8 +85,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    "MSE(P·f_student, f_teacher) (FitNets)")
     p.add_argument("--distill-targets", choices=CHOICES["distill_targets"], default=d.distill_targets,
                    help="UMT: distil the teachers' features (MSE, the paper's), their logits (T²·KL(teacher ‖ "
-                        "student) on per-modality auxiliary heads), or both; logits need a umt-cache/3 or later cache "
-                        "or online teachers")
+                        "student) on per-modality auxiliary heads), or both; from a cache or online teachers")
     p.add_argument("--temperature", dest="logit_temperature", type=float, default=d.logit_temperature,
                    help="UMT logit distillation temperature T")
     p.add_argument("--logit-weight", type=float, default=d.logit_weight, help="UMT: weight of the logit KL term")

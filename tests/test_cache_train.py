@@ -148,13 +148,13 @@ def test_multi_view_test_averages_the_logits_of_each_view(data, teachers):
 
     model, ckpt = load_model(teachers["video"])
     cut = dataclasses.replace(ViewSpec.of(ckpt["view"]), crop_mode="cut")   # square frames: resized crops coincide
-    args = (model.eval(), str(data), "test", cut, ["video"], 8, 0, torch.device("cpu"))
-    views = eval_views(2, 3)
+    args = (model.eval(), str(data), "test", cut, ["video"], 16, 0, torch.device("cpu"))
+    views = eval_views(2, 2)
     both = collect(*args, views=views)
     each = [collect(*args, views=[v]) for v in views]
     centre = collect(*args)
     assert torch.equal(both["labels"], centre["labels"]) and len(centre["labels"]) == 16
     assert torch.equal(both["logits"], torch.stack([e["logits"] for e in each]).mean(0))
     assert torch.equal(both["features"]["video"], torch.stack([e["features"]["video"] for e in each]).mean(0))
-    assert len({e["logits"].numpy().tobytes() for e in each}) == 6
-    assert torch.equal(collect(*args, views=eval_views(1, 1))["logits"], centre["logits"]) and views[0] != CENTRE
+    assert len({e["logits"].numpy().tobytes() for e in each} | {centre["logits"].numpy().tobytes()}) == 5
+    assert eval_views(1, 1) == [CENTRE]

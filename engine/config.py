@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from umt.loaders.errors import UserError
-from umt.loaders.loading.pipeline import BAD_SAMPLE_POLICIES
+from umt.loaders.loading.bad import BAD_SAMPLE_POLICIES
 from umt.loaders.stored.views import ViewSpec
 
 METHODS = ("unimodal", "joint", "umt", "ume", "ogm-ge", "gblend",

@@ -30,7 +30,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 from tqdm import tqdm
 
 from umt.loaders.loading.loader import make_loader
-from umt.loaders.loading.pipeline import BadSamples
+from umt.loaders.loading.bad import BadSamples
 from umt.loaders.stored.views import ViewPolicy
 from umt.loaders.stored.shards import load_manifest, modality_inputs
 

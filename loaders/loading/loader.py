@@ -15,7 +15,8 @@ import torch
 
 from .dali import DaliLoader, check_decodable, choose_backend
 from .images import make_image_loader
-from .pipeline import BadSamples, CpuLoader
+from .bad import BadSamples
+from .pipeline import CpuLoader
 from .plan import EpochPlan, PlannedLoader, plan_epoch
 from ..stored.shards import is_image_set, load_manifest, locate, modality_inputs, split_shards
 from .vectors import VectorLoader
@@ -64,8 +65,8 @@ def make_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Se
     world size; an elastic resume keeps the C of the run's start). Vector sets are served from memory, image
     sets by ffcv, video and audio by the `cpu` backend or, with backend "dali" (or "auto" on a
     machine with a GPU and DALI), by DALI.
-    `bad_samples` (skip or stop at a damaged sample) applies to the cpu backend; the others stop at
-    one, naming its shard.
+    `bad_samples` (skip or stop at a damaged sample, loaders/loading/bad.py) applies to the cpu backend
+    and vector sets; the others stop at one.
     """
     if set(modalities) <= {"video", "audio"} and choose_backend(backend) == "dali":
         return dali_loader(data_dir, split, spec, modalities, policy, batch_size, rank, world, skip,
@@ -76,5 +77,6 @@ def make_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Se
         return make_image_loader(data_dir, manifest, split, modalities, plan, policy, spec.crop, spec.flip,
                                  num_workers)
     if kinds == {"vector"}:
-        return VectorLoader(paths, plan, policy, modalities)
+        return VectorLoader(paths, [s["count"] for s in split_shards(manifest, split)], plan, policy, modalities,
+                            bad_samples)
     return CpuLoader(paths, plan, policy, spec, modalities, num_workers, bad_samples)

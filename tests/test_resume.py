@@ -1,10 +1,7 @@
-import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from umt.engine import resume
 from umt.engine.cli import main as train_main, parse_args
@@ -13,7 +10,7 @@ from umt.loaders.cli import main as data_main
 from umt.loaders.loading.loader import make_loader
 from umt.loaders.stored.views import ViewPolicy, ViewSpec
 
-from conftest import MODEL_ARGS, accelerate_launch, kill_and_resume, kill_when
+from conftest import MODEL_ARGS, kill_and_resume
 
 SPEC = ViewSpec(frames=3, stride=2, crop=16, audio_seconds=0.25, mel_bins=16)
 
@@ -71,55 +68,6 @@ def test_resume_refuses_another_configuration(data, tmp_path, capsys):
         train_main(["--data", str(data), "--out", str(out), "--method", "joint", "--max-steps", "2", "--no-probe",
                     *MODEL_ARGS, "--lr", "0.5", "--resume", "latest"])
     assert "saved by a run with other settings (lr)" in capsys.readouterr().err
-
-
-# Elastic resume: a global batch of 8 over 2 epochs of 21 global batches on 168 training vectors; each run is killed
-# mid-epoch on one number of processes and resumed on the other.
-ELASTIC = ("--method joint --modality strong --modality weak --fusion mlp --epochs 2 --global-batch 8 --width 4 "
-           "--workers 0 --num-views 3 --checkpoint-every 1 --no-probe --log-with none")
-TRACE = {"UMT_SAMPLE_TRACE": "1"}
-
-
-def _consumed(run, attempt: int) -> list[tuple[tuple[int, int], list[tuple[int, int]]]]:
-    """One attempt's global batches in order: ((epoch, batch), its (row, view) pairs over the ranks in rank order)."""
-    lines = [json.loads(l) for f in sorted((run / "trace").glob("rank*.jsonl")) for l in f.read_text().splitlines()]
-    lines = [l for l in lines if l["from_step"] == attempt]
-    batches: dict[tuple[int, int], list] = {}
-    for l in sorted(lines, key=lambda l: (l["epoch"], l["batch"], l["rank"])):
-        batches.setdefault((l["epoch"], l["batch"]), []).extend(zip(l["rows"], l["views"]))
-    assert {l["world"] for l in lines} == ({len({l["rank"] for l in lines})} if lines else set())
-    return sorted(batches.items())
-
-
-def _elastic_case(run, whole, position: dict, world: int) -> None:
-    """The killed attempt up to its checkpoint (`position`), then the attempt resumed on `world` processes,
-    consumed exactly the global batches the whole run did, in its order."""
-    assert position["world"] == 3 - world and position["batch"] > 0  # killed mid-epoch on the other process count
-    killed, resumed, want = _consumed(run, 0), _consumed(run, position["step"]), _consumed(whole, 0)
-    upto = [b for b in killed if b[0] <= (position["epoch"], position["batch"])]
-    assert upto + resumed == want
-    assert len(want) == 2 * 168 // 8 and all(len(b[1]) == 8 for b in want)
-    assert json.loads((run / "results.json").read_text())["processes"] == world
-    final, same = (torch.load(r / "model.pt", weights_only=True)["state_dict"] for r in (run, whole))
-    for name in same:  # the same steps; only the reduction order of the gradients differs
-        torch.testing.assert_close(final[name], same[name], rtol=1e-5, atol=1e-6)
-
-
-def test_killed_run_resumes_on_another_number_of_processes_with_the_same_global_batches(strong_weak, tmp_path,
-                                                                                        monkeypatch):
-    args, killed = f"--data {strong_weak} {ELASTIC}".split(), {}
-    for world, kill_at in ((2, 24), (1, 5)):  # 2 -> 1 killed in its second epoch, 1 -> 2 in its first
-        ckpt = tmp_path / f"from{world}" / "checkpoints" / "last.pt"
-        kill_when("umt.engine.cli", [*args, "--out", str(tmp_path / f"from{world}")], processes=world, env=TRACE,
-                  ready=lambda: torch.load(ckpt, weights_only=False)["position"]["step"] >= kill_at)
-        killed[world] = torch.load(ckpt, weights_only=False)["position"]
-    accelerate_launch(str(Path(__file__).parent / "several_runs.py"), f"{' '.join(args)} --out {tmp_path / 'from1'} "
-                      "--resume latest", f"{' '.join(args)} --out {tmp_path / 'whole2'}", env=TRACE)
-    monkeypatch.setenv("UMT_SAMPLE_TRACE", "1")
-    train_main([*args, "--out", str(tmp_path / "from2"), "--resume", "latest"])
-    train_main([*args, "--out", str(tmp_path / "whole1")])
-    _elastic_case(tmp_path / "from2", tmp_path / "whole2", killed[2], world=1)
-    _elastic_case(tmp_path / "from1", tmp_path / "whole1", killed[1], world=2)
 
 
 def test_resume_on_other_processes_without_a_global_batch_says_what_to_set(strong_weak, tmp_path):

@@ -65,8 +65,9 @@ def make_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Se
     world size; an elastic resume keeps the C of the run's start). Vector sets are served from memory, image
     sets by ffcv, video and audio by the `cpu` backend or, with backend "dali" (or "auto" on a
     machine with a GPU and DALI), by DALI.
-    `bad_samples` (skip or stop at a damaged sample, loaders/loading/bad.py) applies to the cpu backend
-    and vector sets; the others stop at one.
+    `bad_samples` (skip or stop at a damaged sample, loaders/loading/bad.py) applies to the cpu backend,
+    vector sets and image sets (found by an integrity pass: ffcv's decoder does not report them); dali
+    stops at one.
     """
     if set(modalities) <= {"video", "audio"} and choose_backend(backend) == "dali":
         return dali_loader(data_dir, split, spec, modalities, policy, batch_size, rank, world, skip,
@@ -75,7 +76,7 @@ def make_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Se
                                                  streams)
     if is_image_set(manifest):
         return make_image_loader(data_dir, manifest, split, modalities, plan, policy, spec.crop, spec.flip,
-                                 num_workers)
+                                 num_workers, bad_samples)
     if kinds == {"vector"}:
         return VectorLoader(paths, [s["count"] for s in split_shards(manifest, split)], plan, policy, modalities,
                             bad_samples)

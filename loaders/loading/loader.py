@@ -44,13 +44,14 @@ def planned_split(data_dir: str | Path, split: str, modalities: Sequence[str], p
 
 def dali_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Sequence[str], policy: ViewPolicy,
                 batch_size: int, rank: int = 0, world: int = 1, skip: int = 0, device_id: int | None = None,
-                num_threads: int = 1, streams: int | None = None) -> DaliLoader:
+                num_threads: int = 1, streams: int | None = None, bad_samples: BadSamples = BadSamples()) -> DaliLoader:
     """The dali backend's loader on GPU `device_id`, or with None all on the CPU (VP9 shards: tests)."""
     check_decodable(modalities)
     manifest, paths, plan, _ = planned_split(data_dir, split, modalities, policy, batch_size, rank, world, skip,
                                              streams)
     rate = manifest["modalities"]["audio"]["sample_rate"] if "audio" in modalities else None
-    return DaliLoader(paths, plan, policy, spec, modalities, rate, device_id, num_threads)
+    return DaliLoader(paths, plan, policy, spec, modalities, rate, device_id, num_threads,
+                      split_shards(manifest, split), bad_samples)
 
 
 def make_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Sequence[str],
@@ -66,12 +67,13 @@ def make_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Se
     sets by ffcv, video and audio by the `cpu` backend or, with backend "dali" (or "auto" on a
     machine with a GPU and DALI), by DALI.
     `bad_samples` (skip or stop at a damaged sample, loaders/loading/bad.py) applies to the cpu backend,
-    vector sets and image sets (found by an integrity pass: ffcv's decoder does not report them); dali
-    stops at one.
+    vector sets, image sets and dali (these two find them by an integrity pass first: their decoders
+    do not say which sample failed).
     """
     if set(modalities) <= {"video", "audio"} and choose_backend(backend) == "dali":
         return dali_loader(data_dir, split, spec, modalities, policy, batch_size, rank, world, skip,
-                           torch.cuda.current_device() if device_id is None else device_id, max(1, num_workers), streams)
+                           torch.cuda.current_device() if device_id is None else device_id, max(1, num_workers), streams,
+                           bad_samples)
     manifest, paths, plan, kinds = planned_split(data_dir, split, modalities, policy, batch_size, rank, world, skip,
                                                  streams)
     if is_image_set(manifest):

@@ -163,8 +163,3 @@ def test_vector_sets_skip_exactly_the_damaged_samples_with_the_cpu_rule(strong_w
     assert len(cut) == 168 // 8 and all(len(b["row"]) == 8 for b in cut)
     named = {s.split("\t")[0].rsplit("/", 1)[-1] for b in cut for s in b["bad_samples"]}
     assert named == {"train-000001.tar", "train-000003.tar"}
-    out = tmp_path / "run"
-    train_main(["--data", str(damaged), "--out", str(out), "--modality", "strong", "--modality", "weak", "--epochs", "1",
-                "--batch-size", "8", "--width", "4", "--workers", "0", "--no-probe", "--log-with", "none"])
-    bad = json.loads((out / "results.json").read_text())["bad_samples"]
-    assert bad["per_shard"]["train-000001.tar"] == 2 and set(bad["per_shard"]) == named

@@ -50,8 +50,8 @@ def runs(strong_weak, tmp_path_factory) -> tuple[Path, dict[int, dict]]:
         killed[world] = torch.load(ckpt, weights_only=False)["position"]
     for m in ("strong", "weak"):
         train_main(["--data", str(strong_weak), "--out", str(root / m), "--method", "unimodal", "--modality", m,
-                    "--epochs", "1", "--batch-size", "8", "--width", "4", "--workers", "0", "--no-probe",
-                    "--log-with", "none"])
+                    "--epochs", "1", "--max-steps", "3", "--batch-size", "8", "--width", "4", "--workers", "0",
+                    "--no-probe", "--log-with", "none"])
     port, nodes = free_port(), []
     for node in (0, 1):
         build = (f"umt-cache build --data {node_copy(strong_weak, root, node)} --out {root / 'cache.zarr'} --views 2 "

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -42,12 +43,17 @@ def node_copy(data: Path, root: Path, node: int) -> Path:
 @pytest.fixture(scope="module")
 def runs(strong_weak, tmp_path_factory) -> tuple[Path, dict[int, dict]]:
     root = tmp_path_factory.mktemp("nodes")
-    elastic, killed = f"--data {strong_weak} {ELASTIC}", {}
-    for world, kill_at in ((2, 24), (1, 5)):  # 2 -> 1 killed in its second epoch, 1 -> 2 in its first
+    elastic = f"--data {strong_weak} {ELASTIC}"
+
+    def killed_at(world: int, step: int) -> dict:
         ckpt = root / f"from{world}" / "checkpoints" / "last.pt"
         kill_when("umt.engine.cli", [*elastic.split(), "--out", str(root / f"from{world}")], processes=world,
-                  env=TRACE, ready=lambda: torch.load(ckpt, weights_only=False)["position"]["step"] >= kill_at)
-        killed[world] = torch.load(ckpt, weights_only=False)["position"]
+                  env=TRACE, ready=lambda: torch.load(ckpt, weights_only=False)["position"]["step"] >= step)
+        return torch.load(ckpt, weights_only=False)["position"]
+
+    with ThreadPoolExecutor(2) as pool:  # both at once: mostly process start-up
+        # 2 -> 1 killed in its second epoch, 1 -> 2 in its first
+        killed = dict(zip((2, 1), pool.map(killed_at, (2, 1), (24, 5))))
     for m in ("strong", "weak"):
         train_main(["--data", str(strong_weak), "--out", str(root / m), "--method", "unimodal", "--modality", m,
                     "--epochs", "1", "--max-steps", "3", "--batch-size", "8", "--width", "4", "--workers", "0",

@@ -61,7 +61,7 @@ def load(cfg: TrainConfig, world: int = 1) -> dict[str, Any] | None:
     if changed:
         raise ConfigError(f"{path} was saved by a run with other settings ({', '.join(changed)}); "
                           "resume with the same configuration or start a new --out")
-    position = state["position"]
+    position = state.get("position", {})
     saved_world = position.get("world") or world  # older checkpoints: assume the same processes
     before = position.get("global_batch") or saved["batch_size"] * saved_world
     if global_batch(cfg, world) != before:

@@ -44,7 +44,8 @@ from PIL import Image
 from umt.loaders.loading.audio import log_mel
 from umt.loaders.loading.dali import dali_available
 from umt.loaders.loading.loader import make_loader, planned_split
-from umt.loaders.loading.pipeline import _PlannedBatches, BadSamples, worker_init
+from umt.loaders.loading.bad import BadSamples
+from umt.loaders.loading.pipeline import _PlannedBatches, worker_init
 from umt.loaders.making.inputs import ClipInput
 from umt.loaders.making.pack import pack
 from umt.loaders.making.transcode import PackOptions

@@ -41,7 +41,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--method", choices=CHOICES["method"], default=d.method)
     p.add_argument("--modality", action="append", help="modality to use, repeatable (default: video and audio)")
     p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="per process (evaluation always; training "
+                   "unless --global-batch is set)")
+    p.add_argument("--global-batch", type=int, help="training samples per micro-batch over all processes, each "
+                   "taking global / processes: the run can then resume on another number of processes")
     p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimiser step (windows "
                    "stay inside an epoch; the effective batch is batch size x grad accum x processes)")
     p.add_argument("--precision", choices=CHOICES["precision"], default=d.precision,

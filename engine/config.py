@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from umt.loaders.errors import UserError
-from umt.loaders.loading.pipeline import BAD_SAMPLE_POLICIES
+from umt.loaders.loading.bad import BAD_SAMPLE_POLICIES
 from umt.loaders.stored.views import MAX_TEST_CLIPS, MAX_TEST_CROPS, ViewSpec
 
 METHODS = ("unimodal", "joint", "umt", "ume", "ogm-ge", "gblend",
@@ -35,6 +35,8 @@ class TrainConfig:
     modalities: tuple[str, ...] = ("video", "audio")
     epochs: int = 10
     batch_size: int = 64
+    global_batch: int | None = None  # training samples per micro-batch over all processes (each: global / processes);
+                                     # None: batch_size per process. Fixed, it lets a run resume on another process count
     lr: float = 2e-3
     weight_decay: float = 1e-4
     width: int = 16
@@ -97,8 +99,8 @@ class TrainConfig:
             raise ConfigError(f"distilled modalities {list(self.distill)} are not all among {list(self.modalities)}")
         if self.logit_temperature <= 0:
             raise ConfigError(f"logit temperature must be > 0, got {self.logit_temperature}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError("epochs and batch size must be >= 1")
+        if self.epochs < 1 or self.batch_size < 1 or (self.global_batch is not None and self.global_batch < 1):
+            raise ConfigError("epochs, batch size and global batch must be >= 1")
         if not (1 <= self.test_clips <= MAX_TEST_CLIPS and 1 <= self.test_crops <= MAX_TEST_CROPS):
             raise ConfigError(f"test clips must be in 1..{MAX_TEST_CLIPS} and test crops in 1..{MAX_TEST_CROPS}, "
                               f"got {self.test_clips} and {self.test_crops}")

@@ -30,7 +30,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 from tqdm import tqdm
 
 from umt.loaders.loading.loader import make_loader
-from umt.loaders.loading.pipeline import BadSamples
+from umt.loaders.loading.bad import BadSamples
 from umt.loaders.stored.views import ViewPolicy
 from umt.loaders.stored.shards import load_manifest, modality_inputs
 
@@ -40,6 +40,7 @@ from .config import ConfigError, TrainConfig
 from .evaluate import accuracies, collect, final_evaluation, linear_probe
 from .methods import Method, method_for
 from .models import LateFusionNet, ModelConfig
+from .trace import SampleTrace
 from .report import write_report
 
 
@@ -79,8 +80,11 @@ class MetricsLog:
 class LoopState:
     """Where the loop is, checkpointed whole: a resumed run continues from exactly here."""
     epoch: int = 0              # current epoch
-    batch: int = 0              # micro-batches done in it (always the end of an optimiser step's window)
+    batch: int = 0              # global micro-batches done in it (always the end of an optimiser step's window)
     step: int = 0               # optimiser steps done
+    global_batch: int = 0       # samples per micro-batch over all processes (the plan's G)
+    streams: int = 0            # the plan's streams: the process count the run started with
+    world: int = 0              # processes that wrote the checkpoint
     samples: int = 0
     train_time: float = 0.0
     wait_time: float = 0.0
@@ -139,22 +143,26 @@ def _train(cfg: TrainConfig, method: Method, num_classes: int, inputs: dict[str,
                                       **method.model_options())).to(device)
     seed, num_views = method.prepare(model, device)
 
+    saved = resume.load(cfg, world)
+    glob, batch_size, streams = resume.layout(cfg, world, saved)
+
     def loader(epoch: int, skip: int = 0):
         return make_loader(cfg.data, "train", cfg.view, cfg.modalities, ViewPolicy(seed, epoch, True, num_views),
-                           cfg.batch_size, cfg.num_workers, rank, world, skip, cfg.backend,
-                           device.index if device.type == "cuda" else None, BadSamples(cfg.bad_samples, cfg.bad_samples_limit))
+                           batch_size, cfg.num_workers, rank, world, skip, cfg.backend,
+                           device.index if device.type == "cuda" else None,
+                           BadSamples(cfg.bad_samples, cfg.bad_samples_limit), streams)
 
     epoch_batches = [len(loader(e)) for e in range(cfg.epochs)]
     total = sum(math.ceil(n / cfg.grad_accum) for n in epoch_batches)  # optimiser steps
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
     if total == 0:
-        raise ConfigError(f"{cfg.data}: the train split is too small for batch size {cfg.batch_size} "
+        raise ConfigError(f"{cfg.data}: the train split is too small for a global batch of {glob} "
                           f"on {world} process(es)")
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    saved = resume.load(cfg)
     state = LoopState(**resume.restore(saved, model, optimizer, schedule)) if saved else LoopState()
+    state.global_batch, state.streams, state.world = glob, streams, world
     if saved:
         method.load_state_dict(state.method)
     if saved and accelerator.is_main_process:
@@ -164,6 +172,7 @@ def _train(cfg: TrainConfig, method: Method, num_classes: int, inputs: dict[str,
     net = accelerator.unwrap_model(model)
 
     met: list[str] = []  # damaged samples this rank met since the ranks last pooled them
+    trace = SampleTrace(cfg.out, rank, world, state.step)
 
     def pool_skipped() -> None:
         """Every rank's damaged samples into the loop state (all ranks call it), so a checkpoint holds them all."""
@@ -191,6 +200,7 @@ def _train(cfg: TrainConfig, method: Method, num_classes: int, inputs: dict[str,
             for index, batch in enumerate(batches, start=state.batch + 1):
                 state.wait_time += time.perf_counter() - tick
                 met.extend(_warn_skipped(batch.pop("bad_samples", []), epoch))
+                trace.write(epoch, index, batch["row"], batch["view"])
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 first = (index - 1) // cfg.grad_accum * cfg.grad_accum
                 window = min(cfg.grad_accum, size - first)

@@ -1,6 +1,7 @@
 """Shared tiny data and teachers, generated once per test session through the real CLIs."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -10,9 +11,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -58,36 +60,56 @@ def cache(data, teachers, tmp_path_factory) -> Path:
     return out
 
 
-def accelerate_launch(module: str, *args: str, processes: int = 2) -> None:
+def free_port() -> int:
+    """A free rendezvous port: two launches never collide (e.g. under pytest -n)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch_command(module: str, args: Sequence[str], processes: int = 2, machines: int = 1, machine_rank: int = 0,
+                   port: int | None = None) -> list[str]:
+    """`accelerate launch` of `python -m module args` (or, for a path ending in .py, that script) as
+    `processes` CPU processes in all (gloo DDP), this being machine `machine_rank` of `machines`."""
+    target = [module] if module.endswith(".py") else ["-m", module]
+    nodes = ["--machine_rank", str(machine_rank), "--main_process_ip", "127.0.0.1"] if machines > 1 else []
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+            "--num_machines", str(machines), *nodes, "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(port or free_port()), *target, *args]
+
+
+LAUNCH_ENV = {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+
+
+def accelerate_launch(module: str, *args: str, processes: int = 2, env: dict[str, str] | None = None) -> None:
     """Run `python -m module args` (or, for a path ending in .py, that script) as several CPU processes
     through Accelerate (gloo DDP)."""
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    target = [module] if module.endswith(".py") else ["-m", module]
-    with socket.socket() as probe:  # a free rendezvous port: two launches never collide (e.g. under pytest -n)
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                    str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                    "--main_process_port", str(port), *target, *args], check=True, env=env, timeout=300)
+    subprocess.run(launch_command(module, args, processes), check=True, env={**os.environ, **LAUNCH_ENV, **(env or {})},
+                   timeout=300)
 
 
 def kill_when(module: str, args: list[str], ready: Callable[[], bool], timeout: float = 120,
-              env: dict[str, str] | None = None) -> None:
-    """Run `python -m module args` (with `env` added to the environment), SIGKILL it as soon as ready()
-    holds; fail if it finished first."""
-    # the same torch threads as this process (bitwise comparisons with runs in it; an import of ffcv, or
-    # a pytest-xdist worker, can leave it with other than the default)
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), **(env or {})}
-    proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)
+              env: dict[str, str] | None = None, processes: int = 1) -> None:
+    """Run `python -m module args` (with `env` added to the environment; with `processes` > 1 under
+    accelerate launch), SIGKILL it and its processes as soon as ready() holds; fail if it finished first."""
+    if processes == 1:
+        # the same torch threads as this process (bitwise comparisons with runs in it; an import of ffcv, or
+        # a pytest-xdist worker, can leave it with other than the default)
+        command, base = [sys.executable, "-m", module, *args], {"OMP_NUM_THREADS": str(torch.get_num_threads())}
+    else:
+        command, base = launch_command(module, args, processes), LAUNCH_ENV
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, **base, **(env or {})})
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         try:
             hit = ready()
         except Exception:  # the watched file is being created
             hit = False
-        if hit:
-            proc.send_signal(signal.SIGKILL)
+        if hit:  # the launcher's workers run in sessions of their own: each is killed by its id
+            for p in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    p.kill()
             break
         time.sleep(0.02)
     proc.wait()

@@ -50,3 +50,14 @@ def copy_set(data: Path, tmp_path: Path) -> Path:
     out = tmp_path / "set"
     shutil.copytree(data, out)
     return out
+
+
+def spoil_image(beton: Path, row: int, view: str) -> None:
+    """Zero the header of one stored image of an ffcv image set, in place (ffcv's decoder would not notice)."""
+    from ffcv.reader import Reader
+
+    reader = Reader(str(beton))
+    ptr = int(reader.metadata[f"f{reader.field_names.index(view)}"]["data_ptr"][row])
+    with open(beton, "r+b") as handle:
+        handle.seek(ptr)
+        handle.write(bytes(64))

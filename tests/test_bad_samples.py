@@ -5,11 +5,13 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from umt.engine.cli import main as train_main
 from umt.loaders.loading.loader import make_loader
 from umt.loaders.stored.media import MediaError
-from umt.loaders.loading.pipeline import BadSamples
+from umt.loaders.stored.shards import DataError
+from umt.loaders.loading.bad import BadSamples
 from umt.loaders.stored.views import ViewPolicy, ViewSpec
 
 from conftest import MODEL_ARGS, accelerate_launch, kill_and_resume
@@ -126,3 +128,38 @@ def test_killed_training_over_damaged_shards_resumes_to_the_same_weights(data, t
     garbage(damaged / SHARD, f"{_keys(damaged / SHARD)[5]}.mp4")
     kill_and_resume(tmp_path, ["--data", str(damaged), "--method", "joint", "--epochs", "2", "--no-probe", *MODEL_ARGS,
                                "--checkpoint-every", "1", "--workers", "2"], epochs=2, kill_at=5)
+
+
+# --- vector sets (in memory): the same rule ----------------------------------------------------------------
+
+def _vector_epoch(data, policy: str, skip: int = 0) -> list[dict]:
+    return list(make_loader(data, "train", SPEC, ["strong", "weak"], ViewPolicy(3, 1, True, 2), 8, 0, skip=skip,
+                            bad_samples=BadSamples(policy)))
+
+
+def test_vector_sets_skip_exactly_the_damaged_samples_with_the_cpu_rule(strong_weak, tmp_path):
+    damaged = copy_set(strong_weak, tmp_path)
+    garbage(damaged / "train-000001.tar", "train_0000045.strong.npy")
+    drop(damaged / "train-000001.tar", "train_0000050.weak.npy")
+    clean, batches = _vector_epoch(strong_weak, "skip"), _vector_epoch(damaged, "skip")
+    assert len(batches) == len(clean) == 168 // 8
+    vector = {(r, m): b[m][i] for b in clean for i, r in enumerate(b["row"].tolist()) for m in ("strong", "weak")}
+    view = {r: v for b in clean for r, v in zip(b["row"].tolist(), b["view"].tolist())}
+    for good, bad in zip(clean, batches):
+        kept = [r for r in good["row"].tolist() if r not in (45, 50)]
+        assert bad["row"].tolist() == kept + kept[:8 - len(kept)]  # the good ones, then the first of them again
+        assert bad["view"].tolist() == [view[r] for r in bad["row"].tolist()]
+        assert all(torch.equal(bad[m][i], vector[r, m]) for i, r in enumerate(bad["row"].tolist()) for m in ("strong", "weak"))
+    skipped = sorted(s.split("\t")[:2] for b in batches for s in b["bad_samples"])
+    assert [(shard.rsplit("/", 1)[-1], key) for shard, key in skipped] == [("train-000001.tar", "train_0000045"),
+                                                                            ("train-000001.tar", "train_0000050")]
+    assert [(b["row"].tolist(), b["bad_samples"]) for b in _vector_epoch(damaged, "skip", skip=3)] == \
+        [(b["row"].tolist(), b["bad_samples"]) for b in batches[3:]]
+    with pytest.raises(DataError, match="train-000001.tar sample train_0000045: "):
+        _vector_epoch(damaged, "error")
+    damaged = copy_set(damaged, tmp_path / "cut")  # a new path: a process reads each shard once
+    truncate(damaged / "train-000003.tar")
+    cut = _vector_epoch(damaged, "skip")
+    assert len(cut) == 168 // 8 and all(len(b["row"]) == 8 for b in cut)
+    named = {s.split("\t")[0].rsplit("/", 1)[-1] for b in cut for s in b["bad_samples"]}
+    assert named == {"train-000001.tar", "train-000003.tar"}

@@ -26,6 +26,9 @@ from umt.loaders.loading.loader import dali_loader, make_loader
 from umt.loaders.stored.shards import ShardWriter
 from umt.loaders.making.synth import SynthConfig, write_synth
 from umt.loaders.stored.views import CROP_MODES, Geometry, ViewPolicy, ViewSpec, eval_views, make_views
+from umt.loaders.loading.bad import BadSamples
+
+from damage import copy_set, drop, garbage, members
 
 RATE = 16000
 SPEC = ViewSpec(frames=3, stride=2, crop=16, audio_seconds=0.25, mel_bins=16)
@@ -251,3 +254,22 @@ def test_whole_loader_on_cpu_equals_cpu_backend(dali, vp9_data):
         assert luma.mean() <= 0.5 and np.percentile(luma, 99) <= 1.5
         assert np.abs(video_a - video_b).mean() <= 8
         torch.testing.assert_close(a["audio"], b["audio"], rtol=0, atol=5e-5)
+
+
+def test_skip_finds_damage_dali_cannot_name_and_replaces_it_as_the_cpu_backend_does(dali, data, tmp_path):
+    """A garbled FLAC (DALI's decoder fails on the whole batch) and a missing one: the integrity pass names
+    them, and the batches are the cpu backend's under the same policy."""
+    damaged = copy_set(data, tmp_path)
+    shard = damaged / "train-000001.tar"
+    keys = [info.name.partition(".")[0] for info, _ in members(shard)][::3]
+    garbage(shard, f"{keys[2]}.flac")
+    drop(shard, f"{keys[5]}.flac")
+    policy, bad = ViewPolicy(3, epoch=1, train=True), BadSamples("skip")
+    got = list(dali_loader(damaged, "train", SPEC, ["audio"], policy, 4, device_id=None, bad_samples=bad))
+    want = cpu_batches(damaged, "train", policy, 4, bad_samples=bad)
+    assert len(got) == len(want) == 4
+    for a, b in zip(got, want):
+        assert all(torch.equal(a[key], b[key]) for key in ("label", "row", "view", "params"))
+        torch.testing.assert_close(a["audio"], b["audio"], rtol=0, atol=5e-5)
+        assert [s.split("\t")[:2] for s in a["bad_samples"]] == [s.split("\t")[:2] for s in b["bad_samples"]]
+    assert sorted(s.split("\t")[1] for b in got for s in b["bad_samples"]) == sorted([keys[2], keys[5]])

@@ -24,7 +24,10 @@ from umt.loaders.loading.loader import make_loader  # noqa: E402
 from umt.loaders.stored.shards import written_order  # noqa: E402
 from umt.loaders.stored.views import CENTRE, ViewPolicy, ViewSpec, make_view  # noqa: E402
 
+from umt.loaders.loading.bad import BadSamples  # noqa: E402
+
 from conftest import kill_and_resume  # noqa: E402
+from damage import copy_set, spoil_image  # noqa: E402
 
 SIZE, CROP = 24, 16
 CLASSES = ("chair", "desk", "lamp")
@@ -258,3 +261,22 @@ def test_a_process_pinned_to_one_cpu_exits_after_packing_and_loading_images(tabl
               f"print(sum(len(b['row']) for b in t._epoch(Path({str(tmp_path / 'out')!r}), num_workers=1)))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.split()[-1] == "28", done.stderr[-2000:]
+
+
+@pytest.mark.usefixtures("ffcv_uncompiled")
+def test_damaged_images_are_found_before_the_epoch_and_skipped_with_the_cpu_rule(packed, tmp_path):
+    damaged = copy_set(packed, tmp_path)
+    beton = next(damaged.glob("train*.beton"))
+    spoil_image(beton, 3, "front")
+    spoil_image(beton, 10, "rear")
+    clean, batches = _epoch(packed), _epoch(damaged, bad_samples=BadSamples("skip"))
+    assert len(batches) == len(clean) == 7
+    pixels = {(r, v): b[v][i] for b in clean for i, r in enumerate(b["row"].tolist()) for v in ("front", "rear")}
+    for good, bad in zip(clean, batches):
+        kept = [r for r in good["row"].tolist() if r not in (3, 10)]
+        assert bad["row"].tolist() == kept + kept[:4 - len(kept)]  # the good ones, then the first of them again
+        assert all(torch.equal(bad[v][i], pixels[r, v]) for i, r in enumerate(bad["row"].tolist()) for v in ("front", "rear"))
+    skipped = sorted((s.split("\t")[0], s.split("\t")[1]) for b in batches for s in b["bad_samples"])
+    assert skipped == [(str(beton), "row 10"), (str(beton), "row 3")]
+    with pytest.raises(UserError, match=f"{beton.name} row 3: front image does not decode"):
+        _epoch(damaged)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import assume, given, settings, strategies as st
 
 from umt.loaders.loading.plan import plan_epoch
@@ -76,3 +77,40 @@ def test_a_class_sorted_shard_order_is_mixed_within_shards():
     """The plan shuffles inside each shard: batches of a shard holding rows 0..63 are not runs."""
     rows = plan_epoch([64, 64], 0, 0, 0, 1, 8, True).rows
     assert not np.array_equal(np.sort(rows[:64]), rows[:64])
+
+
+@st.composite
+def elastic_case(draw):
+    """A shard layout, a global batch G split into C streams, two world sizes dividing G, a kill point."""
+    streams = draw(st.integers(1, 4))
+    glob = streams * draw(st.integers(1, 6))
+    divisors = [w for w in range(1, glob + 1) if glob % w == 0]
+    return (draw(counts_st), draw(st.integers(0, 2**31)), draw(st.integers(0, 50)), glob, streams,
+            draw(st.sampled_from(divisors)), draw(st.sampled_from(divisors)), draw(st.integers(0, 20)))
+
+
+def global_batches(counts, seed, epoch, glob, streams, world, start=0) -> list[list[int]]:
+    """Each global batch from `start` on: the ranks' batches concatenated in rank order."""
+    plans = [plan_epoch(counts, seed, epoch, r, world, glob // world, True, start, streams) for r in range(world)]
+    assert len({len(p) for p in plans}) == 1
+    return [np.concatenate([p.batches()[k] for p in plans]).tolist() for k in range(len(plans[0]))]
+
+
+@SETTINGS
+@given(elastic_case())
+def test_a_run_resumed_on_another_world_size_reads_the_same_global_batches(args):
+    counts, seed, epoch, glob, streams, world, other, kill = args
+    whole = global_batches(counts, seed, epoch, glob, streams, world)
+    assert len(whole) == sum(counts) // glob                                  # the same epoch boundaries
+    assert all(len(b) == glob for b in whole)
+    flat = [r for b in whole for r in b]
+    assert len(set(flat)) == len(flat) and set(flat) <= set(range(sum(counts)))
+    resumed = global_batches(counts, seed, epoch, glob, streams, other, start=kill)
+    assert whole[:kill] + resumed == whole                                    # nothing skipped or repeated
+    if streams == world:  # started with the default streams: the plan that a non-elastic run has always had
+        assert global_batches(counts, seed, epoch, glob, None, world) == whole
+
+
+def test_streams_must_divide_the_global_batch():
+    with pytest.raises(ValueError, match="global batch of 6 does not split into 4 streams"):
+        plan_epoch([10, 10], 0, 0, 0, 2, 3, True, streams=4)

@@ -68,6 +68,8 @@ class Method:
         return ""
 
     def state_dict(self) -> dict[str, Any]:
+        """The method's checkpointed state. Only rank 0's is saved and every rank (on any number of
+        processes, engine/resume.py) loads it, so it must be the same on every rank: reduce across ranks."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

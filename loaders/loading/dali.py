@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections import deque
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from .audio import EPS, HOP, N_FFT
+from .bad import BadSamples, Streak, filled
 from ..errors import UserError
 from ..stored.media import MediaError
 from .plan import EpochPlan, PlannedLoader
 from ..stored.shards import MEDIA_MEMBERS, DataError
-from .stream import planned_samples
+from ..stored.integrity import damaged_samples
+from .stream import Unreadable, planned_samples
 from ..stored.views import Geometry, ViewPolicy, ViewSpec, audio_window, make_view
 
 try:
@@ -115,34 +118,40 @@ def dali_view_audio(encoded, params, spec: ViewSpec, sample_rate: int, device: s
 
 
 def view_samples(paths: Sequence[str], plan: EpochPlan, spec: ViewSpec, policy: ViewPolicy,
-                 sample_rate: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+                 sample_rate: int | None = None, damaged: Sequence[dict[str, str]] | None = None
+                 ) -> Iterator[dict[str, np.ndarray] | str]:
     """The plan's tar samples in its order, as the pipeline's inputs.
 
     Each holds the encoded "mp4" and "flac" bytes, the view "params" int32 [7] from the cpu
     backend's own make_view and "meta" (label, row, view index) int64 [3]. A sample whose audio is
-    not at `sample_rate` (the rate the spectrogram graph was built for) is an error.
+    not at `sample_rate` (the rate the spectrogram graph was built for) is an error. With `damaged`
+    (per shard: key → reason, from the integrity pass), a sample that is unreadable, or named there,
+    comes as its name "shard<TAB>key<TAB>reason" instead (the `skip` policy); without, it is an error.
     """
     rows, views = plan.rows, policy.indices(plan.rows)
-    for sample, index in zip(planned_samples(paths, plan.offsets, rows), views.tolist()):
+    tolerate = damaged is not None
+    for shard, sample, index in zip(plan.shards().tolist(), planned_samples(paths, plan.offsets, rows, tolerate),
+                                    views.tolist()):
+        if isinstance(sample, Unreadable):
+            yield f"{sample.url}\t{sample.key}\t{sample.reason}"
+            continue
+        where = (sample.get("__url__", "?"), sample.get("__key__", "?"))
         try:
+            if tolerate and where[1] in damaged[shard]:
+                raise MediaError(damaged[shard][where[1]])
             meta = json.loads(sample["json"])
             geom = Geometry.of(meta)
             view = make_view(policy.seed, meta["row"], index, spec, geom)
-        except (KeyError, ValueError) as err:
-            raise MediaError(f"{sample.get('__url__', '?')} sample {sample.get('__key__', '?')}: {err}") from err
+        except (KeyError, ValueError) as err:  # MediaError is a ValueError
+            if tolerate:
+                yield f"{where[0]}\t{where[1]}\t{err}"
+                continue
+            raise MediaError(f"{where[0]} sample {where[1]}: {err}") from err
         if sample_rate is not None and geom.sample_rate != sample_rate:
             raise DataError(f"{sample['__key__']}: audio at {geom.sample_rate} Hz, the shard set says {sample_rate} Hz")
         yield {**{ext: np.frombuffer(sample.get(ext, b""), np.uint8) for ext in ENCODED.values()},
                "params": np.array(view.as_tuple(), np.int32),
                "meta": np.array([meta["label"], meta["row"], index], np.int64)}
-
-
-def _batches(samples: Iterator[dict], keys: Sequence[str], batch_size: int,
-             num_batches: int) -> Iterator[tuple[list, ...]]:
-    """num_batches batches of samples in DALI's batch format: one list per input named in `keys`."""
-    for _ in range(num_batches):
-        batch = list(itertools.islice(samples, batch_size))
-        yield tuple([sample[key] for sample in batch] for key in keys)
 
 
 def _to_torch(batch) -> torch.Tensor:
@@ -164,25 +173,53 @@ class DaliLoader(PlannedLoader):
     Batches hold video uint8 [B, T, crop, crop, 3] and audio float32 [B, 1, mels, frames] on the
     GPU, label, row, view int64 [B] and params int32 [B, 7] on the CPU. `device_id=None` runs
     everything on the CPU, where DALI decodes VP8, VP9 and MJPEG but not H.264: for tests.
+    DALI's decoders cannot say which sample of a batch failed, so under the `skip` policy an
+    integrity pass first checks the sha256 of each shard the plan reads (once per process) and
+    decodes the samples of a changed one with PyAV; the damaged samples it names, and unreadable
+    ones, are replaced by the rule of loaders/loading/bad.py before DALI sees them.
     """
 
     def __init__(self, paths: Sequence[str], plan: EpochPlan, policy: ViewPolicy, spec: ViewSpec,
-                 modalities: Sequence[str], sample_rate: int | None, device_id: int | None, num_threads: int):
+                 modalities: Sequence[str], sample_rate: int | None, device_id: int | None, num_threads: int,
+                 entries: Sequence[dict] = (), bad: BadSamples = BadSamples()):
         check_decodable(modalities)
         super().__init__(plan, policy)
         self.paths, self.spec, self.modalities = list(paths), spec, tuple(modalities)
         self.sample_rate, self.device_id, self.num_threads = sample_rate, device_id, num_threads
+        self.entries, self.bad, self.skipped = list(entries), bad, deque()
 
-    def inputs(self) -> Iterator[dict[str, np.ndarray]]:
-        """The pipeline's per-sample inputs, in the plan's order."""
-        return view_samples(self.paths, self.plan, self.spec, self.policy, self.sample_rate)
+    def inputs(self) -> Iterator[dict[str, np.ndarray] | str]:
+        """The pipeline's per-sample inputs, in the plan's order (names of damaged samples under `skip`)."""
+        damaged = None
+        if self.bad.skip:
+            members = tuple((m, ENCODED[m]) for m in self.modalities)
+            needed = set(self.plan.shards().tolist())
+            damaged = [damaged_samples(path, e["name"], e["count"], e["offset"], e["sha256"], members)
+                       if i in needed else {} for i, (path, e) in enumerate(zip(self.paths, self.entries))]
+        return view_samples(self.paths, self.plan, self.spec, self.policy, self.sample_rate, damaged)
+
+    def _batches(self, keys: Sequence[str]) -> Iterator[tuple[list, ...]]:
+        """The plan's batches in DALI's batch format (one list per input named in `keys`); each
+        batch's skipped samples go to `self.skipped`, in order, for __iter__ to attach."""
+        samples, streak = self.inputs(), Streak(self.bad)
+        for _ in range(len(self)):
+            got = list(itertools.islice(samples, self.plan.batch_size))
+            names = [s for s in got if isinstance(s, str)]
+            for s in got:
+                if isinstance(s, str):
+                    streak.damaged(s)
+                else:
+                    streak.good()
+            batch = filled([s for s in got if not isinstance(s, str)], names)
+            self.skipped.append(names)
+            yield tuple([sample[key] for sample in batch] for key in keys)
 
     def _pipeline(self) -> Pipeline:
         keys = ["params", "meta"] + [ENCODED[m] for m in ENCODED if m in self.modalities]
         pipe = Pipeline(batch_size=self.plan.batch_size, num_threads=self.num_threads, device_id=self.device_id)
         with pipe:
             inputs = dict(zip(keys, fn.external_source(
-                source=_batches(self.inputs(), keys, self.plan.batch_size, len(self)), num_outputs=len(keys),
+                source=self._batches(keys), num_outputs=len(keys),
                 batch=True, dtype=[DTYPES[k] for k in keys], ndim=1)))
             params, outputs = inputs["params"], [inputs["params"], inputs["meta"]]
             on_cpu = self.device_id is None
@@ -198,6 +235,7 @@ class DaliLoader(PlannedLoader):
     def __iter__(self) -> Iterator[dict]:
         if not len(self):
             return
+        self.skipped.clear()
         pipe = self._pipeline()
         for _ in range(len(self)):
             params, meta, *media = map(_to_torch, pipe.run())
@@ -205,4 +243,6 @@ class DaliLoader(PlannedLoader):
             batch.update(zip([m for m in ENCODED if m in self.modalities], media))
             if "audio" in batch:
                 batch["audio"] = batch["audio"].unsqueeze(1)
+            if self.bad.skip:
+                batch["bad_samples"] = self.skipped.popleft()
             yield batch

@@ -7,11 +7,18 @@ with the numba build of views' counter-based draws (the maths of `views.make_vie
 builder uses) and crops, all inside ffcv's compiled pipeline (jit_mode). Rows are read in the epoch
 plan's order (one shard: a (seed, epoch) permutation of the split), whatever the batch size.
 
+ffcv's JPEG decoder ignores errors: a damaged image decodes silently to wrong pixels. So before its
+first epoch a loader runs an integrity pass (`damaged_images`): the file's sha256 against the
+manifest, and only when that differs, a strict decode of every stored image, which names the rows
+that do not decode; `--bad-samples` then replaces or stops at them as every backend does
+(loaders/loading/bad.py), and ffcv never reads them.
+
 ffcv is imported only when a pack or a loader needs it: importing it takes about 4 s.
 """
 from __future__ import annotations
 
 import functools
+import io
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -22,8 +29,9 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from .bad import BadSamples, Streak, filled
 from .plan import EpochPlan, PlannedLoader
-from ..stored.shards import MANIFEST, DataError, is_image_set, load_manifest, split_shards
+from ..stored.shards import MANIFEST, DataError, is_image_set, load_manifest, sha256_file, split_shards
 from ..stored.views import (CENTRE, Geometry, ViewPolicy, ViewSpec, make_views, spec_params, view_indices,
                             view_params)
 
@@ -122,6 +130,40 @@ def _view_crop_class() -> type:
     return ViewCrop
 
 
+# ----------------------------------------------------------------------------------------- integrity
+
+@functools.lru_cache(maxsize=None)
+def damaged_images(beton: str, sha256: str, views: tuple[str, ...]) -> dict[int, str]:
+    """Rows of an image set whose stored image in one of `views` does not decode, each with its reason; {}
+    without decoding when the file's sha256 is the manifest's. Once per process and file."""
+    if sha256_file(Path(beton)) == sha256:
+        return {}
+    from PIL import Image
+    ffcv_ready()
+    from ffcv.reader import Reader
+
+    reader, data = Reader(beton), np.memmap(beton, np.uint8, mode="r")
+    by_ptr = np.argsort(reader.alloc_table["ptr"])
+    ptrs, sizes = reader.alloc_table["ptr"][by_ptr], reader.alloc_table["size"][by_ptr]
+    damaged = {}
+    for view in views:
+        meta = reader.metadata[f"f{reader.field_names.index(view)}"]
+        for row in range(reader.num_samples):
+            ptr = int(meta["data_ptr"][row])
+            size = int(sizes[np.searchsorted(ptrs, ptr)])
+            try:
+                with Image.open(io.BytesIO(data[ptr:ptr + size].tobytes())) as image:
+                    image.load()
+                    shape = image.size
+            except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for undecodable data
+                damaged.setdefault(row, f"{view} image does not decode ({err})")
+                continue
+            if shape != (int(meta["width"][row]), int(meta["height"][row])):
+                damaged.setdefault(row, f"{view} image decodes to {shape}, the file says "
+                                        f"{(int(meta['width'][row]), int(meta['height'][row]))}")
+    return damaged
+
+
 # ----------------------------------------------------------------------------------------- loading
 
 class ImageLoader(PlannedLoader):
@@ -130,13 +172,34 @@ class ImageLoader(PlannedLoader):
     Every yielded tensor owns its memory (ffcv reuses its buffers a few batches later).
     """
 
-    def __init__(self, beton: Path, plan: EpochPlan, policy: ViewPolicy, views: Sequence[str],
-                 stored: Sequence[str], size: int, crop: int, flip: bool, num_workers: int):
+    def __init__(self, beton: Path, sha256: str, plan: EpochPlan, policy: ViewPolicy, views: Sequence[str],
+                 stored: Sequence[str], size: int, crop: int, flip: bool, num_workers: int,
+                 bad: BadSamples = BadSamples()):
         super().__init__(plan, policy)
-        self.beton, self.views, self.stored = beton, tuple(views), tuple(stored)
-        self.size, self.crop, self.flip, self.num_workers = size, crop, flip, num_workers
+        self.beton, self.sha256, self.views, self.stored = beton, sha256, tuple(views), tuple(stored)
+        self.size, self.crop, self.flip, self.num_workers, self.bad = size, crop, flip, num_workers, bad
 
-    def _loader(self):
+    def _replaced(self) -> tuple[np.ndarray, list[list[str]]]:
+        """The rows ffcv reads (the plan's, damaged ones replaced by the rule of bad.py) and each batch's skipped."""
+        damaged = damaged_images(str(self.beton), self.sha256, self.views)
+        if not damaged:
+            return self.plan.rows, [[] for _ in range(len(self.plan))]
+        rows, skipped, streak = [], [], Streak(self.bad)
+        for batch in self.plan.batches():
+            names = []
+            for row in batch.tolist():
+                if row in damaged:
+                    names.append(f"{self.beton}\trow {row}\t{damaged[row]}")
+                    if not self.bad.skip:
+                        raise DataError(f"{self.beton} row {row}: {damaged[row]}")
+                    streak.damaged(names[-1])
+                else:
+                    streak.good()
+            rows += filled([r for r in batch.tolist() if r not in damaged], names)
+            skipped.append(names)
+        return np.array(rows, np.int64), skipped
+
+    def _loader(self, rows: np.ndarray):
         from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
         from ffcv.loader import Loader, OrderOption
 
@@ -146,18 +209,19 @@ class ImageLoader(PlannedLoader):
                           for v in self.views})
         pipelines.update(label=[IntDecoder()], row=[IntDecoder()])
         return Loader(str(self.beton), batch_size=self.plan.batch_size, num_workers=self.num_workers,
-                      order=OrderOption.SEQUENTIAL, indices=self.plan.rows, pipelines=pipelines, drop_last=False)
+                      order=OrderOption.SEQUENTIAL, indices=rows, pipelines=pipelines, drop_last=False)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if not len(self.plan):
             return
         ffcv_ready()
+        rows, skipped = self._replaced()
         with _keep_threads():
-            loader = self._loader()
+            loader = self._loader(rows)
             names = list(loader.pipeline_specs)  # ffcv's output order
             batches = iter(loader)
-        for values in _while_alive(batches, self.beton):
-            yield self._batch(dict(zip(names, values)))
+        for values, bad in zip(_while_alive(batches, self.beton), skipped):
+            yield {**self._batch(dict(zip(names, values))), **({"bad_samples": bad} if self.bad.skip else {})}
 
     def _batch(self, values: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         rows = values["row"][:, 0].astype(np.int64)  # astype copies out of ffcv's buffer
@@ -187,7 +251,8 @@ def _while_alive(batches, beton: Path) -> Iterator:
 
 
 def make_image_loader(data_dir: str | Path, manifest: dict, split: str, modalities: Sequence[str],
-                      plan: EpochPlan, policy: ViewPolicy, crop: int, flip: bool, num_workers: int) -> ImageLoader:
+                      plan: EpochPlan, policy: ViewPolicy, crop: int, flip: bool, num_workers: int,
+                      bad: BadSamples = BadSamples()) -> ImageLoader:
     """This rank's batches of an image set as `plan` says, each image cut to the view `policy` gives."""
     info = split_shards(manifest, split)[0]
     stored = tuple(manifest["modalities"])
@@ -195,4 +260,5 @@ def make_image_loader(data_dir: str | Path, manifest: dict, split: str, modaliti
     if not 0 < crop <= size:
         raise UserError(f"crop {crop} does not fit the stored {size} x {size} images of {data_dir}")
     threads = max(1, min(num_workers, numba.config.NUMBA_NUM_THREADS))  # ffcv fails above numba's limit
-    return ImageLoader(Path(data_dir) / info["name"], plan, policy, modalities, stored, size, crop, flip, threads)
+    return ImageLoader(Path(data_dir) / info["name"], info["sha256"], plan, policy, modalities, stored, size, crop,
+                       flip, threads, bad)

@@ -15,7 +15,8 @@ import torch
 
 from .dali import DaliLoader, check_decodable, choose_backend
 from .images import make_image_loader
-from .pipeline import BadSamples, CpuLoader
+from .bad import BadSamples
+from .pipeline import CpuLoader
 from .plan import EpochPlan, PlannedLoader, plan_epoch
 from ..stored.shards import is_image_set, load_manifest, locate, modality_inputs, split_shards
 from .vectors import VectorLoader
@@ -23,7 +24,8 @@ from ..stored.views import ViewPolicy, ViewSpec
 
 
 def planned_split(data_dir: str | Path, split: str, modalities: Sequence[str], policy: ViewPolicy, batch_size: int,
-                  rank: int = 0, world: int = 1, skip: int = 0) -> tuple[dict, list[str], EpochPlan, set[str]]:
+                  rank: int = 0, world: int = 1, skip: int = 0, streams: int | None = None
+                  ) -> tuple[dict, list[str], EpochPlan, set[str]]:
     """(manifest, shard locations, this rank's plan from batch `skip`, modality kinds) of a split."""
     manifest = load_manifest(data_dir)
     kinds = {s["kind"] for s in modality_inputs(manifest, list(modalities), str(data_dir)).values()}
@@ -36,40 +38,48 @@ def planned_split(data_dir: str | Path, split: str, modalities: Sequence[str], p
     counts = [s["count"] for s in shards]
     if kinds == {"vector"}:
         counts = [sum(counts)]  # in memory, the whole split is one shard: one permutation of all rows
-    plan = plan_epoch(counts, policy.seed, policy.epoch, rank, world, batch_size, policy.train, skip)
+    plan = plan_epoch(counts, policy.seed, policy.epoch, rank, world, batch_size, policy.train, skip, streams)
     return manifest, [locate(data_dir, s["name"]) for s in shards], plan, kinds
 
 
 def dali_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Sequence[str], policy: ViewPolicy,
                 batch_size: int, rank: int = 0, world: int = 1, skip: int = 0, device_id: int | None = None,
-                num_threads: int = 1) -> DaliLoader:
+                num_threads: int = 1, streams: int | None = None, bad_samples: BadSamples = BadSamples()) -> DaliLoader:
     """The dali backend's loader on GPU `device_id`, or with None all on the CPU (VP9 shards: tests)."""
     check_decodable(modalities)
-    manifest, paths, plan, _ = planned_split(data_dir, split, modalities, policy, batch_size, rank, world, skip)
+    manifest, paths, plan, _ = planned_split(data_dir, split, modalities, policy, batch_size, rank, world, skip,
+                                             streams)
     rate = manifest["modalities"]["audio"]["sample_rate"] if "audio" in modalities else None
-    return DaliLoader(paths, plan, policy, spec, modalities, rate, device_id, num_threads)
+    return DaliLoader(paths, plan, policy, spec, modalities, rate, device_id, num_threads,
+                      split_shards(manifest, split), bad_samples)
 
 
 def make_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Sequence[str],
                 policy: ViewPolicy, batch_size: int, num_workers: int = 1, rank: int = 0,
                 world: int = 1, skip: int = 0, backend: str = "cpu",
-                device_id: int | None = None, bad_samples: BadSamples = BadSamples()) -> PlannedLoader:
+                device_id: int | None = None, bad_samples: BadSamples = BadSamples(),
+                streams: int | None = None) -> PlannedLoader:
     """This rank's batches of one epoch, starting after the first `skip` (a mid-epoch resume).
 
     Training (policy.train) shuffles as the plan says and gives every rank the same number of whole
-    batches; evaluation reads every sample once, in order. Vector sets are served from memory, image
+    batches; evaluation reads every sample once, in order. `streams` is the plan's C (by default the
+    world size; an elastic resume keeps the C of the run's start). Vector sets are served from memory, image
     sets by ffcv, video and audio by the `cpu` backend or, with backend "dali" (or "auto" on a
     machine with a GPU and DALI), by DALI.
-    `bad_samples` (skip or stop at a damaged sample) applies to the cpu backend; the others stop at
-    one, naming its shard.
+    `bad_samples` (skip or stop at a damaged sample, loaders/loading/bad.py) applies to the cpu backend,
+    vector sets, image sets and dali (these two find them by an integrity pass first: their decoders
+    do not say which sample failed).
     """
     if set(modalities) <= {"video", "audio"} and choose_backend(backend) == "dali":
         return dali_loader(data_dir, split, spec, modalities, policy, batch_size, rank, world, skip,
-                           torch.cuda.current_device() if device_id is None else device_id, max(1, num_workers))
-    manifest, paths, plan, kinds = planned_split(data_dir, split, modalities, policy, batch_size, rank, world, skip)
+                           torch.cuda.current_device() if device_id is None else device_id, max(1, num_workers), streams,
+                           bad_samples)
+    manifest, paths, plan, kinds = planned_split(data_dir, split, modalities, policy, batch_size, rank, world, skip,
+                                                 streams)
     if is_image_set(manifest):
         return make_image_loader(data_dir, manifest, split, modalities, plan, policy, spec.crop, spec.flip,
-                                 num_workers)
+                                 num_workers, bad_samples)
     if kinds == {"vector"}:
-        return VectorLoader(paths, plan, policy, modalities)
+        return VectorLoader(paths, [s["count"] for s in split_shards(manifest, split)], plan, policy, modalities,
+                            bad_samples)
     return CpuLoader(paths, plan, policy, spec, modalities, num_workers, bad_samples)

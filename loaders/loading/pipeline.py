@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 import webdataset as wds
 
 from .audio import log_mel
+from .bad import BadSamples, Streak, filled
 from ..errors import UserError
 from .kernels import load as load_kernels, resize_to_rgb
 from ..stored.media import MediaError, decode_flac_span, decode_h264
@@ -111,25 +111,6 @@ def collate(items: list[dict]) -> dict:
     return out
 
 
-@dataclass(frozen=True)
-class BadSamples:
-    """What training does with a sample that fails to decode (evaluation always stops: `error`).
-
-    `skip` puts another sample of the same batch (the batch's good samples in turn, with their own
-    row and view) in its place, so every rank still runs the planned batches and a resumed run sees
-    the same ones; it stops after `limit` bad samples in a row, where the data is plainly broken.
-    """
-
-    policy: str = "error"
-    limit: int = 16
-
-    def __post_init__(self) -> None:
-        if self.policy not in BAD_SAMPLE_POLICIES or self.limit < 1:
-            raise UserError(f"bad samples: policy must be one of {BAD_SAMPLE_POLICIES} and the limit >= 1, "
-                            f"got {self.policy!r}, {self.limit}")
-
-
-BAD_SAMPLE_POLICIES = ("skip", "error")
 FAILED = "__failed__"  # a worker's batch that carries its error message instead of samples
 
 
@@ -153,33 +134,27 @@ class _PlannedBatches(torch.utils.data.IterableDataset):
             return
         rows = np.concatenate(batches)
         views = iter(self.policy.indices(rows).tolist())
-        samples = planned_samples(self.paths, self.plan.offsets, rows, tolerate=self.bad.policy == "skip")
+        samples = planned_samples(self.paths, self.plan.offsets, rows, tolerate=self.bad.skip)
         try:
             yield from self._decoded(batches, samples, views)
         except UserError as err:  # to the main process as a message, not as a worker's traceback
             yield {FAILED: str(err)}
 
     def _decoded(self, batches: list[np.ndarray], samples: Iterator, views: Iterator[int]) -> Iterator[dict]:
-        in_row = 0
+        streak = Streak(self.bad)
         for batch in batches:
             items, skipped = [], []
             for _ in range(len(batch)):
                 sample, view = next(samples), next(views)
                 try:
                     items.append(self._decode(sample, view))
-                    in_row = 0
+                    streak.good()
                 except (MediaError, DataError) as err:
-                    if self.bad.policy == "error":
+                    if not self.bad.skip:
                         raise
-                    in_row += 1
                     skipped.append(_name(sample, err))
-                    if in_row >= self.bad.limit:
-                        raise MediaError(f"{in_row} damaged samples in a row, the last {skipped[-1]!r}: "
-                                         f"check the shards with `umt-data verify`") from err
-            if not items:
-                raise MediaError(f"every sample of a batch is damaged ({'; '.join(skipped)})")
-            items += [items[i % len(items)] for i in range(len(skipped))]
-            yield {**collate(items), **({"bad_samples": skipped} if self.bad.policy == "skip" else {})}
+                    streak.damaged(skipped[-1])
+            yield {**collate(filled(items, skipped)), **({"bad_samples": skipped} if self.bad.skip else {})}
 
     def _decode(self, sample: dict | Unreadable, view: int) -> dict:
         if isinstance(sample, Unreadable):

@@ -4,12 +4,18 @@ Pure arithmetic on global facts (the split's shard counts, seed, epoch, rank, wo
 size), so every rank and every backend derives the same plan without talking to the others.
 
 Training: the epoch's global order takes the shards in a (seed, epoch) permutation and the samples
-of each shard in a (seed, epoch, shard) permutation; rank r reads the contiguous slice
-[r*L, (r+1)*L) of it with L = floor(N / (world*B)) * B. So every rank has exactly L/B batches, no
-sample is read twice, fewer than world*B are left out, and a shard is shared by two ranks only
-where a rank's slice ends inside it (the ranks open at most S + world - 1 shards in all, so a
-streaming backend reads about its share). Resuming at batch k reads the same slice from
-sample k*B. For world = 1 the order does not depend on B (a shorter or longer prefix of one order).
+of each shard in a (seed, epoch, shard) permutation. A global batch of G = world * B samples (B per
+rank) is taken from each of C streams: stream c is the contiguous slice [c*M, (c+1)*M) of that order
+with M = floor(N / G) * G / C, and global batch k is the concatenation of every stream's k-th run of
+G/C samples; rank r reads positions [r*B, (r+1)*B) of each global batch. So every rank has exactly
+floor(N / G) batches, no sample is read twice and fewer than G are left out. C defaults to the world
+size, where rank r's samples are exactly stream r (a shard is shared by two ranks only where a
+stream ends inside it: the ranks open at most S + world - 1 shards in all, so a streaming backend
+reads about its share). The global batches depend on (counts, seed, epoch, G, C) only, not on the
+world size: a run started on W processes (C = W) and resumed on W' (same G and C, B = G / W')
+reads the same global batches, each split W' ways (elastic resume). Resuming at batch k reads the
+same slice from global batch k. For world = 1 = C the order does not depend on B (a shorter or
+longer prefix of one order).
 
 Evaluation: every sample once, in row order, rank r reading rows [r*N//world, (r+1)*N//world) with a
 partial last batch; gathering the ranks' results in rank order gives the split in row order.
@@ -54,15 +60,22 @@ def epoch_order(counts: Sequence[int], seed: int, epoch: int) -> np.ndarray:
 
 
 def plan_epoch(counts: Sequence[int], seed: int, epoch: int, rank: int, world: int, batch_size: int,
-               train: bool, start: int = 0) -> EpochPlan:
-    """Rank `rank` of `world`'s plan for an epoch over shards of these sample counts, from batch `start`."""
-    if batch_size < 1 or world < 1 or not 0 <= rank < world or start < 0:
-        raise ValueError(f"batch size {batch_size}, rank {rank} of {world}, start {start}: out of range")
+               train: bool, start: int = 0, streams: int | None = None) -> EpochPlan:
+    """Rank `rank` of `world`'s plan for an epoch over shards of these sample counts, from batch `start`;
+    `streams` (training only) is C above, by default `world`, and must divide the global batch."""
+    streams = world if streams is None else streams
+    if batch_size < 1 or world < 1 or not 0 <= rank < world or start < 0 or streams < 1:
+        raise ValueError(f"batch size {batch_size}, rank {rank} of {world}, start {start}, {streams} streams: "
+                         "out of range")
     offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
     total = int(offsets[-1])
     if train:
-        share = total // (world * batch_size) * batch_size
-        rows = epoch_order(counts, seed, epoch)[rank * share:(rank + 1) * share]
+        glob = world * batch_size
+        if glob % streams:
+            raise ValueError(f"a global batch of {glob} does not split into {streams} streams")
+        used = total // glob * glob
+        runs = epoch_order(counts, seed, epoch)[:used].reshape(streams, used // glob, glob // streams)
+        rows = runs.transpose(1, 0, 2).reshape(-1, glob)[:, rank * batch_size:(rank + 1) * batch_size].reshape(-1)
     else:
         rows = np.arange(rank * total // world, (rank + 1) * total // world, dtype=np.int64)
     return EpochPlan(rows[start * batch_size:], batch_size, offsets)

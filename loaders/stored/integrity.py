@@ -9,6 +9,7 @@ builder checks sha256 before it computes anything.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -185,3 +186,15 @@ def verify_shards(data_dir: str | Path, splits: Iterable[str] | None = None, dec
 def damaged_shards(data_dir: str | Path, entries: list[dict]) -> list[Problem]:
     """The shards among `entries` whose bytes are not the packed ones (sha256; one read each)."""
     return [p for e in entries for p in check_shard(locate(data_dir, e["name"]), e, {}, checksum_only=True)]
+
+
+@functools.lru_cache(maxsize=None)
+def damaged_samples(url: str, name: str, count: int, offset: int, sha256: str,
+                    members: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """Key → reason of each sample of one shard that lacks one of `members` ((modality, extension)
+    pairs) or does not decode whole; {} after one checksum read when the shard is the packed one. For
+    decoders that cannot say which sample of a batch failed (DALI): once per process and shard."""
+    entry = {"name": name, "count": count, "offset": offset, "sha256": sha256}
+    if not check_shard(url, entry, {}, checksum_only=True):
+        return {}
+    return {p.key: p.reason for p in check_shard(url, entry, dict(members), decode=True) if p.key}

@@ -106,6 +106,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    "training sample loses one modality (chosen uniformly; its feature zeroed, not rescaled)")
     p.add_argument("--no-mla-projection", dest="mla_projection", action="store_false", help="MLA without the "
                    "gradient modification of the shared head (the paper's ablation)")
+    p.add_argument("--mmcosine-scale", type=float, default=d.mmcosine_scale, help="MMCosine: scale s of the "
+                   "summed per-modality cosine logits")
     p.add_argument("--ume-combine", choices=CHOICES["ume_combine"], default=d.ume_combine, help="UME: average logits or probabilities")
     p.add_argument("--ume-fit-weights", action="store_true", help="UME: fit member weights on the validation split")
     p.add_argument("--cache-budget-gb", type=float, default=d.cache_budget_gb, help="load the cache whole onto "

@@ -8,7 +8,8 @@ from umt.loaders.loading.pipeline import BAD_SAMPLE_POLICIES
 from umt.loaders.stored.views import ViewSpec
 
 METHODS = ("unimodal", "joint", "umt", "ume", "ogm-ge", "gblend",
-           "mmpareto", "agm", "pmr", "dropout", "mla")  # ume evaluates, the others train
+           "mmpareto", "agm", "pmr", "dropout", "mla",
+           "mmcosine")  # ume evaluates, the others train
 # The allowed values of every choice setting, declared once (the CLI's choices come from here).
 CHOICES: dict[str, tuple[str, ...]] = {
     "method": METHODS,
@@ -67,6 +68,7 @@ class TrainConfig:
     pmr_end: int | None = None       # PMR: epoch at which rebalancing stops (None: never)
     dropout_p: float = 0.5           # modality dropout: probability that a training sample loses one modality
     mla_projection: bool = True      # MLA: project the shared head's gradient (OWM; the official GSPlugin)
+    mmcosine_scale: float = 15.0     # MMCosine's s (BalanceBenchmark trainer_config.yaml, MMCosine: scaling 15)
     ume_combine: str = "logits"      # UME: average "logits" or "probs"
     ume_fit_weights: bool = False    # UME: fit per-member weights on the validation split
     cache: str | None = None         # UMT targets from `umt-cache build`

@@ -14,6 +14,7 @@ knobs have their own section, read only by that method:
     pmr:    alpha, momentum, start, end
     dropout: p
     mla:    projection
+    mmcosine: scale
     ume:    members, combine, fit_weights
     run:    out, seed, log_every, checkpoint_every, resume, select, probe, probe_every, log_with
 
@@ -54,6 +55,7 @@ SECTIONS: dict[str, dict[str, str]] = {
     "pmr": {"alpha": "pmr_alpha", "momentum": "pmr_momentum", "start": "pmr_start", "end": "pmr_end"},
     "dropout": {"p": "dropout_p"},
     "mla": {"projection": "mla_projection"},
+    "mmcosine": {"scale": "mmcosine_scale"},
     "ume": {"members": "members", "combine": "ume_combine", "fit_weights": "ume_fit_weights"},
     "run": {"out": "out", "seed": "seed", "log_every": "log_every", "checkpoint_every": "checkpoint_every",
             "resume": "resume", "select": "select", "probe": "probe", "probe_every": "probe_every",

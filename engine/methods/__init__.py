@@ -8,12 +8,14 @@ from .dropout import ModalityDropout
 from .gblend import GBlend
 from .mmpareto import MMPareto
 from .mla import Mla
+from .mmcosine import MMCosine
 from .ogm_ge import OgmGe
 from .pmr import Pmr
 from .umt import Umt
 
 REGISTRY: dict[str, type[Method]] = {m.name: m for m in (Unimodal, Method, Umt, OgmGe, GBlend, MMPareto, Agm, Pmr,
-                                                         ModalityDropout, Mla)}
+                                                         ModalityDropout, Mla,
+                                                         MMCosine)}
 
 
 def method_for(cfg: TrainConfig) -> Method:

@@ -9,7 +9,7 @@ from umt.loaders.stored.views import ViewSpec
 
 METHODS = ("unimodal", "joint", "umt", "ume", "ogm-ge", "gblend",
            "mmpareto", "agm", "pmr", "dropout", "mla",
-           "mmcosine")  # ume evaluates, the others train
+           "mmcosine", "opm")  # ume evaluates, the others train
 # The allowed values of every choice setting, declared once (the CLI's choices come from here).
 CHOICES: dict[str, tuple[str, ...]] = {
     "method": METHODS,
@@ -69,6 +69,10 @@ class TrainConfig:
     dropout_p: float = 0.5           # modality dropout: probability that a training sample loses one modality
     mla_projection: bool = True      # MLA: project the shared head's gradient (OWM; the official GSPlugin)
     mmcosine_scale: float = 15.0     # MMCosine's s (BalanceBenchmark trainer_config.yaml, MMCosine: scaling 15)
+    opm_alpha: float = 0.5           # OPM's α (BalanceBenchmark trainer_config.yaml, OPM: alpha 0.5)
+    opm_p_exe: float = 0.7           # OPM: probability that a batch is modulated (p_exe 0.7)
+    opm_q_base: float = 0.4          # OPM: base drop probability of the dominant modality (q_base 0.4)
+    opm_start: int = 0               # OPM: first modulated epoch (BalanceBenchmark 0; BML_TPAMI2024 warms up 6)
     ume_combine: str = "logits"      # UME: average "logits" or "probs"
     ume_fit_weights: bool = False    # UME: fit per-member weights on the validation split
     cache: str | None = None         # UMT targets from `umt-cache build`

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from umt.engine.config import ConfigError, TrainConfig
 from umt.engine.methods import method_for
+from umt.engine.methods.opm import drop_probabilities, keep_masks
 from umt.engine.models import LateFusionNet, ModelConfig
 
 MODS = ("a", "b")
@@ -51,6 +53,57 @@ def test_mmcosine_logits_are_scaled_sums_of_per_modality_cosines_by_hand():
 
 def test_refused_configurations():
     for method, settings, message in (("mmcosine", {"fusion": "mlp"}, "--fusion linear"),
-                                      ("mmcosine", {"mmcosine_scale": 0.0}, "> 0")):
+                                      ("mmcosine", {"mmcosine_scale": 0.0}, "> 0"),
+                                      ("opm", {"fusion": "mlp"}, "--fusion linear or sum"),
+                                      ("opm", {"opm_p_exe": 1.5}, r"\[0, 1\]")):
         with pytest.raises(ConfigError, match=message):
             method_for(config(method, **settings))
+
+
+# --- OPM ------------------------------------------------------------------------------------------
+
+def test_opm_drop_probabilities_by_hand():
+    q = drop_probabilities({"a": 3.0, "b": 1.0}, q_base=0.4, alpha=0.5)
+    assert q == pytest.approx({"a": 0.4 * (1 + 0.5 * math.tanh(3 / 1 - 1)), "b": 0.0})  # b trails: never dropped
+    # three modalities: a's ratio is over the others' sum, 5 / (1 + 2) − 1; none of b, c leads
+    q = drop_probabilities({"a": 5.0, "b": 1.0, "c": 2.0}, q_base=0.4, alpha=0.5)
+    assert q == pytest.approx({"a": 0.4 * (1 + 0.5 * math.tanh(5 / 3 - 1)), "b": 0.0, "c": 0.0})
+    assert drop_probabilities({"a": 9.0, "b": 1.0}, q_base=0.9, alpha=1.0)["a"] == 1.0  # clipped to 1
+    assert drop_probabilities({"a": 1.0, "b": 1.0}, q_base=0.4, alpha=0.5) == {"a": 0.0, "b": 0.0}  # a tie
+
+
+def test_opm_loss_drops_the_leading_modality_and_rescales_by_hand():
+    seed, labels = 3, torch.tensor([0, 1, 2, 0, 1, 2])
+    net = LateFusionNet(ModelConfig(MODS, 3, width=1, inputs={m: {"kind": "vector", "dim": 3} for m in MODS}))
+    with torch.no_grad():  # the head reads units 0-2 of f_a as the logits; f_b is not read; no bias
+        net.head.weight.zero_()
+        net.head.weight[:, :3] = torch.eye(3)
+        net.head.bias.zero_()
+    feats = {"a": torch.cat([5 * torch.eye(3)[labels], torch.zeros(6, 5)], 1), "b": torch.ones(6, 8)}
+    logits = net.fuse(feats)
+    method = method_for(config("opm", seed=seed, opm_p_exe=1.0))
+    loss, parts = method.loss(net, {"label": labels, "row": torch.arange(6)}, logits, feats)
+    # shares: a's true-class softmax e^5 / (e^5 + 2) per sample; b's shares are b/2 = 0: 1/3 each
+    s_a, s_b = 6 * math.exp(5) / (math.exp(5) + 2), 6 / 3
+    q_a = 0.4 * (1 + 0.5 * math.tanh(s_a / s_b - 1))
+    assert parts["opm_q_a"].item() == pytest.approx(q_a) and parts["opm_q_b"].item() == 0.0
+    kept_a = [np.random.default_rng([seed, 0, row]).random(2)[0] >= q_a for row in range(6)]
+    assert 0 < sum(kept_a) < 6  # this seed keeps a on some samples and drops it on others
+    theta = 8 * q_a / 16  # both features 8-d
+    # b is always kept, so no sample leaves; a kept: logit 5/(1 − θ) on the true class, else all logits 0
+    z = 5 / (1 - theta)
+    expected = sum(-math.log(math.exp(z) / (math.exp(z) + 2)) if k else math.log(3) for k in kept_a) / 6
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    # p_exe 0: never modulated, the fused cross-entropy
+    plain = method_for(config("opm", seed=seed, opm_p_exe=0.0))
+    loss, _ = plain.loss(net, {"label": labels, "row": torch.arange(6)}, logits, feats)
+    assert loss.item() == pytest.approx(-math.log(math.exp(5) / (math.exp(5) + 2)), rel=1e-6)
+
+
+def test_opm_masks_depend_on_the_sample_not_on_its_batch():
+    rows, q = torch.arange(40), [0.6, 0.0]
+    whole = keep_masks(1, 7, rows, q)
+    assert torch.equal(torch.cat([keep_masks(1, 7, rows[::2], q), keep_masks(1, 7, rows[1::2], q)]),
+                       torch.cat([whole[::2], whole[1::2]]))
+    assert whole[:, 1].eq(1).all() and 0 < whole[:, 0].sum() < 40  # q = 0: always kept
+    assert not torch.equal(keep_masks(1, 8, rows, q), whole)  # a new draw each step

@@ -10,12 +10,13 @@ from .mmpareto import MMPareto
 from .mla import Mla
 from .mmcosine import MMCosine
 from .ogm_ge import OgmGe
+from .opm import Opm
 from .pmr import Pmr
 from .umt import Umt
 
 REGISTRY: dict[str, type[Method]] = {m.name: m for m in (Unimodal, Method, Umt, OgmGe, GBlend, MMPareto, Agm, Pmr,
                                                          ModalityDropout, Mla,
-                                                         MMCosine)}
+                                                         MMCosine, Opm)}
 
 
 def method_for(cfg: TrainConfig) -> Method:

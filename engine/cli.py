@@ -113,6 +113,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--opm-p-exe", type=float, default=d.opm_p_exe, help="OPM: probability that a batch is modulated")
     p.add_argument("--opm-q-base", type=float, default=d.opm_q_base, help="OPM: base drop probability q_base")
     p.add_argument("--opm-start", type=int, default=d.opm_start, help="OPM: first modulated epoch")
+    p.add_argument("--cml-lambda", type=float, default=d.cml_lambda, help="CML: weight λ of the penalty on "
+                   "confidence gained by removing modalities")
     p.add_argument("--ume-combine", choices=CHOICES["ume_combine"], default=d.ume_combine, help="UME: average logits or probabilities")
     p.add_argument("--ume-fit-weights", action="store_true", help="UME: fit member weights on the validation split")
     p.add_argument("--cache-budget-gb", type=float, default=d.cache_budget_gb, help="load the cache whole onto "

@@ -10,6 +10,7 @@ import torch
 
 from umt.engine.config import ConfigError, TrainConfig
 from umt.engine.methods import method_for
+from umt.engine.methods.cml import confidence_penalty
 from umt.engine.methods.opm import drop_probabilities, keep_masks
 from umt.engine.models import LateFusionNet, ModelConfig
 
@@ -55,7 +56,8 @@ def test_refused_configurations():
     for method, settings, message in (("mmcosine", {"fusion": "mlp"}, "--fusion linear"),
                                       ("mmcosine", {"mmcosine_scale": 0.0}, "> 0"),
                                       ("opm", {"fusion": "mlp"}, "--fusion linear or sum"),
-                                      ("opm", {"opm_p_exe": 1.5}, r"\[0, 1\]")):
+                                      ("opm", {"opm_p_exe": 1.5}, r"\[0, 1\]"),
+                                      ("cml", {"fusion": "shared"}, "--fusion linear, sum or mlp")):
         with pytest.raises(ConfigError, match=message):
             method_for(config(method, **settings))
 
@@ -107,3 +109,41 @@ def test_opm_masks_depend_on_the_sample_not_on_its_batch():
                        torch.cat([whole[::2], whole[1::2]]))
     assert whole[:, 1].eq(1).all() and 0 < whole[:, 0].sum() < 40  # q = 0: always kept
     assert not torch.equal(keep_masks(1, 8, rows, q), whole)  # a new draw each step
+
+
+# --- CML ------------------------------------------------------------------------------------------
+
+def _softmax(row: list[float]) -> list[float]:
+    e = [math.exp(v) for v in row]
+    return [v / sum(e) for v in e]
+
+
+def test_cml_loss_removes_a_modality_and_penalises_gained_confidence_by_hand():
+    net = two_dim_net()
+    with torch.no_grad():  # logits = f_a[:, :2] + f_b[:, :2] + (0.5, 0)
+        net.head.weight.zero_()
+        net.head.weight[:, :2] = torch.eye(2)
+        net.head.weight[:, 8:10] = torch.eye(2)
+        net.head.bias.copy_(torch.tensor([0.5, 0.0]))
+    # each modality contradicts the other on one sample: removing either makes the rest surer
+    feats = {"a": torch.tensor([[3.0, 0.0] + [0.0] * 6, [0.0, 1.0] + [0.0] * 6]),
+             "b": torch.tensor([[0.0, 2.0] + [0.0] * 6, [1.0, 0.0] + [0.0] * 6])}
+    labels = [0, 1]
+    full = [[3.5, 2.0], [1.5, 1.0]]
+    without = {"a": [[0.5, 2.0], [1.5, 0.0]], "b": [[3.5, 0.0], [0.5, 1.0]]}  # f_b + bias, f_a + bias
+    method = method_for(config("cml", cml_lambda=0.25, seed=0))
+    orders = set()
+    for epoch in range(6):
+        method.begin_epoch(epoch, range(0))
+        orders.add(tuple(method.order))
+        removed = method.order[0]
+        loss, parts = method.loss(net, {"label": torch.tensor(labels)}, net.fuse(feats), feats)
+        ce = lambda z: sum(-math.log(_softmax(row)[y]) for row, y in zip(z, labels)) / 2
+        gain = sum(max(_softmax(p)) - max(_softmax(f)) for p, f in zip(without[removed], full))
+        assert loss.item() == pytest.approx((ce(full) + ce(without[removed])) / 2 + 0.25 * gain, rel=1e-6)
+        assert gain > 0 and parts["cml_penalty"].item() == pytest.approx(gain, rel=1e-6)
+    assert orders == {("a", "b"), ("b", "a")}  # a random order per epoch
+    more, fewer = torch.tensor([[1.0, 0.0]]), torch.tensor([[3.0, 0.0]])
+    assert confidence_penalty(more, fewer).item() == 0.0  # less confident without: no penalty
+    # clamped after the batch's sum (the official max(0, Σ)), not per sample: +0.22 and −0.49 give 0
+    assert confidence_penalty(torch.tensor([[3.0, 0.0], [0.0, 0.0]]), torch.tensor([[1.0, 0.0], [5.0, 0.0]])) == 0

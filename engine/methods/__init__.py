@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..config import METHODS, ConfigError, TrainConfig
 from .agm import Agm
 from .base import Method, Unimodal
+from .cml import Cml
 from .dropout import ModalityDropout
 from .gblend import GBlend
 from .mmpareto import MMPareto
@@ -16,7 +17,7 @@ from .umt import Umt
 
 REGISTRY: dict[str, type[Method]] = {m.name: m for m in (Unimodal, Method, Umt, OgmGe, GBlend, MMPareto, Agm, Pmr,
                                                          ModalityDropout, Mla,
-                                                         MMCosine, Opm)}
+                                                         MMCosine, Opm, Cml)}
 
 
 def method_for(cfg: TrainConfig) -> Method:

@@ -218,7 +218,7 @@ def test_two_processes_train_each_method_above_chance_with_identical_replicas(st
     common = (f"--data {strong_weak} --modality strong --modality weak --epochs 6 --batch-size 16 --width 4 "
               "--workers 0 --no-probe --log-with none")
     methods = {"mmpareto": "", "agm": "", "pmr": "", "dropout": "", "mla": "--fusion shared --grad-accum 2 --lr 0.01",
-               "mmcosine": "", "opm": "", "cml": ""}
+               "mmcosine": "", "opm": "", "cml": "", "mbsd": ""}
     accelerate_launch(str(ROOT / "tests" / "several_runs.py"),
                       *(f"{common} --method {m} {extra} --out {tmp_path / m}" for m, extra in methods.items()))
     for m in methods:
@@ -228,7 +228,7 @@ def test_two_processes_train_each_method_above_chance_with_identical_replicas(st
 
 
 # prototypes per epoch; AGM's running scores per step; the methods of issue 21 (test_peer_methods_c.py)
-@pytest.mark.parametrize("method", ["pmr", "agm", "mmcosine", "opm", "cml"])
+@pytest.mark.parametrize("method", ["pmr", "agm", "mmcosine", "opm", "cml", "mbsd"])
 def test_killed_peer_training_resumes_to_the_same_final_weights(strong_weak, tmp_path, method):
     kill_and_resume(tmp_path, ["--data", str(strong_weak), "--method", method, "--modality", "strong", "--modality",
                                "weak", "--epochs", "2", "--batch-size", "8", "--width", "4", "--workers", "0",

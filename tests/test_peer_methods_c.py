@@ -57,7 +57,8 @@ def test_refused_configurations():
                                       ("mmcosine", {"mmcosine_scale": 0.0}, "> 0"),
                                       ("opm", {"fusion": "mlp"}, "--fusion linear or sum"),
                                       ("opm", {"opm_p_exe": 1.5}, r"\[0, 1\]"),
-                                      ("cml", {"fusion": "shared"}, "--fusion linear, sum or mlp")):
+                                      ("cml", {"fusion": "shared"}, "--fusion linear, sum or mlp"),
+                                      ("mbsd", {"fusion": "mlp"}, "--fusion linear or sum")):
         with pytest.raises(ConfigError, match=message):
             method_for(config(method, **settings))
 
@@ -147,3 +148,36 @@ def test_cml_loss_removes_a_modality_and_penalises_gained_confidence_by_hand():
     assert confidence_penalty(more, fewer).item() == 0.0  # less confident without: no penalty
     # clamped after the batch's sum (the official max(0, Σ)), not per sample: +0.22 and −0.49 give 0
     assert confidence_penalty(torch.tensor([[3.0, 0.0], [0.0, 0.0]]), torch.tensor([[1.0, 0.0], [5.0, 0.0]])) == 0
+
+
+# --- MBSD -----------------------------------------------------------------------------------------
+
+def test_mbsd_loss_by_hand():
+    net = two_dim_net()
+    with torch.no_grad():  # u_a = f_a[:, :2] + (0.2, 0), u_b = f_b[:, :2] + (0.2, 0)
+        net.head.weight.zero_()
+        net.head.weight[:, :2] = torch.eye(2)
+        net.head.weight[:, 8:10] = torch.eye(2)
+        net.head.bias.copy_(torch.tensor([0.4, 0.0]))
+    pad = [0.0] * 6
+    # sample 0: both right; sample 1: only b right; sample 2: neither (no agreement terms)
+    feats = {"a": torch.tensor([[2.0, 0.0] + pad, [1.0, 0.0] + pad, [0.0, 0.0] + pad]),
+             "b": torch.tensor([[0.5, 0.0] + pad, [0.0, 2.0] + pad, [0.0, -1.0] + pad])}
+    labels = [0, 1, 1]
+    u = {"a": [[2.2, 0.0], [1.2, 0.0], [0.2, 0.0]], "b": [[0.7, 0.0], [0.2, 2.0], [0.2, -1.0]]}
+    fused = [[2.9, 0.0], [1.4, 2.0], [0.4, -1.0]]  # f_a + f_b + bias
+    ce = lambda z: sum(-math.log(_softmax(row)[y]) for row, y in zip(z, labels)) / 3
+    rs = kl = 0.0
+    for i, y in enumerate(labels):
+        pa, pb = _softmax(u["a"][i]), _softmax(u["b"][i])
+        right = pa.index(max(pa)) == y or pb.index(max(pb)) == y
+        w = abs(pa[y] - pb[y]) if right else 0.0
+        assert (w > 0) == (i < 2)
+        s, v = max(pa[y], pb[y]), min(pa[y], pb[y])
+        rs += w * sum((x - z) ** 2 for x, z in zip(u["a"][i], u["b"][i])) / 2 / 3
+        kl += w * v * (math.log(v) - s) / 3
+    method = method_for(config("mbsd"))
+    loss, parts = method.loss(net, {"label": torch.tensor(labels)}, net.fuse(feats), feats)
+    assert parts["mbsd_rs"].item() == pytest.approx(rs, rel=1e-6)
+    assert parts["mbsd_kl"].item() == pytest.approx(kl, rel=1e-6)
+    assert loss.item() == pytest.approx(ce(fused) + ce(u["a"]) + ce(u["b"]) + rs + kl, rel=1e-6)

@@ -8,6 +8,7 @@ from .cml import Cml
 from .dropout import ModalityDropout
 from .gblend import GBlend
 from .mmpareto import MMPareto
+from .mbsd import Mbsd
 from .mla import Mla
 from .mmcosine import MMCosine
 from .ogm_ge import OgmGe
@@ -17,7 +18,7 @@ from .umt import Umt
 
 REGISTRY: dict[str, type[Method]] = {m.name: m for m in (Unimodal, Method, Umt, OgmGe, GBlend, MMPareto, Agm, Pmr,
                                                          ModalityDropout, Mla,
-                                                         MMCosine, Opm, Cml)}
+                                                         MMCosine, Opm, Cml, Mbsd)}
 
 
 def method_for(cfg: TrainConfig) -> Method:

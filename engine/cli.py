@@ -115,6 +115,11 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--opm-start", type=int, default=d.opm_start, help="OPM: first modulated epoch")
     p.add_argument("--cml-lambda", type=float, default=d.cml_lambda, help="CML: weight λ of the penalty on "
                    "confidence gained by removing modalities")
+    p.add_argument("--relearn-lambda", type=float, default=d.relearn_lambda, help="Re-learning: λ in the "
+                   "re-initialisation strength tanh(λ·|train − val purity|)")
+    p.add_argument("--relearn-every", type=int, default=d.relearn_every, help="Re-learning: epochs between "
+                   "re-initialisations")
+    p.add_argument("--relearn-times", type=int, default=d.relearn_times, help="Re-learning: most re-initialisations")
     p.add_argument("--ume-combine", choices=CHOICES["ume_combine"], default=d.ume_combine, help="UME: average logits or probabilities")
     p.add_argument("--ume-fit-weights", action="store_true", help="UME: fit member weights on the validation split")
     p.add_argument("--cache-budget-gb", type=float, default=d.cache_budget_gb, help="load the cache whole onto "

@@ -9,7 +9,7 @@ from umt.loaders.stored.views import ViewSpec
 
 METHODS = ("unimodal", "joint", "umt", "ume", "ogm-ge", "gblend",
            "mmpareto", "agm", "pmr", "dropout", "mla",
-           "mmcosine", "opm", "cml", "mbsd")  # ume evaluates, the others train
+           "mmcosine", "opm", "cml", "mbsd", "relearning")  # ume evaluates, the others train
 # The allowed values of every choice setting, declared once (the CLI's choices come from here).
 CHOICES: dict[str, tuple[str, ...]] = {
     "method": METHODS,
@@ -74,6 +74,9 @@ class TrainConfig:
     opm_q_base: float = 0.4          # OPM: base drop probability of the dominant modality (q_base 0.4)
     opm_start: int = 0               # OPM: first modulated epoch (BalanceBenchmark 0; BML_TPAMI2024 warms up 6)
     cml_lambda: float = 0.1          # CML's λ, weight of the confidence penalty (BalanceBenchmark, CML: lam 0.1)
+    relearn_lambda: float = 3.0      # Re-learning's λ in tanh(λ·purity gap) (BalanceBenchmark, ReLearning: move_lambda 3)
+    relearn_every: int = 15          # Re-learning: epochs between re-initialisations (reinit_epoch 15)
+    relearn_times: int = 2           # Re-learning: how many re-initialisations at most (reinit_num 2)
     ume_combine: str = "logits"      # UME: average "logits" or "probs"
     ume_fit_weights: bool = False    # UME: fit per-member weights on the validation split
     cache: str | None = None         # UMT targets from `umt-cache build`

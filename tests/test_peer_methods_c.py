@@ -3,6 +3,7 @@ computed here by hand. Their 2-process runs and kill-and-resume tests share test
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,7 +13,10 @@ from umt.engine.config import ConfigError, TrainConfig
 from umt.engine.methods import method_for
 from umt.engine.methods.cml import confidence_penalty
 from umt.engine.methods.opm import drop_probabilities, keep_masks
+from umt.engine.evaluate import collect
+from umt.engine.methods.relearning import kmeans, minmax_scaled, purity
 from umt.engine.models import LateFusionNet, ModelConfig
+from umt.loaders.stored.shards import load_manifest, modality_inputs
 
 MODS = ("a", "b")
 
@@ -58,7 +62,8 @@ def test_refused_configurations():
                                       ("opm", {"fusion": "mlp"}, "--fusion linear or sum"),
                                       ("opm", {"opm_p_exe": 1.5}, r"\[0, 1\]"),
                                       ("cml", {"fusion": "shared"}, "--fusion linear, sum or mlp"),
-                                      ("mbsd", {"fusion": "mlp"}, "--fusion linear or sum")):
+                                      ("mbsd", {"fusion": "mlp"}, "--fusion linear or sum"),
+                                      ("relearning", {"relearn_every": 0}, "every >= 1")):
         with pytest.raises(ConfigError, match=message):
             method_for(config(method, **settings))
 
@@ -181,3 +186,48 @@ def test_mbsd_loss_by_hand():
     assert parts["mbsd_rs"].item() == pytest.approx(rs, rel=1e-6)
     assert parts["mbsd_kl"].item() == pytest.approx(kl, rel=1e-6)
     assert loss.item() == pytest.approx(ce(fused) + ce(u["a"]) + ce(u["b"]) + rs + kl, rel=1e-6)
+
+
+# --- Re-learning ----------------------------------------------------------------------------------
+
+def test_relearning_purity_kmeans_and_scaling_by_hand():
+    # cluster 0 holds labels (0, 0, 1), cluster 1 (1, 1, 2): 2 + 2 of 6 samples carry their cluster's label
+    assert purity(torch.tensor([0, 0, 1, 1, 1, 2]), torch.tensor([0, 0, 0, 1, 1, 1])) == 4 / 6
+    assert minmax_scaled(torch.tensor([[0.0, 5.0], [2.0, 5.0], [4.0, 5.0]])).tolist() == [[-1, -1], [0, -1], [1, -1]]
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    labels = torch.arange(60) % 3
+    points = centres[labels] + torch.rand(60, 2, generator=g)  # three well-separated blobs
+    clusters = kmeans(points, 3, torch.Generator().manual_seed(1))
+    assert purity(labels, clusters) == 1.0 and len(clusters.unique()) == 3
+
+
+def test_relearning_moves_each_encoder_toward_its_initial_weights(strong_weak):
+    mods = ("strong", "weak")
+    cfg = TrainConfig(data=str(strong_weak), out="unused", method="relearning", modalities=mods, width=2,
+                      batch_size=64, num_workers=0, relearn_every=2, relearn_times=1)
+    method = method_for(cfg)
+    assert [method.due(e) for e in range(6)] == [False, False, True, False, False, False]
+    torch.manual_seed(0)
+    net = LateFusionNet(ModelConfig(mods, 3, 2, inputs=modality_inputs(load_manifest(strong_weak), mods, strong_weak)))
+    method.prepare(net, torch.device("cpu"))
+    initial = {n: p.detach().clone() for n, p in net.named_parameters()}
+    with torch.no_grad():  # "training": every weight moves
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape))
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    accelerator = SimpleNamespace(device=torch.device("cpu"), is_main_process=True, num_processes=1, process_index=0)
+    val = collect(net, str(strong_weak), "val", cfg.view, list(mods), 64, 0, torch.device("cpu"))
+    method.begin_epoch(1, range(0))
+    assert method.end_of_epoch(net, val, accelerator) == {}  # not due: nothing moves
+    method.begin_epoch(2, range(0))
+    record = method.end_of_epoch(net, val, accelerator)["relearn"]
+    for name, p in net.named_parameters():
+        if not name.startswith("encoders."):
+            assert torch.equal(p, before[name]), name  # the head is not re-initialised
+            continue
+        m = name.split(".")[1]
+        w = record[m]["weight"]
+        assert w == pytest.approx(math.tanh(3 * abs(record[m]["train"] - record[m]["val"])))
+        assert torch.allclose(p, w * initial[name] + (1 - w) * before[name], rtol=0, atol=1e-6), name
+    assert any(r["weight"] > 0 for r in record.values())  # the check above saw a real move

@@ -14,11 +14,12 @@ from .mmcosine import MMCosine
 from .ogm_ge import OgmGe
 from .opm import Opm
 from .pmr import Pmr
+from .relearning import Relearning
 from .umt import Umt
 
 REGISTRY: dict[str, type[Method]] = {m.name: m for m in (Unimodal, Method, Umt, OgmGe, GBlend, MMPareto, Agm, Pmr,
                                                          ModalityDropout, Mla,
-                                                         MMCosine, Opm, Cml, Mbsd)}
+                                                         MMCosine, Opm, Cml, Mbsd, Relearning)}
 
 
 def method_for(cfg: TrainConfig) -> Method:

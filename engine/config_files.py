@@ -18,6 +18,7 @@ knobs have their own section, read only by that method:
     opm:    alpha, p_exe, q_base, start
     cml:    lambda
     relearning: lambda, every, times
+    amco:   sigma, eps
     ume:    members, combine, fit_weights
     run:    out, seed, log_every, checkpoint_every, resume, select, probe, probe_every, log_with
 
@@ -62,6 +63,7 @@ SECTIONS: dict[str, dict[str, str]] = {
     "opm": {"alpha": "opm_alpha", "p_exe": "opm_p_exe", "q_base": "opm_q_base", "start": "opm_start"},
     "cml": {"lambda": "cml_lambda"},
     "relearning": {"lambda": "relearn_lambda", "every": "relearn_every", "times": "relearn_times"},
+    "amco": {"sigma": "amco_sigma", "eps": "amco_eps"},
     "ume": {"members": "members", "combine": "ume_combine", "fit_weights": "ume_fit_weights"},
     "run": {"out": "out", "seed": "seed", "log_every": "log_every", "checkpoint_every": "checkpoint_every",
             "resume": "resume", "select": "select", "probe": "probe", "probe_every": "probe_every",

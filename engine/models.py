@@ -28,6 +28,7 @@ class ModelConfig:
     projector: tuple[str, ...] = ()  # UMT: modalities distilled through a learned linear map, MSE(P·f, f_teacher)
     aux_heads: bool = False  # G-Blending: one auxiliary linear classifier per modality
     cosine_scale: float = 0.0  # MMCosine: > 0 makes the linear head a bias-free cosine classifier per modality
+    logit_map: bool = False  # AMCo: a learned C×C linear map after the fusion head (its `linear_star`)
     inputs: dict = field(default_factory=dict)  # modality → {"kind", "dim"}; absent: kind = name (video, audio)
 
     def to_dict(self) -> dict:
@@ -172,6 +173,7 @@ class LateFusionNet(nn.Module):
                                        if cfg.aux_heads else {})
         self.projectors = nn.ModuleDict({m: nn.Linear(self.encoders[m].out_dim, self.encoders[m].out_dim)
                                          for m in cfg.projector})
+        self.logit_map = nn.Linear(cfg.num_classes, cfg.num_classes) if cfg.logit_map else None
 
     def features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {m: enc(batch[m]) for m, enc in self.encoders.items()}
@@ -179,7 +181,8 @@ class LateFusionNet(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Fused logits and each modality's pooled feature (the UMT distillation point)."""
         feats = self.features(batch)
-        return self.fuse(feats), feats
+        logits = self.fuse(feats)
+        return (self.logit_map(logits) if self.logit_map is not None else logits), feats
 
     def fuse(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         """The fusion head's logits from each modality's feature (a uni-modal model: its classifier's logits;

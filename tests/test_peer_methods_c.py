@@ -11,6 +11,7 @@ import torch
 
 from umt.engine.config import ConfigError, TrainConfig
 from umt.engine.methods import method_for
+from umt.engine.methods.amco import class_mask
 from umt.engine.methods.cml import confidence_penalty
 from umt.engine.methods.opm import drop_probabilities, keep_masks
 from umt.engine.evaluate import collect
@@ -63,7 +64,8 @@ def test_refused_configurations():
                                       ("opm", {"opm_p_exe": 1.5}, r"\[0, 1\]"),
                                       ("cml", {"fusion": "shared"}, "--fusion linear, sum or mlp"),
                                       ("mbsd", {"fusion": "mlp"}, "--fusion linear or sum"),
-                                      ("relearning", {"relearn_every": 0}, "every >= 1")):
+                                      ("relearning", {"relearn_every": 0}, "every >= 1"),
+                                      ("amco", {"fusion": "mlp"}, "--fusion linear or sum")):
         with pytest.raises(ConfigError, match=message):
             method_for(config(method, **settings))
 
@@ -231,3 +233,46 @@ def test_relearning_moves_each_encoder_toward_its_initial_weights(strong_weak):
         assert w == pytest.approx(math.tanh(3 * abs(record[m]["train"] - record[m]["val"])))
         assert torch.allclose(p, w * initial[name] + (1 - w) * before[name], rtol=0, atol=1e-6), name
     assert any(r["weight"] > 0 for r in record.values())  # the check above saw a real move
+
+
+# --- AMCo -----------------------------------------------------------------------------------------
+
+def test_amco_mask_ratio_follows_the_sine_ramp():
+    masked = lambda epoch, batch: int(4 - class_mask(5, epoch, batch, 4, 0.3).sum())
+    assert [masked(0, j) for j in range(5)] == [0] * 5                 # epoch 0: j·0/10 = 0, nothing masked
+    # p = sin(π/2·l/ε), l = j·e/10: ⌊sin(π/6)·4⌋ = 2 classes, ⌊sin(π/3)·4⌋ = ⌊3.46⌋ = 3
+    assert masked(1, 1) == 2 and masked(1, 2) == 3
+    assert masked(1, 3) == masked(2, 9) == 4                           # ε reached: every class
+
+
+def test_amco_loss_masks_the_dependent_modality_by_hand():
+    seed, labels = 2, [0, 1]
+    method = method_for(config("amco", seed=seed))
+    net = two_dim_net(**method.model_options())
+    with torch.no_grad():  # u_a = f_a[:, :2], u_b = f_b[:, :2]; A z = (z_0 + 0.5 z_1 + 0.1, 2 z_1)
+        net.head.weight.zero_()
+        net.head.weight[:, :2] = torch.eye(2)
+        net.head.weight[:, 8:10] = torch.eye(2)
+        net.head.bias.zero_()
+        net.logit_map.weight.copy_(torch.tensor([[1.0, 0.5], [0.0, 2.0]]))
+        net.logit_map.bias.copy_(torch.tensor([0.1, 0.0]))
+    pad = [0.0] * 6
+    feats = {"a": torch.tensor([[4.0, 0.0] + pad, [3.0, 1.0] + pad]), "b": torch.tensor([[0.0, 0.5] + pad, [0.2, 0.0] + pad])}
+    u = {"a": [[4.0, 0.0], [3.0, 1.0]], "b": [[0.0, 0.5], [0.2, 0.0]]}
+    ce = lambda z: sum(-math.log(_softmax(row)[y]) for row, y in zip(z, labels)) / 2
+    mapped = lambda z: [[r[0] + 0.5 * r[1] + 0.1, 2 * r[1]] for r in z]
+    method.begin_epoch(1, range(0))
+    expected_masks = [[1.0, 1.0]]  # batch 0 of epoch 1: p = 0
+    dropped = np.random.default_rng([seed, 1, 1]).permutation(2)[0]  # batch 1: p = sin(π/6), one class of 2
+    expected_masks.append([0.0 if c == dropped else 1.0 for c in range(2)])
+    dependent = {"a": False, "b": False}
+    for j, mask in enumerate(expected_masks):
+        loss, parts = method.loss(net, {"label": torch.tensor(labels)}, torch.zeros(2, 2), feats)
+        shares = {m: [[v * k for v, k in zip(row, mask)] if dependent[m] else row for row in u[m]] for m in u}
+        fused = [[x + y for x, y in zip(ra, rb)] for ra, rb in zip(shares["a"], shares["b"])]
+        assert loss.item() == pytest.approx(ce(mapped(fused)) + ce(shares["a"]) + ce(shares["b"]), rel=1e-6), j
+        assert parts["amco_dependent_a"].item() == float(dependent["a"])
+        mass_a = sum(sum(_softmax(ra + rb)[:2]) for ra, rb in zip(shares["a"], shares["b"])) / 2
+        dependent = {"a": mass_a > 0.5, "b": 1 - mass_a > 0.5}
+        assert method.dependent == dependent
+    assert dependent == {"a": True, "b": False}  # a carries most of the mass: masked in batch 1 already

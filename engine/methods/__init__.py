@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..config import METHODS, ConfigError, TrainConfig
 from .agm import Agm
+from .amco import Amco
 from .base import Method, Unimodal
 from .cml import Cml
 from .dropout import ModalityDropout
@@ -19,7 +20,7 @@ from .umt import Umt
 
 REGISTRY: dict[str, type[Method]] = {m.name: m for m in (Unimodal, Method, Umt, OgmGe, GBlend, MMPareto, Agm, Pmr,
                                                          ModalityDropout, Mla,
-                                                         MMCosine, Opm, Cml, Mbsd, Relearning)}
+                                                         MMCosine, Opm, Cml, Mbsd, Relearning, Amco)}
 
 
 def method_for(cfg: TrainConfig) -> Method:

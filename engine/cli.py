@@ -123,6 +123,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--amco-sigma", type=float, default=d.amco_sigma, help="AMCo: share of the softmax mass above "
                    "which a modality counts as depended on (and is masked in the next batch)")
     p.add_argument("--amco-eps", type=float, default=d.amco_eps, help="AMCo: ε of the mask ratio's sine ramp")
+    p.add_argument("--lfm-lr-alpha", type=float, default=d.lfm_lr_alpha, help="LFM: step size of the per-epoch "
+                   "update of the alignment weight (halved every 20 epochs)")
     p.add_argument("--ume-combine", choices=CHOICES["ume_combine"], default=d.ume_combine, help="UME: average logits or probabilities")
     p.add_argument("--ume-fit-weights", action="store_true", help="UME: fit member weights on the validation split")
     p.add_argument("--cache-budget-gb", type=float, default=d.cache_budget_gb, help="load the cache whole onto "

@@ -9,7 +9,7 @@ from umt.loaders.stored.views import ViewSpec
 
 METHODS = ("unimodal", "joint", "umt", "ume", "ogm-ge", "gblend",
            "mmpareto", "agm", "pmr", "dropout", "mla",
-           "mmcosine", "opm", "cml", "mbsd", "relearning", "amco")  # ume evaluates, the others train
+           "mmcosine", "opm", "cml", "mbsd", "relearning", "amco", "lfm")  # ume evaluates, the others train
 # The allowed values of every choice setting, declared once (the CLI's choices come from here).
 CHOICES: dict[str, tuple[str, ...]] = {
     "method": METHODS,
@@ -79,6 +79,7 @@ class TrainConfig:
     relearn_times: int = 2           # Re-learning: how many re-initialisations at most (reinit_num 2)
     amco_sigma: float = 0.5          # AMCo: softmax-mass share above which a modality counts as depended on (sigma 0.5)
     amco_eps: float = 0.3            # AMCo: ε of the mask ratio's sine ramp (eps 0.3)
+    lfm_lr_alpha: float = 1e-4       # LFM: step size of the alignment weight's update (BalanceBenchmark, LFM: lr_alpha)
     ume_combine: str = "logits"      # UME: average "logits" or "probs"
     ume_fit_weights: bool = False    # UME: fit per-member weights on the validation split
     cache: str | None = None         # UMT targets from `umt-cache build`

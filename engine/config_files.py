@@ -19,6 +19,7 @@ knobs have their own section, read only by that method:
     cml:    lambda
     relearning: lambda, every, times
     amco:   sigma, eps
+    lfm:    lr_alpha
     ume:    members, combine, fit_weights
     run:    out, seed, log_every, checkpoint_every, resume, select, probe, probe_every, log_with
 
@@ -64,6 +65,7 @@ SECTIONS: dict[str, dict[str, str]] = {
     "cml": {"lambda": "cml_lambda"},
     "relearning": {"lambda": "relearn_lambda", "every": "relearn_every", "times": "relearn_times"},
     "amco": {"sigma": "amco_sigma", "eps": "amco_eps"},
+    "lfm": {"lr_alpha": "lfm_lr_alpha"},
     "ume": {"members": "members", "combine": "ume_combine", "fit_weights": "ume_fit_weights"},
     "run": {"out": "out", "seed": "seed", "log_every": "log_every", "checkpoint_every": "checkpoint_every",
             "resume": "resume", "select": "select", "probe": "probe", "probe_every": "probe_every",

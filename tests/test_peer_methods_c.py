@@ -8,11 +8,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from umt.engine.config import ConfigError, TrainConfig
 from umt.engine.methods import method_for
 from umt.engine.methods.amco import class_mask
 from umt.engine.methods.cml import confidence_penalty
+from umt.engine.methods.lfm import Lfm, alignment, alpha_gradient
 from umt.engine.methods.opm import drop_probabilities, keep_masks
 from umt.engine.evaluate import collect
 from umt.engine.methods.relearning import kmeans, minmax_scaled, purity
@@ -65,7 +67,8 @@ def test_refused_configurations():
                                       ("cml", {"fusion": "shared"}, "--fusion linear, sum or mlp"),
                                       ("mbsd", {"fusion": "mlp"}, "--fusion linear or sum"),
                                       ("relearning", {"relearn_every": 0}, "every >= 1"),
-                                      ("amco", {"fusion": "mlp"}, "--fusion linear or sum")):
+                                      ("amco", {"fusion": "mlp"}, "--fusion linear or sum"),
+                                      ("lfm", {"fusion": "mlp"}, "--fusion linear or sum")):
         with pytest.raises(ConfigError, match=message):
             method_for(config(method, **settings))
 
@@ -276,3 +279,73 @@ def test_amco_loss_masks_the_dependent_modality_by_hand():
         dependent = {"a": mass_a > 0.5, "b": 1 - mass_a > 0.5}
         assert method.dependent == dependent
     assert dependent == {"a": True, "b": False}  # a carries most of the mass: masked in batch 1 already
+
+
+# --- LFM ------------------------------------------------------------------------------------------
+
+def test_lfm_alignment_and_loss_by_hand():
+    u_a, u_b = [[1.0, 0.0], [0.0, 2.0]], [[0.0, 1.0], [0.5, 0.5]]
+    total = 0.0
+    for ra, rb in zip(u_a, u_b):
+        p, q = _softmax(ra), _softmax(rb)
+        n = [(x + y) / 2 for x, y in zip(p, q)]
+        total += 0.5 * (sum(c * math.log(c / x) for c, x in zip(n, p)) + sum(c * math.log(c / y) for c, y in zip(n, q)))
+    assert alignment(torch.tensor(u_a), torch.tensor(u_b)).item() == pytest.approx(total / 2, rel=1e-6)
+    net = two_dim_net()
+    with torch.no_grad():  # u_a = f_a[:, :2] + b/2, u_b = f_b[:, :2] + b/2 with b = 0
+        net.head.weight.zero_()
+        net.head.weight[:, :2] = torch.eye(2)
+        net.head.weight[:, 8:10] = torch.eye(2)
+        net.head.bias.zero_()
+    pad = [0.0] * 6
+    feats = {"a": torch.tensor([r + pad for r in u_a]), "b": torch.tensor([r + pad for r in u_b])}
+    method = Lfm(config("lfm"))
+    method.alpha = 0.25
+    labels = [1, 0]
+    fused = [[x + y for x, y in zip(ra, rb)] for ra, rb in zip(u_a, u_b)]
+    ce = sum(-math.log(_softmax(row)[y]) for row, y in zip(fused, labels)) / 2
+    loss, _ = method.loss(net, {"label": torch.tensor(labels)}, net.fuse(feats), feats)
+    assert loss.item() == pytest.approx(2 * (0.75 * ce + 0.25 * total / 2), rel=1e-6)
+
+
+def test_lfm_alpha_gradient_is_the_first_tensors_block_of_the_hessian_vector_product():
+    torch.manual_seed(0)  # a 1-d input for a: the first parameter tensor is 8 × 1 (8 Hessian rows to compute)
+    net = LateFusionNet(ModelConfig(MODS, 2, width=1, inputs={"a": {"kind": "vector", "dim": 1},
+                                                              "b": {"kind": "vector", "dim": 3}}))
+    batch = {"a": torch.randn(5, 1), "b": torch.randn(5, 3),
+             "label": torch.tensor([0, 1, 1, 0, 1])}
+    names = [n for n, _ in net.named_parameters()]
+    shapes = [p.shape for p in net.parameters()]
+    flat = torch.cat([p.detach().flatten() for p in net.parameters()])
+
+    def terms(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        params = dict(zip(names, (t.view(s) for t, s in zip(theta.split([s.numel() for s in shapes]), shapes))))
+        logits, feats = torch.func.functional_call(net, params, (batch,))
+        w, b = params["head.weight"], params["head.bias"]
+        u = {"a": feats["a"] @ w[:, :8].T + b / 2, "b": feats["b"] @ w[:, 8:].T + b / 2}
+        p, q = u["a"].softmax(1), u["b"].softmax(1)
+        n = (p + q) / 2
+        js = 0.5 * ((n * (n / p).log()).sum(1) + (n * (n / q).log()).sum(1)).mean()
+        return F.cross_entropy(logits, batch["label"]), js
+
+    alpha = 0.3
+    def objective(theta: torch.Tensor) -> torch.Tensor:
+        ce, js = terms(theta)
+        return (1 - alpha) * ce + alpha * js
+
+    first = shapes[0].numel()  # encoders.a.net.0.weight, the model's first parameter tensor
+    assert names[0] == "encoders.a.net.0.weight"
+    # the Hessian's rows of that tensor, one second-order backward pass each, times g
+    theta = flat.clone().requires_grad_()
+    gradient = torch.autograd.grad(objective(theta), theta, create_graph=True)[0]
+    rows = torch.stack([torch.autograd.grad(gradient[i], theta, retain_graph=True)[0] for i in range(first)])
+    g = torch.autograd.grad(terms(theta)[0], theta)[0]
+    expected = (rows @ g).mean().item()
+    assert expected != 0 and alpha_gradient(net, batch, alpha) == pytest.approx(expected, rel=1e-4)
+    method = Lfm(config("lfm", lfm_lr_alpha=1e-4))
+    method.batch, method.alpha = batch, alpha
+    method._update(net, 20)  # epoch 20: the step size halves first
+    assert method.lr_alpha == 5e-5 and method.alpha == pytest.approx(alpha - 5e-5 * expected, rel=1e-9)
+    method.lr_alpha = 1e9  # a huge step: clipped into [0.05, 0.95]
+    method._update(net, 21)
+    assert method.alpha in (0.05, 0.95)

@@ -9,6 +9,7 @@ from .cml import Cml
 from .dropout import ModalityDropout
 from .gblend import GBlend
 from .mmpareto import MMPareto
+from .lfm import Lfm
 from .mbsd import Mbsd
 from .mla import Mla
 from .mmcosine import MMCosine
@@ -20,7 +21,7 @@ from .umt import Umt
 
 REGISTRY: dict[str, type[Method]] = {m.name: m for m in (Unimodal, Method, Umt, OgmGe, GBlend, MMPareto, Agm, Pmr,
                                                          ModalityDropout, Mla,
-                                                         MMCosine, Opm, Cml, Mbsd, Relearning, Amco)}
+                                                         MMCosine, Opm, Cml, Mbsd, Relearning, Amco, Lfm)}
 
 
 def method_for(cfg: TrainConfig) -> Method:

@@ -125,6 +125,14 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--amco-eps", type=float, default=d.amco_eps, help="AMCo: ε of the mask ratio's sine ramp")
     p.add_argument("--lfm-lr-alpha", type=float, default=d.lfm_lr_alpha, help="LFM: step size of the per-epoch "
                    "update of the alignment weight (halved every 20 epochs)")
+    p.add_argument("--reconboost-alpha", type=float, default=d.reconboost_alpha, help="ReconBoost: weight of "
+                   "the official ga term (gradient-free as written)")
+    p.add_argument("--reconboost-w1", type=float, default=d.reconboost_w1, help="ReconBoost: weight of the boosted "
+                   "learner's own log-likelihood")
+    p.add_argument("--reconboost-w2", type=float, default=d.reconboost_w2, help="ReconBoost: weight of the term "
+                   "against the other modalities' ensemble")
+    p.add_argument("--reconboost-epochs", type=int, default=d.reconboost_epochs, help="ReconBoost: epochs per "
+                   "phase (boosting one modality, then global fine-tuning)")
     p.add_argument("--ume-combine", choices=CHOICES["ume_combine"], default=d.ume_combine, help="UME: average logits or probabilities")
     p.add_argument("--ume-fit-weights", action="store_true", help="UME: fit member weights on the validation split")
     p.add_argument("--cache-budget-gb", type=float, default=d.cache_budget_gb, help="load the cache whole onto "

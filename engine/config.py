@@ -9,7 +9,8 @@ from umt.loaders.stored.views import ViewSpec
 
 METHODS = ("unimodal", "joint", "umt", "ume", "ogm-ge", "gblend",
            "mmpareto", "agm", "pmr", "dropout", "mla",
-           "mmcosine", "opm", "cml", "mbsd", "relearning", "amco", "lfm")  # ume evaluates, the others train
+           "mmcosine", "opm", "cml", "mbsd", "relearning", "amco", "lfm",
+           "reconboost")  # ume evaluates, the others train
 # The allowed values of every choice setting, declared once (the CLI's choices come from here).
 CHOICES: dict[str, tuple[str, ...]] = {
     "method": METHODS,
@@ -80,6 +81,10 @@ class TrainConfig:
     amco_sigma: float = 0.5          # AMCo: softmax-mass share above which a modality counts as depended on (sigma 0.5)
     amco_eps: float = 0.3            # AMCo: ε of the mask ratio's sine ramp (eps 0.3)
     lfm_lr_alpha: float = 1e-4       # LFM: step size of the alignment weight's update (BalanceBenchmark, LFM: lr_alpha)
+    reconboost_alpha: float = 0.5    # ReconBoost: weight of the (gradient-free) ga term (BalanceBenchmark, ReconBoost: alpha)
+    reconboost_w1: float = 5.0       # ReconBoost: weight of the boosted learner's own log-likelihood (weight1 5)
+    reconboost_w2: float = 1.0       # ReconBoost: weight of the term against the others' ensemble (weight2 1)
+    reconboost_epochs: int = 1       # ReconBoost: epochs per phase, T (T_epochs 1)
     ume_combine: str = "logits"      # UME: average "logits" or "probs"
     ume_fit_weights: bool = False    # UME: fit per-member weights on the validation split
     cache: str | None = None         # UMT targets from `umt-cache build`

@@ -20,6 +20,7 @@ knobs have their own section, read only by that method:
     relearning: lambda, every, times
     amco:   sigma, eps
     lfm:    lr_alpha
+    reconboost: alpha, w1, w2, epochs
     ume:    members, combine, fit_weights
     run:    out, seed, log_every, checkpoint_every, resume, select, probe, probe_every, log_with
 
@@ -66,6 +67,8 @@ SECTIONS: dict[str, dict[str, str]] = {
     "relearning": {"lambda": "relearn_lambda", "every": "relearn_every", "times": "relearn_times"},
     "amco": {"sigma": "amco_sigma", "eps": "amco_eps"},
     "lfm": {"lr_alpha": "lfm_lr_alpha"},
+    "reconboost": {"alpha": "reconboost_alpha", "w1": "reconboost_w1", "w2": "reconboost_w2",
+                   "epochs": "reconboost_epochs"},
     "ume": {"members": "members", "combine": "ume_combine", "fit_weights": "ume_fit_weights"},
     "run": {"out": "out", "seed": "seed", "log_every": "log_every", "checkpoint_every": "checkpoint_every",
             "resume": "resume", "select": "select", "probe": "probe", "probe_every": "probe_every",

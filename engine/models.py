@@ -29,6 +29,7 @@ class ModelConfig:
     aux_heads: bool = False  # G-Blending: one auxiliary linear classifier per modality
     cosine_scale: float = 0.0  # MMCosine: > 0 makes the linear head a bias-free cosine classifier per modality
     logit_map: bool = False  # AMCo: a learned C×C linear map after the fusion head (its `linear_star`)
+    boost_rate: bool = False  # ReconBoost: with fusion "shared", logits ρ·Σ_m head(f_m), ρ learned (from 0.01)
     inputs: dict = field(default_factory=dict)  # modality → {"kind", "dim"}; absent: kind = name (video, audio)
 
     def to_dict(self) -> dict:
@@ -155,6 +156,8 @@ class LateFusionNet(nn.Module):
         dim = sum(enc.out_dim for enc in self.encoders.values())
         if cfg.cosine_scale and cfg.fusion != "linear":
             raise ValueError(f"a cosine head (cosine_scale) needs fusion 'linear', got {cfg.fusion!r}")
+        if cfg.boost_rate and cfg.fusion != "shared":
+            raise ValueError(f"a boosted sum (boost_rate) needs fusion 'shared', got {cfg.fusion!r}")
         if cfg.fusion == "linear":
             self.head = nn.Linear(dim, cfg.num_classes, bias=not cfg.cosine_scale)
         elif cfg.fusion == "mlp":
@@ -174,6 +177,7 @@ class LateFusionNet(nn.Module):
         self.projectors = nn.ModuleDict({m: nn.Linear(self.encoders[m].out_dim, self.encoders[m].out_dim)
                                          for m in cfg.projector})
         self.logit_map = nn.Linear(cfg.num_classes, cfg.num_classes) if cfg.logit_map else None
+        self.rate = nn.Parameter(torch.tensor(0.01)) if cfg.boost_rate else None
 
     def features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {m: enc(batch[m]) for m, enc in self.encoders.items()}
@@ -191,6 +195,8 @@ class LateFusionNet(nn.Module):
             return sum(self.cosine_logits(feats).values())
         if self.cfg.fusion == "sum":
             return sum(self.head[m](feats[m]) for m in self.cfg.modalities)
+        if self.rate is not None:
+            return self.rate * sum(self.head(feats[m]) for m in self.cfg.modalities)
         if self.cfg.fusion == "shared":
             logits = torch.stack([self.head(feats[m]) for m in self.cfg.modalities])  # [M, B, C]
             return (entropy_weights(logits)[..., None] * logits).sum(0)

@@ -219,7 +219,7 @@ def test_two_processes_train_each_method_above_chance_with_identical_replicas(st
               "--workers 0 --no-probe --log-with none")
     methods = {"mmpareto": "", "agm": "", "pmr": "", "dropout": "", "mla": "--fusion shared --grad-accum 2 --lr 0.01",
                "mmcosine": "", "opm": "", "cml": "", "mbsd": "", "relearning": "--relearn-every 2",
-               "amco": "", "lfm": ""}
+               "amco": "", "lfm": "", "reconboost": "--fusion shared"}
     accelerate_launch(str(ROOT / "tests" / "several_runs.py"),
                       *(f"{common} --method {m} {extra} --out {tmp_path / m}" for m, extra in methods.items()))
     for m in methods:
@@ -234,7 +234,7 @@ def test_two_processes_train_each_method_above_chance_with_identical_replicas(st
 # Re-learning re-initialising after the second epoch, so from initial weights the resumed run rebuilt
 @pytest.mark.parametrize("method, extra", [("pmr", []), ("agm", []), ("mmcosine", []), ("opm", []), ("cml", []),
                                            ("mbsd", []), ("relearning", ["--relearn-every", "1"]),
-                                           ("amco", []), ("lfm", [])])
+                                           ("amco", []), ("lfm", []), ("reconboost", ["--fusion", "shared"])])
 def test_killed_peer_training_resumes_to_the_same_final_weights(strong_weak, tmp_path, method, extra):
     kill_and_resume(tmp_path, ["--data", str(strong_weak), "--method", method, "--modality", "strong", "--modality",
                                "weak", "--epochs", "2", "--batch-size", "8", "--width", "4", "--workers", "0",

@@ -68,7 +68,8 @@ def test_refused_configurations():
                                       ("mbsd", {"fusion": "mlp"}, "--fusion linear or sum"),
                                       ("relearning", {"relearn_every": 0}, "every >= 1"),
                                       ("amco", {"fusion": "mlp"}, "--fusion linear or sum"),
-                                      ("lfm", {"fusion": "mlp"}, "--fusion linear or sum")):
+                                      ("lfm", {"fusion": "mlp"}, "--fusion linear or sum"),
+                                      ("reconboost", {"fusion": "linear"}, "--fusion shared")):
         with pytest.raises(ConfigError, match=message):
             method_for(config(method, **settings))
 
@@ -349,3 +350,37 @@ def test_lfm_alpha_gradient_is_the_first_tensors_block_of_the_hessian_vector_pro
     method.lr_alpha = 1e9  # a huge step: clipped into [0.05, 0.95]
     method._update(net, 21)
     assert method.alpha in (0.05, 0.95)
+
+
+# --- ReconBoost -----------------------------------------------------------------------------------
+
+def test_reconboost_phases_and_boosting_loss_by_hand():
+    method = method_for(config("reconboost", fusion="shared"))
+    assert [method.phase(e) for e in range(6)] == [("a", "b", 0), (None, "b", 0), ("b", "a", 0), (None, "a", 0),
+                                                   ("a", "b", 1), (None, "b", 1)]
+    net = two_dim_net(fusion="shared", **method.model_options())
+    with torch.no_grad():  # the shared head reads units 0-1 of a feature
+        net.head.weight.zero_()
+        net.head.weight[:, :2] = torch.eye(2)
+        net.head.bias.zero_()
+        net.rate.fill_(0.5)
+    pad = [0.0] * 6
+    feats = {"a": torch.tensor([[1.0, 0.0] + pad, [0.0, 2.0] + pad]), "b": torch.tensor([[2.0, 0.0] + pad, [1.0, 0.0] + pad])}
+    labels = [0, 1]
+    assert net.fuse(feats).tolist() == [[1.5, 0.0], [0.5, 1.0]]  # ρ · (h(f_a) + h(f_b))
+    own, others = [[1.0, 0.0], [0.0, 2.0]], [[1.0, 0.0], [0.5, 0.0]]  # h(f_a); ρ·h(f_b)
+    boost = sum(-5 * math.log(_softmax(o)[y]) / 2 + 1 * _softmax(e)[y] * math.log(_softmax(o)[y]) / 2
+                for o, e, y in zip(own, others, labels)) / 2  # means over the 2 classes, then the 2 samples
+    for epoch, ga in ((0, 0.0), (4, sum((x - z) ** 2 for o, b in zip(own, [[2.0, 0.0], [1.0, 0.0]])
+                                        for x, z in zip(_softmax(o), _softmax(b))) / 4)):
+        method.begin_epoch(epoch, range(0))
+        loss, parts = method.loss(net, {"label": torch.tensor(labels)}, net.fuse(feats), feats)
+        assert loss.item() == pytest.approx(boost + 0.5 * ga, rel=1e-6), epoch  # ga from the second cycle on
+        for p in net.parameters():  # as after a backward pass of the whole model (DDP's zero gradients)
+            p.grad = torch.ones_like(p)
+        method.after_backward(net, {}, feats, epoch, 0, None)  # only a's learner keeps its gradient
+        assert net.rate.grad is None and all(p.grad is None for p in net.encoders["b"].parameters())
+        assert all(p.grad is not None for p in (*net.encoders["a"].parameters(), *net.head.parameters()))
+    method.begin_epoch(1, range(0))  # a global phase: the ensemble's cross-entropy, everything learns
+    loss, _ = method.loss(net, {"label": torch.tensor(labels)}, net.fuse(feats), feats)
+    assert loss.item() == pytest.approx((-math.log(_softmax([1.5, 0])[0]) - math.log(_softmax([0.5, 1])[1])) / 2)

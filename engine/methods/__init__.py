@@ -16,12 +16,14 @@ from .mmcosine import MMCosine
 from .ogm_ge import OgmGe
 from .opm import Opm
 from .pmr import Pmr
+from .reconboost import ReconBoost
 from .relearning import Relearning
 from .umt import Umt
 
 REGISTRY: dict[str, type[Method]] = {m.name: m for m in (Unimodal, Method, Umt, OgmGe, GBlend, MMPareto, Agm, Pmr,
                                                          ModalityDropout, Mla,
-                                                         MMCosine, Opm, Cml, Mbsd, Relearning, Amco, Lfm)}
+                                                         MMCosine, Opm, Cml, Mbsd, Relearning, Amco, Lfm,
+                                                         ReconBoost)}
 
 
 def method_for(cfg: TrainConfig) -> Method:

@@ -232,9 +232,9 @@ def test_two_processes_train_each_method_above_chance_with_identical_replicas(st
 
 # prototypes per epoch; AGM's running scores per step; the methods of issue 21 (test_peer_methods_c.py),
 # Re-learning re-initialising after the second epoch, so from initial weights the resumed run rebuilt
-@pytest.mark.parametrize("method, extra", [("pmr", []), ("agm", []), ("mmcosine", []), ("opm", []), ("cml", []),
-                                           ("mbsd", []), ("relearning", ["--relearn-every", "1"]),
-                                           ("amco", []), ("lfm", []), ("reconboost", ["--fusion", "shared"])])
+@pytest.mark.parametrize("method, extra", [pytest.param(m, extra, id=m) for m, extra in (
+    ("pmr", []), ("agm", []), ("mmcosine", []), ("opm", []), ("cml", []), ("mbsd", []),
+    ("relearning", ["--relearn-every", "1"]), ("amco", []), ("lfm", []), ("reconboost", ["--fusion", "shared"]))])
 def test_killed_peer_training_resumes_to_the_same_final_weights(strong_weak, tmp_path, method, extra):
     kill_and_resume(tmp_path, ["--data", str(strong_weak), "--method", method, "--modality", "strong", "--modality",
                                "weak", "--epochs", "2", "--batch-size", "8", "--width", "4", "--workers", "0",

@@ -70,8 +70,8 @@ def purity(labels: torch.Tensor, clusters: torch.Tensor) -> float:
 
 class Relearning(Method):
     name = "relearning"
-    summary = ("joint; every few epochs each encoder moved toward its initial weights by tanh(λ·|train − val|\n"
-               "            k-means purity of its features| (Wei, Li, Hu, ECCV 2024)")
+    summary = ("joint; every few epochs each encoder moved toward its initial weights by tanh(λ·|train − val\n"
+               "            k-means purity of its features|) (Wei, Li, Hu, ECCV 2024)")
 
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)

@@ -261,7 +261,8 @@ def test_amco_loss_masks_the_dependent_modality_by_hand():
         net.logit_map.weight.copy_(torch.tensor([[1.0, 0.5], [0.0, 2.0]]))
         net.logit_map.bias.copy_(torch.tensor([0.1, 0.0]))
     pad = [0.0] * 6
-    feats = {"a": torch.tensor([[4.0, 0.0] + pad, [3.0, 1.0] + pad]), "b": torch.tensor([[0.0, 0.5] + pad, [0.2, 0.0] + pad])}
+    feats = {"a": torch.tensor([[4.0, 0.0] + pad, [3.0, 1.0] + pad]),
+             "b": torch.tensor([[0.0, 0.5] + pad, [0.2, 0.0] + pad])}
     u = {"a": [[4.0, 0.0], [3.0, 1.0]], "b": [[0.0, 0.5], [0.2, 0.0]]}
     ce = lambda z: sum(-math.log(_softmax(row)[y]) for row, y in zip(z, labels)) / 2
     mapped = lambda z: [[r[0] + 0.5 * r[1] + 0.1, 2 * r[1]] for r in z]
@@ -365,7 +366,8 @@ def test_reconboost_phases_and_boosting_loss_by_hand():
         net.head.bias.zero_()
         net.rate.fill_(0.5)
     pad = [0.0] * 6
-    feats = {"a": torch.tensor([[1.0, 0.0] + pad, [0.0, 2.0] + pad]), "b": torch.tensor([[2.0, 0.0] + pad, [1.0, 0.0] + pad])}
+    feats = {"a": torch.tensor([[1.0, 0.0] + pad, [0.0, 2.0] + pad]),
+             "b": torch.tensor([[2.0, 0.0] + pad, [1.0, 0.0] + pad])}
     labels = [0, 1]
     assert net.fuse(feats).tolist() == [[1.5, 0.0], [0.5, 1.0]]  # ρ · (h(f_a) + h(f_b))
     own, others = [[1.0, 0.0], [0.0, 2.0]], [[1.0, 0.0], [0.5, 0.0]]  # h(f_a); ρ·h(f_b)

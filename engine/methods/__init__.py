@@ -8,9 +8,9 @@ from .base import Method, Unimodal
 from .cml import Cml
 from .dropout import ModalityDropout
 from .gblend import GBlend
-from .mmpareto import MMPareto
 from .lfm import Lfm
 from .mbsd import Mbsd
+from .mmpareto import MMPareto
 from .mla import Mla
 from .mmcosine import MMCosine
 from .ogm_ge import OgmGe

@@ -53,7 +53,8 @@ def class_mask(seed: int, epoch: int, batch: int, num_classes: int, eps: float) 
 class Amco(Method):
     name = "amco"
     summary = ("joint + uni-modal losses; the modality the model depends on has a growing share of its logit\n"
-               "            classes masked from the fused prediction (Zhou et al., ICASSP 2023; needs --fusion linear or sum)")
+               "            classes masked from the fused prediction (Zhou et al., ICASSP 2023; needs --fusion linear\n"
+               "            or sum)")
 
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 import torch.nn.functional as F
 
 from umt.engine.config import ConfigError, TrainConfig
@@ -112,6 +113,19 @@ def test_opm_loss_drops_the_leading_modality_and_rescales_by_hand():
     plain = method_for(config("opm", seed=seed, opm_p_exe=0.0))
     loss, _ = plain.loss(net, {"label": labels, "row": torch.arange(6)}, logits, feats)
     assert loss.item() == pytest.approx(-math.log(math.exp(5) / (math.exp(5) + 2)), rel=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0.01, 50), min_size=2, max_size=4), st.floats(0, 1), st.floats(0, 2))
+def test_opm_drops_at_most_the_one_leading_modality(scores, q_base, alpha):
+    named = {f"m{i}": s for i, s in enumerate(scores)}
+    q = drop_probabilities(named, q_base, alpha)
+    dropped = [m for m, v in q.items() if v > 0]
+    assert len(dropped) <= 1  # leading the others' sum: only one modality can
+    for m in dropped:
+        assert named[m] > sum(named.values()) - named[m] and q[m] >= q_base
+    more = drop_probabilities({**named, "m0": named["m0"] * 2}, q_base, alpha)["m0"]
+    assert more >= q["m0"]  # a larger lead never lowers the drop probability
 
 
 def test_opm_masks_depend_on_the_sample_not_on_its_batch():

@@ -113,6 +113,33 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    "training sample loses one modality (chosen uniformly; its feature zeroed, not rescaled)")
     p.add_argument("--no-mla-projection", dest="mla_projection", action="store_false", help="MLA without the "
                    "gradient modification of the shared head (the paper's ablation)")
+    p.add_argument("--mmcosine-scale", type=float, default=d.mmcosine_scale, help="MMCosine: scale s of the "
+                   "summed per-modality cosine logits")
+    p.add_argument("--opm-alpha", type=float, default=d.opm_alpha, help="OPM: α, growth of the dominant "
+                   "modality's drop probability with its lead")
+    p.add_argument("--opm-p-exe", type=float, default=d.opm_p_exe, help="OPM: probability that a batch is modulated")
+    p.add_argument("--opm-q-base", type=float, default=d.opm_q_base, help="OPM: base drop probability q_base")
+    p.add_argument("--opm-start", type=int, default=d.opm_start, help="OPM: first modulated epoch")
+    p.add_argument("--cml-lambda", type=float, default=d.cml_lambda, help="CML: weight λ of the penalty on "
+                   "confidence gained by removing modalities")
+    p.add_argument("--relearn-lambda", type=float, default=d.relearn_lambda, help="Re-learning: λ in the "
+                   "re-initialisation strength tanh(λ·|train − val purity|)")
+    p.add_argument("--relearn-every", type=int, default=d.relearn_every, help="Re-learning: epochs between "
+                   "re-initialisations")
+    p.add_argument("--relearn-times", type=int, default=d.relearn_times, help="Re-learning: most re-initialisations")
+    p.add_argument("--amco-sigma", type=float, default=d.amco_sigma, help="AMCo: share of the softmax mass above "
+                   "which a modality counts as depended on (and is masked in the next batch)")
+    p.add_argument("--amco-eps", type=float, default=d.amco_eps, help="AMCo: ε of the mask ratio's sine ramp")
+    p.add_argument("--lfm-lr-alpha", type=float, default=d.lfm_lr_alpha, help="LFM: step size of the per-epoch "
+                   "update of the alignment weight (halved every 20 epochs)")
+    p.add_argument("--reconboost-alpha", type=float, default=d.reconboost_alpha, help="ReconBoost: weight of "
+                   "the official ga term (gradient-free as written)")
+    p.add_argument("--reconboost-w1", type=float, default=d.reconboost_w1, help="ReconBoost: weight of the boosted "
+                   "learner's own log-likelihood")
+    p.add_argument("--reconboost-w2", type=float, default=d.reconboost_w2, help="ReconBoost: weight of the term "
+                   "against the other modalities' ensemble")
+    p.add_argument("--reconboost-epochs", type=int, default=d.reconboost_epochs, help="ReconBoost: epochs per "
+                   "phase (boosting one modality, then global fine-tuning)")
     p.add_argument("--ume-combine", choices=CHOICES["ume_combine"], default=d.ume_combine, help="UME: average logits or probabilities")
     p.add_argument("--ume-fit-weights", action="store_true", help="UME: fit member weights on the validation split")
     p.add_argument("--cache-budget-gb", type=float, default=d.cache_budget_gb, help="load the cache whole onto "

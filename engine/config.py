@@ -8,7 +8,9 @@ from umt.loaders.loading.bad import BAD_SAMPLE_POLICIES
 from umt.loaders.stored.views import MAX_TEST_CLIPS, MAX_TEST_CROPS, ViewSpec
 
 METHODS = ("unimodal", "joint", "umt", "ume", "ogm-ge", "gblend",
-           "mmpareto", "agm", "pmr", "dropout", "mla")  # ume evaluates, the others train
+           "mmpareto", "agm", "pmr", "dropout", "mla",
+           "mmcosine", "opm", "cml", "mbsd", "relearning", "amco", "lfm",
+           "reconboost")  # ume evaluates, the others train
 # The allowed values of every choice setting, declared once (the CLI's choices come from here).
 CHOICES: dict[str, tuple[str, ...]] = {
     "method": METHODS,
@@ -71,6 +73,22 @@ class TrainConfig:
     pmr_end: int | None = None       # PMR: epoch at which rebalancing stops (None: never)
     dropout_p: float = 0.5           # modality dropout: probability that a training sample loses one modality
     mla_projection: bool = True      # MLA: project the shared head's gradient (OWM; the official GSPlugin)
+    mmcosine_scale: float = 15.0     # MMCosine's s (BalanceBenchmark trainer_config.yaml, MMCosine: scaling 15)
+    opm_alpha: float = 0.5           # OPM's α (BalanceBenchmark trainer_config.yaml, OPM: alpha 0.5)
+    opm_p_exe: float = 0.7           # OPM: probability that a batch is modulated (p_exe 0.7)
+    opm_q_base: float = 0.4          # OPM: base drop probability of the dominant modality (q_base 0.4)
+    opm_start: int = 0               # OPM: first modulated epoch (BalanceBenchmark 0; BML_TPAMI2024 warms up 6)
+    cml_lambda: float = 0.1          # CML's λ, weight of the confidence penalty (BalanceBenchmark, CML: lam 0.1)
+    relearn_lambda: float = 3.0      # Re-learning's λ in tanh(λ·purity gap) (BalanceBenchmark: move_lambda 3)
+    relearn_every: int = 15          # Re-learning: epochs between re-initialisations (reinit_epoch 15)
+    relearn_times: int = 2           # Re-learning: how many re-initialisations at most (reinit_num 2)
+    amco_sigma: float = 0.5          # AMCo: softmax-mass share above which a modality counts as depended on (sigma 0.5)
+    amco_eps: float = 0.3            # AMCo: ε of the mask ratio's sine ramp (eps 0.3)
+    lfm_lr_alpha: float = 1e-4       # LFM: step size of the alignment weight's update (BalanceBenchmark, LFM: lr_alpha)
+    reconboost_alpha: float = 0.5    # ReconBoost: weight of the (gradient-free) ga term (BalanceBenchmark: alpha 0.5)
+    reconboost_w1: float = 5.0       # ReconBoost: weight of the boosted learner's own log-likelihood (weight1 5)
+    reconboost_w2: float = 1.0       # ReconBoost: weight of the term against the others' ensemble (weight2 1)
+    reconboost_epochs: int = 1       # ReconBoost: epochs per phase, T (T_epochs 1)
     ume_combine: str = "logits"      # UME: average "logits" or "probs"
     ume_fit_weights: bool = False    # UME: fit per-member weights on the validation split
     cache: str | None = None         # UMT targets from `umt-cache build`

@@ -15,6 +15,13 @@ knobs have their own section, read only by that method:
     pmr:    alpha, momentum, start, end
     dropout: p
     mla:    projection
+    mmcosine: scale
+    opm:    alpha, p_exe, q_base, start
+    cml:    lambda
+    relearning: lambda, every, times
+    amco:   sigma, eps
+    lfm:    lr_alpha
+    reconboost: alpha, w1, w2, epochs
     ume:    members, combine, fit_weights
     run:    out, seed, log_every, checkpoint_every, resume, select, probe, probe_every, log_with
 
@@ -56,6 +63,14 @@ SECTIONS: dict[str, dict[str, str]] = {
     "pmr": {"alpha": "pmr_alpha", "momentum": "pmr_momentum", "start": "pmr_start", "end": "pmr_end"},
     "dropout": {"p": "dropout_p"},
     "mla": {"projection": "mla_projection"},
+    "mmcosine": {"scale": "mmcosine_scale"},
+    "opm": {"alpha": "opm_alpha", "p_exe": "opm_p_exe", "q_base": "opm_q_base", "start": "opm_start"},
+    "cml": {"lambda": "cml_lambda"},
+    "relearning": {"lambda": "relearn_lambda", "every": "relearn_every", "times": "relearn_times"},
+    "amco": {"sigma": "amco_sigma", "eps": "amco_eps"},
+    "lfm": {"lr_alpha": "lfm_lr_alpha"},
+    "reconboost": {"alpha": "reconboost_alpha", "w1": "reconboost_w1", "w2": "reconboost_w2",
+                   "epochs": "reconboost_epochs"},
     "ume": {"members": "members", "combine": "ume_combine", "fit_weights": "ume_fit_weights"},
     "run": {"out": "out", "seed": "seed", "log_every": "log_every", "checkpoint_every": "checkpoint_every",
             "resume": "resume", "select": "select", "probe": "probe", "probe_every": "probe_every",

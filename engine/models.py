@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 VIDEO_MEAN = (0.45, 0.45, 0.45)
@@ -26,6 +27,9 @@ class ModelConfig:
     hidden: int = 256
     projector: tuple[str, ...] = ()  # UMT: modalities distilled through a learned linear map, MSE(P·f, f_teacher)
     aux_heads: bool = False  # G-Blending: one auxiliary linear classifier per modality
+    cosine_scale: float = 0.0  # MMCosine: > 0 makes the linear head a bias-free cosine classifier per modality
+    logit_map: bool = False  # AMCo: a learned C×C linear map after the fusion head (its `linear_star`)
+    boost_rate: bool = False  # ReconBoost: with fusion "shared", logits ρ·Σ_m head(f_m), ρ learned (from 0.01)
     inputs: dict = field(default_factory=dict)  # modality → {"kind", "dim"}; absent: kind = name (video, audio)
 
     def to_dict(self) -> dict:
@@ -150,8 +154,12 @@ class LateFusionNet(nn.Module):
         self.cfg = cfg
         self.encoders = nn.ModuleDict({m: cfg.encoder(m) for m in cfg.modalities})
         dim = sum(enc.out_dim for enc in self.encoders.values())
+        if cfg.cosine_scale and cfg.fusion != "linear":
+            raise ValueError(f"a cosine head (cosine_scale) needs fusion 'linear', got {cfg.fusion!r}")
+        if cfg.boost_rate and cfg.fusion != "shared":
+            raise ValueError(f"a boosted sum (boost_rate) needs fusion 'shared', got {cfg.fusion!r}")
         if cfg.fusion == "linear":
-            self.head = nn.Linear(dim, cfg.num_classes)
+            self.head = nn.Linear(dim, cfg.num_classes, bias=not cfg.cosine_scale)
         elif cfg.fusion == "mlp":
             self.head = nn.Sequential(nn.Linear(dim, cfg.hidden), nn.ReLU(inplace=True),
                                       nn.Linear(cfg.hidden, cfg.num_classes))
@@ -168,6 +176,8 @@ class LateFusionNet(nn.Module):
                                        if cfg.aux_heads else {})
         self.projectors = nn.ModuleDict({m: nn.Linear(self.encoders[m].out_dim, self.encoders[m].out_dim)
                                          for m in cfg.projector})
+        self.logit_map = nn.Linear(cfg.num_classes, cfg.num_classes) if cfg.logit_map else None
+        self.rate = nn.Parameter(torch.tensor(0.01)) if cfg.boost_rate else None
 
     def features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {m: enc(batch[m]) for m, enc in self.encoders.items()}
@@ -175,17 +185,33 @@ class LateFusionNet(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Fused logits and each modality's pooled feature (the UMT distillation point)."""
         feats = self.features(batch)
-        return self.fuse(feats), feats
+        logits = self.fuse(feats)
+        return (self.logit_map(logits) if self.logit_map is not None else logits), feats
 
     def fuse(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         """The fusion head's logits from each modality's feature (a uni-modal model: its classifier's logits;
         methods that change features before fusion, e.g. modality dropout, call it on their own)."""
+        if self.cfg.cosine_scale:
+            return sum(self.cosine_logits(feats).values())
         if self.cfg.fusion == "sum":
             return sum(self.head[m](feats[m]) for m in self.cfg.modalities)
+        if self.rate is not None:
+            return self.rate * sum(self.head(feats[m]) for m in self.cfg.modalities)
         if self.cfg.fusion == "shared":
             logits = torch.stack([self.head(feats[m]) for m in self.cfg.modalities])  # [M, B, C]
             return (entropy_weights(logits)[..., None] * logits).sum(0)
         return self.head(torch.cat([feats[m] for m in self.cfg.modalities], dim=1))
+
+    def cosine_logits(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """MMCosine's per-modality logits s·cos(f_m, W_m,c): the feature and each class's row of the head's
+        block for modality m, both L2-normalised, so no modality wins by the norm of its features or weights."""
+        out, start = {}, 0
+        for m in self.cfg.modalities:
+            dim = feats[m].shape[1]
+            weight = F.normalize(self.head.weight[:, start:start + dim], dim=1)
+            out[m] = self.cfg.cosine_scale * F.normalize(feats[m], dim=1) @ weight.T
+            start += dim
+        return out
 
     def distilled(self, modality: str, feature: torch.Tensor) -> torch.Tensor:
         """What UMT compares with the teacher's feature: the feature itself, or its projection."""

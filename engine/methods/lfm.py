@@ -1,0 +1,122 @@
+"""LFM (Yang et al., NeurIPS 2024, "Facilitating Multimodal Classification via Dynamically Learning Modality
+Gap"), as GeWu-Lab/BalanceBenchmark implements it: the fused cross-entropy and an alignment term between
+the modalities' predictions, traded off by a weight learnt once per epoch from a hypergradient.
+
+With u_m = W_m f_m + b/M modality m's additive share of the fused logits (balancing.modality_logits),
+p_m = softmax(u_m), and for a pair (a, b), n = (p_a + p_b)/2,
+    J(a, b) = ½ (KL(n ‖ p_a) + KL(n ‖ p_b))      (batch means; the official `Alignment`, whose
+                                                  kl_div(p.log(), n) is KL(n ‖ p), not KL(p ‖ n))
+    L = 2 (α_0 · CE(fused logits, y) + α_1 · mean over pairs J),   α_0 = 1 − α_1, α_1 = 0.05 at the start.
+Before each epoch, on one fixed batch (the first quarter of the validation split's first batch, model
+in training mode), with L_α = α_0 CE + α_1 · mean J and g = ∇_θ CE over all parameters θ:
+    h = ∇_θ (∇_θ L_α · g)  (the Hessian of L_α times g, g held fixed),
+    α_1 ← clip(α_1 − η_α · mean(h_first), 0.05, 0.95),
+h_first being h's block for the model's first parameter tensor only (the official
+`hessian_vector_prod[0].mean()`), and η_α (1e-4) halved before the update of every epoch e > 0 with
+e mod 20 = 0.
+
+Source: GeWu-Lab/BalanceBenchmark, balancemm/trainer/LFM_trainer.py (`Alignment`, `getAlpha_Learnable`,
+`training_step`; lr_alpha 0.0001 in configs/trainer_config.yaml, α starting at {0: 0.95, 1: 0.05};
+its `alpha: 1` is overwritten before use); the authors' own code is not in our reference index.
+Deviations: the fixed batch is the validation split's first batch as this run's evaluation reads it
+(batch size --batch-size, centre views), the same on every rank, and the new α is rank 0's, broadcast.
+Cost: two extra backward passes (one of second order) through the whole model on a quarter batch per
+epoch.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate.utils import broadcast_object_list
+
+from umt.loaders.loading.loader import make_loader
+from umt.loaders.stored.views import ViewPolicy
+
+from .. import balancing
+from ..config import ConfigError, TrainConfig
+from ..models import LateFusionNet
+from .base import Method, Parts
+
+
+def alignment(u_a: torch.Tensor, u_b: torch.Tensor) -> torch.Tensor:
+    """½ (KL(n ‖ p_a) + KL(n ‖ p_b)), n the mean of the two softmaxes, averaged over the batch."""
+    p, q = u_a.softmax(-1), u_b.softmax(-1)
+    n = (p + q) / 2
+    return 0.5 * (F.kl_div(p.log(), n, reduction="batchmean") + F.kl_div(q.log(), n, reduction="batchmean"))
+
+
+def lfm_terms(net: LateFusionNet, logits: torch.Tensor, feats: dict[str, torch.Tensor],
+              labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(CE of the fused logits, mean alignment over the pairs of modalities)."""
+    shares = balancing.modality_logits(net, feats)
+    pairs = list(itertools.combinations(net.cfg.modalities, 2))
+    return F.cross_entropy(logits, labels), sum(alignment(shares[a], shares[b]) for a, b in pairs) / len(pairs)
+
+
+def alpha_gradient(net: LateFusionNet, batch: dict[str, torch.Tensor], alpha: float) -> float:
+    """mean over the first parameter tensor of ∇_θ(∇_θ L_α · ∇_θ CE), L_α = (1 − α) CE + α J."""
+    params = list(net.parameters())
+    logits, feats = net(batch)
+    ce, align = lfm_terms(net, logits, feats, batch["label"])
+    total = torch.autograd.grad((1 - alpha) * ce + alpha * align, params, create_graph=True)
+    cls = torch.autograd.grad(ce, params, retain_graph=True)
+    hvp = torch.autograd.grad(total, params, grad_outputs=cls)
+    return hvp[0].mean().item()
+
+
+class Lfm(Method):
+    name = "lfm"
+    summary = ("joint with an alignment term between the modalities' predictions, its weight learnt per epoch\n"
+               "            from a hypergradient (Yang et al., NeurIPS 2024; needs --fusion linear or sum)")
+
+    def __init__(self, cfg: TrainConfig):
+        super().__init__(cfg)
+        self.alpha = 0.05             # α_1, the alignment weight
+        self.lr_alpha = cfg.lfm_lr_alpha
+        self.epoch = 0
+
+    @classmethod
+    def check(cls, cfg: TrainConfig) -> None:
+        super().check(cfg)
+        if cfg.fusion not in ("linear", "sum"):
+            raise ConfigError("lfm needs --fusion linear or sum (it aligns each modality's share of the fused logits)")
+
+    def prepare(self, net, device) -> tuple[int, int | None]:
+        cfg = self.cfg
+        first = next(iter(make_loader(cfg.data, "val", cfg.view, cfg.modalities, ViewPolicy(0), cfg.batch_size, 0)))
+        quarter = len(first["label"]) // 4
+        if quarter == 0:
+            raise ConfigError(f"lfm learns its weight on a quarter of the first validation batch: {cfg.data}'s holds "
+                              f"{len(first['label'])} sample(s); use a batch size of 4 or more")
+        self.batch = {k: v[:quarter].to(device) for k, v in first.items()}
+        self._update(net, 0)
+        return super().prepare(net, device)
+
+    def _update(self, net: LateFusionNet, epoch: int) -> None:
+        """The official update before epoch `epoch`, from rank 0's numbers."""
+        if epoch % 20 == 0 and epoch != 0:
+            self.lr_alpha /= 2
+        alpha = min(0.95, max(0.05, self.alpha - self.lr_alpha * alpha_gradient(net, self.batch, self.alpha)))
+        self.alpha = broadcast_object_list([alpha])[0]
+
+    def begin_epoch(self, epoch: int, steps: range) -> None:
+        self.epoch = epoch
+
+    def loss(self, net, batch, logits, feats) -> tuple[torch.Tensor, Parts]:
+        ce, align = lfm_terms(net, logits, feats, batch["label"])
+        loss = 2 * ((1 - self.alpha) * ce + self.alpha * align)
+        return loss, {"ce": ce.detach(), "lfm_alignment": align.detach(), "lfm_alpha": torch.tensor(self.alpha)}
+
+    def end_of_epoch(self, net, val, accelerator) -> dict[str, Any]:
+        if self.epoch + 1 < self.cfg.epochs:  # the weight of the next epoch
+            self._update(net, self.epoch + 1)
+        return {"lfm_alpha": self.alpha}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "lr_alpha": self.lr_alpha}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.alpha, self.lr_alpha = state["alpha"], state["lr_alpha"]

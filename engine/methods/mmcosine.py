@@ -1,0 +1,48 @@
+"""MMCosine (Xu, Feng, Li, Hu, Wei, ICASSP 2023, "MMCosine: Multi-Modal Cosine Loss Towards Balanced
+Audio-Visual Fine-Grained Learning"): joint training whose fused logits are a sum of per-modality
+cosine similarities, so that no modality dominates the fused logits through the norm of its features
+or of its block of the head.
+
+With W_m the [C, D_m] block of the linear fusion head that reads modality m's feature f_m, and
+ŵ_m,c = W_m,c / ‖W_m,c‖ (each class's row), f̂_m = f_m / ‖f_m‖:
+    z_c = s · Σ_m f̂_m · ŵ_m,c,       L = CE(z, y),       s = 15,
+at training and at evaluation alike (the head has no bias): ModelConfig.cosine_scale, models.py
+`LateFusionNet.cosine_logits`.
+
+Source: GeWu-Lab/MMCosine_ICASSP23, main_CD.py (`--mmcosine`: F.normalize(feature, dim=1) against
+F.normalize(fc_out.weight[:, block].T, dim=0), times `--scaling`, default 10); GeWu-Lab/BalanceBenchmark,
+balancemm/trainer/MMCosine_trainer.py (the same logits at training and validation; scaling 15 in
+configs/trainer_config.yaml, whose default this module takes).
+Deviations: the head is built without a bias (the official heads keep an unused one); the cosine logits
+hold from the first epoch to the last (BalanceBenchmark's modulation window, epochs 0-80, covers its
+30 epochs); the official main_CD.py scores its fused accuracy on the plain linear output
+(`out` of the model's forward), BalanceBenchmark and this module on the cosine logits. The NCE term
+of the paper's supplement (`--lam`, default 0) is not carried over.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import ConfigError, TrainConfig
+from .base import Method
+
+
+class MMCosine(Method):
+    name = "mmcosine"
+    summary = ("joint with fused logits s·Σ_m cos(f_m, W_m,c): feature and per-class weight rows of each\n"
+               "            modality normalised (Xu et al., ICASSP 2023; needs --fusion linear)")
+
+    @classmethod
+    def check(cls, cfg: TrainConfig) -> None:
+        super().check(cfg)
+        if cfg.fusion != "linear":
+            raise ConfigError(f"mmcosine normalises each modality's block of a linear head: use --fusion linear "
+                              f"(got {cfg.fusion!r})")
+        if cfg.mmcosine_scale <= 0:
+            raise ConfigError(f"mmcosine scale must be > 0, got {cfg.mmcosine_scale}")
+
+    def model_options(self) -> dict[str, Any]:
+        return {"cosine_scale": self.cfg.mmcosine_scale}
+
+    def describe(self) -> str:
+        return f"- MMCosine: cosine fused logits, scale s = {self.cfg.mmcosine_scale}\n"

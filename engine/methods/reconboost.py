@@ -1,0 +1,103 @@
+"""ReconBoost (Hua, Xu, Wu, Zhang, Wang, ICML 2024, "ReconBoost: Boosting Can Achieve Modality
+Reconcilement"), as GeWu-Lab/BalanceBenchmark implements it: the modalities' learners are trained in
+turn, each boosted against the others' ensemble, with global fine-tuning of the whole ensemble between.
+
+The model is an ensemble z = ρ · Σ_m h(f_m): one linear head h shared by every modality (`--fusion shared`)
+and a learned rate ρ (from 0.01; ModelConfig.boost_rate). Training cycles through phases of T epochs
+each: for every modality m in turn, a boosting phase, then a global phase. In modality m's boosting
+phase, with o = h(f_m) (m's learner), e = ρ · Σ_{k≠m} h(f_k) the others' ensemble (no gradient) and t
+the one-hot label, per sample
+    L_i = −w_1 · mean_c(t · log softmax(o)) + w_2 · mean_c(t · softmax(e) · log softmax(o)),
+plus, after the first cycle, α · MSE(softmax(o), softmax(h(f_p))) with p the modality before m (both
+detached in the official code, so this term is logged but moves nothing); only m's encoder and the
+head learn (the others' gradients are set to None, so AdamW leaves them). In a global phase,
+L = CE(z, y) over everything. Evaluation predicts z. w_1 = 5, w_2 = 1, α = 0.5, T = 1.
+
+Source: GeWu-Lab/BalanceBenchmark, balancemm/trainer/ReconBoost_trainer.py (`fit`: the modality order and
+its predecessor; `train_loop`: T epochs of `training_step1` then T of `training_step2` per modality;
+alpha 0.5, T_epochs 1, weight1 5, weight2 1 in configs/trainer_config.yaml) and
+balancemm/models/avclassify_model.py (`BaseClassifierReconBoostModel`: `modality_model`, `boost_rate`;
+fusion "shared" in configs/model_config.yaml); the authors' own code is not in our reference index.
+Deviations: one BalanceBenchmark epoch is 2·M·T passes over the data (with one validation); here each
+pass is an epoch of its own (train 2·M·T times the epochs for the official count); the loss adds
+0·(fused logits) so DDP reduces a zero gradient for every parameter in a boosting phase (as MLA).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..config import ConfigError, TrainConfig
+from .base import Method, Parts
+
+
+def boosting_loss(own: torch.Tensor, others: torch.Tensor, labels: torch.Tensor, w1: float, w2: float) -> torch.Tensor:
+    """Batch mean of −w1·mean_c(t·log p) + w2·mean_c(t·softmax(others)·log p), p = softmax(own)."""
+    target = F.one_hot(labels, own.shape[1]).to(own.dtype)
+    log_p = own.log_softmax(1)
+    return (-w1 * (target * log_p).mean(1) + w2 * (target * others.softmax(1) * log_p).mean(1)).mean()
+
+
+class ReconBoost(Method):
+    name = "reconboost"
+    summary = ("modalities' learners boosted in turn against the others' ensemble, with global fine-tuning\n"
+               "            between (Hua et al., ICML 2024; needs --fusion shared; one pass per epoch)")
+
+    def __init__(self, cfg: TrainConfig):
+        super().__init__(cfg)
+        self.epoch = 0
+
+    @classmethod
+    def check(cls, cfg: TrainConfig) -> None:
+        super().check(cfg)
+        if cfg.fusion != "shared":
+            raise ConfigError("reconboost's learners share one linear head: use --fusion shared "
+                              f"(got {cfg.fusion!r})")
+        if cfg.reconboost_epochs < 1:
+            raise ConfigError(f"reconboost needs T >= 1 epochs per phase, got {cfg.reconboost_epochs}")
+
+    def model_options(self) -> dict[str, Any]:
+        return {"boost_rate": True}
+
+    def phase(self, epoch: int) -> tuple[str | None, str, int]:
+        """(the boosted modality, or None in a global phase; its predecessor; the cycle) of an epoch."""
+        mods, t = list(self.cfg.modalities), self.cfg.reconboost_epochs
+        cycle, within = divmod(epoch, 2 * t * len(mods))
+        i = within // (2 * t)
+        return (mods[i] if within % (2 * t) < t else None), mods[i - 1], cycle
+
+    def begin_epoch(self, epoch: int, steps: range) -> None:
+        self.epoch = epoch
+
+    def loss(self, net, batch, logits, feats) -> tuple[torch.Tensor, Parts]:
+        cfg, labels = self.cfg, batch["label"]
+        boosted, before, cycle = self.phase(self.epoch)
+        if boosted is None:
+            return super().loss(net, batch, logits, feats)
+        own = net.head(feats[boosted])
+        with torch.no_grad():
+            others = net.rate * sum(net.head(feats[m]) for m in net.cfg.modalities if m != boosted)
+        loss = boosting_loss(own, others, labels, cfg.reconboost_w1, cfg.reconboost_w2)
+        parts = {f"boost_{boosted}": loss.detach()}
+        if cycle > 0:  # the official term: both sides detached, so it changes the loss value, not the step
+            ga = F.mse_loss(own.detach().softmax(1), net.head(feats[before]).detach().softmax(1))
+            loss = loss + cfg.reconboost_alpha * ga
+            parts["reconboost_ga"] = ga
+        return loss + 0.0 * logits.sum(), parts
+
+    @torch.no_grad()
+    def after_backward(self, net, batch, feats, epoch, step, accelerator) -> Parts:
+        boosted, _, _ = self.phase(epoch)
+        if boosted is not None:  # only the boosted learner (its encoder and the shared head) takes the step
+            learner = {id(p) for p in (*net.encoders[boosted].parameters(), *net.head.parameters())}
+            for p in net.parameters():
+                if id(p) not in learner:
+                    p.grad = None
+        return {}
+
+    def describe(self) -> str:
+        t = self.cfg.reconboost_epochs
+        return (f"- ReconBoost: phases of {t} epoch(s): boost each of {', '.join(self.cfg.modalities)} in turn, "
+                "each followed by global fine-tuning\n")

@@ -128,14 +128,16 @@ def run_cell(cell: Cell, out: Path) -> dict:
             data_main(["pack-arrays", *[f"--view={v}={cell.raw[v]}" for v in views], "--labels", str(cell.raw["labels"]),
                        "--out", str(data), "--seed", str(cell.seed), "--shard-size", "1000"])
         r = cell.recipe
-        common = ["--data", str(data), "--epochs", str(r.epochs), "--batch-size", str(r.batch_size), "--lr", str(r.lr),
-                  "--width", str(r.width), "--seed", str(cell.seed), "--workers", str(r.workers), "--select", r.select,
-                  *r.view]
+        evaluation = ["--data", str(data), "--batch-size", str(r.batch_size), "--workers", str(r.workers), *r.view]
+        training = ["--epochs", str(r.epochs), "--lr", str(r.lr), "--width", str(r.width), "--seed", str(cell.seed),
+                    "--select", r.select]
 
-        def train(name: str, *args: str, fusion: str = "mlp") -> dict:
-            """One run; a run whose results.json exists is read, not repeated (a sweep resumes where it stopped)."""
+        def train(name: str, *args: str, fusion: str | None = "mlp") -> dict:
+            """One run (fusion None: UME's, which trains nothing and takes no training flags); a run whose
+            results.json exists is read, not repeated (a sweep resumes where it stopped)."""
             if not (work / name / "results.json").is_file():
-                train_main([*common, "--fusion", fusion, "--out", str(work / name), *args])
+                train_main([*evaluation, *([*training, "--fusion", fusion] if fusion else []), "--out", str(work / name),
+                            *args])
             runs[name.replace("-", "_")] = name
             return json.loads((work / name / "results.json").read_text())
 
@@ -152,7 +154,7 @@ def run_cell(cell: Cell, out: Path) -> dict:
         umt = train("umt", *distil)
         umt_projector = train("umt-projector", *distil, "--projector")
         umt_both = train("umt-both", *distil, "--distill-targets", "both")  # features and T²·KL on teacher logits
-        ume = train("ume", "--method", "ume", *[f"--member={v}={c}" for v, c in ckpts.items()])
+        ume = train("ume", "--method", "ume", *[f"--member={v}={c}" for v, c in ckpts.items()], fusion=None)
         choice = guide(str(data), ckpts, str(work / "joint" / "model.pt"), split="val", num_workers=r.workers,
                        umt=str(work / "umt" / "model.pt"))
         fused = {"joint": joint, "umt": umt, "umt_projector": umt_projector, "umt_both": umt_both}

@@ -59,10 +59,6 @@ def batched_by_shard(samples: Iterator[dict], batch_size: int) -> Iterator[dict]
         yield collate(batch)
 
 
-def cache_bytes(num_samples: int, num_views: int, dims: dict[str, int]) -> int:
-    return num_samples * num_views * sum(dims.values()) * 2
-
-
 def build(data_dir: str, teachers: dict[str, str], out: str, num_views: int, seed: int = 0,
           split: str = "train", batch_size: int = 32, num_workers: int = 1, progress: bool = True) -> Path:
     state = PartialState(cpu=not torch.cuda.is_available())
@@ -83,9 +79,10 @@ def build(data_dir: str, teachers: dict[str, str], out: str, num_views: int, see
                               "dim": dims[m]} for m in modalities},
              "shards": [s["name"] for s in shards]}
     if state.is_main_process:
-        size = cache_bytes(attrs["num_samples"], num_views, {m: d + classes for m, d in dims.items()})
+        size = store.payload_bytes(attrs["num_samples"], num_views, [d + classes for d in dims.values()])
         print(f"umt-cache: {attrs['num_samples']} samples x {num_views} views of {modalities} "
-              f"→ {size / 2**20:.1f} MiB of float16 features and logits in {out}")
+              f"→ {store.size_text(size)} of float16 features and logits uncompressed in {out} "
+              "(on disk: compressed, plus the views and keys; `umt-cache info` shows both)")
         if not Path(out).exists():
             _check_room(Path(out), size)
         store.create(out, attrs, dims, shards, {"torch": torch.__version__, "processes": state.num_processes,

@@ -70,6 +70,20 @@ def create(path: str | Path, attrs: dict[str, Any], dims: dict[str, int], shards
     return group
 
 
+def size_text(nbytes: int) -> str:
+    """Bytes as KiB, MiB or GiB with one decimal (a tiny cache is not '0.0 MiB')."""
+    for unit in ("KiB", "MiB", "GiB"):
+        nbytes /= 1024
+        if nbytes < 1024 or unit == "GiB":
+            return f"{nbytes:.1f} {unit}"
+
+
+def payload_bytes(num_samples: int, num_views: int, widths: list[int]) -> int:
+    """Uncompressed bytes of the float16 features and logits ([N, V, width] each): what `build` announces
+    and `info` reports beside the (compressed) size on disk."""
+    return num_samples * num_views * sum(widths) * 2
+
+
 def open_group(path: str | Path) -> zarr.Group:
     path = Path(path)
     if not path.exists():
@@ -129,6 +143,9 @@ def summary(group: zarr.Group, path: str | Path) -> str:
         lines.append(f"features/{m:<6} {arr.dtype} {arr.shape}  teacher {t['checkpoint']}  {t['fingerprint']}")
         if f"logits/{m}" in group:
             lines.append(f"logits/{m:<8} {group[f'logits/{m}'].dtype} {group[f'logits/{m}'].shape}")
-    size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
-    lines.append(f"size on disk   {size / 2**20:.1f} MiB")
+    widths = [group[f"{kind}/{m}"].shape[-1] for kind in KINDS for m in a["teachers"] if f"{kind}/{m}" in group]
+    raw = payload_bytes(a["num_samples"], a["num_views"], widths)
+    disk = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    lines.append(f"size           {size_text(raw)} of float16 features and logits uncompressed, "
+                 f"{size_text(disk)} on disk (every array, compressed)")
     return "\n".join(lines)

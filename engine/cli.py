@@ -174,6 +174,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         return config_files.load(config, overrides)
     if not a["data"] or not a["out"]:
         raise ConfigError("--data and --out are required (or use --config FILE)")
+    _refuse_unread(p, a)
     view = ViewSpec(**{f.name: a.pop(f.name) for f in fields(ViewSpec)})
     a["modalities"] = tuple(a.pop("modality") or d.modalities)
     a["teachers"] = parse_assignments(a.pop("teacher"), "--teacher")
@@ -195,3 +196,20 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _refuse_unread(parser: argparse.ArgumentParser, given: dict) -> None:
+    """A flag the chosen method does not read is an error, never silently ignored (`config_files.settings_read`)."""
+    view = {f.name for f in fields(ViewSpec)}
+    field = {"modality": "modalities", "teacher": "teachers", "member": "members"}
+    read = config_files.settings_read(given["method"])
+    unread = [(action.option_strings[0], field.get(action.dest, "view" if action.dest in view else action.dest))
+              for action in parser._actions if action.option_strings and action.dest in given
+              and given[action.dest] != action.default]
+    unread = [(flag, name) for flag, name in unread if name not in read]
+    if unread:
+        what = "; it evaluates --member checkpoints and trains nothing" if given["method"] == "ume" else ""
+        raise ConfigError(f"--method {given['method']} does not read "
+                          + ", ".join(f"{flag} (read by {config_files.reader(name)})" for flag, name in unread)
+                          + f"{what}: leave them out")
+

@@ -78,6 +78,24 @@ SECTIONS: dict[str, dict[str, str]] = {
 }
 _FIELD_OF = {(s, k): f for s, keys in SECTIONS.items() for k, f in keys.items()}
 assert sorted(_FIELD_OF.values()) == sorted(f.name for f in fields(TrainConfig)), "every setting in one section"
+# Who reads what, declared once: every trainable method reads the shared sections, a method's own section
+# (named after it, "-" as "_") is read by that method alone, and `ume`, which evaluates and never trains,
+# reads only EVALUATION of the shared sections. umt-train refuses a flag the chosen method does not read.
+SHARED = ("data", "model", "optim", "method", "run")
+EVALUATION = frozenset({"data", "out", "method", "view", "batch_size", "num_workers", "probe"})
+
+
+def settings_read(method: str) -> frozenset[str]:
+    """The TrainConfig fields that `method` reads."""
+    own = SECTIONS.get(method.replace("-", "_"), {}).values()
+    shared = EVALUATION if method == "ume" else {f for s in SHARED for f in SECTIONS[s].values()}
+    return frozenset(shared | set(own))
+
+
+def reader(name: str) -> str:
+    """Who reads a setting: the method whose section holds it, or the trainable methods (the shared sections)."""
+    section = next(s for (s, _), f in _FIELD_OF.items() if f == name)
+    return "the trainable methods" if section in SHARED else section.replace("_", "-")
 
 
 def to_sections(cfg: TrainConfig) -> dict[str, dict[str, Any]]:

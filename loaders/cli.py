@@ -12,7 +12,7 @@ from tqdm import tqdm
 from .making.arrays import pack_arrays
 from .errors import UserError, parse_assignments, run_cli
 from .making.image_pack import add_pack_images_parser, pack_images_command
-from .making.inputs import FORMATS, read_annotations
+from .making.inputs import FORMATS, read_annotation_files
 from .making.pack import pack
 from .stored.integrity import verify_shards
 from .stored.shards import PACK_SEED, is_remote, load_manifest
@@ -67,16 +67,23 @@ def _pack_parser(sub) -> None:
                        description="Transcode videos to H.264 (fixed fps, short side, short GOP) and mono FLAC "
                                    "into WebDataset shards. Broken inputs are packed with a flag or rejected with "
                                    "a reason in the manifest; an interrupted pack resumes where it stopped.")
-    p.add_argument("--annotations", required=True, help="CSV file (see --format)")
+    p.add_argument("--annotations", required=True, action="append", metavar="[SPLIT=]FILE",
+                   help="annotation file (see --format); repeat for several; SPLIT= gives the split of its rows "
+                        "that carry none (cremad and ave split files: train=train.csv test=test.csv)")
     p.add_argument("--format", choices=FORMATS, default="generic",
                    help="generic: path,label[,split] (header); kinetics: label,youtube_id,time_start,time_end,split "
-                        "(header); vggsound: youtube_id,start_seconds,label,split (no header)")
+                        "(header); vggsound: youtube_id,start_seconds,label,split (no header); cremad: clip[,EMOTION] "
+                        "(no header; the label is the emotion code in the clip's name); ave: AVE's "
+                        "Category&VideoID&Quality&StartTime&EndTime")
+    p.add_argument("--classes", metavar="FILE", help="keep only clips of the classes listed in FILE, one per line "
+                   "(# comments); each must occur (e.g. configs/kinetics-sounds-classes.txt)")
     p.add_argument("--root", required=True, help="directory holding the video files")
     p.add_argument("--out", required=True, help="output shard directory")
     p.add_argument("--flow-root", help="directory of optical-flow videos named like the clips (any extension; "
                    "x-flow in red, y-flow in green, as UCF101's TV-L1 flow is usually stored): packed as the "
                    "`flow` modality, cut with the same crop as the video; a clip without one is rejected")
-    p.add_argument("--split", default="train", help="split for generic rows without one (default train)")
+    p.add_argument("--split", default="train",
+                   help="split of rows that carry none, in files given without SPLIT= (default train)")
     p.add_argument("--short-side", type=int, default=d.short_side, help=f"default {d.short_side}")
     p.add_argument("--fps", type=int, default=d.fps, help=f"output frame rate (default {d.fps})")
     p.add_argument("--gop", type=int, default=d.gop, help=f"keyframe interval in frames (default {d.gop})")
@@ -120,11 +127,12 @@ def _pack_arrays(args) -> None:
 
 
 def _pack(args) -> None:
-    clips = read_annotations(args.annotations, args.format, args.root, args.split, args.flow_root)
+    clips = read_annotation_files(args.annotations, args.format, args.root, args.split, args.flow_root, args.classes)
     opts = PackOptions(args.short_side, args.fps, args.gop, args.crf, args.sample_rate, args.max_seconds,
                        flow=args.flow_root is not None)
     pack(clips, args.out, opts, args.shard_size, args.workers,
-         {"annotations": str(args.annotations), "format": args.format}, seed=args.seed)
+         {"annotations": args.annotations, "format": args.format,
+          **({"classes": str(args.classes)} if args.classes else {})}, seed=args.seed)
     print(f"umt-data: packed into {args.out}")
     _info(args.out)
 

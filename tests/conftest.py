@@ -27,7 +27,8 @@ from umt.loaders.loading.images import ffcv_ready
 SYNTH_ARGS = ["--train", "64", "--val", "16", "--test", "16", "--shard-size", "16", "--size", "24",
               "--frames", "6", "--audio-seconds", "0.5", "--classes", "4"]
 VIEW_ARGS = ["--frames", "3", "--stride", "2", "--crop", "16", "--audio-seconds", "0.25", "--mel-bins", "16"]
-MODEL_ARGS = ["--width", "4", "--batch-size", "8", "--workers", "0", *VIEW_ARGS]
+EVAL_ARGS = ["--batch-size", "8", "--workers", "0", *VIEW_ARGS]  # what `--method ume` reads of them
+MODEL_ARGS = ["--width", "4", *EVAL_ARGS]
 
 
 def synth(out: Path, *extra: str) -> Path:
@@ -37,6 +38,13 @@ def synth(out: Path, *extra: str) -> Path:
 
 def train(data: Path, out: Path, *extra: str) -> Path:
     train_main(["--data", str(data), "--out", str(out), *MODEL_ARGS, *extra])
+    return out
+
+
+def ume(data: Path, out: Path, members: dict[str, Path], *extra: str) -> Path:
+    """`umt-train --method ume` over these uni-modal checkpoints (it trains nothing: no --width)."""
+    train_main(["--data", str(data), "--out", str(out), "--method", "ume", *EVAL_ARGS,
+                *[f"--member={m}={p}" for m, p in members.items()], *extra])
     return out
 
 

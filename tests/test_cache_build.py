@@ -1,3 +1,4 @@
+import re
 import shutil
 import subprocess
 import sys
@@ -130,3 +131,17 @@ def test_rebuilding_a_finished_cache_changes_nothing(data, teachers, cache, tmp_
     assert "0 of" in capsys.readouterr().out
     after = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
     assert after.keys() == before.keys() and all(after[k] == before[k] for k in before if k.name != "zarr.json")
+
+
+def test_build_and_info_report_the_same_sizes_labelled(data, teachers, cache, capsys):
+    """build announced 1.6 MiB while info said 0.9 MiB on disk: both now say which is which."""
+    cache_main(_build_args(data, teachers, cache, "--views", "2"))  # the session cache's own arguments: nothing to do
+    announced = re.search(r"→ ([\d.]+ [KMG]iB) of float16 features and logits uncompressed", capsys.readouterr().out)
+    cache_main(["info", str(cache)])
+    info = re.search(r"size +([\d.]+ [KMG]iB) of float16 features and logits uncompressed, ([\d.]+ [KMG]iB) on disk",
+                     capsys.readouterr().out)
+    group = open_group(cache)
+    payload = sum(group[f"{kind}/{m}"].nbytes for kind in ("features", "logits") for m in ("video", "audio"))
+    disk = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
+    assert announced.group(1) == info.group(1) == f"{payload / 1024:.1f} KiB"  # zarr's own count of those bytes
+    assert info.group(2) == f"{disk / 1024:.1f} KiB" != info.group(1)

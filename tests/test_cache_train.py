@@ -14,7 +14,7 @@ from umt.engine.targets import OnlineTeachers
 from umt.loaders.cli import main as data_main
 from umt.loaders.stored.views import ViewSpec
 
-from conftest import MODEL_ARGS, accelerate_launch, synth, train
+from conftest import MODEL_ARGS, accelerate_launch, synth, train, ume as run_ume
 
 
 def _fail(main, argv, capsys) -> str:
@@ -68,7 +68,7 @@ def test_every_cli_end_to_end(data, teachers, cache, tmp_path, capsys):
     results = json.loads((run / "results.json").read_text())
     assert set(results["probe"]) == {"video", "audio"} and 0 <= results["test_top1"] <= 1
     assert "| joint | mlp |" in (run / "report.md").read_text()
-    ume = train(data, tmp_path / "ume", "--method", "ume", *[f"--member={m}={p}" for m, p in teachers.items()])
+    ume = run_ume(data, tmp_path / "ume", teachers)
     assert json.loads((ume / "results.json").read_text())["method"] == "ume"
 
 

@@ -56,3 +56,25 @@ def test_demo_config_file_matches_the_demo():
     from umt.engine.demo import VIEW
     cfg = load(str(CONFIGS / "synth-demo.yaml"), [])
     assert (cfg.view, cfg.width, cfg.fusion, cfg.epochs, cfg.batch_size) == (VIEW, 8, "mlp", 6, 32)
+
+
+def test_flags_the_method_does_not_read_are_refused():
+    base = ["--data", "d", "--out", "o"]
+    members = ["--member=video=v.pt", "--member=audio=a.pt"]
+    with pytest.raises(ConfigError) as refused:
+        parse_args([*base, "--method", "ume", *members, "--epochs", "3", "--lr", "0.1", "--fusion", "mlp"])
+    assert str(refused.value) == (
+        "--method ume does not read --epochs (read by the trainable methods), --lr (read by the trainable methods), "
+        "--fusion (read by the trainable methods); it evaluates --member checkpoints and trains nothing: leave them out")
+    with pytest.raises(ConfigError, match=r"^--method joint does not read --lambda \(read by umt\), "
+                                          r"--no-ogm-ge \(read by ogm-ge\): leave them out$"):
+        parse_args([*base, "--method", "joint", "--epochs", "2", "--lambda", "3", "--no-ogm-ge"])
+    with pytest.raises(ConfigError, match=r"--method gblend does not read --dropout-p \(read by dropout\)"):
+        parse_args([*base, "--method", "gblend", "--dropout-p", "0.2"])
+    # what each method reads passes: UME's evaluation settings and its own, a method's own section
+    cfg = parse_args([*base, "--method", "ume", *members, "--batch-size", "8", "--workers", "0", "--crop", "16",
+                      "--ume-combine", "probs", "--no-probe"])
+    assert (cfg.batch_size, cfg.view.crop, cfg.ume_combine, cfg.probe) == (8, 16, "probs", False)
+    cfg = parse_args([*base, "--method", "ogm-ge", "--ogm-alpha", "0.8", "--epochs", "2", "--fusion", "mlp"])
+    assert (cfg.ogm_alpha, cfg.epochs, cfg.fusion) == (0.8, 2, "mlp")
+    assert parse_args([*base, "--method", "umt", "--lambda", "3", "--teacher=video=v.pt"]).distill_weight == 3.0

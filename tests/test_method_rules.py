@@ -16,7 +16,7 @@ from umt.engine.guide import main as guide_main
 from umt.engine.models import LateFusionNet, ModelConfig
 from umt.loaders.cli import main as data_main
 
-from conftest import MODEL_ARGS, train
+from conftest import MODEL_ARGS, train, ume
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +126,7 @@ def test_online_teacher_of_another_view_spec_is_refused(data, other_views, tmp_p
 
 def test_ume_member_of_another_view_spec_is_refused(data, teachers, other_view_teacher, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        train(data, tmp_path / "ume", "--method", "ume", f"--member=video={teachers['video']}",
-              f"--member=audio={other_view_teacher}")
+        ume(data, tmp_path / "ume", {"video": teachers["video"], "audio": other_view_teacher})
     err = capsys.readouterr().err
     assert "member" in err and "crop 12" in err and "crop 16" in err and str(other_view_teacher) in err
 

@@ -1,5 +1,7 @@
 import csv
 import json
+import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -8,7 +10,7 @@ import torch
 from umt.engine.cli import main as train_main
 from umt.loaders.cli import main as data_main
 from umt.loaders.errors import UserError
-from umt.loaders.making.inputs import read_annotations
+from umt.loaders.making.inputs import read_annotation_files, read_annotations, read_classes
 from umt.loaders.loading.loader import make_loader
 from umt.loaders.stored.views import ViewPolicy, ViewSpec
 
@@ -97,6 +99,72 @@ def test_kinetics_and_vggsound_annotations(tmp_path):
     bad.write_text("label,youtube_id,time_start,time_end,split\nabseiling,abc,ten,20,train\n")
     with pytest.raises(UserError, match="bad.csv:2: malformed kinetics row"):
         read_annotations(bad, "kinetics", root)
+
+
+def _packed_samples(out: Path) -> dict[str, tuple[str, str, int]]:
+    """source → (split, class, label) of every packed sample, read from the shards."""
+    samples = {}
+    for tar in sorted(out.glob("*.tar")):
+        with tarfile.open(tar) as handle:
+            for member in handle.getmembers():
+                if member.name.endswith(".json"):
+                    meta = json.load(handle.extractfile(member))
+                    samples[meta["source"]] = (meta["split"], meta["class"], meta["label"])
+    return samples
+
+
+def test_pack_formats_of_the_imbalance_literature(tmp_path):
+    """CREMA-D (label from the name, split files), Kinetics-Sounds (a class list) and AVE (official split files)."""
+    clip = write_video(tmp_path / "clip.mp4", "mp4", "libx264", "aac", seconds=0.5, fps=8)
+    root = tmp_path / "videos"
+    root.mkdir()
+    names = ["1001_DFA_ANG_XX", "1002_IEO_HAP_HI", "1003_ITS_SAD_XX", "ks1_000001_000011", "ks2_000002_000012",
+             "ks3_000003_000013", "RUhOCu3LNXM", "abcDEF12345"]
+    for name in names:
+        shutil.copy(clip, root / f"{name}.mp4")
+    (tmp_path / "train.csv").write_text("\ufeff1001_DFA_ANG_XX,ANG\n1002_IEO_HAP_HI,HAP\n")  # the peers' files: BOM
+    (tmp_path / "test.csv").write_text("1003_ITS_SAD_XX,SAD\n")
+    (tmp_path / "k.csv").write_text("label,youtube_id,time_start,time_end,split\nplaying bagpipes,ks1,1,11,train\n"
+                                    "abseiling,ks2,2,12,train\ntapping pen,ks3,3,13,val\n")
+    (tmp_path / "ks.txt").write_text("# a class list\nplaying bagpipes\ntapping pen\n\n")
+    (tmp_path / "trainSet.txt").write_text("Category&VideoID&Quality&StartTime&EndTime\n"
+                                           "Church bell&RUhOCu3LNXM&good&0&10\nChurch bell&RUhOCu3LNXM&good&0&10\n")
+    (tmp_path / "testSet.txt").write_text("Barking&abcDEF12345&good&2&8\n")
+    packs = {"cremad": ["--annotations", f"train={tmp_path / 'train.csv'}", "--annotations", f"test={tmp_path / 'test.csv'}"],
+             "kinetics": ["--annotations", str(tmp_path / "k.csv"), "--classes", str(tmp_path / "ks.txt")],
+             "ave": ["--annotations", f"train={tmp_path / 'trainSet.txt'}", "--annotations",
+                     f"test={tmp_path / 'testSet.txt'}"]}
+    expected = {"cremad": {"1001_DFA_ANG_XX": ("train", "ANG", 0), "1002_IEO_HAP_HI": ("train", "HAP", 1),
+                           "1003_ITS_SAD_XX": ("test", "SAD", 2)},
+                "kinetics": {"ks1_000001_000011": ("train", "playing bagpipes", 0),  # abseiling: not in the list
+                             "ks3_000003_000013": ("val", "tapping pen", 1)},
+                "ave": {"RUhOCu3LNXM": ("train", "Church bell", 1), "abcDEF12345": ("test", "Barking", 0)}}
+    for fmt, args in packs.items():
+        out = tmp_path / fmt
+        data_main(["pack", "--format", fmt, *args, "--root", str(root), "--out", str(out), "--workers", "1",
+                   "--short-side", "16", "--fps", "4"])
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["rejected"] == [] and manifest["source"]["format"] == fmt
+        assert manifest["classes"] == sorted({c for _, c, _ in expected[fmt].values()})
+        assert _packed_samples(out) == expected[fmt], fmt
+
+
+def test_literature_formats_refuse_bad_rows_and_class_lists(tmp_path):
+    (tmp_path / "a.csv").write_text("1001_DFA_ANG_XX,HAP\n")
+    with pytest.raises(UserError, match="a.csv:1: label 'HAP' disagrees with the emotion code 'ANG'"):
+        read_annotation_files([f"train={tmp_path / 'a.csv'}"], "cremad", tmp_path)
+    (tmp_path / "b.csv").write_text("1001_DFA_XXX_XX\n")
+    with pytest.raises(UserError, match="b.csv:1: '1001_DFA_XXX_XX' is not a CREMA-D clip name"):
+        read_annotation_files([str(tmp_path / "b.csv")], "cremad", tmp_path)
+    (tmp_path / "c.txt").write_text("Church bell&RUhOCu3LNXM&good&0\n")
+    with pytest.raises(UserError, match="c.txt:1: malformed ave row"):
+        read_annotation_files([str(tmp_path / "c.txt")], "ave", tmp_path)
+    (tmp_path / "k.csv").write_text("label,youtube_id,time_start,time_end,split\nplaying bagpipes,a,1,11,train\n")
+    (tmp_path / "ks.txt").write_text("playing bagpipes\nplaying bagpipe\n")
+    with pytest.raises(UserError, match="ks.txt: 1 classes occur in no annotation row: 'playing bagpipe'"):
+        read_annotation_files([str(tmp_path / "k.csv")], "kinetics", tmp_path, classes=tmp_path / "ks.txt")
+    # the committed Kinetics-Sounds list: 31 distinct names
+    assert len(read_classes(Path(__file__).resolve().parents[1] / "configs" / "kinetics-sounds-classes.txt")) == 31
 
 
 def test_pack_flow_videos_as_a_modality(tmp_path):

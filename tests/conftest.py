@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -58,23 +59,31 @@ def cache(data, teachers, tmp_path_factory) -> Path:
     return out
 
 
-def accelerate_launch(module: str, *args: str, processes: int = 2) -> None:
-    """Run `python -m module args` (or, for a path ending in .py, that script) as several CPU processes
-    through Accelerate (gloo DDP)."""
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+LAUNCH_ENV = {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+
+
+def launch_args(module: str, *args: str, processes: int = 2) -> list[str]:
+    """Arguments of `python -m accelerate.commands.launch` (with LAUNCH_ENV) that run `python -m module args`
+    (or, for a path ending in .py, that script) as several CPU processes (gloo DDP)."""
     target = [module] if module.endswith(".py") else ["-m", module]
     with socket.socket() as probe:  # a free rendezvous port: two launches never collide (e.g. under pytest -n)
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                    str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                    "--main_process_port", str(port), *target, *args], check=True, env=env, timeout=300)
+    return ["--multi_gpu", "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
+            "--dynamo_backend", "no", "--main_process_port", str(port), *target, *args]
+
+
+def accelerate_launch(module: str, *args: str, processes: int = 2) -> None:
+    """Run `module` with `args` as several CPU processes through Accelerate (see launch_args)."""
+    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *launch_args(module, *args, processes=processes)],
+                   check=True, env={**os.environ, **LAUNCH_ENV}, timeout=300)
 
 
 def kill_when(module: str, args: list[str], ready: Callable[[], bool], timeout: float = 120,
               env: dict[str, str] | None = None) -> None:
-    """Run `python -m module args` (with `env` added to the environment), SIGKILL it as soon as ready()
-    holds; fail if it finished first."""
+    """Run `python -m module args` (with `env` added to the environment), SIGKILL it and every process it
+    started (e.g. the ranks of an accelerate launch, which torch starts in sessions of their own) as soon
+    as ready() holds; fail if it finished first."""
     # the same torch threads as this process (bitwise comparisons with runs in it; an import of ffcv, or
     # a pytest-xdist worker, can leave it with other than the default)
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), **(env or {})}
@@ -87,7 +96,11 @@ def kill_when(module: str, args: list[str], ready: Callable[[], bool], timeout: 
         except Exception:  # the watched file is being created
             hit = False
         if hit:
+            children = psutil.Process(proc.pid).children(recursive=True)
+            for child in children:
+                child.send_signal(signal.SIGKILL)
             proc.send_signal(signal.SIGKILL)
+            psutil.wait_procs(children, timeout=30)
             break
         time.sleep(0.02)
     proc.wait()
@@ -98,22 +111,39 @@ def _state(path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["state_dict"]
 
 
-def kill_and_resume(tmp_path, args: list[str], epochs: int, kill_at: int = 4, env: dict[str, str] | None = None) -> None:
+def kill_and_resume(tmp_path, args: list[str], epochs: int, kill_at: int = 4, env: dict[str, str] | None = None,
+                    processes: int = 1, whole: Path | None = None) -> None:
     """Train with `args` (the killed process with `env` added), SIGKILL after step `kill_at`'s checkpoint,
-    resume; the final weights equal an uninterrupted run's bit for bit, and the log holds one record per epoch."""
+    resume; the final weights equal an uninterrupted run's (`whole`, or one run here) bit for bit, and the
+    log holds one record per epoch. With processes > 1, each run is an accelerate launch of that many."""
     killed = tmp_path / "killed"
     ckpt = killed / "checkpoints" / "last.pt"
-    kill_when("umt.engine.cli", ["--out", str(killed), *args],
-              lambda: torch.load(ckpt, weights_only=False)["position"]["step"] >= kill_at, env=env)
+
+    def ready() -> bool:
+        return torch.load(ckpt, weights_only=False)["position"]["step"] >= kill_at
+
+    def run(*extra: str) -> None:
+        if processes == 1:
+            train_main([*args, *extra])
+        else:
+            accelerate_launch("umt.engine.cli", *args, *extra, processes=processes)
+
+    if processes == 1:
+        kill_when("umt.engine.cli", ["--out", str(killed), *args], ready, env=env)
+    else:
+        kill_when("accelerate.commands.launch", launch_args("umt.engine.cli", "--out", str(killed), *args,
+                                                            processes=processes), ready, env={**LAUNCH_ENV, **(env or {})})
     assert torch.load(ckpt, weights_only=False)["position"]["batch"] > 0  # killed mid-epoch
-    train_main(["--out", str(killed), *args, "--resume", "latest"])
-    train_main(["--out", str(tmp_path / "whole"), *args])
-    resumed, whole = _state(killed / "model.pt"), _state(tmp_path / "whole" / "model.pt")
-    assert resumed.keys() == whole.keys()
-    for name in whole:
-        assert torch.equal(resumed[name], whole[name]), name  # bitwise on CPU
-    records = [[json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"val_top1"' in l]
-               for run in (killed, tmp_path / "whole")]
+    run("--out", str(killed), "--resume", "latest")
+    if whole is None:
+        whole = tmp_path / "whole"
+        run("--out", str(whole))
+    resumed, whole_state = _state(killed / "model.pt"), _state(whole / "model.pt")
+    assert resumed.keys() == whole_state.keys()
+    for name in whole_state:
+        assert torch.equal(resumed[name], whole_state[name]), name  # bitwise on CPU
+    records = [[json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"val_top1"' in l]
+               for out in (killed, whole)]
     assert len(records[0]) == epochs  # one record per epoch: nothing lost, nothing repeated
     for mine, theirs in zip(*records):  # the same losses and method state, epoch by epoch
         assert mine["train_loss"] == theirs["train_loss"] and mine.get("blend_weights") == theirs.get("blend_weights")

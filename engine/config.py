@@ -13,6 +13,7 @@ METHODS = ("unimodal", "joint", "umt", "ume", "ogm-ge", "gblend",
 CHOICES: dict[str, tuple[str, ...]] = {
     "method": METHODS,
     "fusion": ("linear", "mlp", "sum", "shared"),
+    "optimizer": ("adamw", "sgd"),
     "precision": ("auto", "no", "bf16", "fp16"),
     "backend": ("auto", "cpu", "dali"),
     "select": ("last", "best_val"),
@@ -21,6 +22,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "bad_samples": BAD_SAMPLE_POLICIES,
     "log_with": ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "none"),
 }
+METHOD_CHOICES = ("fusion", "optimizer")  # None: the method's choice (engine/methods `resolved`)
 
 
 class ConfigError(UserError):
@@ -37,8 +39,11 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-4
+    optimizer: str | None = None     # "adamw" or "sgd"; None: the optimiser of the method's official code
+    momentum: float = 0.9            # SGD's momentum (the official OGM-GE, MMPareto, PMR and MLA use 0.9)
+    nesterov: bool = False           # SGD: Nesterov momentum
     width: int = 16
-    fusion: str = "linear"
+    fusion: str | None = None        # None: the method's fusion (MLA: shared; every other method: linear)
     seed: int = 0
     view_seed: int | None = None     # None: `seed`, or the cache's seed when a cache is used
     num_views: int | None = None     # training views per sample; None: a fresh view every epoch
@@ -66,7 +71,8 @@ class TrainConfig:
     pmr_start: int = 0               # PMR: first epoch of rebalancing (--modulation_starts 0)
     pmr_end: int | None = None       # PMR: epoch at which rebalancing stops (None: never)
     dropout_p: float = 0.5           # modality dropout: probability that a training sample loses one modality
-    mla_projection: bool = True      # MLA: project the shared head's gradient (OWM; the official GSPlugin)
+    mla_projection: bool = False     # MLA: project the shared head's gradient by textbook OWM (the official
+                                     # results had no projection: engine/methods/mla.py)
     ume_combine: str = "logits"      # UME: average "logits" or "probs"
     ume_fit_weights: bool = False    # UME: fit per-member weights on the validation split
     cache: str | None = None         # UMT targets from `umt-cache build`
@@ -87,7 +93,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Settings every method shares; each method checks its own (engine/methods, engine/ume.py)."""
         for name, allowed in CHOICES.items():
-            if getattr(self, name) not in allowed:
+            if getattr(self, name) not in allowed and not (name in METHOD_CHOICES and getattr(self, name) is None):
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         if self.grad_accum < 1 or self.bad_samples_limit < 1:
             raise ConfigError("grad_accum and bad_samples_limit must be >= 1")
@@ -95,6 +101,8 @@ class TrainConfig:
             raise ConfigError(f"distilled modalities {list(self.distill)} are not all among {list(self.modalities)}")
         if self.logit_temperature <= 0:
             raise ConfigError(f"logit temperature must be > 0, got {self.logit_temperature}")
+        if not 0 <= self.momentum < 1 or (self.nesterov and self.momentum == 0):
+            raise ConfigError(f"momentum must lie in [0, 1) and be > 0 with nesterov; got {self.momentum}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("epochs and batch size must be >= 1")
 

@@ -4,8 +4,9 @@ A config file groups TrainConfig's settings in sections (the names users edit); 
 knobs have their own section, read only by that method:
 
     data:   path, backend, workers, bad_samples, bad_samples_limit, view_seed, num_views, view: {frames, ...}
-    model:  modalities, width, fusion
-    optim:  epochs, batch_size, lr, weight_decay, grad_accum, max_steps, precision
+    model:  modalities, width, fusion (null: the method's)
+    optim:  name (adamw | sgd | null: the method's), momentum, nesterov, epochs, batch_size, lr, weight_decay,
+            grad_accum, max_steps, precision
     method: name
     umt:    lambda, distill, projector, cache, cache_budget_gb, teachers, targets, temperature, logit_weight
     ogm_ge: alpha, start, end, ge
@@ -42,7 +43,7 @@ SECTIONS: dict[str, dict[str, str]] = {
              "bad_samples_limit": "bad_samples_limit",
              "view_seed": "view_seed", "num_views": "num_views", "view": "view"},
     "model": {"modalities": "modalities", "width": "width", "fusion": "fusion"},
-    "optim": {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "weight_decay": "weight_decay",
+    "optim": {"name": "optimizer", "momentum": "momentum", "nesterov": "nesterov", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "weight_decay": "weight_decay",
               "grad_accum": "grad_accum", "max_steps": "max_steps", "precision": "precision"},
     "method": {"name": "method"},
     "umt": {"lambda": "distill_weight", "distill": "distill", "projector": "projector", "cache": "cache",

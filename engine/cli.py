@@ -49,11 +49,16 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    "stay inside an epoch; the effective batch is batch size x grad accum x processes)")
     p.add_argument("--precision", choices=CHOICES["precision"], default=d.precision,
                    help="mixed precision (auto: bf16 on GPU, fp32 on CPU)")
-    p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate, cosine decay")
+    p.add_argument("--optim", dest="optimizer", choices=CHOICES["optimizer"], help="optimiser (default: the one "
+                   "of the method's official code: sgd for ogm-ge, mmpareto, pmr and mla, adamw for the others)")
+    p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
+    p.add_argument("--nesterov", action="store_true", help="SGD with Nesterov momentum")
+    p.add_argument("--lr", type=float, default=d.lr, help="learning rate (AdamW or SGD), cosine decay")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--width", type=int, default=d.width, help="ResNet-18 base width; features are 8x this "
                    "(64 gives the paper's 512-d)")
-    p.add_argument("--fusion", choices=CHOICES["fusion"], default=d.fusion, help="fusion head: linear or "
+    p.add_argument("--fusion", choices=CHOICES["fusion"], help="fusion head (default: the method's; linear but "
+                   "for mla, which needs shared): linear or "
                    "mlp on the concatenated features (linear: the paper's; mlp can read paired cues), sum of "
                    "per-modality linear heads' logits, or shared: one linear head for every modality, their "
                    "logits weighted per sample by exp(-entropy) (MLA's; needs equal feature dims)")
@@ -111,8 +116,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--pmr-end", type=int, help="PMR: epoch at which rebalancing stops")
     p.add_argument("--dropout-p", type=float, default=d.dropout_p, help="modality dropout: probability that a "
                    "training sample loses one modality (chosen uniformly; its feature zeroed, not rescaled)")
-    p.add_argument("--no-mla-projection", dest="mla_projection", action="store_false", help="MLA without the "
-                   "gradient modification of the shared head (the paper's ablation)")
+    p.add_argument("--mla-projection", action="store_true", help="MLA: project the shared head's gradient by "
+                   "textbook OWM (the paper's gradient modification; the official code's results had none)")
     p.add_argument("--mmcosine-scale", type=float, default=d.mmcosine_scale, help="MMCosine: scale s of the "
                    "summed per-modality cosine logits")
     p.add_argument("--opm-alpha", type=float, default=d.opm_alpha, help="OPM: α, growth of the dominant "

@@ -15,6 +15,7 @@ METHODS = ("unimodal", "joint", "umt", "ume", "ogm-ge", "gblend",
 CHOICES: dict[str, tuple[str, ...]] = {
     "method": METHODS,
     "fusion": ("linear", "mlp", "sum", "shared"),
+    "optimizer": ("adamw", "sgd"),
     "precision": ("auto", "no", "bf16", "fp16"),
     "backend": ("auto", "cpu", "dali"),
     "select": ("last", "best_val"),
@@ -23,6 +24,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "bad_samples": BAD_SAMPLE_POLICIES,
     "log_with": ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "none"),
 }
+METHOD_CHOICES = ("fusion", "optimizer")  # None: the method's choice (engine/methods `resolved`)
 
 
 class ConfigError(UserError):
@@ -41,8 +43,11 @@ class TrainConfig:
                                      # None: batch_size per process. Fixed, it lets a run resume on another process count
     lr: float = 2e-3
     weight_decay: float = 1e-4
+    optimizer: str | None = None     # "adamw" or "sgd"; None: the optimiser of the method's official code
+    momentum: float = 0.9            # SGD's momentum (the official OGM-GE, MMPareto, PMR and MLA use 0.9)
+    nesterov: bool = False           # SGD: Nesterov momentum
     width: int = 16
-    fusion: str = "linear"
+    fusion: str | None = None        # None: the method's fusion (MLA: shared; every other method: linear)
     seed: int = 0
     view_seed: int | None = None     # None: `seed`, or the cache's seed when a cache is used
     num_views: int | None = None     # training views per sample; None: a fresh view every epoch
@@ -72,7 +77,8 @@ class TrainConfig:
     pmr_start: int = 0               # PMR: first epoch of rebalancing (--modulation_starts 0)
     pmr_end: int | None = None       # PMR: epoch at which rebalancing stops (None: never)
     dropout_p: float = 0.5           # modality dropout: probability that a training sample loses one modality
-    mla_projection: bool = True      # MLA: project the shared head's gradient (OWM; the official GSPlugin)
+    mla_projection: bool = False     # MLA: project the shared head's gradient by textbook OWM (the official
+                                     # results had no projection: engine/methods/mla.py)
     mmcosine_scale: float = 15.0     # MMCosine's s (BalanceBenchmark trainer_config.yaml, MMCosine: scaling 15)
     opm_alpha: float = 0.5           # OPM's α (BalanceBenchmark trainer_config.yaml, OPM: alpha 0.5)
     opm_p_exe: float = 0.7           # OPM: probability that a batch is modulated (p_exe 0.7)
@@ -109,7 +115,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Settings every method shares; each method checks its own (engine/methods, engine/ume.py)."""
         for name, allowed in CHOICES.items():
-            if getattr(self, name) not in allowed:
+            if getattr(self, name) not in allowed and not (name in METHOD_CHOICES and getattr(self, name) is None):
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         if self.grad_accum < 1 or self.bad_samples_limit < 1:
             raise ConfigError("grad_accum and bad_samples_limit must be >= 1")
@@ -117,6 +123,8 @@ class TrainConfig:
             raise ConfigError(f"distilled modalities {list(self.distill)} are not all among {list(self.modalities)}")
         if self.logit_temperature <= 0:
             raise ConfigError(f"logit temperature must be > 0, got {self.logit_temperature}")
+        if not 0 <= self.momentum < 1 or (self.nesterov and self.momentum == 0):
+            raise ConfigError(f"momentum must lie in [0, 1) and be > 0 with nesterov; got {self.momentum}")
         if self.epochs < 1 or self.batch_size < 1 or (self.global_batch is not None and self.global_batch < 1):
             raise ConfigError("epochs, batch size and global batch must be >= 1")
         if not (1 <= self.test_clips <= MAX_TEST_CLIPS and 1 <= self.test_crops <= MAX_TEST_CROPS):

@@ -5,8 +5,9 @@ knobs have their own section, read only by that method:
 
     data:   path, backend, workers, bad_samples, bad_samples_limit, view_seed, num_views, view: {frames, ...},
             test_clips, test_crops
-    model:  modalities, width, fusion
-    optim:  epochs, batch_size, global_batch, lr, weight_decay, grad_accum, max_steps, precision
+    model:  modalities, width, fusion (null: the method's)
+    optim:  name (adamw | sgd | null: the method's), momentum, nesterov, epochs, batch_size, global_batch, lr,
+            weight_decay, grad_accum, max_steps, precision
     method: name
     umt:    lambda, distill, projector, cache, cache_budget_gb, teachers, targets, temperature, logit_weight
     ogm_ge: alpha, start, end, ge
@@ -51,7 +52,7 @@ SECTIONS: dict[str, dict[str, str]] = {
              "view_seed": "view_seed", "num_views": "num_views", "view": "view", "test_clips": "test_clips",
              "test_crops": "test_crops"},
     "model": {"modalities": "modalities", "width": "width", "fusion": "fusion"},
-    "optim": {"epochs": "epochs", "batch_size": "batch_size", "global_batch": "global_batch", "lr": "lr", "weight_decay": "weight_decay",
+    "optim": {"name": "optimizer", "momentum": "momentum", "nesterov": "nesterov", "epochs": "epochs", "batch_size": "batch_size", "global_batch": "global_batch", "lr": "lr", "weight_decay": "weight_decay",
               "grad_accum": "grad_accum", "max_steps": "max_steps", "precision": "precision"},
     "method": {"name": "method"},
     "umt": {"lambda": "distill_weight", "distill": "distill", "projector": "projector", "cache": "cache",

@@ -26,6 +26,8 @@ from .config import ConfigError, TrainConfig
 LAST = "last.pt"
 # Settings a resumed run may change without changing what it computes.
 FREE = {"resume", "log_every", "probe", "probe_every", "log_with"}
+# What runs did before a setting existed, where that is not the setting's default.
+BEFORE = {"optimizer": "adamw"}
 
 
 def checkpoint_path(out: str | Path) -> Path:
@@ -55,8 +57,8 @@ def load(cfg: TrainConfig, world: int = 1) -> dict[str, Any] | None:
             return None  # nothing saved yet: start from scratch, so `--resume latest` is always safe
         raise ConfigError(f"checkpoint {path} does not exist")
     state = torch.load(path, map_location="cpu", weights_only=False)
-    # a setting added since the checkpoint was saved counts as its default, which keeps the old behaviour
-    saved, now, default = state["config"], cfg.to_dict(), TrainConfig(data="", out="").to_dict()
+    # a setting added since the checkpoint was saved counts as what runs did before it (its default, or BEFORE's)
+    saved, now, default = state["config"], cfg.to_dict(), {**TrainConfig(data="", out="").to_dict(), **BEFORE}
     changed = sorted(k for k in now if k not in FREE | {"global_batch"} and saved.get(k, default[k]) != now[k])
     if changed:
         raise ConfigError(f"{path} was saved by a run with other settings ({', '.join(changed)}); "

@@ -38,7 +38,7 @@ from . import config_files, plots, resume, ume
 from .checkpoint import save_model
 from .config import ConfigError, TrainConfig
 from .evaluate import accuracies, collect, final_evaluation, linear_probe
-from .methods import Method, method_for
+from .methods import Method, method_for, resolved
 from .models import LateFusionNet, ModelConfig
 from .trace import SampleTrace
 from .report import write_report
@@ -99,6 +99,7 @@ class LoopState:
 def run(cfg: TrainConfig) -> dict:
     """Train (or, for UME, evaluate) as `cfg` says; writes the run directory; returns the final metrics."""
     cfg.validate()
+    cfg = resolved(cfg)
     method = None if cfg.method == "ume" else method_for(cfg)
     if method is None:
         ume.check(cfg)
@@ -159,7 +160,7 @@ def _train(cfg: TrainConfig, method: Method, num_classes: int, inputs: dict[str,
     if total == 0:
         raise ConfigError(f"{cfg.data}: the train split is too small for a global batch of {glob} "
                           f"on {world} process(es)")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(cfg, model.parameters())
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     state = LoopState(**resume.restore(saved, model, optimizer, schedule)) if saved else LoopState()
     state.global_batch, state.streams, state.world = glob, streams, world
@@ -258,6 +259,15 @@ def _train(cfg: TrainConfig, method: Method, num_classes: int, inputs: dict[str,
                                                       "seed": cfg.seed, "view_seed": seed})
     results.update(final_evaluation(net, cfg, device, accelerator=accelerator))
     return results
+
+
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    """AdamW, or SGD with (Nesterov) momentum as the official OGM-GE, MMPareto, PMR and MLA code; weight decay
+    decoupled in AdamW, added to the gradient (L2) in SGD, as torch's and those codes' optimisers do."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def _end_of_epoch(cfg: TrainConfig, method: Method, state: LoopState, net: LateFusionNet,

@@ -128,22 +128,38 @@ def _state(path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["state_dict"]
 
 
-def kill_and_resume(tmp_path, args: list[str], epochs: int, kill_at: int = 4, env: dict[str, str] | None = None) -> None:
+def kill_and_resume(tmp_path, args: list[str], epochs: int, kill_at: int = 4, env: dict[str, str] | None = None,
+                    processes: int = 1, whole: Path | None = None) -> None:
     """Train with `args` (the killed process with `env` added), SIGKILL after step `kill_at`'s checkpoint,
-    resume; the final weights equal an uninterrupted run's bit for bit, and the log holds one record per epoch."""
+    resume; the final weights equal an uninterrupted run's (`whole`, or one run here) bit for bit, and the
+    log holds one record per epoch. With processes > 1, each run is an accelerate launch of that many."""
     killed = tmp_path / "killed"
     ckpt = killed / "checkpoints" / "last.pt"
-    kill_when("umt.engine.cli", ["--out", str(killed), *args],
-              lambda: torch.load(ckpt, weights_only=False)["position"]["step"] >= kill_at, env=env)
+
+    def ready() -> bool:
+        return torch.load(ckpt, weights_only=False)["position"]["step"] >= kill_at
+
+    def run(*extra: str) -> None:
+        if processes == 1:
+            train_main([*args, *extra])
+        else:
+            accelerate_launch("umt.engine.cli", *args, *extra, processes=processes)
+
+    if processes == 1:
+        kill_when("umt.engine.cli", ["--out", str(killed), *args], ready, env=env)
+    else:
+        kill_when("umt.engine.cli", ["--out", str(killed), *args], ready, env=env, processes=processes)
     assert torch.load(ckpt, weights_only=False)["position"]["batch"] > 0  # killed mid-epoch
-    train_main(["--out", str(killed), *args, "--resume", "latest"])
-    train_main(["--out", str(tmp_path / "whole"), *args])
-    resumed, whole = _state(killed / "model.pt"), _state(tmp_path / "whole" / "model.pt")
-    assert resumed.keys() == whole.keys()
-    for name in whole:
-        assert torch.equal(resumed[name], whole[name]), name  # bitwise on CPU
-    records = [[json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"val_top1"' in l]
-               for run in (killed, tmp_path / "whole")]
+    run("--out", str(killed), "--resume", "latest")
+    if whole is None:
+        whole = tmp_path / "whole"
+        run("--out", str(whole))
+    resumed, whole_state = _state(killed / "model.pt"), _state(whole / "model.pt")
+    assert resumed.keys() == whole_state.keys()
+    for name in whole_state:
+        assert torch.equal(resumed[name], whole_state[name]), name  # bitwise on CPU
+    records = [[json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"val_top1"' in l]
+               for out in (killed, whole)]
     assert len(records[0]) == epochs  # one record per epoch: nothing lost, nothing repeated
     for mine, theirs in zip(*records):  # the same losses and method state, epoch by epoch
         assert mine["train_loss"] == theirs["train_loss"] and mine.get("blend_weights") == theirs.get("blend_weights")

@@ -22,6 +22,11 @@ def test_overrides_and_errors(tmp_path):
     assert cfg.lr == 0.01 and cfg.view.crop == 112 and cfg.view.frames == 8 and cfg.out == "r"
     with pytest.raises(ConfigError, match="unknown key 'optim.learning_rate'"):
         load(str(CONFIGS / "kinetics400.yaml"), ["optim.learning_rate=1"])
+    cfg = load(str(CONFIGS / "kinetics400.yaml"), ["optim.name=sgd", "optim.momentum=0.8", "optim.nesterov=true"])
+    assert (cfg.optimizer, cfg.momentum, cfg.nesterov) == ("sgd", 0.8, True)
+    assert parse_args(["--data", "d", "--out", "o", "--optim", "sgd", "--nesterov"]).optimizer == "sgd"
+    with pytest.raises(ConfigError, match="optimizer must be one of adamw, sgd; got 'adam'"):
+        load(str(CONFIGS / "kinetics400.yaml"), ["optim.name=adam"]).validate()
     with pytest.raises(ConfigError, match="optim.epochs must be int, got 'many'"):
         load(str(CONFIGS / "kinetics400.yaml"), ["optim.epochs=many"])
     bad = tmp_path / "bad.yaml"

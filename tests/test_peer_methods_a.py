@@ -1,10 +1,12 @@
 """MMPareto, AGM, PMR and modality dropout: each method's defining quantity on a constructed case,
 computed here by hand; then all four trained by 2 processes on a vector set (above chance, replicas
-identical); PMR killed and resumed bit for bit."""
+identical); PMR (SGD) killed and resumed bit for bit, G-Blending on 2 processes too; each method's
+optimiser and fusion when the run names none."""
 from __future__ import annotations
 
 import json
 import math
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +16,14 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 
 from umt.engine.config import ConfigError, TrainConfig
-from umt.engine.methods import method_for
+from umt.engine.evaluate import collect
+from umt.engine.methods import method_for, resolved
 from umt.engine.methods.agm import Agm, agm_coefficients, mono_responses
 from umt.engine.methods.dropout import ModalityDropout, dropped_modality
 from umt.engine.methods.mmpareto import MMPareto, combine, pareto_weights
 from umt.engine.methods.pmr import Pmr, class_means, updated_prototypes
 from umt.engine.models import LateFusionNet, ModelConfig
+from umt.loaders.stored.shards import load_manifest, modality_inputs
 
 from conftest import accelerate_launch, kill_and_resume
 
@@ -37,6 +41,19 @@ def config(method: str, **settings) -> TrainConfig:
     return TrainConfig(data="unused", out="unused", method=method, modalities=MODS, **settings)
 
 
+
+
+def test_each_method_trains_with_its_official_optimiser_and_fusion_unless_told():
+    sgd = {"ogm-ge", "mmpareto", "pmr", "mla"}  # their official code: SGD, momentum 0.9
+    for method in ("joint", "unimodal", "umt", "ogm-ge", "gblend", "mmpareto", "agm", "pmr", "dropout", "mla"):
+        cfg = resolved(config(method))
+        assert (cfg.optimizer, cfg.fusion) == ("sgd" if method in sgd else "adamw",
+                                               "shared" if method == "mla" else "linear"), method
+    told = resolved(config("pmr", optimizer="adamw", fusion="sum"))
+    assert (told.optimizer, told.fusion) == ("adamw", "sum")
+    assert resolved(config("ume")).fusion is None  # evaluation only: no head to pick
+    with pytest.raises(ConfigError, match="use --fusion shared, or name none"):
+        method_for(config("mla", fusion="linear"))
 
 
 # --- MMPareto ---------------------------------------------------------------------------------
@@ -187,6 +204,36 @@ def test_pmr_loss_rebalances_toward_the_weaker_modality_by_hand():
     assert late.loss(small_net(), {"label": labels}, logits, feats)[0].item() == pytest.approx(ce)
 
 
+def test_pmr_first_prototype_refresh_takes_plain_class_means_then_blends(strong_weak):
+    """Official main_Prototype_grad.py: means before training and after epoch 0 (`epoch <= 0`), then the blend."""
+    mods = ("strong", "weak")
+    cfg = TrainConfig(data=str(strong_weak), out="unused", method="pmr", modalities=mods, epochs=3, width=1,
+                      num_workers=0)
+    method = method_for(cfg)
+    torch.manual_seed(0)
+    net = LateFusionNet(ModelConfig(mods, 3, 1, inputs=modality_inputs(load_manifest(strong_weak), mods, strong_weak)))
+    method.prepare(net, torch.device("cpu"))
+    accelerator = Accelerator(cpu=True)
+
+    def refresh_after(epoch: int) -> dict[str, torch.Tensor]:
+        """Move the encoders (new features), end `epoch`; the training split's class means, by hand."""
+        with torch.no_grad():
+            for p in net.encoders.parameters():
+                p.add_(0.3)
+        method.begin_epoch(epoch, range(0, 1))
+        method.end_of_epoch(net, {}, accelerator)
+        train = collect(net, cfg.data, "train", cfg.view, list(mods), 64, 0, torch.device("cpu"))
+        return {m: torch.stack([train["features"][m][train["labels"] == c].mean(0) for c in range(3)]) for m in mods}
+
+    first = refresh_after(0)
+    for m in mods:
+        assert torch.allclose(method.prototypes[m], first[m], rtol=1e-6, atol=1e-6), m
+    second = refresh_after(1)
+    for m in mods:
+        assert not torch.allclose(second[m], first[m], atol=1e-3)  # the blend below is not the means again
+        assert torch.allclose(method.prototypes[m], 0.8 * second[m] + 0.2 * first[m], rtol=1e-6, atol=1e-6), m
+
+
 # --- modality dropout -----------------------------------------------------------------------------
 
 def test_dropout_masks_share_p_never_all_and_do_not_depend_on_batching():
@@ -214,26 +261,55 @@ def test_dropout_masks_share_p_never_all_and_do_not_depend_on_batching():
 
 # --- training ------------------------------------------------------------------------------------
 
-def test_two_processes_train_each_method_above_chance_with_identical_replicas(strong_weak, tmp_path):
+def gblend_args(data: Path) -> list[str]:
+    """21 optimiser steps an epoch on 2 processes, 2 epochs."""
+    return ["--data", str(data), "--method", "gblend", "--modality", "strong", "--modality", "weak", "--epochs", "2",
+            "--batch-size", "4", "--width", "4", "--workers", "0", "--checkpoint-every", "1", "--no-probe",
+            "--log-with", "none"]
+
+
+# SGD (mmpareto, pmr, mla) at the official lr of 1e-3 would need many more steps
+PEERS = {"mmpareto": "--lr 0.05", "agm": "", "pmr": "--lr 0.05", "dropout": "", "mla": "--grad-accum 2 --lr 0.05",
+         "mmcosine": "", "opm": "", "cml": "", "mbsd": "", "relearning": "--relearn-every 2", "amco": "", "lfm": "",
+         "reconboost": "--fusion shared"}
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(strong_weak, tmp_path_factory) -> Path:
+    """One 2-process launch: the peers trained to above chance, and G-Blending's uninterrupted run."""
+    out = tmp_path_factory.mktemp("two-processes")
     common = (f"--data {strong_weak} --modality strong --modality weak --epochs 6 --batch-size 16 --width 4 "
               "--workers 0 --no-probe --log-with none")
-    methods = {"mmpareto": "", "agm": "", "pmr": "", "dropout": "", "mla": "--fusion shared --grad-accum 2 --lr 0.01",
-               "mmcosine": "", "opm": "", "cml": "", "mbsd": "", "relearning": "--relearn-every 2",
-               "amco": "", "lfm": "", "reconboost": "--fusion shared"}
     accelerate_launch(str(ROOT / "tests" / "several_runs.py"),
-                      *(f"{common} --method {m} {extra} --out {tmp_path / m}" for m, extra in methods.items()))
-    for m in methods:
-        results = json.loads((tmp_path / m / "results.json").read_text())
+                      *(f"{common} --method {m} {extra} --out {out / m}" for m, extra in PEERS.items()),
+                      shlex.join([*gblend_args(strong_weak), "--out", str(out / "gblend")]))
+    return out
+
+
+def test_two_processes_train_each_method_above_chance_with_identical_replicas(two_process_runs):
+    for m in PEERS:
+        results = json.loads((two_process_runs / m / "results.json").read_text())
         assert results["processes"] == 2 and results["replica_max_abs_diff"] == 0.0, m
         if m != "amco":  # AMCo as BalanceBenchmark builds it masks the dependent (strong) modality's whole logit
             # share from the 4th batch of epoch 1 on, so the strong view stops learning: 0.44 here
             assert results["test_top1"] > 0.6, (m, results["test_top1"])  # 3 classes: chance is 1/3
+    assert json.loads((two_process_runs / "mla" / "results.json").read_text())["fusion"] == "shared"  # not named
 
 
-# prototypes per epoch; AGM's running scores per step; the methods of issue 21 (test_peer_methods_c.py),
-# Re-learning re-initialising after the second epoch, so from initial weights the resumed run rebuilt
+def test_gblend_killed_on_two_processes_resumes_bit_for_bit(strong_weak, two_process_runs, tmp_path):
+    """Killed in epoch 2: the blend weights at its end come from losses measured at the epochs' ends alike on
+    every rank, so they do not depend on where the run was killed nor on which rank's state was saved."""
+    kill_and_resume(tmp_path, gblend_args(strong_weak), epochs=2, kill_at=23, processes=2,
+                    whole=two_process_runs / "gblend")
+    records = [json.loads(l) for l in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+               if '"val_top1"' in l]
+    assert records[-1]["blend_weights"] != records[0]["blend_weights"]  # weights moved: the check had teeth
+
+
+# prototypes per epoch; AGM's running scores per step; pmr: SGD (its default) with Nesterov momentum; the
+# BalanceBenchmark methods (test_peer_methods_c.py), Re-learning re-initialising after the kill
 @pytest.mark.parametrize("method, extra", [pytest.param(m, extra, id=m) for m, extra in (
-    ("pmr", []), ("agm", []), ("mmcosine", []), ("opm", []), ("cml", []), ("mbsd", []),
+    ("pmr", ["--nesterov"]), ("agm", []), ("mmcosine", []), ("opm", []), ("cml", []), ("mbsd", []),
     ("relearning", ["--relearn-every", "1"]), ("amco", []), ("lfm", []), ("reconboost", ["--fusion", "shared"]))])
 def test_killed_peer_training_resumes_to_the_same_final_weights(strong_weak, tmp_path, method, extra):
     kill_and_resume(tmp_path, ["--data", str(strong_weak), "--method", method, "--modality", "strong", "--modality",
@@ -241,3 +317,9 @@ def test_killed_peer_training_resumes_to_the_same_final_weights(strong_weak, tmp
                                "--checkpoint-every", "1", "--no-probe", "--log-with", "none", *extra],
                     epochs=2, kill_at=25)  # 21 steps an epoch: killed in the second, after one prototype update,
     # with 17 steps to spare before its end (a vector step takes milliseconds: the kill must not miss the epoch)
+    saved = torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=False)
+    group, state = saved["optimizer"]["param_groups"][0], saved["optimizer"]["state"]
+    if method == "pmr":  # SGD's state is its momentum buffers
+        assert (group["momentum"], group["nesterov"]) == (0.9, True) and "momentum_buffer" in state[0]
+    else:
+        assert "exp_avg" in state[0] and "momentum" not in group  # AdamW

@@ -1,6 +1,7 @@
 """Issue 12, part B: UMT's logit targets (cache format umt-cache/3, KL distillation) and MLA."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -15,11 +16,12 @@ import zarr
 from hypothesis import given, settings, strategies as st
 
 from umt.cache.builder import ShardViews
-from umt.engine import resume
+from umt.cache.store import CacheError
+from umt.engine import config_files, resume
 from umt.engine.checkpoint import load_model
 from umt.engine.cli import main as train_main
 from umt.engine.config import ConfigError, TrainConfig
-from umt.engine.methods import method_for
+from umt.engine.methods import method_for, resolved
 from umt.engine.methods.mla import Mla, owm_update
 from umt.engine.methods.umt import kd_loss
 from umt.engine.models import LateFusionNet, ModelConfig, entropy_weights
@@ -93,7 +95,7 @@ def test_cached_and_online_logit_distillation_give_the_same_loss(data, teachers,
 
 
 
-MLA_ARGS = ["--method", "mla", "--fusion", "shared", "--modality", "strong", "--modality", "weak",
+MLA_ARGS = ["--method", "mla", "--modality", "strong", "--modality", "weak",  # no --fusion: mla picks shared
             "--batch-size", "16", "--width", "4", "--workers", "0", "--no-probe", "--log-with", "none"]
 
 
@@ -105,12 +107,14 @@ def test_mla_alternates_modalities_and_learns_above_chance(strong_weak, tmp_path
     assert trained == ["strong", "weak"] * (len(steps) // 2) + ["strong"] * (len(steps) % 2)
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["test_top1"] > 0.6  # 3 classes: chance 1/3; the strong view alone allows ~0.8
+    assert results["fusion"] == "shared"  # the method's, as no --fusion was given
+    assert config_files.load(str(tmp_path / "run" / "config.yaml"), []).optimizer == "sgd"  # the official code's
 
 
 def test_mla_refuses_a_head_it_cannot_share(strong_weak, tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_main(["--data", str(strong_weak), "--out", str(tmp_path / "x"), *MLA_ARGS, "--fusion", "linear"])
-    assert "use --fusion shared" in capsys.readouterr().err
+    assert "use --fusion shared, or name none (got 'linear')" in capsys.readouterr().err
 
 
 def test_owm_projection_by_hand():
@@ -121,9 +125,11 @@ def test_owm_projection_by_hand():
 
 
 def test_mla_step_projects_the_shared_head_gradient_away_from_protected_features():
-    """After steps on features r1 then r2, the head's update ΔW ∝ −G Pᵀ leaves W·r1 and W·r2 (nearly) alone."""
-    cfg = TrainConfig(data="", out="", method="mla", modalities=("a", "b"), fusion="shared", width=1)
-    method = Mla(cfg)
+    """With mla_projection (textbook OWM): after steps on features r1 then r2, the head's update ΔW ∝ −G Pᵀ
+    leaves W·r1 and W·r2 (nearly) alone. By default, as the official results, the gradient is left as it is."""
+    cfg = TrainConfig(data="", out="", method="mla", modalities=("a", "b"), fusion="shared", width=1,
+                      mla_projection=True)
+    method, plain = Mla(cfg), Mla(TrainConfig(data="", out="", method="mla", modalities=("a", "b"), width=1))
     torch.manual_seed(0)
     net = LateFusionNet(ModelConfig(("a", "b"), 3, 1, "shared", inputs={m: {"kind": "vector", "dim": 8} for m in "ab"}))
     # Accelerate's own reduce (one process: the identity), without an Accelerator: that would fix the
@@ -140,6 +146,10 @@ def test_mla_step_projects_the_shared_head_gradient_away_from_protected_features
         net.zero_grad()
         loss.backward()
         g = net.head.weight.grad.clone()
+        plain.begin_epoch(0, range(0, 4))
+        plain.loss(net, {"label": torch.tensor([0, 1, 2, 0, 1])}, logits, feats)
+        plain.after_backward(net, {}, feats, 0, step, accelerator)
+        assert torch.equal(net.head.weight.grad, g) and plain.projector is None  # the default: no projection
         method.after_backward(net, {}, feats, 0, step, accelerator)
         r = feats["ab"[step % 2]].detach().mean(0).double()
         if step == 0:  # the first step of a run is neither projected nor recorded
@@ -192,13 +202,17 @@ def test_killed_mla_run_resumes_bit_for_bit(strong_weak, tmp_path):
 def test_a_checkpoint_saved_before_the_new_settings_still_resumes(tmp_path):
     """Settings added by this issue default to the old behaviour, so an older checkpoint's config matches."""
     cfg = TrainConfig(data="d", out=str(tmp_path), resume="latest")
+    cfg = resolved(cfg)
     old = {k: v for k, v in cfg.to_dict().items()
-           if k not in ("distill_targets", "logit_temperature", "logit_weight", "mla_projection")}
+           if k not in ("distill_targets", "logit_temperature", "logit_weight", "mla_projection", "optimizer",
+                        "momentum", "nesterov")}
     resume.checkpoint_path(tmp_path).parent.mkdir(parents=True)
     torch.save({"config": old}, resume.checkpoint_path(tmp_path))
     assert resume.load(cfg)["config"] == old
     with pytest.raises(ConfigError, match=r"other settings \(distill_targets\)"):
-        resume.load(TrainConfig(data="d", out=str(tmp_path), resume="latest", distill_targets="both"))
+        resume.load(dataclasses.replace(cfg, distill_targets="both"))
+    with pytest.raises(ConfigError, match=r"other settings \(optimizer\)"):  # older runs all trained with AdamW
+        resume.load(dataclasses.replace(cfg, optimizer="sgd"))
 
 
 @settings(max_examples=50, deadline=None)

@@ -1,6 +1,8 @@
 """The trainable methods, one class each, by the name `--method` gives them."""
 from __future__ import annotations
 
+import dataclasses
+
 from ..config import METHODS, ConfigError, TrainConfig
 from .agm import Agm
 from .amco import Amco
@@ -26,10 +28,19 @@ REGISTRY: dict[str, type[Method]] = {m.name: m for m in (Unimodal, Method, Umt, 
                                                          ReconBoost)}
 
 
+def resolved(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with the settings it leaves to its method (None: fusion, optimiser) set to the method's."""
+    cls = REGISTRY.get(cfg.method)
+    if cls is None:  # ume evaluates members: no fusion head, no optimiser
+        return cfg
+    return dataclasses.replace(cfg, fusion=cfg.fusion or cls.fusion, optimizer=cfg.optimizer or cls.optimizer)
+
+
 def method_for(cfg: TrainConfig) -> Method:
-    """The method object that trains `cfg`, after it checked the configuration."""
+    """The method object that trains `cfg` (resolved), after it checked the configuration."""
     if cfg.method not in REGISTRY:
         raise ConfigError(f"{cfg.method!r} is not a trainable method ({', '.join(REGISTRY)})")
+    cfg = resolved(cfg)
     REGISTRY[cfg.method].check(cfg)
     return REGISTRY[cfg.method](cfg)
 

@@ -24,6 +24,8 @@ could not be checked here): 2^|M| head evaluations and no extra encoder pass; th
 are scaled after the backward pass (as BalanceBenchmark), not through hooks on the responses; no
 gradient clipping. Scores are averaged over all ranks' samples, so every replica applies the same k.
 Refused: grad_accum > 1 (k comes from one batch and scales the whole window's gradients).
+Optimiser: AdamW by default, BalanceBenchmark's (configs/global_config.yaml); lihongcs/AGM's could not be
+checked here. Under Adam k is largely normalised away (engine/methods/base.py): `--optim sgd` keeps it.
 """
 from __future__ import annotations
 

@@ -4,6 +4,14 @@ The training loop (engine/train.py) calls, before each epoch (also one resumed m
 `begin_epoch`; per micro-batch, `loss`; per optimiser step, after the backward passes of its
 window, `after_backward`; per epoch, `end_of_epoch`; and checkpoints `state_dict` with the loop's
 own state, so a resumed run continues every method bit for bit.
+
+A method also names the fusion head and the optimiser a run gets when it leaves them unset: the
+optimiser its official code trained with. The choice matters to methods that rescale gradients
+(OGM-GE, AGM, MMPareto): SGD's step is proportional to the gradient, so the rescaling acts as
+intended, while Adam divides each coordinate's step by the running root mean square of its own
+gradient, which cancels a factor applied to a tensor's gradient for many steps (MMPareto's
+γ changes nothing but ε's relative size; OGM's and AGM's k are largely normalised away, leaving
+mostly their step-to-step variation and OGM's GE noise).
 """
 from __future__ import annotations
 
@@ -24,6 +32,8 @@ class Method:
     name = "joint"
     summary = "naive late fusion: all encoders + fusion head, cross-entropy on the fused logits"
     single_modality = False
+    fusion = "linear"      # the fusion head when the run names none
+    optimizer = "adamw"    # the optimiser when the run names none: the official code's
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg

@@ -1,14 +1,25 @@
 """Gradient Blending (Wang, Tran, Feiszli, CVPR 2020): fused and auxiliary heads' losses, weighted
-per epoch by w_k ∝ G_k / O_k² (engine/balancing.py)."""
+per epoch by w_k ∝ G_k / O_k² (engine/balancing.py).
+
+At each epoch's end both losses of each head, L^train and L^val, are measured the same way: the
+mean cross-entropy over the whole split (centre views, model in eval mode, no gradient), as the
+paper's overfitting-to-generalisation ratio compares the two on one footing (a running mean of the
+epoch's micro-batch losses in train mode would mix models that changed during the epoch, and
+dropout or batch statistics, into L^train only). Every rank computes them from the same gathered
+outputs and takes rank 0's, so the method's state (weights, last epoch's losses) is the same on
+every rank, holds nothing mid-epoch, and a resumed run continues exactly on any number of processes.
+Cost: one forward pass over the training split per epoch. Optimiser: AdamW by default (the paper's
+video models were trained with SGD in Caffe2, whose code was not checked here).
+"""
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from accelerate.utils import broadcast_object_list
 
 from .. import balancing
+from ..evaluate import collect
 from .base import Method, Parts
 
 
@@ -21,40 +32,38 @@ class GBlend(Method):
         heads = ("fused", *cfg.modalities)
         self.weights = {k: 1 / len(heads) for k in heads}
         self.previous: dict[str, tuple[float, float]] | None = None  # (train, val) loss per head, last epoch
-        self.sums: dict[str, torch.Tensor] = {}  # this epoch's head losses so far (restored on resume)
-        self.count = 0
 
     def model_options(self) -> dict[str, Any]:
         return {"aux_heads": True}
 
     def loss(self, net, batch, logits, feats) -> tuple[torch.Tensor, Parts]:
         losses = balancing.head_losses(net, logits, feats, batch["label"])
-        for k, v in losses.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v.detach()
-        self.count += 1
         return sum(self.weights[k] * v for k, v in losses.items()), {f"ce_{k}": v.detach() for k, v in losses.items()}
 
     @torch.no_grad()
     def end_of_epoch(self, net, val, accelerator) -> dict[str, Any]:
         """The next epoch's weights from this and the previous epoch's (train, val) head losses."""
-        train = {k: accelerator.reduce(v / max(self.count, 1), "mean").item() for k, v in sorted(self.sums.items())}
-        pairs = None
-        if accelerator.is_main_process:
-            device = next(net.parameters()).device
-            val_loss = {"fused": F.cross_entropy(val["logits"], val["labels"]).item()}
-            val_loss.update({m: F.cross_entropy(head(val["features"][m].to(device)).cpu(), val["labels"]).item()
-                             for m, head in net.aux_heads.items()})
-            pairs = {k: (train[k], val_loss[k]) for k in train}
-        pairs = broadcast_object_list([pairs])[0]
+        cfg, device = self.cfg, accelerator.device
+        net.eval()
+        train = collect(net, cfg.data, "train", cfg.view, list(cfg.modalities), cfg.batch_size, cfg.num_workers,
+                        device, accelerator)
+        net.train()
+
+        def losses(split: dict) -> dict[str, float]:
+            feats = {m: f.to(device) for m, f in split["features"].items()}
+            return {k: v.item() for k, v in balancing.head_losses(net, split["logits"].to(device), feats,
+                                                                  split["labels"].to(device)).items()}
+
+        train_loss, val_loss = losses(train), losses(val)
+        now = {k: (train_loss[k], val_loss[k]) for k in train_loss}
+        now = broadcast_object_list([now])[0]  # rank 0's numbers on every rank, whatever its arithmetic
         if self.previous is not None:
-            self.weights = balancing.blend_weights(self.previous, pairs)
-        self.previous, self.sums, self.count = pairs, {}, 0
+            self.weights = balancing.blend_weights(self.previous, now)
+        self.previous = now
         return {"blend_weights": dict(self.weights)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"weights": self.weights, "previous": self.previous, "count": self.count,
-                "sums": {k: v.cpu() for k, v in self.sums.items()}}
+        return {"weights": self.weights, "previous": self.previous}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.weights, self.previous, self.count = state["weights"], state["previous"], state["count"]
-        self.sums = dict(state["sums"])
+        self.weights, self.previous = state["weights"], state["previous"]

@@ -4,31 +4,41 @@ Cecile-hi/Multimodal-Learning-with-Alternating-Unimodal-Adaptation, main.py `tra
 `valid` (dynamic), utils/utils.py `GSPlugin`; also GeWu-Lab/BalanceBenchmark trainer/MLA_trainer.py).
 
 Training alternates uni-modal steps through one linear head W shared by every modality (the model's
-`fusion: shared`): optimiser step s trains modality m = modalities[s mod M] alone on
-L = CE(W f_m(x) + b, y). Its head gradient is modified so that the step does not undo what the head
-learnt from earlier steps (orthogonal weight modification, OWM): with r the mean feature of the step's
-batch (over the optimiser step's micro-batches and all ranks) and α = 0.1^(1 + i/n) (i the step's
-index in its epoch of n steps),
+`fusion: shared`, which the method picks when the run names no fusion): optimiser step s trains
+modality m = modalities[s mod M] alone on L = CE(W f_m(x) + b, y). At test time the model fuses the
+modalities' logits W f_m + b per sample with weights exp(−H_m) / Σ_k exp(−H_k), H_m the entropy of
+softmax(W f_m + b) (models.entropy_weights). Optimiser: the official main.py trains with SGD, momentum
+0.9, weight decay 1e-4 (lr 1e-3, StepLR 70 × 0.1; Adam only for its CAV-MAE backbone option): the
+method's default here (with umt's cosine schedule).
+
+Gradient modification (`mla_projection`, default off). The paper protects what the shared head learnt
+from earlier steps by orthogonal weight modification (OWM). The official code's results were produced
+without it: `GSPlugin.before_update` projects only a parameter named `module.weight`, and main.py passes
+it the head `fusion_module.fc_out`, a plain nn.Linear whose parameters are `weight` and `bias`, so no
+gradient was ever changed. The default follows the official results. `mla_projection: true` adds
+textbook OWM: with r the mean feature of the step's batch (over the optimiser step's micro-batches and
+all ranks) and α = 0.1^(1 + i/n) (i the step's index in its epoch of n steps),
 
     k = P r,   P ← P − k kᵀ / (α + rᵀ k),   P ← P / ‖P‖_F,   ∇W ← ∇W Pᵀ
 
 from P = I; P shrinks along every mean feature seen so far, so W's update ΔW = −η ∇W Pᵀ barely moves
 W r for those r. The first step of a run is neither projected nor recorded (the official
-`exp_count != 0`). At test time the model fuses the modalities' logits W f_m + b per sample with weights
-exp(−H_m) / Σ_k exp(−H_k), H_m the entropy of softmax(W f_m + b) (models.entropy_weights).
+`exp_count != 0`). Not copied: the official update (and BalanceBenchmark's) divides k kᵀ element-wise by
+the D×D matrix α + k r (torch.mm of a column and a row), not by the scalar α + rᵀ k of OWM, which
+makes P no longer a projector-like matrix; the official `w.grad = grad Pᵀ` replaces the gradient
+(followed here), BalanceBenchmark adds the projection to it (`grad += grad Pᵀ`).
 
 Deviations, because umt's loop takes one loss per micro-batch and one optimiser step per window:
 - the official code trains every modality on each batch in turn (M optimiser steps per batch); here
   the modalities take turns over consecutive optimiser steps, each on its own batch, so per epoch each
   modality sees 1/M of the batches (train M times the epochs for the official number of steps);
-- the official `GSPlugin` replaces the gradient (`w.grad = grad Pᵀ`, followed here); BalanceBenchmark
-  adds the projection to it (`grad += grad Pᵀ`);
 - the test-time weights are per sample (see models.entropy_weights); the official `valid` takes the
   softmax over the batch axis.
 The encoders idle in a step take no gradient, as in the official code (whose optimiser skips their
 `None` gradients): the loss adds 0·(fused logits), so DDP reduces a zero gradient for every parameter
 (replicas stay in lock-step without find_unused_parameters), and `after_backward` sets the idle
-encoders' gradients to None so AdamW leaves them, their moments and their weight decay untouched.
+encoders' gradients to None so the optimiser leaves them, their momentum (Adam's moments) and their
+weight decay untouched.
 """
 from __future__ import annotations
 
@@ -50,9 +60,10 @@ def owm_update(projector: torch.Tensor, mean_feature: torch.Tensor, alpha: float
 
 class Mla(Method):
     name = "mla"
-    summary = ("alternating uni-modal steps through one shared head, its gradient projected away from\n"
-               "            earlier steps' features; entropy-weighted fusion at test time (Zhang et al., CVPR 2024;\n"
-               "            needs --fusion shared)")
+    summary = ("alternating uni-modal steps through one shared head (--fusion shared, its default);\n"
+               "            entropy-weighted fusion at test time (Zhang et al., CVPR 2024); SGD by default")
+    fusion = "shared"
+    optimizer = "sgd"
 
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)
@@ -67,7 +78,7 @@ class Mla(Method):
         super().check(cfg)
         if cfg.fusion != "shared":
             raise ConfigError("mla trains one linear head shared by every modality and fuses by entropy at "
-                              f"test time: use --fusion shared (got {cfg.fusion!r})")
+                              f"test time: use --fusion shared, or name none (got {cfg.fusion!r})")
 
     @property
     def active(self) -> str:
@@ -79,9 +90,10 @@ class Mla(Method):
     def loss(self, net, batch, logits, feats) -> tuple[torch.Tensor, Parts]:
         m = self.active
         loss = F.cross_entropy(net.head(feats[m]), batch["label"])
-        feature = feats[m].detach().float()
-        self._sum = feature.sum(0) if self._sum is None else self._sum + feature.sum(0)
-        self._count += len(feature)
+        if self.cfg.mla_projection:
+            feature = feats[m].detach().float()
+            self._sum = feature.sum(0) if self._sum is None else self._sum + feature.sum(0)
+            self._count += len(feature)
         # 0·(fused logits): every parameter gets a (zero) gradient, so DDP's buckets fill on every rank
         return loss + 0.0 * logits.sum(), {f"ce_{m}": loss.detach()}
 
@@ -92,23 +104,28 @@ class Mla(Method):
             if other != m:
                 for p in encoder.parameters():
                     p.grad = None
+        if self.cfg.mla_projection:
+            self._project(net, step, accelerator)
+        self.steps = step + 1
+        return {}
+
+    def _project(self, net, step: int, accelerator) -> None:
+        """OWM: record the step's mean feature in P, and project the shared head's gradient by it."""
         total = accelerator.reduce(torch.cat([self._sum, self._sum.new_tensor([self._count])]), "sum")
         mean_feature = total[:-1] / total[-1]
         self._sum, self._count = None, 0
         if self.projector is None:
             self.projector = torch.eye(len(mean_feature))
         self.projector = self.projector.to(mean_feature.device)
-        if self.cfg.mla_projection and step > 0:
+        if step > 0:
             position = (step - self.epoch_steps.start) / max(len(self.epoch_steps), 1)
             self.projector = owm_update(self.projector, mean_feature, 0.1 ** (1 + position))
             grad = net.head.weight.grad
             grad.copy_(grad @ self.projector.T)
-        self.steps = step + 1
-        return {}
 
     def describe(self) -> str:
         order = " → ".join(self.cfg.modalities)
-        projection = "projected (OWM)" if self.cfg.mla_projection else "not projected"
+        projection = "projected (OWM)" if self.cfg.mla_projection else "not projected (as the official results)"
         return f"- MLA: alternating {order}; shared-head gradient {projection}; entropy-weighted test-time fusion\n"
 
     def state_dict(self) -> dict[str, Any]:

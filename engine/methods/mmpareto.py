@@ -22,6 +22,9 @@ modalities' uni-modal losses), and h = s − g. Every rank then applies the same
 Refused: grad_accum > 1 (the rule needs each step's separate gradients, which accumulation would
 mix) and fp16 (its loss scaling scales s but not g).
 Cost: one extra backward pass through the encoders per step (the official code runs four in all).
+Optimiser: the official code trains with SGD, momentum 0.9, weight decay 1e-4 (lr 2e-3, StepLR 30 × 0.1):
+SGD is the method's default here (with umt's cosine schedule). Under Adam, γ is a no-op apart from ε
+(engine/methods/base.py).
 """
 from __future__ import annotations
 
@@ -69,7 +72,9 @@ def combine(g: list[torch.Tensor], h: list[torch.Tensor], gamma: float) -> tuple
 class MMPareto(Method):
     name = "mmpareto"
     summary = ("multi-modal + uni-modal losses; each encoder's two gradients combined by the Pareto rule\n"
-               "            (equal weights when they agree, min-norm when they conflict; Wei & Hu, ICML 2024)")
+               "            (equal weights when they agree, min-norm when they conflict; Wei & Hu, ICML 2024);\n"
+               "            SGD by default")
+    optimizer = "sgd"
 
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:

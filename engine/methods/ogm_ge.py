@@ -1,4 +1,9 @@
-"""OGM-GE (Peng et al., CVPR 2022): joint training with on-the-fly gradient modulation (engine/balancing.py)."""
+"""OGM-GE (Peng et al., CVPR 2022): joint training with on-the-fly gradient modulation (engine/balancing.py).
+
+Optimiser: the official GeWu-Lab/OGM-GE_CVPR2022 main.py trains with SGD, momentum 0.9, weight decay 1e-4
+(lr 1e-3, StepLR 70 × 0.1): SGD is the method's default here (with umt's cosine schedule). Under Adam the
+coefficient k is largely normalised away (engine/methods/base.py).
+"""
 from __future__ import annotations
 
 import math
@@ -13,7 +18,9 @@ from .base import Method, Parts
 class OgmGe(Method):
     name = "ogm-ge"
     summary = ("joint + on-the-fly gradient modulation with generalisation enhancement (Peng et al., CVPR 2022):\n"
-               "            k and N(0, std(g)) noise on conv weights (MLP encoders: their Linear weight matrices)")
+               "            k and N(0, std(g)) noise on conv weights (MLP encoders: their Linear weight matrices);\n"
+               "            SGD by default")
+    optimizer = "sgd"
 
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:

@@ -2,7 +2,8 @@
 cross-entropy that pulls the weaker modality's features toward their class prototypes.
 
 Prototypes: for each modality m and class c, the mean feature of the class, p_m,c = mean_{i: y_i=c} f_m(x_i),
-over the training split (centre views, model in eval mode) before training, then after every epoch
+over the training split (centre views, model in eval mode) before training and again after the first
+epoch (the official `epoch <= 0` branch: plain means, no blend), then after every later epoch
     p_m ← (1 − μ) · mean + μ · p_m_old          (μ = momentum_coef = 0.2)
 (a class absent from the split keeps its old prototype, or zero at the start).
 Prototypical logits are negative Euclidean distances, z_m,i,c = −‖f_m(x_i) − p_m,c‖, and per batch
@@ -11,7 +12,9 @@ Prototypical logits are negative Euclidean distances, z_m,i,c = −‖f_m(x_i) �
 inside the rebalancing epochs (outside them L is the fused cross-entropy alone).
 
 Source: fanyunfeng-bit/Modal-Imbalance-PMR, main_Prototype_grad.py (`calculate_prototype`, `EU_dist`, the
-`Proto` branch of `train_epoch`; defaults α = 1.0, momentum_coef = 0.2, modulation epochs 0-100). That
+`Proto` branch of `train_epoch`; defaults α = 1.0, momentum_coef = 0.2, modulation epochs 0-100; SGD,
+momentum 0.9, weight decay 1e-4, lr 1e-4, StepLR 70 × 0.1: SGD is the method's default here, with umt's
+cosine schedule and lr). That
 code uses neither a temperature nor the paper's entropy regulariser on the dominant modality, and sets
 β to 0 or α (the paper's β grows with the imbalance); so does this module.
 Deviations: the prototypes average the whole training split (the official code stops after a tenth
@@ -63,7 +66,8 @@ def rebalance_coefficients(scores: dict[str, float], alpha: float) -> dict[str, 
 class Pmr(Method):
     name = "pmr"
     summary = ("joint + prototypical cross-entropy on the weaker modality (Fan et al., CVPR 2023):\n"
-               "            class prototypes per modality, updated with momentum each epoch")
+               "            class prototypes per modality, updated with momentum each epoch; SGD by default")
+    optimizer = "sgd"
 
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)
@@ -77,11 +81,11 @@ class Pmr(Method):
             raise ConfigError(f"pmr momentum must lie in [0, 1], got {cfg.pmr_momentum}")
 
     def prepare(self, net, device) -> tuple[int, int | None]:
-        self._update(net, device, None)
+        self._update(net, device, None, momentum=0.0)
         return super().prepare(net, device)
 
     @torch.no_grad()
-    def _update(self, net: LateFusionNet, device: torch.device, accelerator) -> None:
+    def _update(self, net: LateFusionNet, device: torch.device, accelerator, momentum: float) -> None:
         """Prototypes from the training split's features (every rank gets the same gathered features)."""
         cfg = self.cfg
         net.eval()
@@ -92,7 +96,7 @@ class Pmr(Method):
             means, present = class_means(train["features"][m], train["labels"], net.cfg.num_classes)
             old = self.prototypes.get(m)
             self.prototypes[m] = updated_prototypes(None if old is None else old.cpu(), means, present,
-                                                    cfg.pmr_momentum).to(device)
+                                                    momentum).to(device)
 
     def begin_epoch(self, epoch: int, steps: range) -> None:
         self.epoch = epoch
@@ -117,7 +121,8 @@ class Pmr(Method):
 
     def end_of_epoch(self, net, val, accelerator) -> dict[str, Any]:
         if self.epoch + 1 < self.cfg.epochs:  # after the last epoch no step would use them
-            self._update(net, accelerator.device, accelerator)
+            # after the first epoch plain means, as the official `epoch <= 0`; then the momentum blend
+            self._update(net, accelerator.device, accelerator, self.cfg.pmr_momentum if self.epoch > 0 else 0.0)
         return {}
 
     def state_dict(self) -> dict[str, Any]:

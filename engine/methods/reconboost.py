@@ -43,7 +43,8 @@ def boosting_loss(own: torch.Tensor, others: torch.Tensor, labels: torch.Tensor,
 class ReconBoost(Method):
     name = "reconboost"
     summary = ("modalities' learners boosted in turn against the others' ensemble, with global fine-tuning\n"
-               "            between (Hua et al., ICML 2024; needs --fusion shared; one pass per epoch)")
+               "            between (Hua et al., ICML 2024; picks --fusion shared; one pass per epoch)")
+    fusion = "shared"
 
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)

@@ -2,8 +2,10 @@
 
 `crop_flip_to_rgb` fuses what a view does to decoded video: crop, YUV 4:2:0 → RGB (BT.601
 limited range, FFmpeg's matrix for the frames we encode) and horizontal flip, touching only the
-cropped pixels. Normalisation happens later on the training device, where it is free, so workers
-ship 4x fewer bytes than float32 frames.
+cropped pixels. It reads the Y, U and V planes where they lie (the decoder's own frame memory in the
+loader, see media.h264_planes) and writes into the caller's array (the batch the worker ships), so a
+frame is neither copied out of FFmpeg nor stacked again. Normalisation happens later on the training
+device, where it is free, so workers ship 4x fewer bytes than float32 frames.
 """
 from __future__ import annotations
 
@@ -17,25 +19,22 @@ def _clip_u8(value: float) -> np.uint8:
 
 
 @numba.njit(cache=True, nogil=True)
-def _crop_flip_to_rgb(planes: np.ndarray, y0: int, x0: int, size: int, flip: bool, out: np.ndarray) -> None:
-    height = planes.shape[1] * 2 // 3
-    width = planes.shape[2]
-    half_w = width // 2
-    v_offset = (height // 2) * half_w   # V follows U in the flattened chroma area
-    for t in range(planes.shape[0]):
-        for i in range(size):
-            y = y0 + i
-            for j in range(size):
-                x = x0 + j
-                luma = 1.164 * (np.float32(planes[t, y, x]) - 16.0)
-                c = (y // 2) * half_w + x // 2
-                u = np.float32(planes[t, height + c // width, c % width]) - 128.0
-                c += v_offset
-                v = np.float32(planes[t, height + c // width, c % width]) - 128.0
-                col = size - 1 - j if flip else j
-                out[t, i, col, 0] = _clip_u8(luma + 1.596 * v)
-                out[t, i, col, 1] = _clip_u8(luma - 0.392 * u - 0.813 * v)
-                out[t, i, col, 2] = _clip_u8(luma + 2.017 * u)
+def _frame_to_rgb(luma: np.ndarray, u: np.ndarray, v: np.ndarray, y0: int, x0: int, flip: bool,
+                  out: np.ndarray) -> None:
+    """One frame's planes (rows of any line size) → out [size, size, 3], the crop at (y0, x0)."""
+    size = out.shape[0]
+    for i in range(size):
+        row, urow, vrow = luma[y0 + i], u[(y0 + i) // 2], v[(y0 + i) // 2]
+        dest = out[i]
+        for j in range(size):
+            x = x0 + j
+            lum = 1.164 * (np.float32(row[x]) - 16.0)
+            cu = np.float32(urow[x // 2]) - 128.0
+            cv = np.float32(vrow[x // 2]) - 128.0
+            col = size - 1 - j if flip else j
+            dest[col, 0] = _clip_u8(lum + 1.596 * cv)
+            dest[col, 1] = _clip_u8(lum - 0.392 * cu - 0.813 * cv)
+            dest[col, 2] = _clip_u8(lum + 2.017 * cu)
 
 
 def load() -> None:
@@ -44,8 +43,17 @@ def load() -> None:
     crop_flip_to_rgb(np.zeros((1, 3, 2), np.uint8), 0, 0, 1, False)
 
 
-def crop_flip_to_rgb(planes: np.ndarray, y0: int, x0: int, size: int, flip: bool) -> np.ndarray:
-    """yuv420p planes [T, 3H/2, W] → uint8 RGB [T, size, size, 3] of the crop at (y0, x0), flipped if asked."""
-    out = np.empty((planes.shape[0], size, size, 3), np.uint8)
-    _crop_flip_to_rgb(np.ascontiguousarray(planes), y0, x0, size, flip, out)
+def frames_to_rgb(frames: list[tuple[np.ndarray, np.ndarray, np.ndarray]], y0: int, x0: int, flip: bool,
+                  out: np.ndarray) -> np.ndarray:
+    """Each frame's (Y, U, V) planes → its crop in `out` [len(frames), size, size, 3] uint8, flipped if asked."""
+    for t, (luma, u, v) in enumerate(frames):
+        _frame_to_rgb(luma, u, v, y0, x0, flip, out[t])
     return out
+
+
+def crop_flip_to_rgb(planes: np.ndarray, y0: int, x0: int, size: int, flip: bool) -> np.ndarray:
+    """yuv420p planes as FFmpeg's `to_ndarray` packs them, [T, 3H/2, W] → uint8 RGB [T, size, size, 3]."""
+    height, width = planes.shape[1] * 2 // 3, planes.shape[2]
+    chroma = planes[:, height:].reshape(len(planes), 2, height // 2, width // 2)
+    out = np.empty((planes.shape[0], size, size, 3), np.uint8)
+    return frames_to_rgb([(p[:height], c[0], c[1]) for p, c in zip(planes, chroma)], y0, x0, flip, out)

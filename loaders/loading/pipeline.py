@@ -21,8 +21,8 @@ import webdataset as wds
 
 from .audio import log_mel
 from ..errors import UserError
-from .kernels import crop_flip_to_rgb, load as load_kernels
-from ..stored.media import MediaError, decode_flac_span, decode_h264
+from .kernels import frames_to_rgb, load as load_kernels
+from ..stored.media import MediaError, decode_flac_span, h264_planes
 from .plan import EpochPlan, PlannedLoader
 from ..stored.shards import MEDIA_MEMBERS, DataError, member
 from .stream import Unreadable, planned_samples
@@ -31,9 +31,12 @@ from ..stored.views import VIEW_FIELDS, Geometry, ViewPolicy, ViewSpec, audio_wi
 
 
 def decode_views(sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: int,
-                 view_indices: Sequence[int]) -> list[dict]:
+                 view_indices: Sequence[int], out: dict[str, torch.Tensor] | None = None) -> list[dict]:
     """Decode one raw tar sample once and cut every requested view from it.
 
+    Only the frames the views use are read out of the decoder, in place (media.h264_planes), and each
+    view's crop is converted straight into `out[m][i]` when given (the batch a worker ships: uint8
+    [len(view_indices), T, crop, crop, 3]), else into a new tensor.
     Optical flow gets the video's crop; a horizontal flip also negates its x component (red: 255 -
     red). Vector views (`<key>.<name>.npy`, from `umt-data pack-arrays`) have no augmentation: every view is the
     vector itself and its params are zeros.
@@ -47,19 +50,19 @@ def decode_views(sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: 
         if media:
             geom = Geometry.of(meta)
             views = [make_view(seed, meta["row"], v, spec, geom) for v in view_indices]
-            span = (spec.frames - 1) * spec.stride + 1
-            first = min(v.t0 for v in views)
-            clips = {m: decode_h264(sample[member(m)], first, max(v.t0 for v in views) + span)
-                     for m in media if m != "audio"}
-            wave, audio_start, total = None, 0, None
+            frames = [[v.t0 + k * spec.stride for k in range(spec.frames)] for v in views]
+            planes = {m: h264_planes(sample[member(m)], sorted({t for f in frames for t in f}),
+                                     (geom.height, geom.width)) for m in media if m != "audio"}
+            wave, audio_start = None, 0
             if "audio" in media:  # only the span the views' windows cover
                 window = audio_window(spec, geom.sample_rate)
                 audio_start = min(v.audio_offset for v in views)
                 wave, total = decode_flac_span(sample[member("audio")], audio_start,
                                                max(v.audio_offset for v in views) + window)
-            _check_geometry(clips, total, geom)
+                if total is not None and total < geom.audio_samples:  # a view could read past its end
+                    raise MediaError(f"audio holds {total} samples, the json says {geom.audio_samples}")
         else:
-            views, clips, wave = [None] * len(view_indices), {}, None
+            views, planes, wave = [None] * len(view_indices), {}, None
     except KeyError as err:
         raise MediaError(f"{where}: no member or field {err} (does the shard set have modalities "
                          f"{list(modalities)}?)") from err
@@ -69,45 +72,49 @@ def decode_views(sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: 
         pieces = torch.from_numpy(np.stack([wave[v.audio_offset - audio_start:v.audio_offset - audio_start + window]
                                             for v in views]))
         mels = log_mel(pieces, geom.sample_rate, spec.mel_bins).unsqueeze(1)
-    out = []
+    if out is None:
+        out = {m: torch.empty((len(views), spec.frames, spec.crop, spec.crop, 3), dtype=torch.uint8) for m in planes}
+    items = []
     for i, (index, view) in enumerate(zip(view_indices, views)):
         params = view.as_tuple() if view else (0,) * len(VIEW_FIELDS)
         item = {"label": meta["label"], "row": meta["row"], "view": index,
                 "params": torch.tensor(params, dtype=torch.int32), **vectors}
-        for m, frames in clips.items():
-            clip = crop_flip_to_rgb(frames[view.t0 - first:view.t0 - first + span:spec.stride], view.y0, view.x0,
-                                    spec.crop, view.flip)
+        for m, decoded in planes.items():
+            clip = frames_to_rgb([decoded[t] for t in frames[i]], view.y0, view.x0, view.flip, out[m][i].numpy())
             if m == "flow" and view.flip:
                 clip[..., 0] = 255 - clip[..., 0]
-            item[m] = torch.from_numpy(clip)
+            item[m] = out[m][i]
         if wave is not None:
             item["audio"] = mels[i]
-        out.append(item)
-    return out
-
-
-def _check_geometry(clips: dict[str, np.ndarray], audio_samples: int | None, geom: Geometry) -> None:
-    """Decoded media must be as large as the JSON says (audio: its FLAC header), or a view would read past its end."""
-    for m, planes in clips.items():
-        if planes.shape[1:] != (geom.height * 3 // 2, geom.width):
-            raise MediaError(f"{m} decodes to {planes.shape[2]}x{planes.shape[1] * 2 // 3} frames, the json says "
-                             f"{geom.width}x{geom.height}")
-    if audio_samples is not None and audio_samples < geom.audio_samples:
-        raise MediaError(f"audio holds {audio_samples} samples, the json says {geom.audio_samples}")
+        items.append(item)
+    return items
 
 
 def worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def collate(items: list[dict]) -> dict:
-    """Stack tensors, tensorise numbers, list strings; drop webdataset's bookkeeping keys (__key__)."""
-    out = {}
+def batch_tensor(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """A new tensor for a batch; in a DataLoader worker, in shared memory, so that it reaches the main process
+    without the copy torch would otherwise make into shared memory when the batch is sent."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    numel = int(np.prod(shape))
+    return torch.empty(0, dtype=dtype).set_(torch.UntypedStorage._new_shared(numel * dtype.itemsize), 0, tuple(shape))
+
+
+def collate(items: list[dict], batched: dict[str, torch.Tensor] | None = None) -> dict:
+    """Stack tensors, tensorise numbers, list strings; drop webdataset's bookkeeping keys (__key__).
+    `batched`: keys whose batch tensor the items already wrote into (video clips)."""
+    out = dict(batched or {})
     for key, first in items[0].items():
-        if key.startswith("__"):
+        if key.startswith("__") or key in out:
             continue
         values = [it[key] for it in items]
-        out[key] = torch.stack(values) if torch.is_tensor(first) else values if isinstance(first, str) else torch.tensor(values)
+        if torch.is_tensor(first):
+            out[key] = torch.stack(values, out=batch_tensor((len(values), *first.shape), first.dtype))
+        else:
+            out[key] = values if isinstance(first, str) else torch.tensor(values)
     return out
 
 
@@ -162,11 +169,12 @@ class _PlannedBatches(torch.utils.data.IterableDataset):
     def _decoded(self, batches: list[np.ndarray], samples: Iterator, views: Iterator[int]) -> Iterator[dict]:
         in_row = 0
         for batch in batches:
+            clips = self._clips(len(batch))
             items, skipped = [], []
             for _ in range(len(batch)):
                 sample, view = next(samples), next(views)
                 try:
-                    items.append(self._decode(sample, view))
+                    items.append(self._decode(sample, view, {m: c[len(items):len(items) + 1] for m, c in clips.items()}))
                     in_row = 0
                 except (MediaError, DataError) as err:
                     if self.bad.policy == "error":
@@ -178,13 +186,23 @@ class _PlannedBatches(torch.utils.data.IterableDataset):
                                          f"check the shards with `umt-data verify`") from err
             if not items:
                 raise MediaError(f"every sample of a batch is damaged ({'; '.join(skipped)})")
-            items += [items[i % len(items)] for i in range(len(skipped))]
-            yield {**collate(items), **({"bad_samples": skipped} if self.bad.policy == "skip" else {})}
+            good = len(items)
+            for i in range(len(skipped)):  # the good samples in turn fill the skipped ones' places
+                for clip in clips.values():
+                    clip[good + i] = clip[i % good]
+                items.append(items[i % good])
+            yield {**collate(items, clips), **({"bad_samples": skipped} if self.bad.policy == "skip" else {})}
 
-    def _decode(self, sample: dict | Unreadable, view: int) -> dict:
+    def _clips(self, size: int) -> dict[str, torch.Tensor]:
+        """The batch's video tensors, which each sample's clips are converted straight into."""
+        spec = self.spec
+        return {m: batch_tensor((size, spec.frames, spec.crop, spec.crop, 3), torch.uint8)
+                for m in self.modalities if m in MEDIA_MEMBERS and m != "audio"}
+
+    def _decode(self, sample: dict | Unreadable, view: int, out: dict[str, torch.Tensor]) -> dict:
         if isinstance(sample, Unreadable):
             raise DataError(f"{sample.url} sample {sample.key}: {sample.reason}")
-        return decode_views(sample, self.spec, self.modalities, self.policy.seed, [view])[0]
+        return decode_views(sample, self.spec, self.modalities, self.policy.seed, [view], out)[0]
 
 
 def _name(sample: dict | Unreadable, err: Exception) -> str:

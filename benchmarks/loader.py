@@ -210,8 +210,8 @@ class _Decoded(_PlannedBatches):
         super().__init__(*args)
         self.decode = decode
 
-    def _clips(self, size: int) -> dict:
-        return {}  # each variant returns its own clip (the bound none)
+    def _clips(self, size: int) -> tuple[dict, None]:
+        return {}, None  # each variant returns its own clip (the bound none)
 
     def _decode(self, sample: dict, view: int, out: dict) -> dict:
         return self.decode(sample, self.policy.seed, view, self.spec)

@@ -20,8 +20,9 @@ per-sample decode differs), it also measures:
 
 `--realistic` runs the same comparison at the settings of real video training: 10 s sources at
 25 fps packed as `umt-data pack` writes by default (short side 256, GOP 8, CRF 23), views of 16
-frames at stride 2 cropped to 224 px, and the whole 10 s of audio as a 128-band log-mel. The bound
-is the same: bare decoding of exactly the frames each view needs, plus the FLAC decode.
+frames at stride 2 cropped to 224 px, and the whole 10 s of audio as a 128-band log-mel, in batches
+of 8 (96 clips: each worker runs several batches, as in an epoch of real length). The bound is the
+same: bare decoding of exactly the frames each view needs, plus the FLAC decode.
 
     python benchmarks/loader.py --realistic --repeats 5     # → benchmarks/results/loader_cpu_realistic.json
 
@@ -89,6 +90,7 @@ SETTINGS = {
                          ViewSpec(frames=16, stride=2, crop=224, audio_seconds=10.0, mel_bins=128)),
 }
 SPEC, PACKED = SETTINGS["default"].spec, SETTINGS["default"].packed
+MAX_SOURCES = 32  # writing a 10 s source costs seconds: more clips than this repeat sources under new keys
 
 
 def write_source(path: Path, seed: int, size: tuple[int, int] = (320, 240), seconds: int = 6, fps: int = 30,
@@ -300,20 +302,23 @@ def main() -> None:
                    "10 s audio windows (the settings of real video training) instead of the tiny default clips")
     p.add_argument("--images", action="store_true", help="measure the ffcv image loader instead")
     p.add_argument("--images-count", type=int, default=8192, help="images in the --images set")
-    p.add_argument("--clips", type=int, default=None, help="source clips (default 64; 32 with --realistic)")
+    p.add_argument("--clips", type=int, default=None, help="packed clips (default 64; 96 with --realistic); at most "
+                   f"{MAX_SOURCES} distinct sources, each packed again under another key beyond that")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=None, help="default 16; 8 with --realistic")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     if args.images:
         torch.set_num_threads(1)
         return image_bench(args)
     name = "realistic" if args.realistic else "default"
-    setting, clips_count = SETTINGS[name], args.clips or (32 if args.realistic else 64)
+    setting, clips_count = SETTINGS[name], args.clips or (96 if args.realistic else 64)
+    args.batch_size = args.batch_size or (8 if args.realistic else 16)
     out = args.out or f"benchmarks/results/loader_cpu{'_realistic' if args.realistic else ''}.json"
     work = Path(tempfile.mkdtemp(prefix="umt-loader-bench-"))
-    files = write_sources(work / "src", clips_count, setting, args.workers)
-    clips = [ClipInput(Path(f).name, f, f"class{i % 4}", "train") for i, f in enumerate(files)]
+    sources = write_sources(work / "src", min(clips_count, MAX_SOURCES), setting, args.workers)
+    files = [sources[i % len(sources)] for i in range(clips_count)]
+    clips = [ClipInput(f"clip{i:04d}.mp4", f, f"class{i % 4}", "train") for i, f in enumerate(files)]
     start = time.perf_counter()
     pack(clips, work / "packed", setting.packed, shard_size=max(1, clips_count // 4), workers=args.workers,
          progress=False)

@@ -63,7 +63,7 @@ def _test_scores(path: Path, data: str):
         rows.append(batch["row"])
         return model(batch)
 
-    out = collect(forward, data, "test", ViewSpec(**ckpt["view"]), list(model.cfg.modalities), 512, 0,
+    out = collect(forward, data, "test", ViewSpec.of(ckpt["view"]), list(model.cfg.modalities), 512, 0,
                   torch.device("cpu"))
     order = torch.cat(rows).argsort()
     return out["logits"][order], out["labels"][order]

@@ -6,7 +6,7 @@
                         dim, the data shards it mirrors; `build`: versions, start time, processes
       features/<m>      float16 [N, V, D]   teacher feature of (row, view)
       logits/<m>        float16 [N, V, C]   teacher classifier's logits on that feature (since /3)
-      views             int32   [N, V, 5]   the view parameters (t0, y0, x0, flip, audio offset)
+      views             int32   [N, V, 7]   the view records (t0, y0, x0, h, w, flip, audio offset)
       keys              str     [N]         sample keys, to trace a row back to its clip
       done              uint8   [S]         completion marker per data shard
 
@@ -24,10 +24,10 @@ import zarr
 from umt.loaders.errors import UserError
 from umt.loaders.stored.views import VIEW_FIELDS
 
-FORMAT = "umt-cache/3"   # /3: teacher logits beside the features
-# /2: views drawn by views.draw (counter-based), not numpy's PCG64 per row; its features are still the
-# right ones, so a /2 cache serves feature distillation (it has no logits: `kinds` refuses them)
-READABLE = ("umt-cache/2", FORMAT)
+FORMAT = "umt-cache/4"   # /4: a view's box (y0, x0, h, w) is resized to the crop (crop modes); 7 view fields
+# /3 (teacher logits beside the features) and /2 (counter-based view draws) hold 5-field views cut
+# without resizing, whatever their view spec: their features belong to other crops, so they are refused
+READABLE = (FORMAT,)
 KINDS = ("features", "logits")  # what a cache holds per teacher, each an array kind/<modality>
 
 
@@ -82,21 +82,10 @@ def open_group(path: str | Path) -> zarr.Group:
     if found not in READABLE:
         if str(found).startswith("umt-cache/"):
             raise CacheError(f"cache {path} has format {found}, this umt reads {' and '.join(READABLE)}: its "
-                             "views were drawn another way, so its features belong to other crops; rebuild it "
-                             "with `umt-cache build`")
+                             "views were drawn or cut another way (before /4, crops were never resized), so its "
+                             "features belong to other crops; rebuild it with `umt-cache build`")
         raise CacheError(f"{path} is not a umt cache (format {found!r})")
     return group
-
-
-def kinds(group: zarr.Group, path: str | Path, wanted: tuple[str, ...]) -> tuple[str, ...]:
-    """`wanted` (features, logits), refused with the fix when the cache lacks one (a /2 cache has no logits)."""
-    teachers = sorted(group.attrs["teachers"])
-    lacking = [k for k in wanted if any(f"{k}/{m}" not in group for m in teachers)]
-    if lacking:
-        raise CacheError(f"cache {path} ({group.attrs['format']}) holds no teacher {' or '.join(lacking)}; "
-                         f"distil features only, or rebuild it with `umt-cache build` (format {FORMAT} "
-                         "stores the teachers' logits too)")
-    return wanted
 
 
 def missing_shards(group: zarr.Group) -> list[str]:

@@ -72,8 +72,8 @@ def _scan_finite(group, report) -> bool:
 
 
 def _arrays(group) -> list[str]:
-    """The cache's kind/modality arrays (a umt-cache/2 cache has no logits)."""
-    return [f"{kind}/{m}" for kind in store.KINDS for m in group.attrs["teachers"] if f"{kind}/{m}" in group]
+    """The cache's kind/modality arrays."""
+    return [f"{kind}/{m}" for kind in store.KINDS for m in group.attrs["teachers"]]
 
 
 def _recompute(group, data_dir: str, models: dict, k: int, seed: int) -> tuple[float, bool]:
@@ -101,7 +101,7 @@ def _recompute(group, data_dir: str, models: dict, k: int, seed: int) -> tuple[f
 def _views_of(group, data_dir: str, modalities: list[str], wanted: dict[int, int]) -> Iterator[tuple[int, int, dict]]:
     """(row, view, decoded inputs) of each wanted row's view, read the way the builder read it."""
     attrs = group.attrs
-    spec = ViewSpec(**attrs["view_spec"])
+    spec = ViewSpec.of(attrs["view_spec"])
     if is_image_set(load_manifest(data_dir)):
         for view in sorted(set(wanted.values())):
             for batch in make_loader(data_dir, attrs["split"], spec, modalities, ViewPolicy(attrs["seed"], view=view), 64):

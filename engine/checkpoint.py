@@ -62,7 +62,7 @@ def fingerprint(ckpt: dict[str, Any]) -> str:
 def saved_views(path: str | Path, ckpt: dict[str, Any]) -> ViewSpec:
     if "view" not in ckpt:
         raise CheckpointError(f"{path} records no view spec (saved by an older umt); retrain it")
-    return ViewSpec(**ckpt["view"])
+    return ViewSpec.of(ckpt["view"])
 
 
 def check_views(role: str, path: str | Path, ckpt: dict[str, Any], spec: ViewSpec) -> None:

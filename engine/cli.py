@@ -58,6 +58,11 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--view-seed", type=int, help="seed of the augmented views (default: --seed, or the cache's)")
     p.add_argument("--num-views", type=int, help="train on views 0..V-1 only (default: fresh views each "
                    "epoch, or the cache's V)")
+    p.add_argument("--test-clips", type=int, default=d.test_clips, help="test protocol: T temporal windows per "
+                   "sample, evenly spaced from the clip's start to its end (audio windows aligned), logits "
+                   "averaged over T x C views (Kinetics literature: 10 x 3; default one centre view)")
+    p.add_argument("--test-crops", type=int, default=d.test_crops, help="test protocol: C spatial crops per "
+                   "window, along the frame's long side (3: left/centre/right; 1: centre)")
     p.add_argument("--select", choices=CHOICES["select"], default=d.select,
                    help="final model: the last epoch's, or the epoch with the best validation top-1 (early stopping "
                         "without stopping; every method alike)")
@@ -80,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    "MSE(P·f_student, f_teacher) (FitNets)")
     p.add_argument("--distill-targets", choices=CHOICES["distill_targets"], default=d.distill_targets,
                    help="UMT: distil the teachers' features (MSE, the paper's), their logits (T²·KL(teacher ‖ "
-                        "student) on per-modality auxiliary heads), or both; logits need a umt-cache/3 cache "
+                        "student) on per-modality auxiliary heads), or both; logits need a umt-cache/3 or later cache "
                         "or online teachers")
     p.add_argument("--temperature", dest="logit_temperature", type=float, default=d.logit_temperature,
                    help="UMT logit distillation temperature T")

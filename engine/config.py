@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass, field
 
 from umt.loaders.errors import UserError
 from umt.loaders.loading.pipeline import BAD_SAMPLE_POLICIES
-from umt.loaders.stored.views import ViewSpec
+from umt.loaders.stored.views import MAX_TEST_CLIPS, MAX_TEST_CROPS, ViewSpec
 
 METHODS = ("unimodal", "joint", "umt", "ume", "ogm-ge", "gblend",
            "mmpareto", "agm", "pmr", "dropout", "mla")  # ume evaluates, the others train
@@ -43,6 +43,8 @@ class TrainConfig:
     view_seed: int | None = None     # None: `seed`, or the cache's seed when a cache is used
     num_views: int | None = None     # training views per sample; None: a fresh view every epoch
     view: ViewSpec = field(default_factory=ViewSpec)
+    test_clips: int = 1              # test views per sample: temporal windows (and aligned audio windows) ...
+    test_crops: int = 1              # ... x spatial crops along the long side, logits averaged (Kinetics: 10 x 3)
     backend: str = "auto"            # video/audio decoding: "cpu" (PyAV), "dali" (NVDEC), "auto" (dali with a GPU and DALI)
     num_workers: int = 1
     bad_samples: str = "skip"         # a training sample that fails to decode: "skip" (replaced, counted) or "error"
@@ -97,6 +99,9 @@ class TrainConfig:
             raise ConfigError(f"logit temperature must be > 0, got {self.logit_temperature}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("epochs and batch size must be >= 1")
+        if not (1 <= self.test_clips <= MAX_TEST_CLIPS and 1 <= self.test_crops <= MAX_TEST_CROPS):
+            raise ConfigError(f"test clips must be in 1..{MAX_TEST_CLIPS} and test crops in 1..{MAX_TEST_CROPS}, "
+                              f"got {self.test_clips} and {self.test_crops}")
 
     @property
     def resolved_view_seed(self) -> int:

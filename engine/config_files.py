@@ -3,7 +3,8 @@
 A config file groups TrainConfig's settings in sections (the names users edit); each method's
 knobs have their own section, read only by that method:
 
-    data:   path, backend, workers, bad_samples, bad_samples_limit, view_seed, num_views, view: {frames, ...}
+    data:   path, backend, workers, bad_samples, bad_samples_limit, view_seed, num_views, view: {frames, ...},
+            test_clips, test_crops
     model:  modalities, width, fusion
     optim:  epochs, batch_size, lr, weight_decay, grad_accum, max_steps, precision
     method: name
@@ -40,7 +41,8 @@ from .config import ConfigError, TrainConfig
 SECTIONS: dict[str, dict[str, str]] = {
     "data": {"path": "data", "backend": "backend", "workers": "num_workers", "bad_samples": "bad_samples",
              "bad_samples_limit": "bad_samples_limit",
-             "view_seed": "view_seed", "num_views": "num_views", "view": "view"},
+             "view_seed": "view_seed", "num_views": "num_views", "view": "view", "test_clips": "test_clips",
+             "test_crops": "test_crops"},
     "model": {"modalities": "modalities", "width": "width", "fusion": "fusion"},
     "optim": {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "weight_decay": "weight_decay",
               "grad_accum": "grad_accum", "max_steps": "max_steps", "precision": "precision"},

@@ -1,45 +1,58 @@
 """Evaluation: top-1 accuracy and linear probes of frozen encoders (the modality-laziness gauge)."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from umt.loaders.loading.loader import make_loader
 from umt.loaders.stored.shards import load_manifest, split_shards
-from umt.loaders.stored.views import ViewPolicy, ViewSpec
+from umt.loaders.stored.views import CENTRE, ViewPolicy, ViewSpec, eval_views
 
 Forward = Callable[[dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 @torch.no_grad()
 def collect(forward: Forward, data: str, split: str, spec: ViewSpec, modalities: list[str],
-            batch_size: int, num_workers: int, device: torch.device, accelerator=None) -> dict:
-    """Labels, logits and pooled features of every sample of a split, on its centre view (which no seed moves).
+            batch_size: int, num_workers: int, device: torch.device, accelerator=None,
+            views: Sequence[int] = (CENTRE,)) -> dict:
+    """Labels, logits and pooled features of every sample of a split, each averaged over `views`
+    (evaluation view indices, which no seed moves: the centre view, or `eval_views(T, C)`).
 
-    With an Accelerator of several processes, every rank must call this: each reads its contiguous
-    share of the split's rows and the results are gathered to all ranks in row order (a split with
-    fewer samples than processes is read whole by every rank).
+    One in-order pass per view, as PySlowFast's multi-view test decodes each view on its own; every
+    pass reads the same rows in the same order. With an Accelerator of several processes, every rank
+    must call this: each reads its contiguous share of the split's rows and the results are gathered
+    to all ranks in row order (a split with fewer samples than processes is read whole by every rank).
     """
     world = accelerator.num_processes if accelerator is not None else 1
     split_up = world > 1 and sum(s["count"] for s in split_shards(load_manifest(data), split)) >= world
     rank = accelerator.process_index if split_up else 0
-    loader = make_loader(data, split, spec, modalities, ViewPolicy(0), batch_size, num_workers,
-                         rank, world if split_up else 1)
-    labels, logits, feats = [], [], {m: [] for m in modalities}
-    for batch in loader:
-        out, f = forward({k: v.to(device) for k, v in batch.items()})
-        labels.append(batch["label"])
-        logits.append(out.float().cpu())
-        for m in modalities:
-            feats[m].append(f[m].float().cpu())
-    local = {"labels": torch.cat(labels), "logits": torch.cat(logits),
-             "features": {m: torch.cat(v) for m, v in feats.items()}}
+    passes = [_one_view(forward, make_loader(data, split, spec, modalities, ViewPolicy(0, view=view), batch_size,
+                                             num_workers, rank, world if split_up else 1), modalities, device)
+              for view in views]
+    if any(not torch.equal(p["rows"], passes[0]["rows"]) for p in passes):
+        raise RuntimeError(f"{data} {split}: the test views' passes read different rows")  # the plan is per split
+    local = {"labels": passes[0]["labels"], "logits": torch.stack([p["logits"] for p in passes]).mean(0),
+             "features": {m: torch.stack([p["features"][m] for p in passes]).mean(0) for m in modalities}}
     if not split_up:
         return local
     return {"labels": _gather(local["labels"], accelerator), "logits": _gather(local["logits"], accelerator),
             "features": {m: _gather(v, accelerator) for m, v in local["features"].items()}}
+
+
+def _one_view(forward: Forward, loader, modalities: list[str], device: torch.device) -> dict:
+    """Rows, labels, logits and features of one pass of an evaluation loader."""
+    rows, labels, logits, feats = [], [], [], {m: [] for m in modalities}
+    for batch in loader:
+        out, f = forward({k: v.to(device) for k, v in batch.items()})
+        rows.append(batch["row"])
+        labels.append(batch["label"])
+        logits.append(out.float().cpu())
+        for m in modalities:
+            feats[m].append(f[m].float().cpu())
+    return {"rows": torch.cat(rows), "labels": torch.cat(labels), "logits": torch.cat(logits),
+            "features": {m: torch.cat(v) for m, v in feats.items()}}
 
 
 def _gather(tensor: torch.Tensor, accelerator) -> torch.Tensor:
@@ -83,15 +96,19 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
 
 def final_evaluation(forward: Forward, cfg, device: torch.device, modalities: tuple[str, ...] | None = None,
                      scores: Callable[[torch.Tensor], torch.Tensor] = lambda logits: logits, accelerator=None) -> dict:
-    """Test top-1 / top-5 / per-class accuracy and, per modality, a linear probe on frozen train features.
+    """Test top-1 / top-5 / per-class accuracy under the run's test protocol (cfg.test_clips x
+    cfg.test_crops views, logits averaged) and, per modality, a linear probe on frozen train features
+    (centre view) tested on the test features (averaged over the same views).
 
     `scores` turns what `forward` returns as logits into class scores (UME combines its members here).
     """
     modalities = modalities or cfg.modalities
     args = (cfg.view, list(modalities), cfg.batch_size, cfg.num_workers, device, accelerator)
-    test = collect(forward, cfg.data, "test", *args)
+    test = collect(forward, cfg.data, "test", *args, views=eval_views(cfg.test_clips, cfg.test_crops))
     scored = accuracies(scores(test["logits"]), test["labels"])
-    out = {"test_top1": scored.pop("top1"), "test_top5": scored.pop("top5"), **scored, "probe": {}}
+    out = {"test_top1": scored.pop("top1"), "test_top5": scored.pop("top5"), **scored, "probe": {},
+           "test_protocol": {"clips": cfg.test_clips, "crops": cfg.test_crops, "views": cfg.test_clips * cfg.test_crops,
+                             "crop_mode": cfg.view.crop_mode, "combine": "mean of logits"}}
     if cfg.probe:
         train = collect(forward, cfg.data, "train", *args)
         if accelerator is not None and not accelerator.is_main_process:

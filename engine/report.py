@@ -24,6 +24,8 @@ def write_report(path: Path, cfg: TrainConfig, results: dict, curves: Path | Non
         f"# umt run: {cfg.method} ({'+'.join(results['modalities'])})\n\n"
         f"{results_table([(cfg.method, results)])}\n\n"
         f"- test top-5: {results.get('test_top5', float('nan')):.3f}; per-class top-1 in `results.json`\n"
+        f"- test protocol: {cfg.test_clips} clip(s) x {cfg.test_crops} crop(s) per sample, logits averaged "
+        f"({cfg.view.crop_mode} crops)\n"
         f"- data: `{cfg.data}`\n- processes: {results['processes']}, wall time {results['wall_s']} s\n"
         + details + _damaged(results.get("bad_samples"))
         + "- probe: a fresh linear classifier on the frozen encoder's pooled features (train split, centre "

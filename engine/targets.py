@@ -47,7 +47,7 @@ class CachedTargets:
         group = store.open_group(path)
         prints = load_teachers(teachers, torch.device("cpu"))[1] if teachers else None
         store.check(group, path, manifest_fingerprint(data_dir), prints)
-        if ViewSpec(**group.attrs["view_spec"]) != spec:
+        if ViewSpec.of(group.attrs["view_spec"]) != spec:
             raise store.CacheError(f"cache {path} holds views of spec {group.attrs['view_spec']}, the run "
                                    f"uses {spec.to_dict()}; train with the cache's view spec")
         train = load_manifest(data_dir)["splits"]["train"]["num_samples"]
@@ -57,7 +57,7 @@ class CachedTargets:
                                    "with `umt-cache build --split train`")
         self.seed = group.attrs["seed"]
         self.num_views = group.attrs["num_views"]
-        self.table = FeatureTable(group, device, budget_bytes, kinds=store.kinds(group, path, kinds))
+        self.table = FeatureTable(group, device, budget_bytes, kinds=kinds)
 
     def dims(self) -> dict[str, int]:
         return self.table.dims()

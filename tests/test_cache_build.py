@@ -107,11 +107,13 @@ def test_build_refuses_when_the_disk_lacks_room(tmp_path):
 
 
 def test_a_cache_of_the_older_view_draws_is_refused_with_the_fix(data, cache, tmp_path):
-    """umt-cache/1 caches hold features of views drawn per row by numpy's PCG64: other crops now."""
+    """umt-cache/3 caches hold features of 5-field views cut without resizing: other crops now (and /1's
+    were drawn per row by numpy's PCG64)."""
     old = tmp_path / "old.zarr"
     shutil.copytree(cache, old)
-    zarr.open_group(str(old), mode="r+").attrs["format"] = "umt-cache/1"
-    with pytest.raises(CacheError, match="format umt-cache/1, this umt reads umt-cache/2.*rebuild it with `umt-cache build`"):
+    zarr.open_group(str(old), mode="r+").attrs["format"] = "umt-cache/3"
+    with pytest.raises(CacheError, match="format umt-cache/3, this umt reads umt-cache/4: .*crops were never "
+                                         "resized.*rebuild it with `umt-cache build`"):
         open_group(old)
     with pytest.raises(SystemExit):  # and umt-train refuses it the same way
         train_main(["--data", str(data), "--out", str(tmp_path / "run"), "--method", "umt", "--cache", str(old),

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import shutil
 
@@ -116,17 +117,44 @@ def test_run_directory_has_curves_tensorboard_and_report(data, tmp_path):
 def test_two_process_evaluation_splits_and_gathers(tmp_path):
     from umt.engine.checkpoint import load_model
     from umt.engine.evaluate import collect, top1
-    from umt.loaders.stored.views import ViewSpec
+    from umt.loaders.stored.views import CENTRE, ViewSpec, eval_views
     data = synth(tmp_path / "d", "--shard-size", "8")  # 2 val and 2 test shards: one per process
     out = tmp_path / "ddp"
     accelerate_launch("umt.engine.cli", "--data", str(data), "--out", str(out), "--method", "joint",
-                      "--max-steps", "3", *MODEL_ARGS)
+                      "--max-steps", "3", "--test-clips", "2", "--test-crops", "3", "--crop-mode", "cut",
+                      *MODEL_ARGS)   # cut: the synthetic frames are square, resized test crops would coincide
     results = json.loads((out / "results.json").read_text())
     model, ckpt = load_model(out / "model.pt")
     view = ViewSpec(**ckpt["view"])
-    alone = {split: collect(model.eval(), str(data), split, view, ["video", "audio"], 8, 0, torch.device("cpu"))
+    alone = {split: collect(model.eval(), str(data), split, view, ["video", "audio"], 8, 0, torch.device("cpu"),
+                            views=eval_views(2, 3) if split == "test" else (CENTRE,))
              for split in ("val", "test")}
+    # the 2 x 3 test protocol, each test sample scored once across the two ranks
     assert results["test_top1"] == top1(alone["test"]["logits"], alone["test"]["labels"])
+    assert results["test_protocol"] == {"clips": 2, "crops": 3, "views": 6, "crop_mode": "cut",
+                                        "combine": "mean of logits"}
     val_record = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"val_top1"' in l][-1]
     assert val_record["val_top1"] == top1(alone["val"]["logits"], alone["val"]["labels"])
     assert set(results["probe"]) == {"video", "audio"}
+
+
+def test_multi_view_test_averages_the_logits_of_each_view(data, teachers):
+    """T x C test views: every test sample once, in row order, its logits the mean of the T x C
+    single-view passes (which differ from each other: distinct windows and crops; the synthetic frames
+    are square, so crops along the long side differ only when cut)."""
+    from umt.engine.checkpoint import load_model
+    from umt.engine.evaluate import collect
+    from umt.loaders.stored.views import CENTRE, eval_views
+
+    model, ckpt = load_model(teachers["video"])
+    cut = dataclasses.replace(ViewSpec.of(ckpt["view"]), crop_mode="cut")   # square frames: resized crops coincide
+    args = (model.eval(), str(data), "test", cut, ["video"], 8, 0, torch.device("cpu"))
+    views = eval_views(2, 3)
+    both = collect(*args, views=views)
+    each = [collect(*args, views=[v]) for v in views]
+    centre = collect(*args)
+    assert torch.equal(both["labels"], centre["labels"]) and len(centre["labels"]) == 16
+    assert torch.equal(both["logits"], torch.stack([e["logits"] for e in each]).mean(0))
+    assert torch.equal(both["features"]["video"], torch.stack([e["features"]["video"] for e in each]).mean(0))
+    assert len({e["logits"].numpy().tobytes() for e in each}) == 6
+    assert torch.equal(collect(*args, views=eval_views(1, 1))["logits"], centre["logits"]) and views[0] != CENTRE

@@ -5,6 +5,7 @@ import pytest
 from umt.engine.cli import main as train_main, parse_args
 from umt.engine.config import ConfigError
 from umt.engine.config_files import load
+from umt.loaders.errors import UserError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -29,6 +30,17 @@ def test_overrides_and_errors(tmp_path):
         load(str(bad), ["data.path=d", "run.out=o"])
     with pytest.raises(ConfigError, match="not both"):
         parse_args(["--config", str(bad), "--lr", "0.1"])
+
+
+def test_test_protocol_and_crop_mode_settings():
+    cfg = load(str(CONFIGS / "kinetics400.yaml"), ["data.view.crop_mode=cut", "data.test_clips=4"])
+    assert (cfg.test_clips, cfg.test_crops, cfg.view.crop_mode) == (4, 3, "cut")   # 10 x 3 in the file
+    flags = parse_args(["--data", "d", "--out", "o", "--test-clips", "10", "--test-crops", "3", "--min-area", "0.3"])
+    assert (flags.test_clips, flags.test_crops, flags.view.min_area, flags.view.crop_mode) == (10, 3, 0.3, "resized")
+    with pytest.raises(ConfigError, match="test clips must be in 1..64 and test crops in 1..8, got 10 and 9"):
+        parse_args(["--data", "d", "--out", "o", "--test-clips", "10", "--test-crops", "9"]).validate()
+    with pytest.raises(UserError, match="view crop mode must be one of resized, cut, got 'squash'"):
+        load(str(CONFIGS / "kinetics400.yaml"), ["data.view.crop_mode=squash"])
 
 
 def test_config_run_saves_the_resolved_config(data, tmp_path):

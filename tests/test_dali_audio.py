@@ -15,16 +15,17 @@ import av
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 from umt.loaders.loading.audio import log_mel
-from umt.loaders.loading.dali import choose_backend, dali_available, dali_log_mel, dali_view_video
+from umt.loaders.loading.dali import choose_backend, dali_available, dali_box_view, dali_log_mel, dali_view_video
 from umt.loaders.errors import UserError
-from umt.loaders.loading.kernels import crop_flip_to_rgb
+from umt.loaders.loading.kernels import resize_to_rgb
 from umt.loaders.stored.media import decode_flac, encode_flac
 from umt.loaders.loading.loader import dali_loader, make_loader
 from umt.loaders.stored.shards import ShardWriter
 from umt.loaders.making.synth import SynthConfig, write_synth
-from umt.loaders.stored.views import ViewPolicy, ViewSpec
+from umt.loaders.stored.views import Geometry, ViewPolicy, ViewSpec, eval_views, make_views
 
 RATE = 16000
 SPEC = ViewSpec(frames=3, stride=2, crop=16, audio_seconds=0.25, mel_bins=16)
@@ -156,13 +157,45 @@ def test_video_view_graph_cuts_the_view(dali):
     data = encode_vp9(frames)
     with av.open(io.BytesIO(data)) as container:
         planes = np.stack([f.to_ndarray() for f in container.decode(video=0)])
-    params = [np.array(p, np.int32) for p in [(0, 0, 0, 0, 0), (2, 5, 9, 1, 0), (3, 8, 16, 0, 0), (1, 1, 2, 1, 0)]]
+    params = [np.array(p, np.int32) for p in [(0, 0, 0, 16, 16, 0, 0), (2, 5, 9, 16, 16, 1, 0),
+                                              (3, 1, 4, 22, 27, 0, 0), (1, 3, 2, 9, 12, 1, 0)]]
     got = run_cpu(lambda enc, p: dali_view_video(enc, p, SPEC, "cpu"), [np.frombuffer(data, np.uint8)] * 4, params)
-    for clip, (t0, y0, x0, flip, _) in zip(got, params):
-        want = crop_flip_to_rgb(planes[t0:t0 + 5:2], y0, x0, SPEC.crop, bool(flip))
+    for clip, (t0, y0, x0, h, w, flip, _) in zip(got, params):
+        want = resize_to_rgb(planes[t0:t0 + 5:2], (y0, x0, h, w), SPEC.crop, bool(flip))
         assert clip.shape == want.shape == (3, 16, 16, 3)
-        # Measured max 0.86: each side rounds RGB to uint8 (±0.5). A wrong frame, box or flip: ~30.
+        # Measured max 0.86 (cut boxes): each side rounds RGB to uint8 (±0.5). A wrong frame, box or flip: ~30.
         assert np.abs(clip @ LUMA - want @ LUMA).max() <= 1.5
+
+
+@settings(max_examples=25, deadline=None)
+@given(height=st.integers(4, 40), width=st.integers(4, 40), crop=st.integers(2, 48), cut=st.booleans(),
+       seed=st.integers(0, 2**31), rows=st.lists(st.integers(0, 10**6), min_size=6, max_size=6),
+       eval_view=st.sampled_from(eval_views(1, 1) + eval_views(2, 3)))
+def test_cpu_and_dali_resize_the_same_box(dali, height, width, crop, cut, seed, rows, eval_view):
+    """Each view's box, resized by DALI's graph (loader's dali_box_view) and by the cpu kernel, gives
+    the same pixels on noise, where a box one pixel off or another filter differs by tens of levels.
+    Luma with neutral chroma is grey, so the only difference left is where each rounds (max 1)."""
+    height, width = 2 * height, 2 * width
+    if cut and crop > min(height, width):
+        crop = min(height, width)
+    spec = ViewSpec(frames=1, crop=crop, audio_seconds=0.0, crop_mode="cut" if cut else "resized")
+    views = np.array([0, 1, 2, 3, eval_view, 7])
+    params = make_views(seed, np.array(rows), views, spec, Geometry(1, height, width, 0, 1)).astype(np.int32)
+    luma = np.random.default_rng(seed).integers(16, 236, (1, height, width), dtype=np.uint8)
+    planes = np.concatenate([luma, np.full((1, height // 2, width), 128, np.uint8)], axis=1)
+    grey = np.floor(1.164 * (luma.astype(np.float64) - 16) + 0.5).astype(np.uint8)[..., None].repeat(3, -1)
+    from nvidia.dali import Pipeline, fn
+
+    pipe = Pipeline(batch_size=len(params), num_threads=1, device_id=None)
+    with pipe:
+        frames, p = fn.external_source(source=lambda: ([grey] * len(params), list(params)), num_outputs=2,
+                                       batch=True, layout=["FHWC", ""])
+        pipe.set_outputs(dali_box_view(frames, p, crop))
+    pipe.build()
+    (out,) = pipe.run()
+    for i, (_, y0, x0, h, w, flip, _) in enumerate(params.tolist()):
+        want = resize_to_rgb(planes, (y0, x0, h, w), crop, bool(flip)).astype(int)
+        assert np.abs(np.array(out.at(i)).astype(int) - want).max() <= 1, (y0, x0, h, w, flip)
 
 
 def test_backend_choice_without_gpu():

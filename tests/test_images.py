@@ -152,9 +152,9 @@ def test_training_order_views_and_pixels(packed):
     assert a["params"].dtype == torch.int32
     expected = [make_view(3, r, 0, image_spec(CROP, True), image_geometry(SIZE)).as_tuple() for r in a["row"].tolist()]
     assert a["params"].tolist() == [list(p) for p in expected]
-    assert {p[3] for p in expected} == {0, 1}  # both flips occur
+    assert {p[5] for p in expected} == {0, 1}  # both flips occur
     whole = _cat(_epoch(packed, train=False, crop=SIZE, batch_size=8))["rear"]
-    for n, (_, y0, x0, flip, _) in enumerate(a["params"].tolist()):
+    for n, (_, y0, x0, _, _, flip, _) in enumerate(a["params"].tolist()):
         view = whole[a["row"][n], y0:y0 + CROP, x0:x0 + CROP]
         assert torch.equal(a["rear"][n], view.flip(1) if flip else view)
 
@@ -181,7 +181,7 @@ def test_evaluation_is_sequential_with_the_centre_view(packed):
     assert [len(b["row"]) for b in batches] == [4, 2] and "rear" not in batches[0]
     c = (SIZE - CROP) // 2
     assert all(b["view"].tolist() == [CENTRE] * len(b["row"]) for b in batches)
-    assert _cat(batches)["params"].tolist() == [[0, c, c, 0, 0]] * 6
+    assert _cat(batches)["params"].tolist() == [[0, c, c, CROP, CROP, 0, 0]] * 6
 
 
 @pytest.fixture(scope="module")

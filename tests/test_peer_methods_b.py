@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,7 +15,6 @@ import zarr
 from hypothesis import given, settings, strategies as st
 
 from umt.cache.builder import ShardViews
-from umt.cache.store import CacheError
 from umt.engine import resume
 from umt.engine.checkpoint import load_model
 from umt.engine.cli import main as train_main
@@ -25,7 +23,6 @@ from umt.engine.methods import method_for
 from umt.engine.methods.mla import Mla, owm_update
 from umt.engine.methods.umt import kd_loss
 from umt.engine.models import LateFusionNet, ModelConfig, entropy_weights
-from umt.engine.targets import CachedTargets
 from umt.loaders.loading.loader import make_loader
 from umt.loaders.stored.shards import load_manifest, modality_inputs
 from umt.loaders.stored.views import ViewPolicy, ViewSpec
@@ -35,8 +32,8 @@ from conftest import accelerate_launch, kill_and_resume
 
 def test_cached_logits_equal_the_teachers_logits_on_the_same_views(data, teachers, cache):
     group = zarr.open_group(str(cache), mode="r")
-    assert group.attrs["format"] == "umt-cache/3"
-    decode = ShardViews(ViewSpec(**group.attrs["view_spec"]), ["audio", "video"], group.attrs["seed"],
+    assert group.attrs["format"] == "umt-cache/4"
+    decode = ShardViews(ViewSpec.of(group.attrs["view_spec"]), ["audio", "video"], group.attrs["seed"],
                         group.attrs["num_views"])
     models = {m: load_model(p)[0].eval() for m, p in teachers.items()}
     samples = list(wds.DataPipeline(wds.SimpleShardList([str(data / "train-000001.tar")]), wds.tarfile_to_samples()))
@@ -90,25 +87,6 @@ def test_cached_and_online_logit_distillation_give_the_same_loss(data, teachers,
     assert cached["ce"] == online["ce"]  # same weights and batch
     assert cached["distill_kl"].item() == pytest.approx(online["distill_kl"].item(), rel=1e-3)  # float16 cache
     assert cached["distill"].item() == pytest.approx(online["distill"].item(), rel=1e-3)
-
-
-def test_a_format_2_cache_serves_features_and_refuses_logits(data, cache, tmp_path):
-    """A /2 cache's views are /3's (views.draw): its features still serve; it has no logits."""
-    old = tmp_path / "old.zarr"
-    shutil.copytree(cache, old)
-    group = zarr.open_group(str(old), mode="r+")
-    group.attrs["format"] = "umt-cache/2"
-    for m in ("audio", "video"):
-        del group[f"logits/{m}"]
-    spec = ViewSpec(**group.attrs["view_spec"])
-    rows, views = torch.tensor([0, 5, 9]), torch.tensor([1, 0, 1])
-    features = CachedTargets(str(old), str(data), spec, torch.device("cpu"))({"row": rows, "view": views})
-    assert set(features) == {"features"}
-    assert torch.equal(features["features"]["video"],
-                       torch.from_numpy(zarr.open_group(str(cache), mode="r")["features/video"][:][rows, views]).float())
-    with pytest.raises(CacheError, match=r"umt-cache/2\) holds no teacher logits; distil features only, or "
-                                          r"rebuild it with `umt-cache build` \(format umt-cache/3"):
-        CachedTargets(str(old), str(data), spec, torch.device("cpu"), kinds=("features", "logits"))
 
 
 # --- MLA -------------------------------------------------------------------------------------------

@@ -1,12 +1,16 @@
+import dataclasses
+
+import numpy as np
+import pytest
 import torch
 
+from umt.loaders.errors import UserError
 from umt.loaders.loading.audio import log_mel
-import numpy as np
-
-from umt.loaders.stored.views import (CENTRE, Geometry, ViewPolicy, ViewSpec, make_view, make_views, view_indices_jit,
-                               view_params, view_params_jit)
+from umt.loaders.stored.views import (CENTRE, Geometry, ViewPolicy, ViewSpec, make_view, make_views,
+                                      eval_view, eval_views)
 
 SPEC = ViewSpec(frames=4, stride=2, crop=16, audio_seconds=0.5)
+CUT = dataclasses.replace(SPEC, crop_mode="cut")
 GEOM = Geometry(frames=12, height=24, width=20, audio_samples=16000, sample_rate=16000)
 
 
@@ -17,32 +21,64 @@ def test_view_is_a_pure_function_of_seed_row_view():
     assert views != {make_view(4, 10, v, SPEC, GEOM) for v in range(8)}  # and so do other seeds
     for v in range(50):
         view = make_view(0, v, v, SPEC, GEOM)
-        assert 0 <= view.t0 <= 12 - 7 and 0 <= view.y0 <= 8 and 0 <= view.x0 <= 4
-        assert 0 <= view.audio_offset <= 8000
+        assert 0 <= view.t0 <= 12 - 7 and 0 <= view.audio_offset <= 8000
+        assert 0 <= view.y0 <= 24 - view.h and 0 <= view.x0 <= 20 - view.w and view.h >= 1 and view.w >= 1
+        cut = make_view(0, v, v, CUT, GEOM)
+        assert (cut.h, cut.w) == (16, 16) and 0 <= cut.y0 <= 8 and 0 <= cut.x0 <= 4
 
 
 def test_centre_view_and_train_view_index():
-    assert make_view(0, 5, CENTRE, SPEC, GEOM).as_tuple() == (2, 4, 2, 0, 4000)
+    assert make_view(0, 5, CENTRE, CUT, GEOM).as_tuple() == (2, 4, 2, 16, 16, 0, 4000)
+    assert make_view(0, 5, CENTRE, SPEC, GEOM).as_tuple() == (2, 2, 0, 20, 20, 0, 4000)  # the short side's square
     assert {ViewPolicy(0, e, True, 3).index(7) for e in range(40)} == {0, 1, 2}
     assert ViewPolicy(0, 5, True).index(7) == 5 and ViewPolicy(0, 5).index(7) == CENTRE
     assert ViewPolicy(0, 5, True, 3, view=2).index(7) == 2
 
 
-def test_vector_views_equal_the_scalar_ones_and_numba_equals_numpy():
-    rows, views = np.arange(500), np.tile([CENTRE, 0, 1, 2, 7], 100)
-    many = make_views(3, rows, views, SPEC, GEOM)
-    assert many.tolist() == [list(make_view(3, r, v, SPEC, GEOM).as_tuple()) for r, v in zip(rows, views)]
-    assert np.array_equal(view_params_jit(3, rows, views, 5, 8, 4, 8000, True), view_params(3, rows, views, 5, 8, 4, 8000, True))
-    policy = ViewPolicy(9, 4, True, 5)
-    assert np.array_equal(view_indices_jit(9, 4, rows, 5), policy.indices(rows))
+def test_vector_views_equal_the_scalar_ones():
+    rows, views = np.arange(500), np.tile([CENTRE, 0, 1, 2, 7, eval_view(1, 2, 2, 3)], 100)[:500]
+    for spec in (SPEC, CUT):
+        many = make_views(3, rows, views, spec, GEOM)
+        assert many.tolist() == [list(make_view(3, r, v, spec, GEOM).as_tuple()) for r, v in zip(rows, views)]
 
 
 def test_view_draws_are_uniform():
     """Each offset takes every value of its range about equally often; the flip is a fair coin."""
-    params = make_views(1, np.arange(20000), np.zeros(20000, np.int64), SPEC, GEOM)
-    for column, values in ((0, 6), (1, 9), (2, 5), (3, 2)):
+    params = make_views(1, np.arange(20000), np.zeros(20000, np.int64), CUT, GEOM)
+    for column, values in ((0, 6), (1, 9), (2, 5), (5, 2)):
         counts = np.bincount(params[:, column], minlength=values)
         assert len(counts) == values and counts.min() > 0.9 * 20000 / values and counts.max() < 1.1 * 20000 / values
+
+
+def test_resized_crop_box_follows_its_area_and_aspect():
+    """A fixed area share and aspect give one box size (round(sqrt(0.25 * 24 * 20)) = 11); the default
+    ranges give boxes of many sizes and shapes, and the fallback square only when no try fits."""
+    rows = np.arange(2000)
+    fixed = dataclasses.replace(SPEC, min_area=0.25, max_area=0.25, min_aspect=1.0, max_aspect=1.0)
+    params = make_views(1, rows, np.zeros(2000, np.int64), fixed, GEOM)
+    assert set(map(tuple, params[:, 3:5].tolist())) == {(11, 11)}
+    assert set(params[:, 1].tolist()) == set(range(24 - 11 + 1)) and set(params[:, 2].tolist()) == set(range(20 - 11 + 1))
+    wide = dataclasses.replace(SPEC, min_aspect=2.0, max_aspect=2.0, min_area=1.0)   # never fits: 10 tries, then
+    assert {tuple(p) for p in make_views(1, rows[:50], np.zeros(50, np.int64), wide, GEOM)[:, 1:5].tolist()} == {(2, 0, 20, 20)}
+    sizes = make_views(1, rows, np.zeros(2000, np.int64), SPEC, GEOM)[:, 3:5]
+    assert len(set(map(tuple, sizes.tolist()))) > 100 and (sizes[:, 0] != sizes[:, 1]).mean() > 0.5
+
+
+def test_eval_views_space_clips_and_crops():
+    """3 clips x 3 crops: windows at the start, middle and end; crops along the long side (here the
+    height), centred across; no flip. A landscape frame puts them along the width."""
+    views = [make_view(0, 5, v, SPEC, GEOM) for v in eval_views(3, 3)]
+    assert [(v.t0, v.audio_offset) for v in views] == [(0, 0)] * 3 + [(2, 4000)] * 3 + [(5, 8000)] * 3
+    assert [v.box for v in views[:3]] == [(0, 0, 20, 20), (2, 0, 20, 20), (4, 0, 20, 20)]
+    assert not any(v.flip for v in views) and eval_view(0, 1, 0, 1) == CENTRE
+    landscape = dataclasses.replace(GEOM, height=16, width=40)
+    assert [make_view(0, 5, v, CUT, landscape).box for v in eval_views(1, 3)] == [(0, 0, 16, 16), (0, 12, 16, 16), (0, 24, 16, 16)]
+    assert make_view(0, 5, eval_views(1, 3)[1], SPEC, landscape) == make_view(0, 5, CENTRE, SPEC, landscape)
+    assert len(set(eval_views(10, 3))) == 30
+    with pytest.raises(UserError, match="test views"):
+        eval_view(3, 3, 0, 1)
+    with pytest.raises(ValueError, match="no training view"):
+        make_view(0, 5, -1 - 8, SPEC, GEOM)   # crop 1 of 1
 
 
 def test_log_mel_peaks_at_the_tone():

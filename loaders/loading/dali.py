@@ -1,4 +1,4 @@
-"""The `dali` decode backend: H.264 through NVDEC, crop, flip and log-mel on the GPU.
+"""The `dali` decode backend: H.264 through NVDEC, resized crop, flip and log-mel on the GPU.
 
 The `cpu` backend (loaders/loading/pipeline.py) decodes with PyAV in DataLoader workers. On a GPU
 machine this backend moves the pixel and audio work onto the GPU; the Python side only reads tar
@@ -88,21 +88,29 @@ def dali_log_mel(waveform, sample_rate: int, n_mels: int):
 
 
 def dali_view_video(encoded, params, spec: ViewSpec, device: str):
-    """Each sample's view of its clip: T frames from t0 at the stride, the crop box, the flip.
+    """Each sample's view of its clip: T frames from t0 at the stride, the box resized to the crop, the flip.
 
-    `params` holds View.as_tuple() per sample; `device` is the decoder's ("mixed": NVDEC).
-    Frames come out RGB [T, crop, crop, 3] uint8, like the cpu backend's.
+    `params` holds View.as_tuple() per sample; `device` is the decoder's ("mixed": NVDEC). The box is
+    resized as the cpu kernel does (loaders/loading/kernels.py): linear, antialiased when shrinking,
+    on pixel centres. Frames come out RGB [T, crop, crop, 3] uint8, like the cpu backend's.
     """
     frames = fn.decoders.video(encoded, device=device, start_frame=params[0], sequence_length=spec.frames,
                                stride=spec.stride, pad_mode="none")
-    crop = fn.slice(frames, start=params[1:3], shape=[spec.crop, spec.crop], axes=[1, 2])
-    return fn.flip(crop, horizontal=params[3], vertical=0)
+    return dali_box_view(frames, params, spec.crop)
+
+
+def dali_box_view(frames, params, crop: int):
+    """Frames [T, H, W, C] → the view's box (params[1:5]: y0, x0, h, w) resized to crop x crop, flipped if params[5]."""
+    corner, size = fn.cast(params[1:3], dtype=types.FLOAT), fn.cast(params[3:5], dtype=types.FLOAT)
+    view = fn.resize(frames, roi_start=corner, roi_end=corner + size, roi_relative=False,
+                     size=[crop, crop], interp_type=types.INTERP_LINEAR, antialias=True)
+    return fn.flip(view, horizontal=params[5], vertical=0)
 
 
 def dali_view_audio(encoded, params, spec: ViewSpec, sample_rate: int, device: str):
     """Each sample's log-mel view: FLAC decoded and windowed on the CPU, the spectrogram on `device`."""
     wave, _ = fn.decoders.audio(encoded, dtype=types.FLOAT, downmix=True)
-    piece = fn.slice(wave, start=params[4:5], shape=[audio_window(spec, sample_rate)], axes=[0])
+    piece = fn.slice(wave, start=params[6:7], shape=[audio_window(spec, sample_rate)], axes=[0])
     return dali_log_mel(piece.gpu() if device == "gpu" else piece, sample_rate, spec.mel_bins)
 
 
@@ -110,7 +118,7 @@ def view_samples(paths: Sequence[str], plan: EpochPlan, spec: ViewSpec, policy: 
                  sample_rate: int | None = None) -> Iterator[dict[str, np.ndarray]]:
     """The plan's tar samples in its order, as the pipeline's inputs.
 
-    Each holds the encoded "mp4" and "flac" bytes, the view "params" int32 [5] from the cpu
+    Each holds the encoded "mp4" and "flac" bytes, the view "params" int32 [7] from the cpu
     backend's own make_view and "meta" (label, row, view index) int64 [3]. A sample whose audio is
     not at `sample_rate` (the rate the spectrogram graph was built for) is an error.
     """
@@ -154,7 +162,7 @@ class DaliLoader(PlannedLoader):
     """One epoch of one rank's batches, decoded by DALI; the pipeline is built when iteration starts.
 
     Batches hold video uint8 [B, T, crop, crop, 3] and audio float32 [B, 1, mels, frames] on the
-    GPU, label, row, view int64 [B] and params int32 [B, 5] on the CPU. `device_id=None` runs
+    GPU, label, row, view int64 [B] and params int32 [B, 7] on the CPU. `device_id=None` runs
     everything on the CPU, where DALI decodes VP8, VP9 and MJPEG but not H.264: for tests.
     """
 

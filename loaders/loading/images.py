@@ -24,7 +24,8 @@ import torch
 from ..errors import UserError
 from .plan import EpochPlan, PlannedLoader
 from ..stored.shards import MANIFEST, DataError, is_image_set, load_manifest, split_shards
-from ..stored.views import CENTRE, Geometry, ViewPolicy, ViewSpec, make_views, view_indices_jit, view_params_jit
+from ..stored.views import (CENTRE, Geometry, ViewPolicy, ViewSpec, make_views, spec_params, view_indices,
+                            view_params)
 
 
 def ffcv_ready() -> None:
@@ -67,15 +68,16 @@ def image_geometry(size: int) -> Geometry:
 
 
 def image_spec(crop: int, flip: bool) -> ViewSpec:
-    return ViewSpec(frames=1, stride=1, crop=crop, audio_seconds=0.0, flip=flip)
+    """Images are cut, not resized (the `cut` crop mode): ffcv's operation copies the box."""
+    return ViewSpec(frames=1, stride=1, crop=crop, audio_seconds=0.0, flip=flip, crop_mode="cut")
 
 
 @numba.njit(cache=True, nogil=True)
 def _crop_flip(images: np.ndarray, params: np.ndarray, out: np.ndarray) -> None:
-    """out[i] = the crop of images[i] at (params[i, 1], params[i, 2]), mirrored if params[i, 3]."""
+    """out[i] = the crop of images[i] at (params[i, 1], params[i, 2]), mirrored if params[i, 5]."""
     crop = out.shape[1]
     for i in range(out.shape[0]):
-        y0, x0, flip = params[i, 1], params[i, 2], params[i, 3]
+        y0, x0, flip = params[i, 1], params[i, 2], params[i, 5]
         for y in range(crop):
             for x in range(crop):
                 src = x0 + (crop - 1 - x if flip else x)
@@ -99,14 +101,15 @@ def _view_crop_class() -> type:
 
         def generate_code(self):
             p = self.policy
-            seed, epoch, flip, slack = p.seed, p.epoch, self.flip, self.size - self.crop
+            seed, epoch = p.seed, p.epoch
+            args = spec_params(image_spec(self.crop, self.flip), image_geometry(self.size))
             fixed = p.view if p.view is not None else CENTRE if not p.train else -2  # -2: drawn per row
             num_views = p.num_views or 0
 
             def view_crop(images, out, rows):
-                views = view_indices_jit(seed, epoch, rows, num_views) if fixed == -2 else \
+                views = view_indices(seed, epoch, rows, num_views) if fixed == -2 else \
                     np.zeros(len(rows), np.int64) + fixed
-                _crop_flip(images, view_params_jit(seed, rows, views, 0, slack, slack, 0, flip), out[:len(rows)])
+                _crop_flip(images, view_params(seed, rows, views, *args), out[:len(rows)])
                 return out[:len(rows)]
 
             view_crop.with_indices = True

@@ -1,4 +1,4 @@
-"""The `cpu` backend: WebDataset shards → PyAV decode → view crop/flip → log-mel → batches.
+"""The `cpu` backend: WebDataset shards → PyAV decode → view box resized to the crop, flip → log-mel → batches.
 
 The epoch plan (loaders/loading/plan.py) fixes this rank's batches. DataLoader workers take them in turn
 (batch b → worker b mod W) and torch's DataLoader returns its workers' outputs round-robin, so the
@@ -37,10 +37,11 @@ def decode_views(sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: 
     """Decode one raw tar sample once and cut every requested view from it.
 
     Only the frames the views use are read out of the decoder, in place (media.h264_planes), and each
-    view's crop is converted straight into `out[m][i]` when given (the batch a worker ships: uint8
-    [len(view_indices), T, crop, crop, 3]), else into a new tensor.
-    Optical flow gets the video's crop; a horizontal flip also negates its x component (red: 255 -
-    red). Vector views (`<key>.<name>.npy`, from `umt-data pack-arrays`) have no augmentation: every view is the
+    view's box is resized and converted straight into `out[m][i]` when given (the batch a worker ships:
+    uint8 [len(view_indices), T, crop, crop, 3]), else into a new tensor.
+    Optical flow gets the video's box, resized alike (its values are not rescaled, as in TSN and
+    MMAction2); a horizontal flip also negates its x component (red: 255 - red). Vector views
+    (`<key>.<name>.npy`, from `umt-data pack-arrays`) have no augmentation: every view is the
     vector itself and its params are zeros.
     """
     where = f"{sample.get('__url__', '?')} sample {sample.get('__key__', '?')}"
@@ -82,7 +83,7 @@ def decode_views(sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: 
         item = {"label": meta["label"], "row": meta["row"], "view": index,
                 "params": torch.tensor(params, dtype=torch.int32), **vectors}
         for m, decoded in planes.items():
-            clip = frames_to_rgb([decoded[t] for t in frames[i]], view.y0, view.x0, view.flip, out[m][i].numpy())
+            clip = frames_to_rgb([decoded[t] for t in frames[i]], view.box, view.flip, out[m][i].numpy())
             if m == "flow" and view.flip:
                 clip[..., 0] = 255 - clip[..., 0]
             item[m] = out[m][i]

@@ -55,6 +55,7 @@ from PIL import Image
 
 from umt.loaders.loading.audio import log_mel
 from umt.loaders.loading.dali import dali_available
+from umt.loaders.loading.kernels import load as load_kernels
 from umt.loaders.loading.loader import make_loader, planned_split
 from umt.loaders.loading.pipeline import _PlannedBatches, BadSamples, worker_init
 from umt.loaders.making.inputs import ClipInput
@@ -329,6 +330,7 @@ def main() -> None:
 
     naive = torch.utils.data.DataLoader(NaiveClips(files, setting), batch_size=args.batch_size, shuffle=True,
                                         num_workers=args.workers, generator=torch.Generator().manual_seed(0))
+    load_kernels()  # numba's one-off load (seconds under load) once per process, as a training run pays it
     gpu = dali_available()  # with a GPU and DALI, the dali backend is measured in the same rounds
     peers = available_peers() if setting.spec.crop_mode == "cut" else {
         "all": "not measured: the peers cut a crop, this view resizes a random box (random-resized crop)"}

@@ -155,7 +155,7 @@ def _panels(figures: dict) -> list:
                 for name, style in (("limit", "--"), ("umt", "-")):
                     axis.plot(xs, [p[name] for p in points.values()], style, marker="o",
                               label="bare-decode bound" if name == "limit" else "umt cpu loader")
-                axis.set(title=f"cpu loader vs {label} ({fixed}, 10 s clips)", xlabel=label, ylabel="clips/s",
+                axis.set(title=f"cpu loader, {fixed}, 10 s clips", xlabel=label, ylabel="clips/s",
                          xticks=xs)
                 axis.legend()
             panels.append(shape_panel)

@@ -8,9 +8,9 @@ methods back to back, the order rotated; `ratio_cached_vs_joint_per_repeat` is t
 ratio within repeats. Then, per width, the cache build's clips/s against the teachers' bare forward
 throughput on the same clips, already decoded and in memory (build_overhead = 1 - build / bare).
 `--profile` runs cProfile over one joint and one cached run at the largest width and lists the
-functions whose own time per step differs most: where a gap between them goes. The defaults (512
-clips, 5 repeats, widths 8 and 64) fit in 20 minutes on 2 CPU cores; `seconds` in the JSON says where
-the time went.
+functions whose own time per step differs most: where a gap between them goes. The aim is for the
+defaults (512 clips, 5 repeats, widths 8 and 64) to fit in 20 minutes on 2 CPU cores (measured: 37 min
+on a loaded machine, see RESULTS.md); `seconds` in the JSON says where the time went.
 
     python benchmarks/train_throughput.py --profile --out benchmarks/results/train_throughput_cpu.json
 """

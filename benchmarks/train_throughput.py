@@ -8,7 +8,9 @@ methods back to back, the order rotated; `ratio_cached_vs_joint_per_repeat` is t
 ratio within repeats. Then, per width, the cache build's clips/s against the teachers' bare forward
 throughput on the same clips, already decoded and in memory (build_overhead = 1 - build / bare).
 `--profile` runs cProfile over one joint and one cached run at the largest width and lists the
-functions whose own time per step differs most: where a gap between them goes.
+functions whose own time per step differs most: where a gap between them goes. The aim is for the
+defaults (512 clips, 5 repeats, widths 8 and 64) to fit in 20 minutes on 2 CPU cores (measured: 37 min
+on a loaded machine, see RESULTS.md); `seconds` in the JSON says where the time went.
 
     python benchmarks/train_throughput.py --profile --out benchmarks/results/train_throughput_cpu.json
 """
@@ -75,7 +77,7 @@ def spread(values: list[float]) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="benchmarks/results/train_throughput.json")
-    p.add_argument("--train-clips", type=int, default=1000)
+    p.add_argument("--train-clips", type=int, default=512)
     p.add_argument("--steps", type=int, default=30, help="optimiser steps per timed run at the smallest width")
     p.add_argument("--steps-wide", type=int, default=8, help="optimiser steps per timed run at the other widths")
     p.add_argument("--repeats", type=int, default=5)
@@ -87,6 +89,7 @@ def main() -> None:
     p.add_argument("--profile", action="store_true", help="also profile one joint and one cached run at the "
                    "largest width: where the time differs")
     args = p.parse_args()
+    clock, phases = time.perf_counter(), {}  # wall-clock seconds of each phase: the whole run must fit 20 min
     widths = [int(w) for w in args.widths.split(",")]
     work = Path(tempfile.mkdtemp(prefix="umt-bench-"))
     data = str(work / "data")
@@ -115,6 +118,7 @@ def main() -> None:
         return {"build_clips_per_s": round(build_cps, 1), "bare_teacher_clips_per_s": bare,
                 "build_overhead": round(1 - build_cps / bare, 3), "build_seconds_runs": [round(x, 2) for x in seconds]}
 
+    phases["data"] = round(time.perf_counter() - clock)
     configs, builds = {}, {}
     for width in widths:
         teachers = make_teachers(width)
@@ -128,6 +132,7 @@ def main() -> None:
         return run(replace(base, out=str(work / f"w{width}-{name}{tag}"), width=width, max_steps=steps,
                            **configs[width][name]))
 
+    phases["teachers_and_cache_builds"] = round(time.perf_counter() - clock - sum(phases.values()))
     speeds = {w: {name: [] for name in configs[w]} for w in widths}
     for r in range(args.repeats):
         for width in widths:
@@ -135,6 +140,7 @@ def main() -> None:
             for name in names[r % 3:] + names[:r % 3]:  # rotate so no method always runs first
                 speeds[width][name].append(run_once(width, name, str(r))["train_samples_per_s"])
                 print(f"repeat {r} width {width} {name}: {speeds[width][name][-1]} samples/s", flush=True)
+    phases["training_runs"] = round(time.perf_counter() - clock - sum(phases.values()))
     figures = {}
     for width in widths:
         s = speeds[width]
@@ -149,7 +155,9 @@ def main() -> None:
         wide = max(widths)
         figures["gap_profile"] = {"width": wide, "functions": gap_profile(lambda n: run_once(wide, n, "-profile"),
                                                                             ("joint", "umt_cached"))}
-    write_json(args.out, {**figures, "settings": {**vars(args), "view": VIEW.to_dict(), "fusion": base.fusion}})
+        phases["profile"] = round(time.perf_counter() - clock - sum(phases.values()))
+    phases["total"] = round(time.perf_counter() - clock)
+    write_json(args.out, {**figures, "seconds": phases, "settings": {**vars(args), "view": VIEW.to_dict(), "fusion": base.fusion}})
 
 
 if __name__ == "__main__":

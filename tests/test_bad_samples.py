@@ -46,6 +46,9 @@ def test_skip_replaces_exactly_the_damaged_samples_and_keeps_every_batch(data, t
         assert len(bad["row"]) == 8
         kept = [r for r in bad["row"].tolist() if r in good["row"].tolist()]
         assert len(set(kept)) == 8 - len(bad["bad_samples"])  # the others: good samples of the same batch again
+    clean_clips = {row: clip for b in clean for row, clip in zip(b["row"].tolist(), b["video"])}
+    for batch in batches:  # a place refilled in the batch's tensor holds its stand-in's clip
+        assert all(torch.equal(clip, clean_clips[row]) for row, clip in zip(batch["row"].tolist(), batch["video"]))
 
 
 def test_truncated_shard_skips_each_row_it_cannot_give(data, tmp_path):

@@ -1,11 +1,15 @@
 import io
+import json
 
 import av
 import numpy as np
 import pytest
+import torch
 
 from umt.loaders.loading.kernels import resize_to_rgb
+from umt.loaders.loading.pipeline import decode_views
 from umt.loaders.stored.media import MediaError, decode_flac, decode_flac_span, decode_h264, encode_flac, encode_h264
+from umt.loaders.stored.views import ViewSpec
 
 
 def _frames(n: int = 12) -> np.ndarray:
@@ -74,6 +78,22 @@ def test_seeking_decode_returns_exactly_the_requested_frames():
     whole = decode_h264(data, 0, 20)
     for start, stop in [(0, 3), (5, 9), (8, 12), (17, 20)]:  # inside, at and across keyframes
         assert np.array_equal(decode_h264(data, start, stop), whole[start:stop]), (start, stop)
+
+
+def test_views_resized_in_place_from_the_decoder_equal_views_of_the_packed_decode():
+    # 58 px wide: FFmpeg pads each row to its line size, which the in-place planes must step over
+    frames = np.random.default_rng(3).integers(0, 255, (20, 36, 58, 3), dtype=np.uint8)
+    data = encode_h264(frames, fps=8, gop=4)
+    meta = {"label": 1, "row": 7, "frames": 20, "height": 36, "width": 58, "audio_samples": 0, "sample_rate": 16000}
+    sample = {"json": json.dumps(meta).encode(), "mp4": data, "__key__": "k", "__url__": "u"}
+    spec = ViewSpec(frames=4, stride=3, crop=17, audio_seconds=0)
+    packed = decode_h264(data, 0, 20)
+    items = decode_views(sample, spec, ["video"], 5, [0, 1, 2, 3, -1])
+    assert len({tuple(item["params"].tolist()) for item in items}) == 5  # distinct views, flipped and not
+    for item in items:
+        t0, y0, x0, h, w, flip, _ = item["params"].tolist()
+        want = resize_to_rgb(packed[t0:t0 + 10:3], (y0, x0, h, w), 17, bool(flip))
+        assert torch.equal(item["video"], torch.from_numpy(want))
 
 
 def test_flac_is_lossless():

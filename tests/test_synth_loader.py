@@ -2,6 +2,7 @@ import json
 import tarfile
 
 import pytest
+import torch
 import webdataset as wds
 
 from umt.loaders.loading.loader import make_loader
@@ -58,6 +59,17 @@ def test_loader_batches_carry_rows_views_and_are_deterministic(data):
     assert all((x["row"] == y["row"]).all() and (x["video"] == y["video"]).all() for x, y in zip(batches, again))
     other = list(make_loader(data, "train", SPEC, ["video"], ViewPolicy(0, 2, True, 2), 8))
     assert [b["row"].tolist() for b in other] != [b["row"].tolist() for b in batches]
+
+
+def test_workers_reuse_the_clip_memory_of_dropped_batches_only(data):
+    policy = ViewPolicy(seed=0, epoch=1, train=True)
+    want = [b["video"] for b in make_loader(data, "train", SPEC, ["video"], policy, 4, 0)]  # in this process
+    held = {}
+    for i, batch in enumerate(make_loader(data, "train", SPEC, ["video"], policy, 4, 2)):
+        assert torch.equal(batch["video"], want[i]), i
+        if i % 3 == 0:  # kept: its memory must not come back to the worker; the others' does
+            held[i] = batch["video"][1:]
+    assert len(want) == 16 and all(torch.equal(clips, want[i][1:]) for i, clips in held.items())
 
 
 def test_ranks_read_disjoint_rows_and_equal_batch_counts(data):

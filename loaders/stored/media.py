@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 from fractions import Fraction
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import av
 import numpy as np
@@ -68,23 +68,40 @@ def h264_frames(data: bytes, start: int, stop: int, threads: bool = False) -> It
                 return
 
 
-def decode_h264(data: bytes, start: int, stop: int) -> np.ndarray:
-    """Decode frames [start, stop) of a constant-frame-rate mp4 into yuv420p planes [n, 3H/2, W].
+Planes = tuple[np.ndarray, np.ndarray, np.ndarray]
 
-    Colour conversion is left to the view kernel, which converts only the cropped pixels: on small
-    frames FFmpeg's whole-frame RGB conversion costs more than decoding itself.
+
+def h264_planes(data: bytes, indices: Sequence[int], size: tuple[int, int] | None = None) -> dict[int, Planes]:
+    """Frames `indices` of a constant-frame-rate mp4 as yuv420p (Y, U, V) arrays [H, W], [H/2, W/2] (x2).
+
+    The arrays lie over FFmpeg's own frame memory (each keeps its frame alive): nothing is copied, the
+    view kernel reads only the pixels it crops, and frames between the wanted ones are dropped as they
+    decode. `size` (height, width): what the clip's metadata says; frames of another size are an error.
     """
-    frames = []
+    start, stop, wanted, out = min(indices), max(indices) + 1, set(indices), {}
     try:
-        for frame in h264_frames(data, start, stop):
+        for index, frame in enumerate(h264_frames(data, start, stop), start):
+            if index not in wanted:
+                continue
+            if size is not None and (frame.height, frame.width) != size:
+                raise MediaError(f"decodes to {frame.width}x{frame.height} frames, the json says {size[1]}x{size[0]}")
             if frame.format.name != "yuv420p":
                 frame = frame.reformat(format="yuv420p")
-            frames.append(frame.to_ndarray())
+            out[index] = tuple(np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :p.width]
+                               for p in frame.planes)
     except (av.FFmpegError, IndexError, ZeroDivisionError) as err:
         raise MediaError(f"undecodable video: {err}") from err
-    if len(frames) < stop - start:
-        raise MediaError(f"video ended after {start + len(frames)} frames, the view needs frames {start}-{stop - 1}")
-    return np.stack(frames)
+    if len(out) < len(wanted):
+        raise MediaError(f"video ended after {start + len(out)} frames, the view needs frames {start}-{stop - 1}")
+    return out
+
+
+def decode_h264(data: bytes, start: int, stop: int) -> np.ndarray:
+    """Frames [start, stop) as yuv420p planes [n, 3H/2, W], packed as FFmpeg's `to_ndarray` packs them (whole-clip
+    checks and tests; the loader reads `h264_planes` in place)."""
+    frames = h264_planes(data, range(start, stop))
+    return np.stack([np.concatenate([plane.ravel() for plane in frames[i]]).reshape(-1, frames[i][0].shape[1])
+                     for i in range(start, stop)])
 
 
 def encode_flac(samples: np.ndarray, sample_rate: int) -> bytes:

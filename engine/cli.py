@@ -199,9 +199,6 @@ def main(argv: list[str] | None = None) -> None:
     run_cli("umt-train", body)
 
 
-if __name__ == "__main__":
-    main()
-
 
 def _refuse_unread(parser: argparse.ArgumentParser, given: dict) -> None:
     """A flag the chosen method does not read is an error, never silently ignored (`config_files.settings_read`)."""
@@ -218,3 +215,6 @@ def _refuse_unread(parser: argparse.ArgumentParser, given: dict) -> None:
                           + ", ".join(f"{flag} (read by {config_files.reader(name)})" for flag, name in unread)
                           + f"{what}: leave them out")
 
+
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,7 @@ import pytest
 from umt.engine import resume
 from umt.engine.cli import main as train_main, parse_args
 from umt.engine.config import ConfigError, TrainConfig
+from umt.engine.methods import resolved
 from umt.loaders.cli import main as data_main
 from umt.loaders.loading.loader import make_loader
 from umt.loaders.stored.views import ViewPolicy, ViewSpec
@@ -73,7 +74,7 @@ def test_resume_on_other_processes_without_a_global_batch_says_what_to_set(stron
     args = ["--data", str(strong_weak), "--out", str(tmp_path / "run"), "--modality", "strong", "--modality", "weak",
             "--batch-size", "3", "--width", "4", "--workers", "0", "--max-steps", "1", "--no-probe", "--log-with", "none"]
     train_main(args)
-    cfg = parse_args([*args, "--resume", "latest"])
+    cfg = resolved(parse_args([*args, "--resume", "latest"]))  # as the trainer resolves it
     with pytest.raises(ConfigError, match=re.escape(
             "saved by 1 process(es) with a global batch of 3; on 2 process(es) this configuration makes it 6, which "
             "would change every following batch: resume on a number of processes that divides 3")):
@@ -82,6 +83,6 @@ def test_resume_on_other_processes_without_a_global_batch_says_what_to_set(stron
             "this configuration makes it 9, which would change every following batch: set optim.global_batch=3 "
             "(--global-batch 3) to train 1 samples per process")):
         resume.load(cfg, 3)
-    assert resume.load(parse_args([*args, "--resume", "latest", "--global-batch", "3"]), 3)["position"]["step"] == 1
+    assert resume.load(resolved(parse_args([*args, "--resume", "latest", "--global-batch", "3"])), 3)["position"]["step"] == 1
     with pytest.raises(ConfigError, match="a global batch of 7 does not split among 2 processes"):
         resume.layout(TrainConfig(data="", out="", global_batch=7), 2, None)

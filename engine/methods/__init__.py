@@ -33,7 +33,7 @@ def resolved(cfg: TrainConfig) -> TrainConfig:
     cls = REGISTRY.get(cfg.method)
     if cls is None:  # ume evaluates members: no fusion head, no optimiser
         return cfg
-    return dataclasses.replace(cfg, fusion=cfg.fusion or cls.fusion, optimizer=cfg.optimizer or cls.optimizer)
+    return dataclasses.replace(cfg, fusion=cfg.fusion or cls.fusions[0], optimizer=cfg.optimizer or cls.optimizer)
 
 
 def method_for(cfg: TrainConfig) -> Method:

@@ -55,6 +55,8 @@ class Amco(Method):
     summary = ("joint + uni-modal losses; the modality the model depends on has a growing share of its logit\n"
                "            classes masked from the fused prediction (Zhou et al., ICASSP 2023; needs --fusion linear\n"
                "            or sum)")
+    fusions = ("linear", "sum")
+    fusion_needs = "masks each modality's share of the fused logits"
 
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)
@@ -65,8 +67,6 @@ class Amco(Method):
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
         super().check(cfg)
-        if cfg.fusion not in ("linear", "sum"):
-            raise ConfigError("amco needs --fusion linear or sum (it masks each modality's share of the fused logits)")
         if cfg.amco_eps <= 0:
             raise ConfigError(f"amco eps must be > 0, got {cfg.amco_eps}")
 

@@ -32,7 +32,8 @@ class Method:
     name = "joint"
     summary = "naive late fusion: all encoders + fusion head, cross-entropy on the fused logits"
     single_modality = False
-    fusion = "linear"      # the fusion head when the run names none
+    fusions: tuple[str, ...] = ("linear", "mlp", "sum", "shared")  # the heads it trains; the first when none is named
+    fusion_needs = ""      # why it trains only those heads (the refusal says it)
     optimizer = "adamw"    # the optimiser when the run names none: the official code's
 
     def __init__(self, cfg: TrainConfig):
@@ -45,6 +46,9 @@ class Method:
             raise ConfigError(f"{cls.name} trains one modality, got {list(cfg.modalities)}")
         if not cls.single_modality and len(cfg.modalities) < 2:
             raise ConfigError(f"{cls.name} needs two or more modalities, got {list(cfg.modalities)}")
+        if cfg.fusion not in cls.fusions:
+            heads = " or ".join([", ".join(cls.fusions[:-1]), cls.fusions[-1]] if len(cls.fusions) > 1 else cls.fusions)
+            raise ConfigError(f"{cls.name} {cls.fusion_needs}: use --fusion {heads}, or name none (got {cfg.fusion!r})")
 
     def model_options(self) -> dict[str, Any]:
         """Extra ModelConfig fields the method's model needs (auxiliary heads, projectors)."""

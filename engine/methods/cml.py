@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, TrainConfig
+from ..config import TrainConfig
 from .base import Method, Parts
 
 
@@ -40,17 +40,13 @@ class Cml(Method):
     name = "cml"
     summary = ("joint + cross-entropy of the fused logits with modalities removed in a random order, and a\n"
                "            penalty when removing one makes the prediction more confident (Ma et al., ICML 2023)")
+    fusions = ("linear", "sum", "mlp")
+    fusion_needs = ("removes a modality by zeroing its feature before a fusion head; the shared head's entropy "
+                    "weighting has no such removal")
 
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)
         self.order = list(cfg.modalities)
-
-    @classmethod
-    def check(cls, cfg: TrainConfig) -> None:
-        super().check(cfg)
-        if cfg.fusion == "shared":
-            raise ConfigError("cml removes a modality by zeroing its feature before a fusion head; the shared "
-                              "head's entropy weighting has no such removal: use --fusion linear, sum or mlp")
 
     def begin_epoch(self, epoch: int, steps: range) -> None:
         mods = list(self.cfg.modalities)

@@ -71,18 +71,14 @@ class Lfm(Method):
     name = "lfm"
     summary = ("joint with an alignment term between the modalities' predictions, its weight learnt per epoch\n"
                "            from a hypergradient (Yang et al., NeurIPS 2024; needs --fusion linear or sum)")
+    fusions = ("linear", "sum")
+    fusion_needs = "aligns each modality's share of the fused logits"
 
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)
         self.alpha = 0.05             # α_1, the alignment weight
         self.lr_alpha = cfg.lfm_lr_alpha
         self.epoch = 0
-
-    @classmethod
-    def check(cls, cfg: TrainConfig) -> None:
-        super().check(cfg)
-        if cfg.fusion not in ("linear", "sum"):
-            raise ConfigError("lfm needs --fusion linear or sum (it aligns each modality's share of the fused logits)")
 
     def prepare(self, net, device) -> tuple[int, int | None]:
         cfg = self.cfg

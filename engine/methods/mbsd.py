@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 
 from .. import balancing
-from ..config import ConfigError, TrainConfig
 from .base import Method, Parts
 
 
@@ -50,13 +49,8 @@ class Mbsd(Method):
     name = "mbsd"
     summary = ("joint + uni-modal cross-entropies + per-sample weighted agreement terms between the modalities'\n"
                "            logit shares (BalanceBenchmark's MBSD; needs --fusion linear or sum)")
-
-    @classmethod
-    def check(cls, cfg: TrainConfig) -> None:
-        super().check(cfg)
-        if cfg.fusion not in ("linear", "sum"):
-            raise ConfigError("mbsd needs --fusion linear or sum (its uni-modal logits are each modality's share "
-                              "of the fused logits)")
+    fusions = ("linear", "sum")
+    fusion_needs = "takes its uni-modal logits as each modality's share of the fused logits"
 
     def loss(self, net, batch, logits, feats) -> tuple[torch.Tensor, Parts]:
         labels = batch["label"]

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, TrainConfig
+from ..config import TrainConfig
 from .base import Method, Parts
 
 
@@ -62,7 +62,8 @@ class Mla(Method):
     name = "mla"
     summary = ("alternating uni-modal steps through one shared head (--fusion shared, its default);\n"
                "            entropy-weighted fusion at test time (Zhang et al., CVPR 2024); SGD by default")
-    fusion = "shared"
+    fusions = ("shared",)
+    fusion_needs = "trains one linear head shared by every modality and fuses by entropy at test time"
     optimizer = "sgd"
 
     def __init__(self, cfg: TrainConfig):
@@ -72,13 +73,6 @@ class Mla(Method):
         self.epoch_steps = range(0)
         self._sum: torch.Tensor | None = None        # the window's feature sum and sample count so far
         self._count = 0
-
-    @classmethod
-    def check(cls, cfg: TrainConfig) -> None:
-        super().check(cfg)
-        if cfg.fusion != "shared":
-            raise ConfigError("mla trains one linear head shared by every modality and fuses by entropy at "
-                              f"test time: use --fusion shared, or name none (got {cfg.fusion!r})")
 
     @property
     def active(self) -> str:

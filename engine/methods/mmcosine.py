@@ -31,13 +31,11 @@ class MMCosine(Method):
     name = "mmcosine"
     summary = ("joint with fused logits s·Σ_m cos(f_m, W_m,c): feature and per-class weight rows of each\n"
                "            modality normalised (Xu et al., ICASSP 2023; needs --fusion linear)")
-
+    fusions = ("linear",)
+    fusion_needs = "normalises each modality's block of a linear head"
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
         super().check(cfg)
-        if cfg.fusion != "linear":
-            raise ConfigError(f"mmcosine normalises each modality's block of a linear head: use --fusion linear "
-                              f"(got {cfg.fusion!r})")
         if cfg.mmcosine_scale <= 0:
             raise ConfigError(f"mmcosine scale must be > 0, got {cfg.mmcosine_scale}")
 

@@ -20,13 +20,13 @@ class OgmGe(Method):
     summary = ("joint + on-the-fly gradient modulation with generalisation enhancement (Peng et al., CVPR 2022):\n"
                "            k and N(0, std(g)) noise on conv weights (MLP encoders: their Linear weight matrices);\n"
                "            SGD by default")
+    fusions = ("linear", "sum")
+    fusion_needs = "modulates each modality's share of the fused logits"
     optimizer = "sgd"
 
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
         super().check(cfg)
-        if cfg.fusion not in ("linear", "sum"):
-            raise ConfigError("ogm-ge needs --fusion linear or sum (its logits must split by modality)")
         if cfg.grad_accum > 1:
             raise ConfigError("ogm-ge needs grad_accum 1: it modulates each batch's gradients by that batch's k")
 

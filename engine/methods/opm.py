@@ -57,6 +57,8 @@ class Opm(Method):
     name = "opm"
     summary = ("joint + on-the-fly prediction modulation (Wei, Hu et al., TPAMI 2024): the dominant\n"
                "            modality's features dropped per sample with probability q (needs --fusion linear or sum)")
+    fusions = ("linear", "sum")
+    fusion_needs = "scores each modality by its share of the fused logits"
 
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)
@@ -67,9 +69,6 @@ class Opm(Method):
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
         super().check(cfg)
-        if cfg.fusion not in ("linear", "sum"):
-            raise ConfigError("opm needs --fusion linear or sum (its scores come from each modality's share of "
-                              "the fused logits)")
         if not 0 <= cfg.opm_p_exe <= 1 or not 0 <= cfg.opm_q_base <= 1:
             raise ConfigError(f"opm p_exe and q_base must lie in [0, 1], got {cfg.opm_p_exe}, {cfg.opm_q_base}")
 

@@ -44,7 +44,8 @@ class ReconBoost(Method):
     name = "reconboost"
     summary = ("modalities' learners boosted in turn against the others' ensemble, with global fine-tuning\n"
                "            between (Hua et al., ICML 2024; picks --fusion shared; one pass per epoch)")
-    fusion = "shared"
+    fusions = ("shared",)
+    fusion_needs = "boosts learners that share one linear head"
 
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)
@@ -53,9 +54,6 @@ class ReconBoost(Method):
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
         super().check(cfg)
-        if cfg.fusion != "shared":
-            raise ConfigError("reconboost's learners share one linear head: use --fusion shared "
-                              f"(got {cfg.fusion!r})")
         if cfg.reconboost_epochs < 1:
             raise ConfigError(f"reconboost needs T >= 1 epochs per phase, got {cfg.reconboost_epochs}")
 

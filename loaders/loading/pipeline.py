@@ -14,7 +14,6 @@ import io
 import json
 import multiprocessing
 import weakref
-from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import numpy as np

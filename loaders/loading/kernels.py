@@ -1,6 +1,6 @@
 """Compiled per-pixel kernels for the CPU loader (numba; no float16 there, so uint8 in, uint8 out).
 
-`resize_to_rgb` fuses what a view does to decoded video: resize the view's box of each YUV 4:2:0
+`frames_to_rgb` fuses what a view does to decoded video: resize the view's box of each YUV 4:2:0
 plane to crop x crop, convert to RGB (BT.601 limited range, FFmpeg's matrix for the frames we encode)
 and flip horizontally. Resampling the planes before the conversion touches only the box's pixels and
 converts only the output's. The filter is bilinear, widened to the scale when shrinking (area-aware,
@@ -10,6 +10,13 @@ decoder's own frame memory in the loader, see media.h264_planes) and writes into
 (the batch a worker ships), so a frame is neither copied out of FFmpeg nor stacked again.
 Normalisation happens later on the training device, where it is free, so workers ship 4x fewer bytes
 than float32 frames.
+
+Cost: a clip's frames share one box, so the filter taps are computed once per clip, not per frame
+and plane; taps of weight zero (most of the triangle's when the scale is near 1) are dropped; each
+pass runs along contiguous rows (columns first over the box's rows, then rows, whose inner loop is a
+whole output row), and each output row is converted as soon as its three planes are resampled. The
+sums are the same products added in the same order as a plain per-pixel loop, so the output does
+not depend on these choices.
 """
 from __future__ import annotations
 
@@ -25,71 +32,94 @@ def _clip_u8(value: float) -> np.uint8:
 
 
 @numba.njit(cache=True, nogil=True)
-def _taps(start: float, length: float, size: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """Source indices and weights [size, taps] of a 1-D resize of [start, start + length) to `size`
-    pixels: a triangle of radius max(scale, 1) around each output pixel's centre, on pixel centres
-    (k + 0.5), indices clamped to [0, limit) (the edge pixel repeats), weights summing to 1."""
+def _taps(start: float, length: float, size: int, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 1-D resize of [start, start + length) to `size` pixels: for each output pixel its source indices,
+    weights [size, taps] and how many of them are in use (`count`, weights of zero left out). A triangle
+    of radius max(scale, 1) around each output pixel's centre, on pixel centres (k + 0.5), indices
+    clamped to [0, limit) (the edge pixel repeats), weights summing to 1."""
     scale = length / size
     radius = max(scale, 1.0)
     taps = 2 * int(math.ceil(radius)) + 1
-    index = np.empty((size, taps), np.int64)
+    index = np.zeros((size, taps), np.int64)
     weight = np.zeros((size, taps), np.float32)
+    count = np.zeros(size, np.int64)
     for i in range(size):
         centre = start + (i + 0.5) * scale
         first = int(math.floor(centre - 0.5 - radius)) + 1
         total = 0.0
+        n = 0
         for a in range(taps):
             k = first + a
             w = max(0.0, 1.0 - abs(k + 0.5 - centre) / radius)
-            index[i, a] = min(max(k, 0), limit - 1)
-            weight[i, a] = w
             total += w
-        for a in range(taps):
+            if w > 0.0:
+                index[i, n] = min(max(k, 0), limit - 1)
+                weight[i, n] = w
+                n += 1
+        for a in range(n):
             weight[i, a] /= total
-    return index, weight
+        count[i] = n
+    return index, weight, count
 
 
 @numba.njit(cache=True, nogil=True)
-def _resize_plane(plane: np.ndarray, y0: float, x0: float, h: float, w: float, size: int,
-                  out: np.ndarray) -> None:
-    """out[size, size] float32 = the box (y0, x0, h, w) of `plane` resized (rows, then columns)."""
-    rows, row_w = _taps(y0, h, size, plane.shape[0])
-    cols, col_w = _taps(x0, w, size, plane.shape[1])
-    first, last = rows.min(), rows.max()
-    across = np.zeros((last - first + 1, size), np.float32)
-    for r in range(first, last + 1):
-        for j in range(size):
+def _across(plane: np.ndarray, first: int, cols: np.ndarray, col_w: np.ndarray, col_n: np.ndarray,
+            out: np.ndarray) -> None:
+    """out[r - first, j] = row r of `plane` resampled along its columns, for the rows out holds."""
+    for r in range(out.shape[0]):
+        src = plane[first + r]
+        dst = out[r]
+        for j in range(out.shape[1]):
             acc = np.float32(0.0)
-            for b in range(cols.shape[1]):
-                acc += col_w[j, b] * np.float32(plane[r, cols[j, b]])
-            across[r - first, j] = acc
-    for i in range(size):
-        for j in range(size):
-            acc = np.float32(0.0)
-            for a in range(rows.shape[1]):
-                acc += row_w[i, a] * across[rows[i, a] - first, j]
-            out[i, j] = acc
+            for b in range(col_n[j]):
+                acc += col_w[j, b] * np.float32(src[cols[j, b]])
+            dst[j] = acc
 
 
 @numba.njit(cache=True, nogil=True)
-def _frame_to_rgb(luma: np.ndarray, u: np.ndarray, v: np.ndarray, y0: int, x0: int, h: int, w: int,
-                  flip: bool, out: np.ndarray) -> None:
-    """One frame's planes (2-D, rows of any stride) → out [size, size, 3]: the box resized, converted, flipped."""
+def _down(across: np.ndarray, first: int, rows: np.ndarray, row_w: np.ndarray, row_n: np.ndarray, i: int,
+          out: np.ndarray) -> None:
+    """out[j] = output row i: the column-resampled rows resampled along the rows."""
+    out[:] = 0.0
+    for a in range(row_n[i]):
+        w = row_w[i, a]
+        src = across[rows[i, a] - first]
+        for j in range(out.shape[0]):
+            out[j] += w * src[j]
+
+
+@numba.njit(cache=True, nogil=True)
+def _frame_to_rgb(luma: np.ndarray, u: np.ndarray, v: np.ndarray,
+                  ry: np.ndarray, ryw: np.ndarray, ryn: np.ndarray, cy: np.ndarray, cyw: np.ndarray, cyn: np.ndarray,
+                  rc: np.ndarray, rcw: np.ndarray, rcn: np.ndarray, cc: np.ndarray, ccw: np.ndarray, ccn: np.ndarray,
+                  flip: bool, luma_across: np.ndarray, u_across: np.ndarray, v_across: np.ndarray,
+                  rows: np.ndarray, out: np.ndarray) -> None:
+    """One frame's planes (2-D, rows of any stride) → out [size, size, 3] with the clip's taps (r*: rows,
+    c*: columns; *y luma, *c chroma) and buffers: the box resized, converted, flipped."""
     size = out.shape[0]
-    ys = np.empty((size, size), np.float32)
-    us = np.empty((size, size), np.float32)
-    vs = np.empty((size, size), np.float32)
-    _resize_plane(luma, y0, x0, h, w, size, ys)
-    _resize_plane(u, y0 / 2, x0 / 2, h / 2, w / 2, size, us)   # chroma: half resolution, same box
-    _resize_plane(v, y0 / 2, x0 / 2, h / 2, w / 2, size, vs)
+    luma_first, chroma_first = ry[:, 0].min(), rc[:, 0].min()
+    _across(luma, luma_first, cy, cyw, cyn, luma_across)
+    _across(u, chroma_first, cc, ccw, ccn, u_across)
+    _across(v, chroma_first, cc, ccw, ccn, v_across)
+    ys, us, vs = rows[0], rows[1], rows[2]
     for i in range(size):
+        _down(luma_across, luma_first, ry, ryw, ryn, i, ys)
+        _down(u_across, chroma_first, rc, rcw, rcn, i, us)
+        _down(v_across, chroma_first, rc, rcw, rcn, i, vs)
+        dst = out[i]
         for j in range(size):
-            lum = 1.164 * (ys[i, j] - 16.0)
-            cb, cr = us[i, j] - 128.0, vs[i, j] - 128.0
+            lum = 1.164 * (ys[j] - 16.0)
+            cb, cr = us[j] - 128.0, vs[j] - 128.0
             col = size - 1 - j if flip else j
-            out[i, col, 0] = _clip_u8(lum + 1.596 * cr)
-            out[i, col, 1] = _clip_u8(lum - 0.392 * cb - 0.813 * cr)
-            out[i, col, 2] = _clip_u8(lum + 2.017 * cb)
+            dst[col, 0] = _clip_u8(lum + 1.596 * cr)
+            dst[col, 1] = _clip_u8(lum - 0.392 * cb - 0.813 * cr)
+            dst[col, 2] = _clip_u8(lum + 2.017 * cb)
+
+
+def _span(index: np.ndarray, count: np.ndarray) -> int:
+    """How many source rows the taps reach (the first in-use tap of each row is its lowest index)."""
+    last = max(int(index[i, count[i] - 1]) for i in range(len(count)))
+    return last - int(index[:, 0].min()) + 1
 
 
 def load() -> None:
@@ -105,8 +135,22 @@ def frames_to_rgb(frames: list[tuple[np.ndarray, np.ndarray, np.ndarray]], box: 
                   flip: bool, out: np.ndarray) -> np.ndarray:
     """Each frame's (Y, U, V) planes → the box (y0, x0, h, w) resized into `out` [len(frames), size, size, 3]
     uint8 (the caller's memory: the batch a worker ships), flipped horizontally if asked."""
+    if not frames:
+        return out
+    y0, x0, h, w = box
+    size = out.shape[1]
+    luma, u, _ = frames[0]
+    ry, ryw, ryn = _taps(y0, h, size, luma.shape[0])
+    cy, cyw, cyn = _taps(x0, w, size, luma.shape[1])
+    rc, rcw, rcn = _taps(y0 / 2, h / 2, size, u.shape[0])       # chroma: half resolution, same box
+    cc, ccw, ccn = _taps(x0 / 2, w / 2, size, u.shape[1])
+    luma_across = np.empty((_span(ry, ryn), size), np.float32)
+    chroma_rows = _span(rc, rcn)
+    u_across, v_across = np.empty((chroma_rows, size), np.float32), np.empty((chroma_rows, size), np.float32)
+    rows = np.empty((3, size), np.float32)
     for t, (luma, u, v) in enumerate(frames):
-        _frame_to_rgb(luma, u, v, *box, flip, out[t])
+        _frame_to_rgb(luma, u, v, ry, ryw, ryn, cy, cyw, cyn, rc, rcw, rcn, cc, ccw, ccn, flip,
+                      luma_across, u_across, v_across, rows, out[t])
     return out
 
 

@@ -116,10 +116,30 @@ def _frame_to_rgb(luma: np.ndarray, u: np.ndarray, v: np.ndarray,
             dst[col, 2] = _clip_u8(lum + 2.017 * cb)
 
 
+class BoxResize:
+    """One view's box → crop x crop RGB, for each of its clip's frames: the filter taps and scratch rows are
+    computed once (the frames share the box), then each call resizes and converts one frame's planes.
+    `frame_size`: the luma plane's (height, width)."""
+
+    def __init__(self, box: tuple[int, int, int, int], size: int, frame_size: tuple[int, int], flip: bool):
+        y0, x0, h, w = box
+        height, width = frame_size
+        luma = (*_taps(y0, h, size, height), *_taps(x0, w, size, width))
+        chroma = (*_taps(y0 / 2, h / 2, size, height // 2), *_taps(x0 / 2, w / 2, size, width // 2))  # half resolution
+        self.taps, self.flip = (*luma, *chroma), flip
+        self.luma = np.empty((_span(luma[0], luma[2]), size), np.float32)
+        chroma_rows = _span(chroma[0], chroma[2])
+        self.u, self.v = np.empty((chroma_rows, size), np.float32), np.empty((chroma_rows, size), np.float32)
+        self.rows = np.empty((3, size), np.float32)
+
+    def __call__(self, luma: np.ndarray, u: np.ndarray, v: np.ndarray, out: np.ndarray) -> None:
+        """One frame's planes (2-D, rows of any stride) → out [size, size, 3] uint8."""
+        _frame_to_rgb(luma, u, v, *self.taps, self.flip, self.luma, self.u, self.v, self.rows, out)
+
+
 def _span(index: np.ndarray, count: np.ndarray) -> int:
-    """How many source rows the taps reach (the first in-use tap of each row is its lowest index)."""
-    last = max(int(index[i, count[i] - 1]) for i in range(len(count)))
-    return last - int(index[:, 0].min()) + 1
+    """How many source rows the taps reach (indices grow along a row's taps)."""
+    return int(index[np.arange(len(count)), count - 1].max() - index[:, 0].min()) + 1
 
 
 def load() -> None:
@@ -134,23 +154,11 @@ def load() -> None:
 def frames_to_rgb(frames: list[tuple[np.ndarray, np.ndarray, np.ndarray]], box: tuple[int, int, int, int],
                   flip: bool, out: np.ndarray) -> np.ndarray:
     """Each frame's (Y, U, V) planes → the box (y0, x0, h, w) resized into `out` [len(frames), size, size, 3]
-    uint8 (the caller's memory: the batch a worker ships), flipped horizontally if asked."""
-    if not frames:
-        return out
-    y0, x0, h, w = box
-    size = out.shape[1]
-    luma, u, _ = frames[0]
-    ry, ryw, ryn = _taps(y0, h, size, luma.shape[0])
-    cy, cyw, cyn = _taps(x0, w, size, luma.shape[1])
-    rc, rcw, rcn = _taps(y0 / 2, h / 2, size, u.shape[0])       # chroma: half resolution, same box
-    cc, ccw, ccn = _taps(x0 / 2, w / 2, size, u.shape[1])
-    luma_across = np.empty((_span(ry, ryn), size), np.float32)
-    chroma_rows = _span(rc, rcn)
-    u_across, v_across = np.empty((chroma_rows, size), np.float32), np.empty((chroma_rows, size), np.float32)
-    rows = np.empty((3, size), np.float32)
-    for t, (luma, u, v) in enumerate(frames):
-        _frame_to_rgb(luma, u, v, ry, ryw, ryn, cy, cyw, cyn, rc, rcw, rcn, cc, ccw, ccn, flip,
-                      luma_across, u_across, v_across, rows, out[t])
+    uint8 (the caller's memory), flipped horizontally if asked."""
+    if frames:
+        resize = BoxResize(box, out.shape[1], frames[0][0].shape, flip)
+        for t, planes in enumerate(frames):
+            resize(*planes, out[t])
     return out
 
 

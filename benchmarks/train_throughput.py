@@ -8,9 +8,10 @@ methods back to back, the order rotated; `ratio_cached_vs_joint_per_repeat` is t
 ratio within repeats. Then, per width, the cache build's clips/s against the teachers' bare forward
 throughput on the same clips, already decoded and in memory (build_overhead = 1 - build / bare).
 `--profile` runs cProfile over one joint and one cached run at the largest width and lists the
-functions whose own time per step differs most: where a gap between them goes. The aim is for the
-defaults (512 clips, 5 repeats, widths 8 and 64) to fit in 20 minutes on 2 CPU cores (measured: 37 min
-on a loaded machine, see RESULTS.md); `seconds` in the JSON says where the time went.
+functions whose own time per step differs most: where a gap between them goes. The defaults
+(512 clips, 5 repeats, widths 8 and 64, one timed cache build per width) are sized to fit in 20 minutes
+on 2 CPU cores; `seconds` in the JSON says where the time went. An untimed warm-up run per width
+comes first: the first run in a process paid one-off loads (it ran at a twentieth of the others' speed).
 
     python benchmarks/train_throughput.py --profile --out benchmarks/results/train_throughput_cpu.json
 """
@@ -39,13 +40,17 @@ from common import median, write_json
 VIEW = ViewSpec(frames=4, stride=2, crop=32, audio_seconds=1.0, mel_bins=40)
 
 
-def bare_forward_clips_per_s(data: str, teachers: dict[str, str], views: int, batch_size: int) -> float:
-    """Teachers' forward alone on every training clip's V views, decoded beforehand."""
-    encoders, _, spec = load_teachers(teachers, torch.device("cpu"))
-    modalities = sorted(encoders)
-    decode = ShardViews(spec, modalities, 0, views)
+def decoded_batches(data: str, teachers: dict[str, str], views: int, batch_size: int) -> list[dict]:
+    """Every training clip's V views, decoded as the cache build decodes them, in memory."""
+    _, _, spec = load_teachers(teachers, torch.device("cpu"))
+    decode = ShardViews(spec, sorted(teachers), 0, views)
     paths, _ = split_files(data, "train")
-    batches = list(shard_loader(paths, decode, functools.partial(batched_by_shard, batch_size=batch_size), 0))
+    return list(shard_loader(paths, decode, functools.partial(batched_by_shard, batch_size=batch_size), 0))
+
+
+def bare_forward_clips_per_s(teachers: dict[str, str], batches: list[dict]) -> float:
+    """Teachers' forward alone on decoded batches: the bound of a cache build."""
+    encoders, _, _ = load_teachers(teachers, torch.device("cpu"))
     start = time.perf_counter()
     with torch.no_grad():
         for batch in batches:
@@ -84,7 +89,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--widths", default="8,64", help="student and teacher widths, comma-separated (64: ResNet-18)")
     p.add_argument("--views", type=int, default=4)
-    p.add_argument("--build-repeats", type=int, default=3, help="timed cache builds per width")
+    p.add_argument("--build-repeats", type=int, default=1, help="timed cache builds (and bare forwards) per width; "
+                   "each build at width 64 costs minutes on 2 cores")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--profile", action="store_true", help="also profile one joint and one cached run at the "
                    "largest width: where the time differs")
@@ -112,8 +118,8 @@ def main() -> None:
             build(data, teachers, str(work / f"w{width}-cache{r}.zarr"), args.views, batch_size=args.batch_size,
                   num_workers=args.workers, progress=False)
             seconds.append(time.perf_counter() - start)
-        bare = median([bare_forward_clips_per_s(data, teachers, args.views, args.batch_size)
-                       for _ in range(args.build_repeats)])
+        batches = decoded_batches(data, teachers, args.views, args.batch_size)  # decoded once, timed per repeat
+        bare = median([bare_forward_clips_per_s(teachers, batches) for _ in range(args.build_repeats)])
         build_cps = args.train_clips / median(seconds)
         return {"build_clips_per_s": round(build_cps, 1), "bare_teacher_clips_per_s": bare,
                 "build_overhead": round(1 - build_cps / bare, 3), "build_seconds_runs": [round(x, 2) for x in seconds]}
@@ -133,6 +139,8 @@ def main() -> None:
                            **configs[width][name]))
 
     phases["teachers_and_cache_builds"] = round(time.perf_counter() - clock - sum(phases.values()))
+    for width in widths:  # untimed: the first run in a process pays one-off loads (numba, kernels, allocator)
+        run(replace(base, out=str(work / f"w{width}-warmup"), width=width, max_steps=2, **configs[width]["joint"]))
     speeds = {w: {name: [] for name in configs[w]} for w in widths}
     for r in range(args.repeats):
         for width in widths:

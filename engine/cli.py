@@ -50,7 +50,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--precision", choices=CHOICES["precision"], default=d.precision,
                    help="mixed precision (auto: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--optim", dest="optimizer", choices=CHOICES["optimizer"], help="optimiser (default: the one "
-                   "of the method's official code: sgd for ogm-ge, mmpareto, pmr, mla and greedy, adamw for the others)")
+                   "of the method's official code: sgd for ogm-ge, mmpareto, pmr, mla and greedy, adamw for the "
+                   "others)")
     p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
     p.add_argument("--nesterov", action="store_true", help="SGD with Nesterov momentum")
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate (AdamW or SGD), cosine decay")

@@ -189,8 +189,11 @@ class MMTM(nn.Module):
     def forward(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         gates = self.gates(feats)
         if self.training and self.caring is not None:
-            # a copy: the buffer is updated in place after this forward, before its backward pass
-            gates[self.caring] = self.running_gates()[self.caring].clone().expand_as(gates[self.caring])
+            # a copy: the buffer is updated in place after this forward, before its backward pass; plus 0 × the
+            # computed gate, so its parameters take part in the backward pass (DDP expects every parameter's
+            # gradient; Greedy drops these zeros before the optimiser step, as the branch's gate was never used)
+            computed = gates[self.caring]
+            gates[self.caring] = self.running_gates()[self.caring].clone().expand_as(computed) + 0 * computed
         return {m: feats[m] * gates[m] for m in self.dims}
 
 

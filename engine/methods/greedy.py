@@ -120,6 +120,9 @@ class Greedy(Method):
 
     def after_backward(self, net, batch, feats, epoch, step, accelerator) -> Parts:
         """Measure d_BDR (outside a window) and decide whether the next step re-balances, and which branch."""
+        if net.mmtm.caring is not None:  # this step re-balanced: the replaced gate's layer gets no update
+            for p in net.mmtm.excite[net.mmtm.caring].parameters():
+                p.grad = None
         unlocked = self.epoch >= self.cfg.greedy_start
         if not unlocked or self.caring is None:
             for m, (main, bypass) in branch_parameters(net).items():
@@ -133,8 +136,8 @@ class Greedy(Method):
             if self.window_step == self.cfg.greedy_window:
                 self.caring = None
         net.mmtm.caring = self.caring
-        return {"greedy_d_bdr": torch.tensor(self.gap),
-                "greedy_rebalancing": torch.tensor(-1.0 if self.caring is None else float(self.mods.index(self.caring)))}
+        branch = -1.0 if self.caring is None else float(self.mods.index(self.caring))
+        return {"greedy_d_bdr": torch.tensor(self.gap), "greedy_rebalancing": torch.tensor(branch)}  # next step's
 
     def end_of_epoch(self, net, val, accelerator) -> dict[str, Any]:
         return {"greedy_d_bdr": self.gap}

@@ -17,8 +17,9 @@ step's backward pass
 the sums running over every step measured since the start. From epoch `start` (1) on, a regular step
 with |d_BDR| > ε (0.01) opens a window of `window` (5) re-balancing steps: branch m* = 0 if d_BDR > 0
 else 1 gets, instead of its gate g_m*, the running mean of its past gates (one constant vector), so
-the other modality no longer reaches it. d_BDR is not measured during a window (before `start` it is
-measured every step, with no window opened). Evaluation always uses the computed gates.
+the other modality no longer reaches it, and the layer (W_m*, b_m*) whose gate is unused takes no step.
+d_BDR is not measured during a window (before `start` it is measured every step, with no window
+opened). Evaluation always uses the computed gates.
 
 Source: the authors' nyukat/greedy_multimodal_learning (src/balanced_mmtm.py `MMTM_mitigate`,
 src/callbacks.py `Bias_Mitigation_Strong`: `compute_BDR`, epsilon 0.01, curation_windowsize 5,

@@ -46,7 +46,7 @@ from accelerate.utils import broadcast_object_list
 from ..config import ConfigError, TrainConfig
 from ..evaluate import collect
 from ..models import LateFusionNet
-from .base import Method, Parts
+from .base import ZEROING_FUSIONS, ZEROING_NEEDS, Method, Parts
 
 
 def shapley_values(correct: dict[frozenset[str], torch.Tensor], mods: list[str]) -> torch.Tensor:
@@ -101,9 +101,8 @@ class Valuation(Method):
     summary = ("joint; after a warm-up, each sample's modalities are valued (Shapley) every epoch and a\n"
                "            modality of low value gets weighted copies of the sample with only it present\n"
                "            (Wei et al., CVPR 2024)")
-    fusions = ("linear", "sum", "mlp")
-    fusion_needs = ("removes a modality by zeroing its feature before a fusion head; the shared head's entropy "
-                    "weighting has no such removal")
+    fusions = ZEROING_FUSIONS
+    fusion_needs = ZEROING_NEEDS
 
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)

@@ -48,6 +48,7 @@ def test_defaults_and_refused_configurations():
     for method, settings, message in (("greedy", {"fusion": "linear"}, "--fusion sum"),
                                       ("greedy", {"modalities": ("a", "b", "c")}, "two modalities"),
                                       ("greedy", {"greedy_window": 0}, "window >= 1"),
+                                      ("greedy", {"precision": "fp16"}, "fp16"),
                                       ("valuation", {"fusion": "shared"}, "--fusion linear, sum or mlp"),
                                       ("valuation", {"valuation_warmup": 0}, "warmup must be >= 1")):
         with pytest.raises(ConfigError, match=message):

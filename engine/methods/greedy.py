@@ -37,7 +37,8 @@ modalities only (d_BDR is a difference of two); the running mean of the gates av
 micro-batch's mean gate over all ranks, up to the previous micro-batch (the authors' includes the current
 batch and also moves during evaluation passes, and their second module's skeleton mean averages the
 visual gates, a slip); the window counts optimiser steps, and d_BDR is measured after each optimiser
-step's window of micro-batches on the gradients DDP has averaged, so every rank decides alike.
+step's window of micro-batches on the gradients DDP has averaged, so every rank decides alike. Not with
+fp16, whose loss scale would weight the summed speeds step by step.
 """
 from __future__ import annotations
 
@@ -95,6 +96,9 @@ class Greedy(Method):
         super().check(cfg)
         if len(cfg.modalities) != 2:
             raise ConfigError(f"greedy compares the learning speeds of two modalities, got {list(cfg.modalities)}")
+        if cfg.precision == "fp16":
+            raise ConfigError("greedy does not run with fp16 (its loss scaling multiplies the gradients whose norms "
+                              "d_BDR sums, by a factor that changes from step to step); use bf16 or no")
         if cfg.greedy_epsilon < 0 or cfg.greedy_window < 1 or cfg.greedy_start < 0:
             raise ConfigError(f"greedy needs epsilon >= 0, window >= 1 and start >= 0, got {cfg.greedy_epsilon}, "
                               f"{cfg.greedy_window}, {cfg.greedy_start}")

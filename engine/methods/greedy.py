@@ -8,7 +8,7 @@ its own modality.
 The model (ModelConfig.mmtm, models.MMTM): for modalities m ∈ {0, 1} with pooled features f_m,
     h = ReLU(W_s [f_0, f_1] + b_s),   g_m = σ(W_m h + b_m),   u_m = head_m(g_m ⊙ f_m)   (fusion `sum`),
 the prediction Σ_m u_m (the authors average the two branches' logits: the same argmax), and the loss
-    L = Σ_m CE(u_m, y)                                      (the authors' `blend_loss`).
+    L = Σ_m CE(u_m, y)          (the authors' `blend_loss`; BalanceBenchmark's trainer: CE of the fused output).
 Conditional learning speed: with θ_main(m) the parameters of branch m (encoder m and head_m) and
 θ_bypass(m) those of the module that produce g_m (W_m, b_m, and the shared W_s, b_s), after each
 step's backward pass

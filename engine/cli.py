@@ -50,7 +50,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--precision", choices=CHOICES["precision"], default=d.precision,
                    help="mixed precision (auto: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--optim", dest="optimizer", choices=CHOICES["optimizer"], help="optimiser (default: the one "
-                   "of the method's official code: sgd for ogm-ge, mmpareto, pmr and mla, adamw for the others)")
+                   "of the method's official code: sgd for ogm-ge, mmpareto, pmr, mla and greedy, adamw for the "
+                   "others)")
     p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
     p.add_argument("--nesterov", action="store_true", help="SGD with Nesterov momentum")
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate (AdamW or SGD), cosine decay")
@@ -145,6 +146,14 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    "against the other modalities' ensemble")
     p.add_argument("--reconboost-epochs", type=int, default=d.reconboost_epochs, help="ReconBoost: epochs per "
                    "phase (boosting one modality, then global fine-tuning)")
+    p.add_argument("--greedy-epsilon", type=float, default=d.greedy_epsilon, help="Greedy: threshold on |d_BDR|, "
+                   "the gap between the modalities' conditional learning speeds, that starts re-balancing")
+    p.add_argument("--greedy-window", type=int, default=d.greedy_window, help="Greedy: optimiser steps of each "
+                   "re-balancing window")
+    p.add_argument("--greedy-start", type=int, default=d.greedy_start, help="Greedy: first epoch (from 0) that "
+                   "may re-balance")
+    p.add_argument("--valuation-warmup", type=int, default=d.valuation_warmup, help="Modality-valuation: epochs "
+                   "of plain joint training before samples are valued and copied")
     p.add_argument("--ume-combine", choices=CHOICES["ume_combine"], default=d.ume_combine, help="UME: average logits or probabilities")
     p.add_argument("--ume-fit-weights", action="store_true", help="UME: fit member weights on the validation split")
     p.add_argument("--cache-budget-gb", type=float, default=d.cache_budget_gb, help="load the cache whole onto "

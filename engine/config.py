@@ -10,7 +10,7 @@ from umt.loaders.stored.views import MAX_TEST_CLIPS, MAX_TEST_CROPS, ViewSpec
 METHODS = ("unimodal", "joint", "umt", "ume", "ogm-ge", "gblend",
            "mmpareto", "agm", "pmr", "dropout", "mla",
            "mmcosine", "opm", "cml", "mbsd", "relearning", "amco", "lfm",
-           "reconboost")  # ume evaluates, the others train
+           "reconboost", "greedy", "valuation")  # ume evaluates, the others train
 # The allowed values of every choice setting, declared once (the CLI's choices come from here).
 CHOICES: dict[str, tuple[str, ...]] = {
     "method": METHODS,
@@ -95,6 +95,13 @@ class TrainConfig:
     reconboost_w1: float = 5.0       # ReconBoost: weight of the boosted learner's own log-likelihood (weight1 5)
     reconboost_w2: float = 1.0       # ReconBoost: weight of the term against the others' ensemble (weight2 1)
     reconboost_epochs: int = 1       # ReconBoost: epochs per phase, T (T_epochs 1)
+    greedy_epsilon: float = 0.01     # Greedy: |d_BDR| above which re-balancing steps start (the authors'
+                                     # Bias_Mitigation_Strong.epsilon 0.01; BalanceBenchmark's alpha 0.001)
+    greedy_window: int = 5           # Greedy: optimiser steps of each re-balancing window (curation_windowsize 5)
+    greedy_start: int = 1            # Greedy: first epoch (from 0) that may re-balance (the authors' starting_epoch
+                                     # 2, counted from 1)
+    valuation_warmup: int = 5        # Modality-valuation: epochs of plain joint training before sample
+                                     # valuation starts (the authors' --warmup 5)
     ume_combine: str = "logits"      # UME: average "logits" or "probs"
     ume_fit_weights: bool = False    # UME: fit per-member weights on the validation split
     cache: str | None = None         # UMT targets from `umt-cache build`

@@ -23,6 +23,8 @@ knobs have their own section, read only by that method:
     amco:   sigma, eps
     lfm:    lr_alpha
     reconboost: alpha, w1, w2, epochs
+    greedy: epsilon, window, start
+    valuation: warmup
     ume:    members, combine, fit_weights
     run:    out, seed, log_every, checkpoint_every, resume, select, probe, probe_every, log_with
 
@@ -72,6 +74,8 @@ SECTIONS: dict[str, dict[str, str]] = {
     "lfm": {"lr_alpha": "lfm_lr_alpha"},
     "reconboost": {"alpha": "reconboost_alpha", "w1": "reconboost_w1", "w2": "reconboost_w2",
                    "epochs": "reconboost_epochs"},
+    "greedy": {"epsilon": "greedy_epsilon", "window": "greedy_window", "start": "greedy_start"},
+    "valuation": {"warmup": "valuation_warmup"},
     "ume": {"members": "members", "combine": "ume_combine", "fit_weights": "ume_fit_weights"},
     "run": {"out": "out", "seed": "seed", "log_every": "log_every", "checkpoint_every": "checkpoint_every",
             "resume": "resume", "select": "select", "probe": "probe", "probe_every": "probe_every",

@@ -30,6 +30,7 @@ class ModelConfig:
     cosine_scale: float = 0.0  # MMCosine: > 0 makes the linear head a bias-free cosine classifier per modality
     logit_map: bool = False  # AMCo: a learned C×C linear map after the fusion head (its `linear_star`)
     boost_rate: bool = False  # ReconBoost: with fusion "shared", logits ρ·Σ_m head(f_m), ρ learned (from 0.01)
+    mmtm: bool = False       # Greedy: a multimodal transfer module rescales the pooled features before the head
     inputs: dict = field(default_factory=dict)  # modality → {"kind", "dim"}; absent: kind = name (video, audio)
 
     def to_dict(self) -> dict:
@@ -148,6 +149,54 @@ def entropy_weights(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(-entropy, dim=0)
 
 
+class MMTM(nn.Module):
+    """Multimodal transfer module (Joze et al., CVPR 2020) on pooled features: each modality's feature is
+    rescaled unit by unit by a sigmoid gate computed from every modality's feature,
+        h = ReLU(W_s [f_1, ..., f_M] + b_s),   g_m = σ(W_m h + b_m),   f'_m = g_m ⊙ f_m,
+    with h of 2·Σ_m D_m / ratio units. The gates are how one modality's information reaches another's
+    branch (Greedy's "bypass"). While training with `caring` set to a modality, that modality's gate is
+    the running mean of its past gates instead (one constant vector for every sample), which cuts the
+    other modalities out of its branch; evaluation always uses the computed gates. The running means
+    (buffers, so they are checkpointed with the model) are updated by the method that trains the
+    module (Greedy, engine/methods/greedy.py), from the gates of all ranks.
+    """
+
+    def __init__(self, dims: dict[str, int], ratio: int = 4):
+        super().__init__()
+        self.dims = dict(dims)
+        total = sum(dims.values())
+        self.squeeze = nn.Linear(total, int(2 * total / ratio))
+        self.excite = nn.ModuleDict({m: nn.Linear(self.squeeze.out_features, d) for m, d in dims.items()})
+        self.register_buffer("running", torch.zeros(total))     # per modality, concatenated in `dims` order
+        self.register_buffer("seen", torch.zeros((), dtype=torch.long))  # micro-batches averaged into it
+        self.caring: str | None = None
+
+    def gates(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """g_m for each modality, [B, D_m]."""
+        hidden = torch.relu(self.squeeze(torch.cat([feats[m] for m in self.dims], dim=1)))
+        return {m: torch.sigmoid(excite(hidden)) for m, excite in self.excite.items()}
+
+    def running_gates(self) -> dict[str, torch.Tensor]:
+        """The running mean of each modality's gate, [D_m]."""
+        return dict(zip(self.dims, self.running.split(list(self.dims.values()))))
+
+    @torch.no_grad()
+    def remember(self, mean_gates: torch.Tensor) -> None:
+        """Fold one micro-batch's mean gates (concatenated in `dims` order) into the running means."""
+        self.running.copy_((mean_gates + self.running * self.seen) / (self.seen + 1))
+        self.seen += 1
+
+    def forward(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        gates = self.gates(feats)
+        if self.training and self.caring is not None:
+            # a copy: the buffer is updated in place after this forward, before its backward pass; plus 0 × the
+            # computed gate, so its parameters take part in the backward pass (DDP expects every parameter's
+            # gradient; Greedy drops these zeros before the optimiser step, as the branch's gate was never used)
+            computed = gates[self.caring]
+            gates[self.caring] = self.running_gates()[self.caring].clone().expand_as(computed) + 0 * computed
+        return {m: feats[m] * gates[m] for m in self.dims}
+
+
 class LateFusionNet(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -178,6 +227,7 @@ class LateFusionNet(nn.Module):
                                          for m in cfg.projector})
         self.logit_map = nn.Linear(cfg.num_classes, cfg.num_classes) if cfg.logit_map else None
         self.rate = nn.Parameter(torch.tensor(0.01)) if cfg.boost_rate else None
+        self.mmtm = MMTM({m: enc.out_dim for m, enc in self.encoders.items()}) if cfg.mmtm else None
 
     def features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {m: enc(batch[m]) for m, enc in self.encoders.items()}
@@ -190,7 +240,10 @@ class LateFusionNet(nn.Module):
 
     def fuse(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         """The fusion head's logits from each modality's feature (a uni-modal model: its classifier's logits;
-        methods that change features before fusion, e.g. modality dropout, call it on their own)."""
+        methods that change features before fusion, e.g. modality dropout, call it on their own). With an
+        MMTM (Greedy), the features are rescaled by it first."""
+        if self.mmtm is not None:
+            feats = self.mmtm(feats)
         if self.cfg.cosine_scale:
             return sum(self.cosine_logits(feats).values())
         if self.cfg.fusion == "sum":

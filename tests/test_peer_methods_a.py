@@ -268,10 +268,10 @@ def gblend_args(data: Path) -> list[str]:
             "--log-with", "none"]
 
 
-# SGD (mmpareto, pmr, mla) at the official lr of 1e-3 would need many more steps
+# SGD (mmpareto, pmr, mla, greedy) at the official lr of 1e-3 would need many more steps
 PEERS = {"mmpareto": "--lr 0.05", "agm": "", "pmr": "--lr 0.05", "dropout": "", "mla": "--grad-accum 2 --lr 0.05",
          "mmcosine": "", "opm": "", "cml": "", "mbsd": "", "relearning": "--relearn-every 2", "amco": "", "lfm": "",
-         "reconboost": "--fusion shared"}
+         "reconboost": "--fusion shared", "greedy": "--lr 0.05", "valuation": "--valuation-warmup 1"}
 
 
 @pytest.fixture(scope="module")
@@ -307,10 +307,13 @@ def test_gblend_killed_on_two_processes_resumes_bit_for_bit(strong_weak, two_pro
 
 
 # prototypes per epoch; AGM's running scores per step; pmr: SGD (its default) with Nesterov momentum; the
-# BalanceBenchmark methods (test_peer_methods_c.py), Re-learning re-initialising after the kill
+# BalanceBenchmark methods (test_peer_methods_c.py, _d.py), Re-learning re-initialising after the kill; Greedy
+# (SGD, its default) with BalanceBenchmark's ε 0.001, whose re-balancing windows (one branch's gate a running
+# mean) then run from step 22 on, so the kill lands in or near one; Modality-valuation copying in epoch 2
 @pytest.mark.parametrize("method, extra", [pytest.param(m, extra, id=m) for m, extra in (
     ("pmr", ["--nesterov"]), ("agm", []), ("mmcosine", []), ("opm", []), ("cml", []), ("mbsd", []),
-    ("relearning", ["--relearn-every", "1"]), ("amco", []), ("lfm", []), ("reconboost", ["--fusion", "shared"]))])
+    ("relearning", ["--relearn-every", "1"]), ("amco", []), ("lfm", []), ("reconboost", ["--fusion", "shared"]),
+    ("greedy", ["--greedy-epsilon", "0.001"]), ("valuation", ["--valuation-warmup", "1"]))])
 def test_killed_peer_training_resumes_to_the_same_final_weights(strong_weak, tmp_path, method, extra):
     kill_and_resume(tmp_path, ["--data", str(strong_weak), "--method", method, "--modality", "strong", "--modality",
                                "weak", "--epochs", "2", "--batch-size", "8", "--width", "4", "--workers", "0",
@@ -319,7 +322,7 @@ def test_killed_peer_training_resumes_to_the_same_final_weights(strong_weak, tmp
     # with 17 steps to spare before its end (a vector step takes milliseconds: the kill must not miss the epoch)
     saved = torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=False)
     group, state = saved["optimizer"]["param_groups"][0], saved["optimizer"]["state"]
-    if method == "pmr":  # SGD's state is its momentum buffers
-        assert (group["momentum"], group["nesterov"]) == (0.9, True) and "momentum_buffer" in state[0]
+    if method in ("pmr", "greedy"):  # SGD's state is its momentum buffers
+        assert (group["momentum"], group["nesterov"]) == (0.9, method == "pmr") and "momentum_buffer" in state[0]
     else:
         assert "exp_avg" in state[0] and "momentum" not in group  # AdamW

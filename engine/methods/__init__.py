@@ -10,6 +10,7 @@ from .base import Method, Unimodal
 from .cml import Cml
 from .dropout import ModalityDropout
 from .gblend import GBlend
+from .greedy import Greedy
 from .lfm import Lfm
 from .mbsd import Mbsd
 from .mmpareto import MMPareto
@@ -21,11 +22,12 @@ from .pmr import Pmr
 from .reconboost import ReconBoost
 from .relearning import Relearning
 from .umt import Umt
+from .valuation import Valuation
 
 REGISTRY: dict[str, type[Method]] = {m.name: m for m in (Unimodal, Method, Umt, OgmGe, GBlend, MMPareto, Agm, Pmr,
                                                          ModalityDropout, Mla,
                                                          MMCosine, Opm, Cml, Mbsd, Relearning, Amco, Lfm,
-                                                         ReconBoost)}
+                                                         ReconBoost, Greedy, Valuation)}
 
 
 def resolved(cfg: TrainConfig) -> TrainConfig:

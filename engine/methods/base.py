@@ -24,6 +24,10 @@ from ..config import ConfigError, TrainConfig
 from ..models import LateFusionNet
 
 Parts = dict[str, torch.Tensor]
+# The heads, and why only those, of methods that remove a modality by zeroing its feature (CML, Modality-valuation)
+ZEROING_FUSIONS = ("linear", "sum", "mlp")
+ZEROING_NEEDS = ("removes a modality by zeroing its feature before a fusion head; the shared head's entropy "
+                 "weighting has no such removal")
 
 
 class Method:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import TrainConfig
-from .base import Method, Parts
+from .base import ZEROING_FUSIONS, ZEROING_NEEDS, Method, Parts
 
 
 def confidence_penalty(fewer: torch.Tensor, more: torch.Tensor) -> torch.Tensor:
@@ -40,9 +40,8 @@ class Cml(Method):
     name = "cml"
     summary = ("joint + cross-entropy of the fused logits with modalities removed in a random order, and a\n"
                "            penalty when removing one makes the prediction more confident (Ma et al., ICML 2023)")
-    fusions = ("linear", "sum", "mlp")
-    fusion_needs = ("removes a modality by zeroing its feature before a fusion head; the shared head's entropy "
-                    "weighting has no such removal")
+    fusions = ZEROING_FUSIONS
+    fusion_needs = ZEROING_NEEDS
 
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)

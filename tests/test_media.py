@@ -72,6 +72,65 @@ def test_resize_kernel_is_bilinear_on_pixel_centres_and_averages_when_shrinking(
     assert np.all(out == round(1.164 * (125.5 - 16)))
 
 
+def _plain_view(planes: tuple[np.ndarray, np.ndarray, np.ndarray], box: tuple, size: int, flip: bool) -> np.ndarray:
+    """The view kernel's filter written out pixel by pixel, in numpy float32 scalars: weights w / sum(w)
+    of a triangle of radius max(scale, 1) on pixel centres, every tap of the triangle's support summed in
+    order (columns, then rows), BT.601 in double precision, rounded half up."""
+    def taps(start, length, limit):
+        scale = length / size
+        radius = max(scale, 1.0)
+        out = []
+        for i in range(size):
+            centre = start + (i + 0.5) * scale
+            first = int(np.floor(centre - 0.5 - radius)) + 1
+            ks = range(first, first + 2 * int(np.ceil(radius)) + 1)
+            ws = [max(0.0, 1.0 - abs(k + 0.5 - centre) / radius) for k in ks]
+            out.append([(min(max(k, 0), limit - 1), np.float32(float(np.float32(w)) / sum(ws))) for k, w in zip(ks, ws)])
+        return out
+
+    def resized(plane, y0, x0, h, w):
+        rows, cols = taps(y0, h, plane.shape[0]), taps(x0, w, plane.shape[1])
+        across = {}
+        for r in {k for row in rows for k, _ in row}:
+            for j in range(size):
+                acc = np.float32(0)
+                for k, wt in cols[j]:
+                    acc = np.float32(acc + wt * np.float32(plane[r, k]))
+                across[r, j] = acc
+        out = np.zeros((size, size), np.float32)
+        for i in range(size):
+            for j in range(size):
+                acc = np.float32(0)
+                for k, wt in rows[i]:
+                    acc = np.float32(acc + wt * across[k, j])
+                out[i, j] = acc
+        return out
+
+    y0, x0, h, w = box
+    ys, us, vs = resized(planes[0], y0, x0, h, w), *(resized(c, y0 / 2, x0 / 2, h / 2, w / 2) for c in planes[1:])
+    rgb = np.zeros((size, size, 3), np.uint8)
+    for i in range(size):
+        for j in range(size):
+            lum, cb, cr = 1.164 * (float(ys[i, j]) - 16.0), float(us[i, j]) - 128.0, float(vs[i, j]) - 128.0
+            values = (lum + 1.596 * cr, lum - 0.392 * cb - 0.813 * cr, lum + 2.017 * cb)
+            rgb[i, size - 1 - j if flip else j] = [int(min(max(v + 0.5, 0.0), 255.0)) for v in values]
+    return rgb
+
+
+def test_view_kernel_equals_its_filter_written_pixel_by_pixel():
+    # the compiled kernel's loops (taps shared by a clip's frames, zero-weight taps dropped or padded,
+    # loops of one to three taps, planar conversion) must not change a single byte of the filter
+    rng = np.random.default_rng(5)
+    luma = rng.integers(0, 256, (40, 60), dtype=np.uint8)[:, :52]        # rows of a wider stride, as FFmpeg's
+    u, v = (rng.integers(0, 256, (20, 30), dtype=np.uint8)[:, :26] for _ in range(2))
+    packed = np.concatenate([luma, np.concatenate([u, v]).reshape(20, 52)])[None]
+    for box, size in [((4, 6, 12, 12), 12), ((3, 5, 7, 9), 12), ((0, 0, 40, 52), 21), ((2, 1, 30, 20), 16),
+                      ((1, 3, 37, 47), 9), ((10, 12, 18, 22), 13)]:   # 1 tap; upsampling; 2-3, 3-4, 5+ taps
+        for flip in (False, True):
+            want = _plain_view((luma, u, v), box, size, flip)
+            assert np.array_equal(resize_to_rgb(packed, box, size, flip)[0], want), (box, size, flip)
+
+
 def test_seeking_decode_returns_exactly_the_requested_frames():
     frames = _frames(20)
     data = encode_h264(frames, fps=8, gop=4)

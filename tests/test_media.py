@@ -155,6 +155,19 @@ def test_views_resized_in_place_from_the_decoder_equal_views_of_the_packed_decod
         assert torch.equal(item["video"], torch.from_numpy(want))
 
 
+def test_kernel_load_compiles_every_signature_the_loader_calls():
+    # load() runs before DataLoader workers fork; a signature it misses is loaded again by every worker on
+    # its first sample of every epoch (20 ms each)
+    from umt.loaders.loading import kernels
+    kernels.load()
+    compiled = {f: list(f.signatures) for f in (kernels._taps, kernels._across, kernels._down, kernels._frame_to_rgb)}
+    frames = np.random.default_rng(4).integers(0, 255, (6, 36, 58, 3), dtype=np.uint8)
+    meta = {"label": 0, "row": 0, "frames": 6, "height": 36, "width": 58, "audio_samples": 0, "sample_rate": 16000}
+    sample = {"json": json.dumps(meta).encode(), "mp4": encode_h264(frames, fps=8, gop=4), "__key__": "k", "__url__": "u"}
+    decode_views(sample, ViewSpec(frames=2, stride=2, crop=17, audio_seconds=0), ["video"], 0, [0, -1])
+    assert {f: list(f.signatures) for f in compiled} == compiled
+
+
 def test_flac_is_lossless():
     samples = (np.random.default_rng(1).standard_normal(4000) * 5000).astype(np.int16)
     assert np.array_equal(np.round(decode_flac(encode_flac(samples, 16000)) * 32768).astype(np.int16), samples)

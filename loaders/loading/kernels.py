@@ -170,10 +170,12 @@ def _span(index: np.ndarray, count: np.ndarray) -> int:
 def load() -> None:
     """Load the compiled kernel in this process (from numba's cache): called before DataLoader workers
     fork, each worker of each epoch inherits it instead of loading it again on its first sample. Both array
-    layouts: packed planes (C) and the decoder's padded rows (media.h264_planes)."""
+    layouts: packed planes (C) and the decoder's padded rows (media.h264_planes), all three planes padded
+    (a chroma slice of one pixel counts as contiguous, and left each worker 20 ms of loading a second
+    signature on its first sample, every epoch)."""
     resize_to_rgb(np.zeros((1, 3, 2), np.uint8), (0, 0, 2, 2), 1, False)
-    padded = np.zeros((2, 4), np.uint8)[:, :2]
-    frames_to_rgb([(padded, padded[:1, :1], padded[:1, :1])], (0, 0, 2, 2), False, np.empty((1, 1, 1, 3), np.uint8))
+    luma, chroma = np.zeros((4, 8), np.uint8)[:, :4], np.zeros((2, 8), np.uint8)[:, :2]  # rows wider than the
+    frames_to_rgb([(luma, chroma, chroma)], (0, 0, 4, 4), False, np.empty((1, 1, 1, 3), np.uint8))  # frame ('A')
 
 
 def frames_to_rgb(frames: list[tuple[np.ndarray, np.ndarray, np.ndarray]], box: tuple[int, int, int, int],

@@ -22,12 +22,16 @@ def test_shipped_configs_load_and_validate(name):
 
 
 def test_overrides_and_errors(tmp_path):
-    cfg = load(str(CONFIGS / "kinetics400.yaml"), ["optim.lr=1e-2", "data.view.crop=112", "run.out=r"])
+    cfg = load(str(CONFIGS / "kinetics400.yaml"), ["optim.adamw.lr=1e-2", "data.view.crop=112", "run.out=r"])
     assert cfg.lr == 0.01 and cfg.view.crop == 112 and cfg.view.frames == 8 and cfg.out == "r"
+    with pytest.raises(ConfigError, match="'optim.lr' is now set per optimiser: optim.adamw.lr or optim.sgd.lr"):
+        load(str(CONFIGS / "kinetics400.yaml"), ["optim.lr=1e-2"])
     with pytest.raises(ConfigError, match="unknown key 'optim.learning_rate'"):
         load(str(CONFIGS / "kinetics400.yaml"), ["optim.learning_rate=1"])
-    cfg = load(str(CONFIGS / "kinetics400.yaml"), ["optim.name=sgd", "optim.momentum=0.8", "optim.nesterov=true"])
-    assert (cfg.optimizer, cfg.momentum, cfg.nesterov) == ("sgd", 0.8, True)
+    cfg = load(str(CONFIGS / "kinetics400.yaml"), ["optim.name=sgd", "optim.sgd.momentum=0.8", "optim.sgd.nesterov=true"])
+    assert (cfg.optimizer, cfg.momentum, cfg.nesterov, cfg.lr, cfg.weight_decay) == ("sgd", 0.8, True, 1e-3, 1e-4)
+    cfg = load(str(CONFIGS / "kinetics400.yaml"), ["optim.sgd.momentum=0.8", "optim.sgd.lr=0.5"])  # joint: AdamW's
+    assert (cfg.optimizer, cfg.momentum, cfg.lr, cfg.weight_decay) == (None, 0.9, 1e-3, 0.01)
     assert parse_args(["--data", "d", "--out", "o", "--optim", "sgd", "--nesterov"]).optimizer == "sgd"
     with pytest.raises(ConfigError, match="optimizer must be one of adamw, sgd; got 'adam'"):
         load(str(CONFIGS / "kinetics400.yaml"), ["optim.name=adam"]).validate()

@@ -22,6 +22,14 @@ label model (DEMO_PRESENCE), scored per kind of clip.
     python benchmarks/phenomena.py --mfeat --out runs/phenomena-mfeat          # 3 seeds
     python benchmarks/phenomena.py --demo-presence --out runs/demo-presence    # make demo's clips, presence model
     python benchmarks/phenomena.py --synthetic --quick --out /tmp/p            # seconds: for tests
+
+`--optim adamw|sgd|both` runs every trained model of a cell (teachers, joint, UMT from a cache of that
+optimiser's teachers, every peer; UME of those teachers) with that optimiser, or with each in turn: run
+folders and result keys `METHOD@OPTIMISER` (`joint@sgd`). AdamW at the recipe's lr; SGD (momentum 0.9,
+weight decay 1e-4, no Nesterov) at the linear scaling rule's lr, 0.1 x batch / 256 (Goyal et al. 2017).
+Without it (`official`) every method trains with its official optimiser at the recipe's lr, unsuffixed.
+
+    python benchmarks/phenomena.py --mfeat --optim both --jobs 1 --out runs/methods-mfeat-optim
 """
 from __future__ import annotations
 
@@ -58,6 +66,12 @@ PRESENCE_GRID = tuple({"video_present": qv, "audio_present": qa, "paired": p} fo
 DEMO_PRESENCE = {"data": dict(test=1000, label_model="presence", video_present=0.9, audio_present=0.5, paired=0.2),
                  "recipe": dict(epochs=12, distill_weight=1.0)}
 MFEAT_VIEWS = {"fou": "mfeat-fou.csv", "pix": "mfeat-pix.csv"}   # weak (76 Fourier coeffs), strong (240 pixels)
+OPTIMISERS = ("adamw", "sgd")  # --optim both: every trained model with each (engine/config.py CHOICES["optimizer"])
+
+
+def sgd_lr(batch_size: int) -> float:
+    """SGD's lr by the linear scaling rule, 0.1 per 256 samples (Goyal et al. 2017; He et al. 2016's 0.1 at 256)."""
+    return 0.1 * batch_size / 256
 
 
 @dataclass(frozen=True)
@@ -86,6 +100,7 @@ class Cell:
     peers: tuple[str, ...] = ()  # the other registered methods to run (peers())
     modalities: tuple[str, ...] = ()  # of a shard set made beforehand (raw = {"data": its folder})
     weak: str = "audio"  # the modality whose sole-feature samples joint training should lose (presence model)
+    optims: tuple[str, ...] = ()  # each trained model with each of these (runs METHOD@OPTIM); (): the method's own
 
 
 def peers() -> tuple[str, ...]:
@@ -107,14 +122,12 @@ def fusion_for(method: str, views: list[str]) -> str:
     raise SystemExit(f"phenomena: {method} accepts none of the fusion heads {CHOICES['fusion']}")
 
 
-def run_cell(cell: Cell, out: Path) -> dict:
-    """Every method on one dataset and seed, through the CLIs; returns the cell's record."""
+def run_cell(cell: Cell, out: Path) -> list[dict]:
+    """Every method on one dataset and seed, through the CLIs; returns the cell's record, one per optimiser of
+    `cell.optims` (each with its `optim`)."""
     os.environ["TQDM_DISABLE"] = "1"
     import torch
     torch.set_num_threads(1)
-    from umt.cache.cli import main as cache_main
-    from umt.engine.cli import main as train_main
-    from umt.engine.guide import guide
     from umt.loaders.cli import main as data_main
 
     work = out / f"{cell.name}-seed{cell.seed}"
@@ -127,49 +140,61 @@ def run_cell(cell: Cell, out: Path) -> dict:
             data = work / "data"
             data_main(["pack-arrays", *[f"--view={v}={cell.raw[v]}" for v in views], "--labels", str(cell.raw["labels"]),
                        "--out", str(data), "--seed", str(cell.seed), "--shard-size", "1000"])
-        r = cell.recipe
-        evaluation = ["--data", str(data), "--batch-size", str(r.batch_size), "--workers", str(r.workers), *r.view]
-        training = ["--epochs", str(r.epochs), "--lr", str(r.lr), "--width", str(r.width), "--seed", str(cell.seed),
-                    "--select", r.select]
+        records = [_run_arm(cell, work, data, views, optim) for optim in cell.optims or (None,)]
+    return records
 
-        def train(name: str, *args: str, fusion: str | None = "mlp") -> dict:
-            """One run (fusion None: UME's, which trains nothing and takes no training flags); a run whose
-            results.json exists is read, not repeated (a sweep resumes where it stopped)."""
-            if not (work / name / "results.json").is_file():
-                train_main([*evaluation, *([*training, "--fusion", fusion] if fusion else []), "--out", str(work / name),
-                            *args])
-            runs[name.replace("-", "_")] = name
-            return json.loads((work / name / "results.json").read_text())
 
-        runs: dict[str, str] = {}  # method key → run folder, for the per-group scores
+def _run_arm(cell: Cell, work: Path, data: Path, views: list[str], optim: str | None) -> dict:
+    """Every method of one cell with one optimiser (None: each method's own, folders unsuffixed)."""
+    from umt.cache.cli import main as cache_main
+    from umt.engine.cli import main as train_main
+    from umt.engine.guide import guide
+    at = f"@{optim}" if optim else ""  # the suffix of this optimiser's run folders and cache
+    r = cell.recipe
+    lr = sgd_lr(r.batch_size) if optim == "sgd" else r.lr
+    evaluation = ["--data", str(data), "--batch-size", str(r.batch_size), "--workers", str(r.workers), *r.view]
+    training = ["--epochs", str(r.epochs), "--lr", str(lr), "--width", str(r.width), "--seed", str(cell.seed),
+                "--select", r.select, *(["--optim", optim] if optim else [])]
 
-        both = [a for v in views for a in ("--modality", v)]
-        uni = {v: train(f"unimodal-{v}", "--method", "unimodal", "--modality", v) for v in views}
-        ckpts = {v: str(work / f"unimodal-{v}" / "model.pt") for v in views}
-        joint = train("joint", "--method", "joint", *both)
-        cache_main(["build", "--data", str(data), *[f"--teacher={v}={c}" for v, c in ckpts.items()],
-                    "--out", str(work / "cache.zarr"), "--views", str(r.cache_views), "--seed", str(cell.seed),
-                    "--workers", str(r.workers)])
-        distil = ["--method", "umt", *both, "--cache", str(work / "cache.zarr"), "--lambda", str(r.distill_weight)]
-        umt = train("umt", *distil)
-        umt_projector = train("umt-projector", *distil, "--projector")
-        umt_both = train("umt-both", *distil, "--distill-targets", "both")  # features and T²·KL on teacher logits
-        ume = train("ume", "--method", "ume", *[f"--member={v}={c}" for v, c in ckpts.items()], fusion=None)
-        choice = guide(str(data), ckpts, str(work / "joint" / "model.pt"), split="val", num_workers=r.workers,
-                       umt=str(work / "umt" / "model.pt"))
-        fused = {"joint": joint, "umt": umt, "umt_projector": umt_projector, "umt_both": umt_both}
-        fusions = {}
-        for method in cell.peers:  # keyed like the run folders, with "_" for "-" (ogm-ge → ogm_ge)
-            fusion = fusions[method.replace("-", "_")] = fusion_for(method, views)
-            if fusion != "mlp" and f"joint_{fusion}" not in fused:
-                fused[f"joint_{fusion}"] = train(f"joint-{fusion}", "--method", "joint", *both, fusion=fusion)
-            fused[method.replace("-", "_")] = train(method, "--method", method, *both, fusion=fusion)
-        recorded = {**fused, "ume": ume, **{f"unimodal_{v}": uni[v] for v in views}}
-        fused_runs = {k: runs[k] for k in fused}
-        by_group = None
-        if cell.groups:  # each test row's group: from a clip set's JSON members, or the generator's labels file
-            groups = presence.groups_of_test(data, cell.raw.get("labels"))
-            by_group = presence.per_group(work, data, groups, views, recorded, fused_runs)
+    def train(name: str, *args: str, fusion: str | None = "mlp") -> dict:
+        """One run (fusion None: UME's, which trains nothing and takes no training flags); a run whose
+        results.json exists is read, not repeated (a sweep resumes where it stopped)."""
+        folder = work / f"{name}{at}"
+        if not (folder / "results.json").is_file():
+            train_main([*evaluation, *([*training, "--fusion", fusion] if fusion else []), "--out", str(folder),
+                        *args])
+        runs[name.replace("-", "_")] = folder.name
+        return json.loads((folder / "results.json").read_text())
+
+    runs: dict[str, str] = {}  # method key → run folder, for the per-group scores
+
+    both = [a for v in views for a in ("--modality", v)]
+    uni = {v: train(f"unimodal-{v}", "--method", "unimodal", "--modality", v) for v in views}
+    ckpts = {v: str(work / f"unimodal-{v}{at}" / "model.pt") for v in views}
+    joint = train("joint", "--method", "joint", *both)
+    cache_main(["build", "--data", str(data), *[f"--teacher={v}={c}" for v, c in ckpts.items()],
+                "--out", str(work / f"cache{at}.zarr"), "--views", str(r.cache_views), "--seed", str(cell.seed),
+                "--workers", str(r.workers)])
+    distil = ["--method", "umt", *both, "--cache", str(work / f"cache{at}.zarr"), "--lambda", str(r.distill_weight)]
+    umt = train("umt", *distil)
+    umt_projector = train("umt-projector", *distil, "--projector")
+    umt_both = train("umt-both", *distil, "--distill-targets", "both")  # features and T²·KL on teacher logits
+    ume = train("ume", "--method", "ume", *[f"--member={v}={c}" for v, c in ckpts.items()], fusion=None)
+    choice = guide(str(data), ckpts, str(work / f"joint{at}" / "model.pt"), split="val", num_workers=r.workers,
+                   umt=str(work / f"umt{at}" / "model.pt"))
+    fused = {"joint": joint, "umt": umt, "umt_projector": umt_projector, "umt_both": umt_both}
+    fusions = {}
+    for method in cell.peers:  # keyed like the run folders, with "_" for "-" (ogm-ge → ogm_ge)
+        fusion = fusions[method.replace("-", "_")] = fusion_for(method, views)
+        if fusion != "mlp" and f"joint_{fusion}" not in fused:
+            fused[f"joint_{fusion}"] = train(f"joint-{fusion}", "--method", "joint", *both, fusion=fusion)
+        fused[method.replace("-", "_")] = train(method, "--method", method, *both, fusion=fusion)
+    recorded = {**fused, "ume": ume, **{f"unimodal_{v}": uni[v] for v in views}}
+    fused_runs = {k: runs[k] for k in fused}
+    by_group = None
+    if cell.groups:  # each test row's group: from a clip set's JSON members, or the generator's labels file
+        groups = presence.groups_of_test(data, cell.raw.get("labels"))
+        by_group = presence.per_group(work, data, groups, views, recorded, fused_runs)
     test = {k: res["test_top1"] for k, res in recorded.items()}
     probe = {"unimodal": {v: uni[v]["probe"][v] for v in views}, **{k: res["probe"] for k, res in fused.items()}}
     if "data" in cell.raw:  # a clip set: its generator's settings are in the manifest
@@ -183,6 +208,7 @@ def run_cell(cell: Cell, out: Path) -> dict:
             "test_top1": _round(test), "probe": _round(probe), "guide": {"choice": choice["choice"],
             "recommendation": choice["recommendation"], "evidence": _round(choice["evidence"])},
             "recipe": asdict(cell.recipe), "peer_fusion": fusions,
+            **({"optim": optim, "lr": lr} if optim else {}),
             "val_top1": _round({"ume": choice["evidence"]["ume"], **{m: res["selected_val_top1"] for m, res in fused.items()
                                                                        if "selected_val_top1" in res}}),
             **({"groups": by_group} if cell.groups else {})}
@@ -404,6 +430,51 @@ def table(cells: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def by_optimiser(records: list[dict], optims: tuple[str, ...]) -> dict:
+    """Per dataset, each method's test top-1 at each optimiser (key METHOD@OPTIMISER): mean, std and median over
+    seeds."""
+    out: dict = {}
+    for r in records:
+        for m, v in r["test_top1"].items():
+            out.setdefault(r["cell"], {}).setdefault(f"{m}@{r['optim']}", []).append(v)
+    return {cell: {k: {**presence.stats(v), "median": round(statistics.median(v), 4), "seeds": len(v)}
+                   for k, v in methods.items()}
+            for cell, methods in out.items()}
+
+
+def optimiser_settings(optim: str, records: list[dict]) -> dict:
+    """What `--optim` gave every trained run (engine/train.py make_optimizer; momentum etc. umt-train's defaults)."""
+    from umt.engine.config import TrainConfig
+    d = TrainConfig(data="", out="")
+    lrs = sorted({r["lr"] for r in records if r["optim"] == optim})
+    return {"lr": lrs, "weight_decay": d.weight_decay, **({"momentum": d.momentum, "nesterov": d.nesterov}
+                                                          if optim == "sgd" else {}),
+            "lr_rule": "0.1 x batch / 256 (linear scaling)" if optim == "sgd" else "the recipe's",
+            "schedule": "cosine to 0 over the run"}
+
+
+def optimiser_table(records: list[dict], optims: tuple[str, ...]) -> str:
+    """Markdown: per dataset, each method's test top-1 at each optimiser, median and mean ± std over seeds."""
+    rows = []
+    for cell, methods in by_optimiser(records, optims).items():
+        names = list(dict.fromkeys(k.split("@")[0] for k in methods))
+        fusion = {**next(r for r in records if r["cell"] == cell).get("peer_fusion", {}),
+                  **{m: "mlp" for m in ("joint", "umt", "umt_projector", "umt_both")},
+                  **{m: m.split("_", 1)[1] for m in names if m.startswith("joint_")}}  # joint on a peer's head
+        paired = optims == OPTIMISERS
+        head = ["method (fusion)", *optims, *(["sgd − adamw (medians)"] if paired else [])]
+        rows += [f"{cell}: test top-1 per optimiser, median [mean ± std] over seeds:", "",
+                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for m in names:
+            cells = [methods.get(f"{m}@{o}") for o in optims]
+            text = [f"{c['median']:.3f} [{presence.pm(c)}]" if c else "—" for c in cells]
+            if paired:
+                text.append(f"{cells[1]['median'] - cells[0]['median']:+.3f}" if all(cells) else "—")
+            rows.append(f"| {m}" + (f" ({fusion[m]})" if m in fusion else "") + " | " + " | ".join(text) + " |")
+        rows.append("")
+    return "\n".join(rows).rstrip()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     which = parser.add_mutually_exclusive_group(required=True)
@@ -425,6 +496,10 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="cells run in parallel, one thread each (default 2)")
     parser.add_argument("--condition", action="append", default=[], metavar="NAME",
                         help="--presence: run only this PRESENCE_GRID condition (e.g. qv0.7-qa0.7-p0.2), repeatable")
+    parser.add_argument("--optim", choices=("official", *OPTIMISERS, "both"), default="official",
+                        help="optimiser of every trained model: each method's official one at the recipe's lr "
+                             "(default), adamw (recipe lr), sgd (lr 0.1 x batch / 256), or both in turn (run folders "
+                             "and result keys METHOD@OPTIMISER)")
     parser.add_argument("--peers", default="all", metavar="LIST",
                         help="the other registered methods to run beside the core ones: 'all' (default), 'none', or "
                              f"a comma list of {', '.join(peers())}")
@@ -446,9 +521,12 @@ def main() -> None:
         cells = [replace(c, recipe=replace(c.recipe, select=args.select, **tweaks)) for c in demo_cells(out, args.quick, data)]
     else:
         cells = (synthetic_cells if args.synthetic else mfeat_cells)(out, args.quick, recipe, overrides)
-    cells = [replace(c, peers=chosen) for c in cells]
+    optims = {"official": (), "both": OPTIMISERS}.get(args.optim, (args.optim,))
+    if optims and (args.presence or args.demo_presence):
+        raise SystemExit("phenomena: --optim applies to the methods tables (--synthetic, --mfeat, --demo)")
+    cells = [replace(c, peers=chosen, optims=optims) for c in cells]
     with ProcessPoolExecutor(args.jobs) as pool:
-        records = list(pool.map(run_cell, cells, [out] * len(cells)))
+        records = [r for rs in pool.map(run_cell, cells, [out] * len(cells)) for r in rs]
     if all(c.groups for c in cells):  # presence label model: per-group figures
         summary = presence.summarise(records)
         presence.plot(summary, out / "phenomena.png")
@@ -457,8 +535,19 @@ def main() -> None:
                                             "cells": records})
         print(presence.tables(summary))
         return
-    summary = summarise(records)
     dataset = "synthetic" if args.synthetic else "demo" if args.demo else "mfeat"
+    if optims:  # one summary and table per optimiser, and every method at each side by side
+        text = "\n\n".join([optimiser_table(records, optims),
+                             *(f"With {o}:\n\n" + table([r for r in records if r["optim"] == o]) for o in optims)])
+        (out / "table.md").write_text(text + "\n")
+        write_json(out / "phenomena.json", {"dataset": dataset, "optimisers": {o: optimiser_settings(o, records)
+                                                                              for o in optims},
+                                            "summary": {"test_top1": by_optimiser(records, optims), **{
+                                                o: summarise([r for r in records if r["optim"] == o]) for o in optims}},
+                                            "cells": records})
+        print(text)
+        return
+    summary = summarise(records)
     if args.synthetic:
         plot(records, summary, out / "phenomena.png", "umt-data synth-arrays: test top-1")
     (out / "table.md").write_text(table(records) + "\n")

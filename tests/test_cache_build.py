@@ -133,6 +133,16 @@ def test_rebuilding_a_finished_cache_changes_nothing(data, teachers, cache, tmp_
     assert after.keys() == before.keys() and all(after[k] == before[k] for k in before if k.name != "zarr.json")
 
 
+def test_a_build_resumed_with_its_data_and_teachers_moved_computes_nothing(data, teachers, cache, tmp_path, capsys):
+    """A cluster job requeued on a node that staged the same data and checkpoints under other paths resumes
+    its build: the cache is identified by their fingerprints, not where they lay."""
+    moved_data = shutil.copytree(data, tmp_path / "staged" / "data")
+    moved = {m: shutil.copy(p, tmp_path / "staged" / f"{m}.pt") for m, p in teachers.items()}
+    copy = shutil.copytree(cache, tmp_path / "cache.zarr")
+    cache_main(_build_args(moved_data, moved, copy, "--views", "2"))
+    assert "0 of" in capsys.readouterr().out
+
+
 def test_build_and_info_report_the_same_sizes_labelled(data, teachers, cache, capsys):
     """build announced 1.6 MiB while info said 0.9 MiB on disk: both now say which is which."""
     cache_main(_build_args(data, teachers, cache, "--views", "2"))  # the session cache's own arguments: nothing to do

@@ -35,12 +35,19 @@ class CacheError(UserError):
     """A cache is missing, incomplete, or does not belong to the given data or teachers."""
 
 
+def _identity(attrs: dict[str, Any]) -> dict[str, Any]:
+    """What makes a cache this cache: its attributes less where the data and the teachers lay (their
+    fingerprints stay), so that a build resumed from another node's copies of them continues it."""
+    teachers = {m: {k: v for k, v in t.items() if k != "checkpoint"} for m, t in (attrs.get("teachers") or {}).items()}
+    return {**{k: v for k, v in attrs.items() if k != "data_dir"}, "teachers": teachers}
+
+
 def create(path: str | Path, attrs: dict[str, Any], dims: dict[str, int], shards: list[dict],
            build_info: dict[str, Any], classes: int | None = None) -> zarr.Group:
     """Create an empty cache, or reopen one whose identity attributes equal `attrs` (a resume);
     with `classes`, it holds the teachers' logits too.
 
-    `attrs` identify the cache (data, teachers, views); `build_info` only describes the build
+    `attrs` identify the cache (data and teachers by fingerprint, views); `build_info` only describes the build
     (versions, start time, processes) and may differ between a build and its resumption.
     """
     rows = shards[0]["count"]
@@ -50,7 +57,7 @@ def create(path: str | Path, attrs: dict[str, Any], dims: dict[str, int], shards
                          f"({rows}); the cache needs equal-size shards (the last may be smaller)")
     if Path(path).exists():
         group = open_group(path)
-        if {k: group.attrs.get(k) for k in attrs} != attrs:
+        if _identity({k: group.attrs.get(k) for k in attrs}) != _identity(attrs):
             raise CacheError(f"{path} exists and was built with other settings, data or teachers; "
                              "remove it or choose another --out")
     else:

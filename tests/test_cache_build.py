@@ -143,6 +143,13 @@ def test_a_build_resumed_with_its_data_and_teachers_moved_computes_nothing(data,
     assert "0 of" in capsys.readouterr().out
 
 
+def test_a_build_into_a_cache_of_other_settings_is_refused(data, teachers, cache, tmp_path, capsys):
+    copy = shutil.copytree(cache, tmp_path / "cache.zarr")
+    with pytest.raises(SystemExit):
+        cache_main(_build_args(data, teachers, copy, "--views", "3"))
+    assert "exists and was built with other settings, data or teachers" in capsys.readouterr().err
+
+
 def test_build_and_info_report_the_same_sizes_labelled(data, teachers, cache, capsys):
     """build announced 1.6 MiB while info said 0.9 MiB on disk: both now say which is which."""
     cache_main(_build_args(data, teachers, cache, "--views", "2"))  # the session cache's own arguments: nothing to do

@@ -149,10 +149,10 @@ def _merge(base: dict, update: dict, where: str, prefix: str = "") -> None:
 
 
 def override(text: str) -> dict:
-    """'optim.lr=0.01' → {'optim': {'lr': 0.01}}."""
+    """'optim.epochs=30' → {'optim': {'epochs': 30}}."""
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise ConfigError(f"override {text!r} is not KEY=VALUE (e.g. optim.lr=0.01)")
+        raise ConfigError(f"override {text!r} is not KEY=VALUE (e.g. optim.adamw.lr=0.01)")
     nested: dict = yaml.safe_load(value) if value else None
     for part in reversed(key.split(".")):
         nested = {part: nested}

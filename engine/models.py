@@ -186,8 +186,10 @@ class MMTM(nn.Module):
         self.running.copy_((mean_gates + self.running * self.seen) / (self.seen + 1))
         self.seen += 1
 
-    def forward(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        gates = self.gates(feats)
+    def forward(self, feats: dict[str, torch.Tensor],
+                gates: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The rescaled features; `gates`: this batch's `gates(feats)` when the caller has them already."""
+        gates = dict(self.gates(feats) if gates is None else gates)
         if self.training and self.caring is not None:
             # a copy: the buffer is updated in place after this forward, before its backward pass; plus 0 × the
             # computed gate, so its parameters take part in the backward pass (DDP expects every parameter's

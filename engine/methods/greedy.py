@@ -115,10 +115,10 @@ class Greedy(Method):
 
     def loss(self, net, batch, logits, feats) -> tuple[torch.Tensor, Parts]:
         labels = batch["label"]
-        branches = net.mmtm(feats)
+        gates = net.mmtm.gates(feats)
+        branches = net.mmtm(feats, gates)
         ces = {m: F.cross_entropy(net.head[m](branches[m]), labels) for m in self.mods}
         with torch.no_grad():  # the running mean of the computed gates, over every rank's samples
-            gates = net.mmtm.gates({m: f.detach() for m, f in feats.items()})
             net.mmtm.remember(reduce(torch.cat([gates[m].mean(0) for m in net.mmtm.dims]), "mean"))
         loss = sum(ces.values())
         return loss, {"ce": F.cross_entropy(logits, labels).detach(), **{f"ce_{m}": v.detach() for m, v in ces.items()}}

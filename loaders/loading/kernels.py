@@ -174,8 +174,9 @@ def load() -> None:
     (a chroma slice of one pixel counts as contiguous, and left each worker 20 ms of loading a second
     signature on its first sample, every epoch)."""
     resize_to_rgb(np.zeros((1, 3, 2), np.uint8), (0, 0, 2, 2), 1, False)
-    luma, chroma = np.zeros((4, 8), np.uint8)[:, :4], np.zeros((2, 8), np.uint8)[:, :2]  # rows wider than the
-    frames_to_rgb([(luma, chroma, chroma)], (0, 0, 4, 4), False, np.empty((1, 1, 1, 3), np.uint8))  # frame ('A')
+    # rows wider than the frame, as FFmpeg's planes: numba types them 'A'
+    luma, chroma = np.zeros((4, 8), np.uint8)[:, :4], np.zeros((2, 8), np.uint8)[:, :2]
+    frames_to_rgb([(luma, chroma, chroma)], (0, 0, 4, 4), False, np.empty((1, 1, 1, 3), np.uint8))
 
 
 def frames_to_rgb(frames: list[tuple[np.ndarray, np.ndarray, np.ndarray]], box: tuple[int, int, int, int],

@@ -124,7 +124,9 @@ class Valuation(Method):
         ce = F.cross_entropy(logits, labels)
         if self.epoch < self.cfg.valuation_warmup or self.copies is None:
             return ce, {"ce": ce.detach()}
-        counts = self.copies[batch["row"].cpu()].to(labels.device).float()  # [B, M]
+        if self.copies.device != labels.device:  # once per refresh: rows are then looked up where they lie
+            self.copies = self.copies.to(labels.device)
+        counts = self.copies[batch["row"]].float()  # [B, M]
         extra = logits.new_zeros(())
         for j, m in enumerate(net.cfg.modalities):
             extra = extra + (counts[:, j] * F.cross_entropy(net.fuse(only(feats, {m})), labels, reduction="none")).sum()
@@ -152,7 +154,7 @@ class Valuation(Method):
         return {"valuation_mean": mean_values, "valuation_copies": total}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"copies": self.copies}
+        return {"copies": None if self.copies is None else self.copies.cpu()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.copies = state["copies"]

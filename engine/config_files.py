@@ -209,13 +209,9 @@ def load(path: str | None, overrides: list[str]) -> TrainConfig:
                   for key, name in keys.items()} for o, keys in OPTIMISERS.items()}
     # the run's optimiser's block (an AdamW run keeps SGD's momentum and nesterov at their defaults); an unknown
     # optimiser name reads none, and validate() refuses it
-    values.update(blocks.get(values["optimizer"] or _official_optimizer(values["method"]), {}))
+    from .methods import run_optimizer  # not at import: the methods import the config
+    values.update(blocks.get(run_optimizer(values["method"], values["optimizer"]) or "adamw", {}))  # ume: adamw's
     if not values["data"] or not values["out"]:
         raise ConfigError("data.path and run.out must be set (in the file or as overrides)")
     return TrainConfig(**values)
 
-
-def _official_optimizer(method: str) -> str:
-    """The optimiser a method trains with when the config names none (engine/methods; adamw for ume)."""
-    from .methods import REGISTRY
-    return getattr(REGISTRY.get(method), "optimizer", "adamw")

@@ -30,12 +30,20 @@ REGISTRY: dict[str, type[Method]] = {m.name: m for m in (Unimodal, Method, Umt, 
                                                          ReconBoost, Greedy, Valuation)}
 
 
+def run_optimizer(method: str, named: str | None) -> str | None:
+    """The optimiser a run of `method` trains with: the one named, else the method's official one (ume, which
+    evaluates members, trains none)."""
+    cls = REGISTRY.get(method)
+    return named or (cls.optimizer if cls else None)
+
+
 def resolved(cfg: TrainConfig) -> TrainConfig:
     """`cfg` with the settings it leaves to its method (None: fusion, optimiser) set to the method's."""
     cls = REGISTRY.get(cfg.method)
     if cls is None:  # ume evaluates members: no fusion head, no optimiser
         return cfg
-    return dataclasses.replace(cfg, fusion=cfg.fusion or cls.fusions[0], optimizer=cfg.optimizer or cls.optimizer)
+    return dataclasses.replace(cfg, fusion=cfg.fusion or cls.fusions[0],
+                               optimizer=run_optimizer(cfg.method, cfg.optimizer))
 
 
 def method_for(cfg: TrainConfig) -> Method:

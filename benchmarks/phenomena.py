@@ -430,7 +430,7 @@ def table(cells: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def by_optimiser(records: list[dict], optims: tuple[str, ...]) -> dict:
+def by_optimiser(records: list[dict]) -> dict:
     """Per dataset, each method's test top-1 at each optimiser (key METHOD@OPTIMISER): mean, std and median over
     seeds."""
     out: dict = {}
@@ -456,7 +456,7 @@ def optimiser_settings(optim: str, records: list[dict]) -> dict:
 def optimiser_table(records: list[dict], optims: tuple[str, ...]) -> str:
     """Markdown: per dataset, each method's test top-1 at each optimiser, median and mean ± std over seeds."""
     rows = []
-    for cell, methods in by_optimiser(records, optims).items():
+    for cell, methods in by_optimiser(records).items():
         names = list(dict.fromkeys(k.split("@")[0] for k in methods))
         fusion = {**next(r for r in records if r["cell"] == cell).get("peer_fusion", {}),
                   **{m: "mlp" for m in ("joint", "umt", "umt_projector", "umt_both")},
@@ -542,7 +542,7 @@ def main() -> None:
         (out / "table.md").write_text(text + "\n")
         write_json(out / "phenomena.json", {"dataset": dataset, "optimisers": {o: optimiser_settings(o, records)
                                                                               for o in optims},
-                                            "summary": {"test_top1": by_optimiser(records, optims), **{
+                                            "summary": {"test_top1": by_optimiser(records), **{
                                                 o: summarise([r for r in records if r["optim"] == o]) for o in optims}},
                                             "cells": records})
         print(text)

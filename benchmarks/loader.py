@@ -11,6 +11,9 @@ per-sample decode differs), it also measures:
 - the bare-decode bound: PyAV decoding exactly the frames each view needs, from the keyframe
   before it, with no conversion (frames stay FFmpeg's), plus the FLAC decode: `limit_clips_per_s`,
   and `ratio_vs_limit` = umt / limit (what umt's crop, colour conversion, log-mel and collation cost);
+- umt's loader with its views finished on the trainer's device (`finish_on`, loaders/loading/finish.py): the
+  workers' side, which is all the CPUs do, `umt_shipped` (decoded frames and audio windows, as shipped) and
+  `shipped_ratio_vs_limit`; with a GPU also `umt_gpu_finished` (the finished batches on the GPU, end to end);
 - peer decoders producing the same views: decord (`VideoReader.get_batch` of the view's frames, RGB
   by the library, then crop and flip) and PyAV with FFmpeg's frame/slice threading (whole-frame RGB
   by FFmpeg, then crop and flip); audio as umt's. A peer that does not import is reported as such.
@@ -216,8 +219,8 @@ class _Decoded(_PlannedBatches):
         super().__init__(*args)
         self.decode = decode
 
-    def _clips(self, size: int) -> tuple[dict, None]:
-        return {}, None  # each variant returns its own clip (the bound none)
+    def _clips(self, samples: list, leases: dict) -> dict:
+        return {}  # each variant returns its own clip (the bound none)
 
     def _decode(self, sample: dict, view: int, out: dict) -> dict:
         return self.decode(sample, self.policy.seed, view, self.spec)
@@ -251,6 +254,8 @@ def timed_pass(loader) -> float:
     start, clips = time.perf_counter(), 0
     for batch in loader:
         clips += len(next(iter(batch.values())))
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()  # batches finished on the GPU: their work is counted
     return clips / (time.perf_counter() - start)
 
 
@@ -336,16 +341,20 @@ def main() -> None:
     peers = available_peers() if setting.spec.crop_mode == "cut" else {
         "all": "not measured: the peers cut a crop, this view resizes a random box (random-resized crop)"}
     variants = ["limit", *[p for p in DECODERS if p != "limit" and peers.get(p) == "ok"]]
-    rates: dict[str, list[float]] = {k: [] for k in ("umt", "naive", *variants, *(["dali"] if gpu else []))}
+    cuda = torch.cuda.is_available()
+    finishing = ["umt_shipped", *(["umt_gpu_finished"] if cuda else [])]
+    rates: dict[str, list[float]] = {k: [] for k in ("umt", *finishing, "naive", *variants, *(["dali"] if gpu else []))}
     spec = setting.spec
     for r in range(args.repeats):
         policy = ViewPolicy(0, r, True)
 
-        def umt(backend: str):
+        def umt(backend: str, finish_on: torch.device | None = None, shipped: bool = False):
             loader = make_loader(work / "packed", "train", spec, ["video", "audio"], policy,
-                                 args.batch_size, args.workers, backend=backend)
-            return lambda: timed_pass(loader)
-        runs = [("umt", umt("cpu")), ("naive", lambda: timed_pass(naive)), *([("dali", umt("dali"))] if gpu else []),
+                                 args.batch_size, args.workers, backend=backend, finish_on=finish_on)
+            return lambda: timed_pass(loader.shipped() if shipped else loader)
+        runs = [("umt", umt("cpu")), ("umt_shipped", umt("cpu", torch.device("cpu"), shipped=True)),
+                *([("umt_gpu_finished", umt("cpu", torch.device("cuda")))] if cuda else []),
+                ("naive", lambda: timed_pass(naive)), *([("dali", umt("dali"))] if gpu else []),
                 *[(v, lambda v=v: variant_pass(work / "packed", DECODERS[v], spec, policy, args.batch_size,
                                                args.workers)) for v in variants]]
         for key, fn in runs[r % len(runs):] + runs[:r % len(runs)]:  # rotate the order between repeats
@@ -353,11 +362,19 @@ def main() -> None:
         print(f"repeat {r}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()) + " clips/s", flush=True)
     ours, theirs, limit = rates["umt"], rates["naive"], rates["limit"]
     paired = [u / b for u, b in zip(ours, limit)]  # umt against the bound within each repeat
+    shipped = [u / b for u, b in zip(rates["umt_shipped"], limit)]
     write_json(out, {"clips_per_s": median(ours), "naive_clips_per_s": median(theirs),
                      "ratio_vs_naive": round(median(ours) / median(theirs), 2),
                      "limit_clips_per_s": median(limit), "ratio_vs_limit": round(median(ours) / median(limit), 3),
                      "ratio_vs_limit_per_repeat": {"median": round(statistics.median(paired), 3),
                                                    "min": round(min(paired), 3), "max": round(max(paired), 3)},
+                     "shipped_clips_per_s": median(rates["umt_shipped"]),
+                     "shipped_ratio_vs_limit": round(median(rates["umt_shipped"]) / median(limit), 3),
+                     "shipped_ratio_vs_limit_per_repeat": {"median": round(statistics.median(shipped), 3),
+                                                           "min": round(min(shipped), 3), "max": round(max(shipped), 3)},
+                     **({"gpu_finished_clips_per_s": median(rates["umt_gpu_finished"]),
+                         "gpu_finished_ratio_vs_limit": round(median(rates["umt_gpu_finished"]) / median(limit), 3)}
+                        if cuda else {}),
                      "peer_clips_per_s": {p: median(rates[p]) for p in variants if p != "limit"},
                      "peer_status": peers,
                      "runs": {k: [round(x, 1) for x in v] for k, v in rates.items()},

@@ -8,7 +8,7 @@ import torch
 
 from umt.loaders.loading.kernels import resize_to_rgb
 from umt.loaders.loading.pipeline import decode_views
-from umt.loaders.stored.media import MediaError, decode_flac, decode_flac_span, decode_h264, encode_flac, encode_h264
+from umt.loaders.stored.media import FULL_SCALE, MediaError, decode_flac, decode_flac_span, decode_h264, encode_flac, encode_h264
 from umt.loaders.stored.views import ViewSpec
 
 
@@ -160,7 +160,7 @@ def test_kernel_load_compiles_every_signature_the_loader_calls():
     # its first sample of every epoch (20 ms each)
     from umt.loaders.loading import kernels
     kernels.load()
-    compiled = {f: list(f.signatures) for f in (kernels._taps, kernels._across, kernels._down, kernels._frame_to_rgb)}
+    compiled = {f: list(f.signatures) for f in (kernels.filter_taps, kernels._across, kernels._down, kernels._frame_to_rgb)}
     frames = np.random.default_rng(4).integers(0, 255, (6, 36, 58, 3), dtype=np.uint8)
     meta = {"label": 0, "row": 0, "frames": 6, "height": 36, "width": 58, "audio_samples": 0, "sample_rate": 16000}
     sample = {"json": json.dumps(meta).encode(), "mp4": encode_h264(frames, fps=8, gop=4), "__key__": "k", "__url__": "u"}
@@ -179,7 +179,8 @@ def test_flac_span_equals_the_slice_of_the_whole_decode():
     whole = decode_flac(data)
     for start, stop in [(0, 16000), (1, 2), (4607, 4609), (12_345, 28_345), (24_000, 40_000)]:  # in, at, across frames
         span, total = decode_flac_span(data, start, stop)
-        assert np.array_equal(span, whole[start:stop]), (start, stop)
+        assert span.dtype == np.int16 and np.array_equal(span, samples[start:stop]), (start, stop)
+        assert np.array_equal(span / np.float32(FULL_SCALE), whole[start:stop])
         assert total == 40_000
     with pytest.raises(MediaError, match="the view needs samples 30000-40000"):
         decode_flac_span(data, 30_000, 40_001)

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from ..stored.media import FULL_SCALE
+
 N_FFT = 400        # 25 ms at 16 kHz
 HOP = 160          # 10 ms at 16 kHz
 EPS = 1e-6
@@ -27,14 +29,26 @@ def mel_filterbank(n_mels: int, sample_rate: int, n_fft: int = N_FFT) -> torch.T
     return torch.clamp(torch.minimum(rising, falling), min=0.0).float()
 
 
+def pcm_float(samples: torch.Tensor) -> torch.Tensor:
+    """Stored 16-bit samples → float32 in [-1, 1) (exactly: the scale is a power of 2), where they lie."""
+    return samples.float() / FULL_SCALE
+
+
 def log_mel(waveform: torch.Tensor, sample_rate: int, n_mels: int) -> torch.Tensor:
     """Waveform [..., S] float → log-mel [..., n_mels, 1 + S // HOP]."""
-    spec = torch.stft(waveform, N_FFT, HOP, window=_hann(N_FFT), center=True, return_complex=True)
+    device = waveform.device
+    spec = torch.stft(waveform, N_FFT, HOP, window=_hann(N_FFT, device), center=True, return_complex=True)
     power = spec.real.square() + spec.imag.square()
-    mel = torch.matmul(power.transpose(-1, -2), mel_filterbank(n_mels, sample_rate)).transpose(-1, -2)
+    mel = torch.matmul(power.transpose(-1, -2), _filterbank_on(n_mels, sample_rate, device)).transpose(-1, -2)
     return torch.log(mel + EPS)
 
 
-@functools.lru_cache(maxsize=2)
-def _hann(n: int) -> torch.Tensor:
-    return torch.hann_window(n)
+@functools.lru_cache(maxsize=4)
+def _hann(n: int, device: torch.device) -> torch.Tensor:
+    return torch.hann_window(n, device=device)
+
+
+@functools.lru_cache(maxsize=8)
+def _filterbank_on(n_mels: int, sample_rate: int, device: torch.device) -> torch.Tensor:
+    """The filterbank where the waveform is (log-mels are also computed on the training device, finish.py)."""
+    return mel_filterbank(n_mels, sample_rate).to(device)

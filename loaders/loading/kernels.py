@@ -49,7 +49,7 @@ def _rgb_row(ys: np.ndarray, us: np.ndarray, vs: np.ndarray, rgb: np.ndarray, fl
 
 
 @numba.njit(cache=True, nogil=True)
-def _taps(start: float, length: float, size: int, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def filter_taps(start: float, length: float, size: int, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A 1-D resize of [start, start + length) to `size` pixels: for each output pixel its source indices,
     weights [size, taps] and how many of them are in use (`count`, weights of zero left out). A triangle
     of radius max(scale, 1) around each output pixel's centre, on pixel centres (k + 0.5), indices
@@ -149,8 +149,8 @@ class BoxResize:
     def __init__(self, box: tuple[int, int, int, int], size: int, frame_size: tuple[int, int], flip: bool):
         y0, x0, h, w = box
         height, width = frame_size
-        luma = (*_taps(y0, h, size, height), *_taps(x0, w, size, width))
-        chroma = (*_taps(y0 / 2, h / 2, size, height // 2), *_taps(x0 / 2, w / 2, size, width // 2))  # half resolution
+        luma = (*filter_taps(y0, h, size, height), *filter_taps(x0, w, size, width))
+        chroma = (*filter_taps(y0 / 2, h / 2, size, height // 2), *filter_taps(x0 / 2, w / 2, size, width // 2))  # half resolution
         self.taps, self.flip = (*luma, *chroma), flip
         self.luma = np.empty((_span(luma[0], luma[2]), size), np.float32)
         chroma_rows = _span(chroma[0], chroma[2])

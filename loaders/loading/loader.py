@@ -58,7 +58,7 @@ def make_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Se
                 policy: ViewPolicy, batch_size: int, num_workers: int = 1, rank: int = 0,
                 world: int = 1, skip: int = 0, backend: str = "cpu",
                 device_id: int | None = None, bad_samples: BadSamples = BadSamples(),
-                streams: int | None = None) -> PlannedLoader:
+                streams: int | None = None, finish_on: torch.device | None = None) -> PlannedLoader:
     """This rank's batches of one epoch, starting after the first `skip` (a mid-epoch resume).
 
     Training (policy.train) shuffles as the plan says and gives every rank the same number of whole
@@ -66,6 +66,8 @@ def make_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Se
     world size; an elastic resume keeps the C of the run's start). Vector sets are served from memory, image
     sets by ffcv, video and audio by the `cpu` backend or, with backend "dali" (or "auto" on a
     machine with a GPU and DALI), by DALI.
+    `finish_on`: the cpu backend's workers only decode, and each batch's views are resized, converted and
+    log-mel'd on this device (loaders/loading/finish.py; the trainer's GPU), the same views to the bit.
     `bad_samples` (skip or stop at a damaged sample, loaders/loading/bad.py) applies to the cpu backend,
     vector sets, image sets and dali (these two find them by an integrity pass first: their decoders
     do not say which sample failed).
@@ -82,4 +84,5 @@ def make_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Se
     if kinds == {"vector"}:
         return VectorLoader(paths, [s["count"] for s in split_shards(manifest, split)], plan, policy, modalities,
                             bad_samples)
-    return CpuLoader(paths, plan, policy, spec, modalities, num_workers, bad_samples)
+    rate = manifest["modalities"]["audio"]["sample_rate"] if "audio" in modalities else None
+    return CpuLoader(paths, plan, policy, spec, modalities, num_workers, bad_samples, finish_on, rate)

@@ -20,11 +20,12 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from .audio import log_mel
+from .audio import log_mel, pcm_float
 from .bad import BadSamples, Streak, filled
+from .finish import FRAME_SIZE, finish, plane_blocks, shipped_shape
 from ..errors import UserError
-from .kernels import frames_to_rgb, load as load_kernels
-from ..stored.media import MediaError, decode_flac_span, h264_planes
+from .kernels import BoxResize, load as load_kernels
+from ..stored.media import MediaError, Planes, decode_flac_span, h264_stream
 from .plan import EpochPlan, PlannedLoader
 from ..stored.shards import MEDIA_MEMBERS, DataError, member
 from .stream import Unreadable, planned_samples
@@ -32,65 +33,119 @@ from ..stored.views import VIEW_FIELDS, Geometry, ViewPolicy, ViewSpec, audio_wi
 
 
 
+class _Media:
+    """One raw tar sample parsed for `view_indices`: its views, the frames each reads, and the audio span the views'
+    windows cover (decoded here, as stored: int16); each video modality decodes when asked (`decoded`)."""
+
+    def __init__(self, sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: int, view_indices: Sequence[int]):
+        self.where = f"{sample.get('__url__', '?')} sample {sample.get('__key__', '?')}"
+        self.wave, self.audio_start, self.window, self.video = None, 0, 0, {}
+        try:
+            self.meta = json.loads(sample["json"])
+            media = [m for m in modalities if m in MEDIA_MEMBERS]
+            self.vectors = {m: torch.from_numpy(np.load(io.BytesIO(sample[member(m)]), allow_pickle=False))
+                            for m in modalities if m not in MEDIA_MEMBERS}
+            if media:
+                self.geom = geom = Geometry.of(self.meta)
+                self.views = [make_view(seed, self.meta["row"], v, spec, geom) for v in view_indices]
+                self.frames = [[v.t0 + k * spec.stride for k in range(spec.frames)] for v in self.views]
+                self.video = {m: sample[member(m)] for m in media if m != "audio"}
+                if "audio" in media:  # only the span the views' windows cover
+                    self.window = audio_window(spec, geom.sample_rate)
+                    self.audio_start = min(v.audio_offset for v in self.views)
+                    self.wave, total = decode_flac_span(sample[member("audio")], self.audio_start,
+                                                        max(v.audio_offset for v in self.views) + self.window)
+                    if total is not None and total < geom.audio_samples:  # a view could read past its end
+                        raise MediaError(f"audio holds {total} samples, the json says {geom.audio_samples}")
+            else:
+                self.views = [None] * len(view_indices)
+        except KeyError as err:
+            raise MediaError(f"{self.where}: no member or field {err} (does the shard set have modalities "
+                             f"{list(modalities)}?)") from err
+        except (ValueError, MediaError) as err:
+            raise MediaError(f"{self.where}: {err}") from err
+
+    def decoded(self, m: str) -> Iterator[tuple[int, Planes]]:
+        """Video modality m's frames that the views read, as they decode (media.h264_stream)."""
+        try:
+            yield from h264_stream(self.video[m], sorted({t for f in self.frames for t in f}),
+                                   (self.geom.height, self.geom.width))
+        except MediaError as err:
+            raise MediaError(f"{self.where}: {err}") from err
+
+    def windows(self) -> list[torch.Tensor]:
+        """Each view's audio window [samples], int16 as stored (over the decoded span: not copied)."""
+        first = [v.audio_offset - self.audio_start for v in self.views]
+        return [torch.from_numpy(self.wave[f:f + self.window]) for f in first]
+
+    def item(self, i: int, index: int) -> dict:
+        """View i's (view index `index`) label, row, view and params, and the vectors (every view the same)."""
+        view = self.views[i]
+        params = view.as_tuple() if view else (0,) * len(VIEW_FIELDS)
+        return {"label": self.meta["label"], "row": self.meta["row"], "view": index,
+                "params": torch.tensor(params, dtype=torch.int32), **self.vectors}
+
+
 def decode_views(sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: int,
                  view_indices: Sequence[int], out: dict[str, torch.Tensor] | None = None) -> list[dict]:
     """Decode one raw tar sample once and cut every requested view from it.
 
-    Only the frames the views use are read out of the decoder, in place (media.h264_planes), and each
-    view's box is resized and converted straight into `out[m][i]` when given (the batch a worker ships:
-    uint8 [len(view_indices), T, crop, crop, 3]), else into a new tensor.
+    Only the frames the views use are read out of the decoder, in place and one at a time (media.h264_stream),
+    and each view's box is resized and converted straight into `out[m][i]` when given (the batch a worker
+    ships: uint8 [len(view_indices), T, crop, crop, 3]), else into a new tensor.
     Optical flow gets the video's box, resized alike (its values are not rescaled, as in TSN and
     MMAction2); a horizontal flip also negates its x component (red: 255 - red). Vector views
     (`<key>.<name>.npy`, from `umt-data pack-arrays`) have no augmentation: every view is the
     vector itself and its params are zeros.
     """
-    where = f"{sample.get('__url__', '?')} sample {sample.get('__key__', '?')}"
-    try:
-        meta = json.loads(sample["json"])
-        media = [m for m in modalities if m in MEDIA_MEMBERS]
-        vectors = {m: torch.from_numpy(np.load(io.BytesIO(sample[member(m)]), allow_pickle=False))
-                   for m in modalities if m not in MEDIA_MEMBERS}
-        if media:
-            geom = Geometry.of(meta)
-            views = [make_view(seed, meta["row"], v, spec, geom) for v in view_indices]
-            frames = [[v.t0 + k * spec.stride for k in range(spec.frames)] for v in views]
-            planes = {m: h264_planes(sample[member(m)], sorted({t for f in frames for t in f}),
-                                     (geom.height, geom.width)) for m in media if m != "audio"}
-            wave, audio_start = None, 0
-            if "audio" in media:  # only the span the views' windows cover
-                window = audio_window(spec, geom.sample_rate)
-                audio_start = min(v.audio_offset for v in views)
-                wave, total = decode_flac_span(sample[member("audio")], audio_start,
-                                               max(v.audio_offset for v in views) + window)
-                if total is not None and total < geom.audio_samples:  # a view could read past its end
-                    raise MediaError(f"audio holds {total} samples, the json says {geom.audio_samples}")
-        else:
-            views, planes, wave = [None] * len(view_indices), {}, None
-    except KeyError as err:
-        raise MediaError(f"{where}: no member or field {err} (does the shard set have modalities "
-                         f"{list(modalities)}?)") from err
-    except (ValueError, MediaError) as err:
-        raise MediaError(f"{where}: {err}") from err
-    if wave is not None:  # every view's window through one STFT call
-        pieces = torch.from_numpy(np.stack([wave[v.audio_offset - audio_start:v.audio_offset - audio_start + window]
-                                            for v in views]))
-        mels = log_mel(pieces, geom.sample_rate, spec.mel_bins).unsqueeze(1)
+    media = _Media(sample, spec, modalities, seed, view_indices)
+    if media.wave is not None:  # every view's window through one STFT call
+        mels = log_mel(pcm_float(torch.stack(media.windows())), media.geom.sample_rate, spec.mel_bins).unsqueeze(1)
     if out is None:
-        out = {m: torch.empty((len(views), spec.frames, spec.crop, spec.crop, 3), dtype=torch.uint8) for m in planes}
+        out = {m: torch.empty((len(view_indices), spec.frames, spec.crop, spec.crop, 3), dtype=torch.uint8)
+               for m in media.video}
+    if media.video:
+        size = (media.geom.height, media.geom.width)
+        resizers = [BoxResize(view.box, spec.crop, size, view.flip) for view in media.views]
+        at = [{t: k for k, t in enumerate(frames)} for frames in media.frames]
+    for m in media.video:
+        clips = out[m].numpy()
+        for index, planes in media.decoded(m):  # each frame into every view that reads it, then let go
+            for i, positions in enumerate(at):
+                if index in positions:
+                    resizers[i](*planes, clips[i, positions[index]])
     items = []
-    for i, (index, view) in enumerate(zip(view_indices, views)):
-        params = view.as_tuple() if view else (0,) * len(VIEW_FIELDS)
-        item = {"label": meta["label"], "row": meta["row"], "view": index,
-                "params": torch.tensor(params, dtype=torch.int32), **vectors}
-        for m, decoded in planes.items():
-            clip = frames_to_rgb([decoded[t] for t in frames[i]], view.box, view.flip, out[m][i].numpy())
+    for i, index in enumerate(view_indices):
+        item, view = media.item(i, index), media.views[i]
+        for m in media.video:
             if m == "flow" and view.flip:
-                clip[..., 0] = 255 - clip[..., 0]
+                clips = out[m][i]
+                clips[..., 0] = 255 - clips[..., 0]
             item[m] = out[m][i]
-        if wave is not None:
+        if media.wave is not None:
             item["audio"] = mels[i]
         items.append(item)
     return items
+
+
+def ship_view(sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: int, view_index: int,
+              out: dict[str, torch.Tensor]) -> dict:
+    """One view of a raw tar sample, decoded but not finished (see finish.py): each video modality's T frames
+    copied into `out[m]` as they decode (uint8 [1, T, 3H/2, W] of the batch's largest frame H x W, laid out as
+    finish.plane_blocks says), the audio window as stored (int16), and `frame_size` (H, W): what the trainer's
+    device resizes, converts and turns into a log-mel, batched."""
+    media = _Media(sample, spec, modalities, seed, [view_index])
+    item, view = media.item(0, view_index), media.views[0]
+    if view is not None:
+        item[FRAME_SIZE] = torch.tensor((media.geom.height, media.geom.width), dtype=torch.int32)
+    for m in media.video:
+        for (_, planes), frame in zip(media.decoded(m), out[m][0].numpy()):
+            for plane, block in zip(planes, plane_blocks(frame)):
+                block[:plane.shape[0], :plane.shape[1]] = plane
+        item[m] = out[m][0]
+    if media.wave is not None:
+        item["audio"] = media.windows()[0]
+    return item
 
 
 def worker_init(_: int) -> None:
@@ -122,11 +177,11 @@ def collate(items: list[dict], batched: dict[str, torch.Tensor] | None = None) -
 
 
 FAILED = "__failed__"  # a worker's batch that carries its error message instead of samples
-LEASE = "__lease__"    # (worker, slot): the pooled shared memory a batch's clips lie in
+LEASE = "__lease__"    # {key: (worker, slot)}: the pooled shared memory a batch's tensors lie in
 
 
 class _ClipPool:
-    """A worker's shared-memory tensors for its batches' clips, each reused once the main process has dropped the
+    """A worker's shared-memory tensors for its batches' clips and audio, each reused once the main process has dropped the
     batch that carried it (it sends the slot back through `released`). A fresh 38 MB shared tensor (16 clips of
     16 x 224 x 224) cost 45 ms to fill on the 2-core development VM against 1 ms for a reused one: the page
     faults, not the copy. With no slot released it allocates another: it never waits, and a caller that keeps
@@ -138,10 +193,11 @@ class _ClipPool:
     def take(self, nbytes: int) -> tuple[int, torch.Tensor]:
         while not self.released.empty():
             self.free.append(self.released.get())
-        for slot in self.free:
-            if len(self.slots[slot]) >= nbytes:
-                self.free.remove(slot)
-                return slot, self.slots[slot][:nbytes]
+        fits = [slot for slot in self.free if len(self.slots[slot]) >= nbytes]
+        if fits:  # the smallest that fits: a batch's audio does not take the room of its clips
+            slot = min(fits, key=lambda k: len(self.slots[k]))
+            self.free.remove(slot)
+            return slot, self.slots[slot][:nbytes]
         self.slots.append(batch_tensor((nbytes,), torch.uint8))
         return len(self.slots) - 1, self.slots[-1]
 
@@ -151,12 +207,13 @@ class _PlannedBatches(torch.utils.data.IterableDataset):
 
     Under the `skip` policy each batch also carries `bad_samples`, a list of "shard<TAB>key<TAB>reason"
     of every sample skipped in it (the trainer pops it before the batch goes to the device).
+    `ship`: batches of decoded frames and audio windows (ship_view), finished on the trainer's device.
     """
 
     def __init__(self, paths: Sequence[str], plan: EpochPlan, policy: ViewPolicy, spec: ViewSpec,
-                 modalities: tuple[str, ...], bad: BadSamples):
+                 modalities: tuple[str, ...], bad: BadSamples, ship: bool = False):
         self.paths, self.plan, self.policy, self.spec, self.modalities = list(paths), plan, policy, spec, modalities
-        self.bad = bad
+        self.bad, self.ship = bad, ship
         self.videos = [m for m in modalities if m in MEDIA_MEMBERS and m != "audio"]
         self.released: list[multiprocessing.SimpleQueue] = []  # per worker, set by CpuLoader for each epoch
         self.pool: _ClipPool | None = None
@@ -180,10 +237,11 @@ class _PlannedBatches(torch.utils.data.IterableDataset):
     def _decoded(self, batches: list[np.ndarray], samples: Iterator, views: Iterator[int]) -> Iterator[dict]:
         streak = Streak(self.bad)
         for batch in batches:
-            clips, lease = self._clips(len(batch))
+            read = [(next(samples), next(views)) for _ in batch]
+            leases: dict[str, tuple[int, int]] = {}
+            clips = self._clips([sample for sample, _ in read], leases)
             items, skipped = [], []
-            for _ in range(len(batch)):
-                sample, view = next(samples), next(views)
+            for sample, view in read:
                 try:
                     items.append(self._decode(sample, view, {m: c[len(items):len(items) + 1] for m, c in clips.items()}))
                     streak.good()
@@ -197,23 +255,49 @@ class _PlannedBatches(torch.utils.data.IterableDataset):
             for i in range(len(skipped)):  # the good samples' clips in turn fill the skipped ones' places
                 for clip in clips.values():
                     clip[good + i] = clip[i % good]
+            if "audio" in items[0]:
+                first = items[0]["audio"]
+                clips["audio"] = self._memory((len(items), *first.shape), first.dtype, leases, "audio")
+                torch.stack([item["audio"] for item in items], out=clips["audio"])
             yield {**collate(items, clips), **({"bad_samples": skipped} if self.bad.skip else {}),
-                   **({LEASE: lease} if lease is not None else {})}
+                   **({LEASE: leases} if leases else {})}
 
-    def _clips(self, size: int) -> tuple[dict[str, torch.Tensor], tuple[int, int] | None]:
-        """The batch's video tensors, which each sample's clips are converted straight into, and the lease of
-        the pooled memory they lie in (None: fresh memory)."""
-        shape = (size, self.spec.frames, self.spec.crop, self.spec.crop, 3)
-        if self.pool is None or not self.videos:
-            return {m: batch_tensor(shape, torch.uint8) for m in self.videos}, None
+    def _clips(self, samples: list, leases: dict) -> dict[str, torch.Tensor]:
+        """The batch's video tensors, which each sample's clips are converted (or, shipping, copied) straight into."""
+        if self.ship:
+            shape = (len(samples), *shipped_shape(self.spec.frames, [_frame_size(s) for s in samples]))
+        else:
+            shape = (len(samples), self.spec.frames, self.spec.crop, self.spec.crop, 3)
+        if not self.videos:
+            return {}
         per = int(np.prod(shape))
-        slot, memory = self.pool.take(per * len(self.videos))
-        return {m: memory[k * per:(k + 1) * per].view(shape) for k, m in enumerate(self.videos)}, (self.worker, slot)
+        memory = self._memory((per * len(self.videos),), torch.uint8, leases, self.videos[0])
+        return {m: memory[k * per:(k + 1) * per].view(shape) for k, m in enumerate(self.videos)}
+
+    def _memory(self, shape: tuple, dtype: torch.dtype, leases: dict, key: str) -> torch.Tensor:
+        """A batch tensor in this worker's pool, its slot leased under `key` (the main process gives it back when
+        batch[key] is gone), else in fresh shared memory."""
+        if self.pool is None:
+            return batch_tensor(shape, dtype)
+        slot, memory = self.pool.take(int(np.prod(shape)) * dtype.itemsize)
+        leases[key] = (self.worker, slot)
+        return memory.view(dtype).view(shape)
 
     def _decode(self, sample: dict | Unreadable, view: int, out: dict[str, torch.Tensor]) -> dict:
         if isinstance(sample, Unreadable):
             raise DataError(f"{sample.url} sample {sample.key}: {sample.reason}")
+        if self.ship:
+            return ship_view(sample, self.spec, self.modalities, self.policy.seed, view, out)
         return decode_views(sample, self.spec, self.modalities, self.policy.seed, [view], out)[0]
+
+
+def _frame_size(sample: dict | Unreadable) -> tuple[int, int]:
+    """A sample's stored frame (H, W) as its json says; (2, 2) where it cannot be read (its decode fails later)."""
+    try:
+        meta = json.loads(sample["json"])
+        return int(meta["height"]), int(meta["width"])
+    except (TypeError, KeyError, ValueError):
+        return 2, 2
 
 
 def _name(sample: dict | Unreadable, err: Exception) -> str:
@@ -225,15 +309,29 @@ def _name(sample: dict | Unreadable, err: Exception) -> str:
 
 
 class CpuLoader(PlannedLoader):
-    """One epoch of one rank's batches, decoded with PyAV in `num_workers` DataLoader workers."""
+    """One epoch of one rank's batches, decoded with PyAV in `num_workers` DataLoader workers.
+
+    `finish_on`: a device (the trainer's GPU) on which each batch's views are resized, converted and log-mel'd
+    (finish.py) instead of in the workers; the batches are the same (video to the bit), their video and audio
+    already on that device. `sample_rate`: the audio's (needed with `finish_on`)."""
 
     def __init__(self, paths: Sequence[str], plan: EpochPlan, policy: ViewPolicy, spec: ViewSpec,
-                 modalities: Sequence[str], num_workers: int, bad: BadSamples = BadSamples()):
+                 modalities: Sequence[str], num_workers: int, bad: BadSamples = BadSamples(),
+                 finish_on: torch.device | None = None, sample_rate: int | None = None):
         super().__init__(plan, policy)
-        self.batches = _PlannedBatches(paths, plan, policy, spec, tuple(modalities), bad)
+        self.batches = _PlannedBatches(paths, plan, policy, spec, tuple(modalities), bad, ship=finish_on is not None)
         self.num_workers = max(0, min(num_workers, len(plan)))
+        self.finish_on, self.sample_rate = finish_on, sample_rate
 
     def __iter__(self) -> Iterator[dict]:
+        if self.finish_on is None:
+            yield from self.shipped()
+            return
+        for batch in self.shipped():
+            yield finish(batch, self.batches.spec, self.batches.videos, self.sample_rate, self.finish_on)
+
+    def shipped(self) -> Iterator[dict]:
+        """The batches as the workers ship them (with `finish_on`: decoded frames and audio windows, unfinished)."""
         load_kernels()  # before the workers fork
         released = [multiprocessing.SimpleQueue() for _ in range(self.num_workers)]
         self.batches.released = released  # the workers fork with them
@@ -241,11 +339,9 @@ class CpuLoader(PlannedLoader):
                                                  worker_init_fn=worker_init):
             if FAILED in batch:
                 raise MediaError(batch[FAILED])
-            lease = batch.pop(LEASE, None)
-            if lease is not None:  # when the last view of the batch's clips is gone, their memory goes back
-                worker, slot = lease
-                clips = batch[self.batches.videos[0]].untyped_storage()
-                weakref.finalize(clips, released[worker].put, slot).atexit = False
+            for key, (worker, slot) in batch.pop(LEASE, {}).items():
+                # when the last view of the batch's tensor is gone, its memory goes back
+                weakref.finalize(batch[key].untyped_storage(), released[worker].put, slot).atexit = False
             yield batch
 
 

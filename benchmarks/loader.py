@@ -160,7 +160,7 @@ class NaiveClips(torch.utils.data.Dataset):
         wave = torch.from_numpy(np.concatenate(audio))
         window = audio_window(spec, 16000)
         a0 = int(rng.integers(0, len(wave) - window + 1))
-        return {"video": video.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1),
+        return {"label": i, "video": video.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1),
                 "audio": log_mel(wave[a0:a0 + window], 16000, spec.mel_bins).unsqueeze(0)}
 
 
@@ -219,11 +219,14 @@ class _Decoded(_PlannedBatches):
         super().__init__(*args)
         self.decode = decode
 
-    def _clips(self, samples: list, leases: dict) -> dict:
+    def _media(self, sample: dict, view: int) -> dict:
+        return self.decode(sample, self.policy.seed, view, self.spec)  # the whole decode, in place of the parse
+
+    def _clips(self, size: int, medias: list, leases: dict) -> dict:
         return {}  # each variant returns its own clip (the bound none)
 
-    def _decode(self, sample: dict, view: int, out: dict) -> dict:
-        return self.decode(sample, self.policy.seed, view, self.spec)
+    def _write(self, media: dict, position: int, clips: dict) -> dict:
+        return media
 
 
 def variant_pass(data: Path, decode, spec: ViewSpec, policy: ViewPolicy, batch_size: int, workers: int) -> float:
@@ -253,7 +256,7 @@ def available_peers() -> dict[str, str]:
 def timed_pass(loader) -> float:
     start, clips = time.perf_counter(), 0
     for batch in loader:
-        clips += len(next(iter(batch.values())))
+        clips += len(batch["label"])
     if torch.cuda.is_available():
         torch.cuda.synchronize()  # batches finished on the GPU: their work is counted
     return clips / (time.perf_counter() - start)

@@ -18,6 +18,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("adamw", "sgd"),
     "precision": ("auto", "no", "bf16", "fp16"),
     "backend": ("auto", "cpu", "dali"),
+    "finish": ("auto", "workers", "device"),
     "select": ("last", "best_val"),
     "ume_combine": ("logits", "probs"),
     "distill_targets": ("features", "logits", "both"),
@@ -55,6 +56,8 @@ class TrainConfig:
     test_clips: int = 1              # test views per sample: temporal windows (and aligned audio windows) ...
     test_crops: int = 1              # ... x spatial crops along the long side, logits averaged (Kinetics: 10 x 3)
     backend: str = "auto"            # video/audio decoding: "cpu" (PyAV), "dali" (NVDEC), "auto" (dali with a GPU and DALI)
+    finish: str = "auto"             # cpu backend: views resized/converted/log-mel'd in the "workers" or on the
+                                     # training "device" (workers only decode); "auto": device when it is a GPU
     num_workers: int = 1
     bad_samples: str = "skip"         # a training sample that fails to decode: "skip" (replaced, counted) or "error"
     bad_samples_limit: int = 16      # with skip: stop after this many damaged samples in a row

@@ -56,7 +56,7 @@ from umt.loaders.stored.views import ViewSpec
 from .config import ConfigError, TrainConfig
 
 SECTIONS: dict[str, dict[str, str]] = {
-    "data": {"path": "data", "backend": "backend", "workers": "num_workers", "bad_samples": "bad_samples",
+    "data": {"path": "data", "backend": "backend", "finish": "finish", "workers": "num_workers", "bad_samples": "bad_samples",
              "bad_samples_limit": "bad_samples_limit",
              "view_seed": "view_seed", "num_views": "num_views", "view": "view", "test_clips": "test_clips",
              "test_crops": "test_crops"},

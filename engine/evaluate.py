@@ -6,7 +6,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from umt.loaders.loading.loader import make_loader
+from umt.loaders.loading.loader import finish_device, make_loader
 from umt.loaders.stored.shards import load_manifest, split_shards
 from umt.loaders.stored.views import CENTRE, ViewPolicy, ViewSpec, eval_views
 
@@ -16,7 +16,7 @@ Forward = Callable[[dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 @torch.no_grad()
 def collect(forward: Forward, data: str, split: str, spec: ViewSpec, modalities: list[str],
             batch_size: int, num_workers: int, device: torch.device, accelerator=None,
-            views: Sequence[int] = (CENTRE,)) -> dict:
+            views: Sequence[int] = (CENTRE,), finish_on: torch.device | None = None) -> dict:
     """Labels, logits and pooled features of every sample of a split, each averaged over `views`
     (evaluation view indices, which no seed moves: the centre view, or `eval_views(T, C)`).
 
@@ -24,12 +24,14 @@ def collect(forward: Forward, data: str, split: str, spec: ViewSpec, modalities:
     pass reads the same rows in the same order. With an Accelerator of several processes, every rank
     must call this: each reads its contiguous share of the split's rows and the results are gathered
     to all ranks in row order (a split with fewer samples than processes is read whole by every rank).
+    `finish_on`: where the cpu backend finishes the views (make_loader).
     """
     world = accelerator.num_processes if accelerator is not None else 1
     split_up = world > 1 and sum(s["count"] for s in split_shards(load_manifest(data), split)) >= world
     rank = accelerator.process_index if split_up else 0
     passes = [_one_view(forward, make_loader(data, split, spec, modalities, ViewPolicy(0, view=view), batch_size,
-                                             num_workers, rank, world if split_up else 1), modalities, device)
+                                             num_workers, rank, world if split_up else 1, finish_on=finish_on),
+                          modalities, device)
               for view in views]
     if any(not torch.equal(p["rows"], passes[0]["rows"]) for p in passes):
         raise RuntimeError(f"{data} {split}: the test views' passes read different rows")  # the plan is per split
@@ -104,13 +106,15 @@ def final_evaluation(forward: Forward, cfg, device: torch.device, modalities: tu
     """
     modalities = modalities or cfg.modalities
     args = (cfg.view, list(modalities), cfg.batch_size, cfg.num_workers, device, accelerator)
-    test = collect(forward, cfg.data, "test", *args, views=eval_views(cfg.test_clips, cfg.test_crops))
+    finish_on = finish_device(cfg.finish, device)
+    test = collect(forward, cfg.data, "test", *args, views=eval_views(cfg.test_clips, cfg.test_crops),
+                   finish_on=finish_on)
     scored = accuracies(scores(test["logits"]), test["labels"])
     out = {"test_top1": scored.pop("top1"), "test_top5": scored.pop("top5"), **scored, "probe": {},
            "test_protocol": {"clips": cfg.test_clips, "crops": cfg.test_crops, "views": cfg.test_clips * cfg.test_crops,
                              "crop_mode": cfg.view.crop_mode, "combine": "mean of logits"}}
     if cfg.probe:
-        train = collect(forward, cfg.data, "train", *args)
+        train = collect(forward, cfg.data, "train", *args, finish_on=finish_on)
         if accelerator is not None and not accelerator.is_main_process:
             return out  # the probes are fit once, on the main process
         classes = out["num_classes"]

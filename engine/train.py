@@ -29,7 +29,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object
 from tqdm import tqdm
 
-from umt.loaders.loading.loader import make_loader
+from umt.loaders.loading.loader import finish_device, make_loader
 from umt.loaders.loading.bad import BadSamples
 from umt.loaders.stored.views import ViewPolicy
 from umt.loaders.stored.shards import load_manifest, modality_inputs
@@ -151,7 +151,7 @@ def _train(cfg: TrainConfig, method: Method, num_classes: int, inputs: dict[str,
         return make_loader(cfg.data, "train", cfg.view, cfg.modalities, ViewPolicy(seed, epoch, True, num_views),
                            batch_size, cfg.num_workers, rank, world, skip, cfg.backend,
                            device.index if device.type == "cuda" else None,
-                           BadSamples(cfg.bad_samples, cfg.bad_samples_limit), streams)
+                           BadSamples(cfg.bad_samples, cfg.bad_samples_limit), streams, finish_device(cfg.finish, device))
 
     epoch_batches = [len(loader(e)) for e in range(cfg.epochs)]
     total = sum(math.ceil(n / cfg.grad_accum) for n in epoch_batches)  # optimiser steps
@@ -281,13 +281,14 @@ def _end_of_epoch(cfg: TrainConfig, method: Method, state: LoopState, net: LateF
               "bad_samples": skipped_summary(state.skipped, state.epoch)["per_shard"]}
     net.eval()  # every rank evaluates its share of the split
     device = accelerator.device
+    finish_on = finish_device(cfg.finish, device)
     val = collect(net, cfg.data, "val", cfg.view, list(cfg.modalities), cfg.batch_size,
-                  cfg.num_workers, device, accelerator)
+                  cfg.num_workers, device, accelerator, finish_on=finish_on)
     scores = accuracies(val["logits"], val["labels"])
     record.update(val_top1=scores["top1"], val_top5=scores["top5"], val_per_class_top1=scores["per_class_top1"])
     if cfg.probe_every and (state.epoch + 1) % cfg.probe_every == 0:
         train_feats = collect(net, cfg.data, "train", cfg.view, list(cfg.modalities),
-                              cfg.batch_size, cfg.num_workers, device, accelerator)
+                              cfg.batch_size, cfg.num_workers, device, accelerator, finish_on=finish_on)
         if accelerator.is_main_process:
             record["val_probe"] = {m: linear_probe(train_feats["features"][m], train_feats["labels"],
                                                    val["features"][m], val["labels"], num_classes)

@@ -1,9 +1,11 @@
 """Views finished on the trainer's device (loaders/loading/finish.py) against views finished in the workers."""
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from umt.loaders.loading.finish import finish_video, plane_blocks, shipped_shape
+from umt.loaders.loading.finish import finish_video, region, ship_frame
 from umt.loaders.loading.kernels import resize_to_rgb
 from umt.loaders.loading.loader import make_loader
 from umt.loaders.making.inputs import ClipInput
@@ -11,6 +13,7 @@ from umt.loaders.making.pack import pack
 from umt.loaders.making.transcode import PackOptions
 from umt.loaders.stored.views import ViewPolicy, ViewSpec
 
+from conftest import _state, train
 from media_factory import write_video
 
 
@@ -48,40 +51,56 @@ def test_views_finished_on_the_device_equal_views_finished_in_the_workers(mixed,
     assert flips == {0, 1}
 
 
-def test_finished_frames_of_a_smaller_sample_ignore_the_padding():
-    """A frame smaller than the batch's largest fills its blocks' top-left; what lies beyond (other samples'
-    leftovers in pooled memory) must not reach its view."""
-    rng = np.random.default_rng(0)
-    small = rng.integers(0, 256, (2, 24, 16), dtype=np.uint8)            # 2 frames of 16 x 16, packed planes
-    shipped = np.full((2, *shipped_shape(1, [(16, 16), (20, 24)])), 255, np.uint8)  # batch of 2: room for 20 x 24
-    for t in range(2):
-        y, u, v = plane_blocks(shipped[t, 0])
-        y[:16, :16] = small[t, :16]
-        u[:8, :8], v[:8, :8] = small[t, 16:].reshape(2, 8, 8)
-    for box, flip in [((2, 3, 11, 13), 0), ((0, 0, 16, 16), 1), ((4, 1, 12, 6), 1)]:
-        params = torch.tensor([[0, *box, flip, 0]] * 2, dtype=torch.int32)
-        out = finish_video(torch.from_numpy(shipped), params, torch.tensor([[16, 16]] * 2), 8)
-        for t in range(2):
-            assert np.array_equal(out[t, 0].numpy(), resize_to_rgb(small[t:t + 1], box, 8, bool(flip))[0])
+def _shipped(frames: list[np.ndarray], boxes: list[tuple], crop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sample's packed planes [T, 3H/2, W] → a shipped batch (flat, REGION) as the workers write it."""
+    flat, layout = [], []
+    for packed, box in zip(frames, boxes):
+        t, height, width = packed.shape[0], packed.shape[1] * 2 // 3, packed.shape[2]
+        where = region(box, crop, (height, width))
+        out = np.zeros((t, where[2] * 3 // 2, where[3]), np.uint8)
+        for frame, planes in zip(out, packed):
+            chroma = planes[height:].reshape(2, height // 2, width // 2)
+            ship_frame((planes[:height], chroma[0], chroma[1]), where, frame)
+        layout.append((sum(f.size for f in flat), *where, height, width))
+        flat.append(out.ravel())
+    return torch.from_numpy(np.concatenate(flat)), torch.tensor(layout)
 
 
 def test_finished_views_equal_the_kernel_on_random_boxes():
-    """Noise frames of two sizes in one batch, 64 random boxes from 3x3 to the whole frame (enlarging and shrinking
-    up to 5x, 1 to 11 taps), flipped or not: each view equals the worker kernel's to the bit."""
+    """Noise frames of three sizes in one batch, random boxes from 3x3 to the whole frame (enlarging, and shrinking
+    up to 5x: 1 to 11 taps), flipped or not, each shipped as the region its filter reads: each view equals the
+    worker kernel's to the bit."""
     rng = np.random.default_rng(1)
-    sizes, crop = [(40, 56), (30, 20)], 12
+    sizes, crop = [(40, 56), (30, 20), (8, 8)], 12
     frames = [rng.integers(0, 256, (2, h * 3 // 2, w), dtype=np.uint8) for h, w in sizes]
     for _ in range(32):
-        shipped = np.zeros((2, *shipped_shape(2, sizes)), np.uint8)
         params = []
-        for i, ((h, w), packed) in enumerate(zip(sizes, frames)):
-            for t in range(2):
-                y, u, v = plane_blocks(shipped[i, t])
-                y[:h, :w] = packed[t, :h]
-                u[:h // 2, :w // 2], v[:h // 2, :w // 2] = packed[t, h:].reshape(2, h // 2, w // 2)
+        for h, w in sizes:
             bh, bw = int(rng.integers(3, h + 1)), int(rng.integers(3, w + 1))
             params.append([0, int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1)), bh, bw,
                            int(rng.integers(0, 2)), 0])
-        out = finish_video(torch.from_numpy(shipped), torch.tensor(params), torch.tensor(sizes), crop)
+        flat, layout = _shipped(frames, [tuple(p[1:5]) for p in params], crop)
+        out = finish_video(flat, layout, torch.tensor(params), 2, crop)
         for i, (_, y0, x0, bh, bw, flip, _) in enumerate(params):
             assert np.array_equal(out[i].numpy(), resize_to_rgb(frames[i], (y0, x0, bh, bw), crop, bool(flip)))
+
+
+def test_a_view_ships_only_the_region_its_filter_reads():
+    """A box in the middle of a large frame ships a region a little larger than the box, not the frame; a box
+    at the frame's corner ships from the corner."""
+    assert region((100, 200, 50, 60), 224, (256, 456)) == (98, 198, 54, 64)   # enlarging: one pixel of reach
+    r0, c0, h, w = region((100, 200, 120, 150), 32, (256, 456))               # shrinking: the triangle's reach
+    assert (r0, c0) <= (100, 200) and 120 <= h <= 132 and 150 <= w <= 162 and h % 2 == w % 2 == 0
+    assert region((0, 0, 256, 456), 224, (256, 456)) == (0, 0, 256, 456)
+
+
+def test_training_with_views_finished_on_the_device_equals_training_with_them_finished_in_the_workers(data, tmp_path):
+    """`umt-train --finish device` (on this CPU) against `--finish workers`: the same weights and test accuracy,
+    so the trainer's and the evaluation's loaders take the setting and nothing else changes."""
+    runs = {f: train(data, tmp_path / f, "--method", "joint", "--epochs", "2", "--workers", "2", "--finish", f)
+            for f in ("workers", "device")}
+    weights = {f: _state(run / "model.pt") for f, run in runs.items()}
+    assert weights["workers"].keys() == weights["device"].keys() and weights["workers"]
+    assert all(torch.equal(weights["workers"][k], weights["device"][k]) for k in weights["workers"])
+    results = {f: json.loads((run / "results.json").read_text()) for f, run in runs.items()}
+    assert results["workers"]["test_top1"] == results["device"]["test_top1"]

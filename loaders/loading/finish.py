@@ -1,16 +1,20 @@
 """Views finished on the training device: the cpu backend's workers decode, the GPU resizes, converts and log-mels.
 
 At the settings of real video training (16 frames at 224 px from 256-px H.264, 10 s of audio) the view
-kernel and the log-mel cost a worker about as much as a third of the decode itself (benchmarks/RESULTS.md,
-"The cpu loader after the kernel rewrite"), work the GPU does in well under a millisecond a batch. With a
-finishing device the workers ship each view's decoded frames (YUV 4:2:0, as the decoder gives them; about
-the bytes of the RGB view) and its audio window; `finish` then does on that device, for the whole batch at
-once, what kernels.frames_to_rgb and audio.log_mel do in a worker.
+kernel and the log-mel cost a worker about half as much again as the decode itself (benchmarks/RESULTS.md),
+work a GPU does for a whole batch at once. With a finishing device the workers ship, of each view's decoded
+frames, only the region its filter reads (YUV 4:2:0 as the decoder gives it, cropped: the box plus the filter's
+reach, on even rows and columns), and its audio window as stored (int16); `finish` then does on that device,
+batched, what kernels.frames_to_rgb and audio.log_mel do in a worker.
 
-The video is the same to the bit: the filter taps come from kernels.filter_taps, and the products are added
-in the kernel's order, in float32, then converted in float64 as the kernel does (each torch op is one IEEE
-operation, nothing fused). The log-mel is the same function; on another device its FFT and matrix product
-round differently (within float32 precision).
+The video is the same to the bit: the filter taps come from kernels.filter_taps, the products are added in the
+kernel's order in float32, then converted in float64 as the kernel does (each torch op one IEEE operation,
+nothing fused). The log-mel is the same function; on another device its FFT and matrix product round
+differently (within float32 precision).
+
+A shipped batch holds, for each video modality, one flat uint8 tensor of its views' regions one after another
+(each [T, 3h/2, w], laid out as `plane_blocks` says) and REGION [B, 7] int64: (offset, row, column, h, w) of each
+view's region in the flat tensor and in its stored frame, and the frame's (H, W).
 """
 from __future__ import annotations
 
@@ -20,37 +24,64 @@ import numpy as np
 import torch
 
 from .audio import log_mel, pcm_float
-from .kernels import filter_taps
+from .kernels import filter_taps, reach
 from ..stored.views import ViewSpec
 
-FRAME_SIZE = "frame_size"  # a shipped batch's key: each sample's stored frame (H, W)
+REGION = "shipped_region"  # a shipped batch's key: where each view's frames lie (module docstring)
+Planes = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
-def plane_blocks(frame):
-    """A shipped frame [..., 3H/2, W] (numpy or torch) → its (Y [H, W], U, V [H/2, W/2]) blocks: Y on top, U and V
-    side by side below it. H x W is the batch's largest frame; a smaller frame fills its blocks' top-left."""
-    height, width = frame.shape[-2] * 2 // 3, frame.shape[-1]
-    return (frame[..., :height, :], frame[..., height:, :width // 2], frame[..., height:, width // 2:])
+def plane_blocks(frames):
+    """Shipped frames [..., 3h/2, w] (numpy or torch) → their (Y [h, w], U, V [h/2, w/2]) blocks: Y on top, U and V
+    side by side below it."""
+    height, width = frames.shape[-2] * 2 // 3, frames.shape[-1]
+    return (frames[..., :height, :], frames[..., height:, :width // 2], frames[..., height:, width // 2:])
 
 
-def shipped_shape(frames: int, sizes: Sequence[tuple[int, int]]) -> tuple[int, int, int]:
-    """One view's shipped frames [T, 3H/2, W] for a batch of frames of `sizes` (H, W), all even."""
-    height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
-    return (frames, height * 3 // 2, width)
+def _extent(start: int, length: int, crop: int, limit: int) -> tuple[int, int]:
+    """[first, stop) on even luma pixels, holding what the luma filter of [start, start + length) and the chroma
+    filter of its half read (limit: the frame's even extent)."""
+    luma = reach(*filter_taps(start, length, crop, limit)[::2])
+    chroma = reach(*filter_taps(start / 2, length / 2, crop, limit // 2)[::2])
+    first, stop = min(luma[0], 2 * chroma[0]), max(luma[1], 2 * chroma[1])
+    return first // 2 * 2, min(limit, (stop + 1) // 2 * 2)
 
 
-def _taps(params: np.ndarray, sizes: np.ndarray, crop: int, device: torch.device) -> dict[str, tuple]:
-    """Each view's filter taps as batch tensors: "luma"/"chroma" → (row index, row weight, column index, column
-    weight), each [B, crop, K] (K: the batch's most taps; the others weigh 0 on index 0, as in the kernel)."""
+def region(box: tuple[int, int, int, int], crop: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(row, column, h, w) of a stored frame of `size` (H, W) that a view's box (y0, x0, h, w) resized to crop x crop
+    reads: all a worker ships of its frames."""
+    (y0, x0, h, w), (height, width) = box, size
+    r0, r1 = _extent(y0, h, crop, height)
+    c0, c1 = _extent(x0, w, crop, width)
+    return r0, c0, r1 - r0, c1 - c0
+
+
+def region_bytes(frames: int, where: tuple[int, int, int, int]) -> int:
+    return frames * where[2] * where[3] * 3 // 2
+
+
+def ship_frame(planes: Planes, where: tuple[int, int, int, int], out: np.ndarray) -> None:
+    """A decoded frame's (Y, U, V) → its region, into `out` [3h/2, w]."""
+    r0, c0, h, w = where
+    y, u, v = plane_blocks(out)
+    y[:] = planes[0][r0:r0 + h, c0:c0 + w]
+    u[:] = planes[1][r0 // 2:(r0 + h) // 2, c0 // 2:(c0 + w) // 2]
+    v[:] = planes[2][r0 // 2:(r0 + h) // 2, c0 // 2:(c0 + w) // 2]
+
+
+def _taps(layout: np.ndarray, params: np.ndarray, crop: int, device: torch.device) -> dict[str, tuple]:
+    """Each view's filter taps, indexed within its region, as batch tensors: "luma"/"chroma" → (row index, row
+    weight, column index, column weight), each [B, crop, K] (K: the batch's most taps; the others weigh 0, as in
+    the kernel, on index 0)."""
+    views = {"luma": [], "chroma": []}
+    for (_, r0, c0, _, _, height, width), (_, y0, x0, h, w, _, _) in zip(layout.tolist(), params.tolist()):
+        for name, (rows, cols), (first_row, first_col) in (
+                ("luma", (filter_taps(y0, h, crop, height), filter_taps(x0, w, crop, width)), (r0, c0)),
+                ("chroma", (filter_taps(y0 / 2, h / 2, crop, height // 2),  # as kernels.BoxResize: half resolution
+                            filter_taps(x0 / 2, w / 2, crop, width // 2)), (r0 // 2, c0 // 2))):
+            views[name].append(((rows[0] - first_row, rows[1]), (cols[0] - first_col, cols[1])))
     out = {}
-    for name, half in (("luma", 1), ("chroma", 2)):
-        per_view = []
-        for (_, y0, x0, h, w, _, _), (height, width) in zip(params.tolist(), sizes.tolist()):
-            if half == 1:
-                rows, cols = filter_taps(y0, h, crop, height), filter_taps(x0, w, crop, width)
-            else:
-                rows, cols = filter_taps(y0 / 2, h / 2, crop, height // 2), filter_taps(x0 / 2, w / 2, crop, width // 2)
-            per_view.append((rows[:2], cols[:2]))
+    for name, per_view in views.items():
         tensors = []
         for axis in (0, 1):
             most = max(v[axis][0].shape[1] for v in per_view)
@@ -59,6 +90,7 @@ def _taps(params: np.ndarray, sizes: np.ndarray, crop: int, device: torch.device
             for i, v in enumerate(per_view):
                 taps = v[axis][0].shape[1]
                 index[i, :, :taps], weight[i, :, :taps] = v[axis]
+            index[weight == 0] = 0  # unused taps (weight 0) may point before the region
             tensors += [torch.from_numpy(index).to(device), torch.from_numpy(weight).to(device)]
         out[name] = tuple(tensors)
     return out
@@ -69,12 +101,11 @@ def _weighted_sum(source: torch.Tensor, dim: int, index: torch.Tensor, weight: t
     source [B, T, H, W]; index, weight [B, size, K]; the result has `size` along `dim`."""
     shape = list(source.shape)
     shape[dim] = index.shape[1]
+    along = [index.shape[0], 1, 1, 1]
+    along[dim] = index.shape[1]
     total = None
     for a in range(index.shape[2]):
-        along = [1, 1, 1, 1]
-        along[0], along[dim] = index.shape[0], index.shape[1]
-        at, w = index[..., a].view(along), weight[..., a].view(along)
-        term = w * torch.gather(source, dim, at.expand(shape))
+        term = weight[..., a].view(along) * torch.gather(source, dim, index[..., a].view(along).expand(shape))
         total = term if total is None else total + term
     return total
 
@@ -93,18 +124,28 @@ def _rgb(y: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.stack([(c + 0.5).clamp(0.0, 255.0).to(torch.uint8) for c in channels], -1)
 
 
-def finish_video(frames: torch.Tensor, params: torch.Tensor, sizes: torch.Tensor, crop: int,
+def _unpacked(flat: torch.Tensor, layout: np.ndarray, frames: int) -> list[torch.Tensor]:
+    """The views' regions (one after another in `flat`) → Y [B, T, h, w], U, V [B, T, h/2, w/2] of the batch's
+    largest region, each view's in the top-left (what lies beyond it is never read)."""
+    height, width = int(layout[:, 3].max()), int(layout[:, 4].max())
+    planes = [flat.new_empty((len(layout), frames, height // s, width // s)) for s in (1, 2, 2)]
+    for i, (offset, _, _, h, w, _, _) in enumerate(layout.tolist()):
+        view = flat[offset:offset + frames * h * w * 3 // 2].view(frames, h * 3 // 2, w)
+        for plane, block in zip(planes, plane_blocks(view)):
+            plane[i, :, :block.shape[-2], :block.shape[-1]] = block
+    return planes
+
+
+def finish_video(flat: torch.Tensor, layout: torch.Tensor, params: torch.Tensor, frames: int, crop: int,
                  flow: bool = False) -> torch.Tensor:
-    """Shipped frames [B, T, 3H/2, W] uint8 (on the finishing device) → the views [B, T, crop, crop, 3] uint8:
-    each view's box (params: the view records [B, 7]) resized, converted to RGB, flipped where the view says
-    (flow: its x component negated too). `sizes` [B, 2]: each sample's stored frame (H, W)."""
-    params_np = params.cpu().numpy()
-    taps = _taps(params_np, sizes.cpu().numpy(), crop, frames.device)
-    luma, u, v = plane_blocks(frames)
-    ys = _resized(luma, *taps["luma"])
-    us, vs = (_resized(p, *taps["chroma"]) for p in (u, v))
-    rgb = _rgb(ys, us, vs)
-    flip = torch.from_numpy(params_np[:, 5].astype(bool)).to(frames.device).view(-1, 1, 1, 1, 1)
+    """Shipped regions (`flat` uint8 on the finishing device, REGION `layout` [B, 7]) → the views
+    [B, T, crop, crop, 3] uint8: each view's box (params: the view records [B, 7]) resized, converted to RGB,
+    flipped where the view says (flow: its x component negated too)."""
+    layout, params = layout.cpu().numpy(), params.cpu().numpy()
+    taps = _taps(layout, params, crop, flat.device)
+    luma, u, v = _unpacked(flat, layout, frames)
+    rgb = _rgb(_resized(luma, *taps["luma"]), _resized(u, *taps["chroma"]), _resized(v, *taps["chroma"]))
+    flip = torch.from_numpy(params[:, 5].astype(bool)).to(flat.device).view(-1, 1, 1, 1, 1)
     if flow:
         rgb[..., 0] = torch.where(flip[..., 0], 255 - rgb[..., 0], rgb[..., 0])
     return torch.where(flip, rgb.flip(3), rgb)
@@ -114,9 +155,9 @@ def finish(batch: dict, spec: ViewSpec, videos: Sequence[str], sample_rate: int 
            device: torch.device) -> dict:
     """A batch shipped by the workers (pipeline.ship_view) → the batch the worker-finished loader yields, its video
     and audio on `device` (labels, rows, views and params stay on the host, as there)."""
-    out = {k: v for k, v in batch.items() if k != FRAME_SIZE}
+    out = {k: v for k, v in batch.items() if k != REGION}
     for m in videos:
-        out[m] = finish_video(batch[m].to(device, non_blocking=True), batch["params"], batch[FRAME_SIZE],
+        out[m] = finish_video(batch[m].to(device, non_blocking=True), batch[REGION], batch["params"], spec.frames,
                               spec.crop, flow=m == "flow")
     if "audio" in batch:
         wave = pcm_float(batch["audio"].to(device, non_blocking=True))

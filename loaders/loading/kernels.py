@@ -162,9 +162,15 @@ class BoxResize:
         _frame_to_rgb(luma, u, v, *self.taps, self.flip, self.luma, self.u, self.v, self.rows, self.rgb, out)
 
 
+def reach(index: np.ndarray, count: np.ndarray) -> tuple[int, int]:
+    """[first, stop): the source pixels a 1-D filter's taps read (indices grow along a pixel's taps)."""
+    return int(index[:, 0].min()), int(index[np.arange(len(count)), count - 1].max()) + 1
+
+
 def _span(index: np.ndarray, count: np.ndarray) -> int:
-    """How many source rows the taps reach (indices grow along a row's taps)."""
-    return int(index[np.arange(len(count)), count - 1].max() - index[:, 0].min()) + 1
+    """How many source rows the taps reach."""
+    first, stop = reach(index, count)
+    return stop - first
 
 
 def load() -> None:

@@ -49,9 +49,17 @@ def dali_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Se
     check_decodable(modalities)
     manifest, paths, plan, _ = planned_split(data_dir, split, modalities, policy, batch_size, rank, world, skip,
                                              streams)
-    rate = manifest["modalities"]["audio"]["sample_rate"] if "audio" in modalities else None
+    rate = _audio_rate(manifest, modalities)
     return DaliLoader(paths, plan, policy, spec, modalities, rate, device_id, num_threads,
                       split_shards(manifest, split), bad_samples)
+
+
+def finish_device(choice: str, device: torch.device) -> torch.device | None:
+    """Where the cpu backend's views are finished (make_loader's `finish_on`) for a `finish` setting ("auto",
+    "workers", "device") when training on `device`: auto is the device when it is a GPU, else the workers."""
+    if choice == "device" or (choice == "auto" and device.type == "cuda"):
+        return device
+    return None
 
 
 def make_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Sequence[str],
@@ -84,5 +92,9 @@ def make_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Se
     if kinds == {"vector"}:
         return VectorLoader(paths, [s["count"] for s in split_shards(manifest, split)], plan, policy, modalities,
                             bad_samples)
-    rate = manifest["modalities"]["audio"]["sample_rate"] if "audio" in modalities else None
-    return CpuLoader(paths, plan, policy, spec, modalities, num_workers, bad_samples, finish_on, rate)
+    return CpuLoader(paths, plan, policy, spec, modalities, num_workers, bad_samples, finish_on,
+                     _audio_rate(manifest, modalities))
+
+
+def _audio_rate(manifest: dict, modalities: Sequence[str]) -> int | None:
+    return manifest["modalities"]["audio"]["sample_rate"] if "audio" in modalities else None

@@ -22,7 +22,7 @@ import webdataset as wds
 
 from .audio import log_mel, pcm_float
 from .bad import BadSamples, Streak, filled
-from .finish import FRAME_SIZE, finish, plane_blocks, shipped_shape
+from .finish import REGION, finish, region, region_bytes, ship_frame
 from ..errors import UserError
 from .kernels import BoxResize, load as load_kernels
 from ..stored.media import MediaError, Planes, decode_flac_span, h264_stream
@@ -39,6 +39,8 @@ class _Media:
 
     def __init__(self, sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: int, view_indices: Sequence[int]):
         self.where = f"{sample.get('__url__', '?')} sample {sample.get('__key__', '?')}"
+        self.indices = list(view_indices)
+        self.shipped: tuple[int, ...] | None = None  # shipping: (offset, row, column, h, w), set by the worker
         self.wave, self.audio_start, self.window, self.video = None, 0, 0, {}
         try:
             self.meta = json.loads(sample["json"])
@@ -78,31 +80,34 @@ class _Media:
         first = [v.audio_offset - self.audio_start for v in self.views]
         return [torch.from_numpy(self.wave[f:f + self.window]) for f in first]
 
-    def item(self, i: int, index: int) -> dict:
-        """View i's (view index `index`) label, row, view and params, and the vectors (every view the same)."""
+    def item(self, i: int) -> dict:
+        """View i's label, row, view index and params, and the vectors (every view the same)."""
         view = self.views[i]
         params = view.as_tuple() if view else (0,) * len(VIEW_FIELDS)
-        return {"label": self.meta["label"], "row": self.meta["row"], "view": index,
+        return {"label": self.meta["label"], "row": self.meta["row"], "view": self.indices[i],
                 "params": torch.tensor(params, dtype=torch.int32), **self.vectors}
 
 
 def decode_views(sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: int,
                  view_indices: Sequence[int], out: dict[str, torch.Tensor] | None = None) -> list[dict]:
-    """Decode one raw tar sample once and cut every requested view from it.
+    """Decode one raw tar sample once and cut every requested view from it (finish_views).
 
-    Only the frames the views use are read out of the decoder, in place and one at a time (media.h264_stream),
-    and each view's box is resized and converted straight into `out[m][i]` when given (the batch a worker
-    ships: uint8 [len(view_indices), T, crop, crop, 3]), else into a new tensor.
     Optical flow gets the video's box, resized alike (its values are not rescaled, as in TSN and
     MMAction2); a horizontal flip also negates its x component (red: 255 - red). Vector views
     (`<key>.<name>.npy`, from `umt-data pack-arrays`) have no augmentation: every view is the
     vector itself and its params are zeros.
     """
-    media = _Media(sample, spec, modalities, seed, view_indices)
+    return finish_views(_Media(sample, spec, modalities, seed, view_indices), spec, out)
+
+
+def finish_views(media: _Media, spec: ViewSpec, out: dict[str, torch.Tensor] | None = None) -> list[dict]:
+    """A parsed sample's views, finished: only the frames the views use are read out of the decoder, in place and one
+    at a time (media.h264_stream), and each view's box is resized and converted straight into `out[m][i]` when
+    given (the batch a worker ships: uint8 [views, T, crop, crop, 3]), else into a new tensor."""
     if media.wave is not None:  # every view's window through one STFT call
         mels = log_mel(pcm_float(torch.stack(media.windows())), media.geom.sample_rate, spec.mel_bins).unsqueeze(1)
     if out is None:
-        out = {m: torch.empty((len(view_indices), spec.frames, spec.crop, spec.crop, 3), dtype=torch.uint8)
+        out = {m: torch.empty((len(media.views), spec.frames, spec.crop, spec.crop, 3), dtype=torch.uint8)
                for m in media.video}
     if media.video:
         size = (media.geom.height, media.geom.width)
@@ -115,8 +120,8 @@ def decode_views(sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: 
                 if index in positions:
                     resizers[i](*planes, clips[i, positions[index]])
     items = []
-    for i, index in enumerate(view_indices):
-        item, view = media.item(i, index), media.views[i]
+    for i, view in enumerate(media.views):
+        item = media.item(i)
         for m in media.video:
             if m == "flow" and view.flip:
                 clips = out[m][i]
@@ -128,21 +133,20 @@ def decode_views(sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: 
     return items
 
 
-def ship_view(sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: int, view_index: int,
-              out: dict[str, torch.Tensor]) -> dict:
-    """One view of a raw tar sample, decoded but not finished (see finish.py): each video modality's T frames
-    copied into `out[m]` as they decode (uint8 [1, T, 3H/2, W] of the batch's largest frame H x W, laid out as
-    finish.plane_blocks says), the audio window as stored (int16), and `frame_size` (H, W): what the trainer's
-    device resizes, converts and turns into a log-mel, batched."""
-    media = _Media(sample, spec, modalities, seed, [view_index])
-    item, view = media.item(0, view_index), media.views[0]
-    if view is not None:
-        item[FRAME_SIZE] = torch.tensor((media.geom.height, media.geom.width), dtype=torch.int32)
+def ship_view(media: _Media, spec: ViewSpec, out: dict[str, torch.Tensor]) -> dict:
+    """A parsed sample's one view, decoded but not finished (finish.py): each video modality's frames, cut to the
+    region the view reads (`media.shipped`: offset and region), copied into the flat `out[m]` as they decode; the
+    audio window as stored (int16); REGION: where the frames lie. The trainer's device finishes them, batched."""
+    item = media.item(0)
+    if media.video:
+        offset, *where = media.shipped
+        item[REGION] = torch.tensor((*media.shipped, media.geom.height, media.geom.width), dtype=torch.int64)
+        shape = (spec.frames, where[2] * 3 // 2, where[3])
     for m in media.video:
-        for (_, planes), frame in zip(media.decoded(m), out[m][0].numpy()):
-            for plane, block in zip(planes, plane_blocks(frame)):
-                block[:plane.shape[0], :plane.shape[1]] = plane
-        item[m] = out[m][0]
+        frames = out[m][offset:offset + region_bytes(spec.frames, where)].numpy().reshape(shape)
+        for (_, planes), frame in zip(media.decoded(m), frames):
+            ship_frame(planes, where, frame)
+        item[m] = out[m]
     if media.wave is not None:
         item["audio"] = media.windows()[0]
     return item
@@ -238,23 +242,26 @@ class _PlannedBatches(torch.utils.data.IterableDataset):
         streak = Streak(self.bad)
         for batch in batches:
             read = [(next(samples), next(views)) for _ in batch]
-            leases: dict[str, tuple[int, int]] = {}
-            clips = self._clips([sample for sample, _ in read], leases)
-            items, skipped = [], []
-            for sample, view in read:
+            parsed, items, skipped = [], [], []
+            for sample, view in read:  # json, views, audio: what sizes the batch's memory when shipping
                 try:
-                    items.append(self._decode(sample, view, {m: c[len(items):len(items) + 1] for m, c in clips.items()}))
-                    streak.good()
+                    parsed.append((sample, self._media(sample, view)))
                 except (MediaError, DataError) as err:
-                    if not self.bad.skip:
-                        raise
-                    skipped.append(_name(sample, err))
-                    streak.damaged(skipped[-1])
+                    self._skipped(sample, err, skipped, streak)
+            leases: dict[str, tuple[int, int]] = {}
+            clips = self._clips(len(read), [media for _, media in parsed], leases)
+            for sample, media in parsed:
+                try:
+                    items.append(self._write(media, len(items), clips))
+                    streak.good()
+                except MediaError as err:
+                    self._skipped(sample, err, skipped, streak)
             good = len(items)
             items = filled(items, skipped)
-            for i in range(len(skipped)):  # the good samples' clips in turn fill the skipped ones' places
-                for clip in clips.values():
-                    clip[good + i] = clip[i % good]
+            if not self.ship:  # the good samples' clips in turn fill the skipped ones' places
+                for i in range(len(skipped)):
+                    for clip in clips.values():
+                        clip[good + i] = clip[i % good]
             if "audio" in items[0]:
                 first = items[0]["audio"]
                 clips["audio"] = self._memory((len(items), *first.shape), first.dtype, leases, "audio")
@@ -262,17 +269,41 @@ class _PlannedBatches(torch.utils.data.IterableDataset):
             yield {**collate(items, clips), **({"bad_samples": skipped} if self.bad.skip else {}),
                    **({LEASE: leases} if leases else {})}
 
-    def _clips(self, samples: list, leases: dict) -> dict[str, torch.Tensor]:
-        """The batch's video tensors, which each sample's clips are converted (or, shipping, copied) straight into."""
-        if self.ship:
-            shape = (len(samples), *shipped_shape(self.spec.frames, [_frame_size(s) for s in samples]))
-        else:
-            shape = (len(samples), self.spec.frames, self.spec.crop, self.spec.crop, 3)
+    def _skipped(self, sample: dict | Unreadable, err: Exception, skipped: list[str], streak: Streak) -> None:
+        if not self.bad.skip:
+            raise err
+        skipped.append(_name(sample, err))
+        streak.damaged(skipped[-1])
+
+    def _media(self, sample: dict | Unreadable, view: int) -> "_Media":
+        if isinstance(sample, Unreadable):
+            raise DataError(f"{sample.url} sample {sample.key}: {sample.reason}")
+        return _Media(sample, self.spec, self.modalities, self.policy.seed, [view])
+
+    def _clips(self, size: int, medias: list["_Media"], leases: dict) -> dict[str, torch.Tensor]:
+        """The batch's video tensors, which each sample's clips are converted straight into ([size, T, crop, crop,
+        3]), or, shipping, each parsed sample's regions copied into (flat; each media's `shipped` says where)."""
         if not self.videos:
             return {}
+        if self.ship:
+            offset = 0
+            for media in medias:
+                view = media.views[0]
+                where = region(view.box, self.spec.crop, (media.geom.height, media.geom.width))
+                media.shipped = (offset, *where)
+                offset += region_bytes(self.spec.frames, where)
+            shape = (offset,)
+        else:
+            shape = (size, self.spec.frames, self.spec.crop, self.spec.crop, 3)
         per = int(np.prod(shape))
         memory = self._memory((per * len(self.videos),), torch.uint8, leases, self.videos[0])
         return {m: memory[k * per:(k + 1) * per].view(shape) for k, m in enumerate(self.videos)}
+
+    def _write(self, media: "_Media", position: int, clips: dict[str, torch.Tensor]) -> dict:
+        """A parsed sample's view, its video into `clips` (finished: at `position` among the batch's good samples)."""
+        if self.ship:
+            return ship_view(media, self.spec, clips)
+        return finish_views(media, self.spec, {m: c[position:position + 1] for m, c in clips.items()})[0]
 
     def _memory(self, shape: tuple, dtype: torch.dtype, leases: dict, key: str) -> torch.Tensor:
         """A batch tensor in this worker's pool, its slot leased under `key` (the main process gives it back when
@@ -282,22 +313,6 @@ class _PlannedBatches(torch.utils.data.IterableDataset):
         slot, memory = self.pool.take(int(np.prod(shape)) * dtype.itemsize)
         leases[key] = (self.worker, slot)
         return memory.view(dtype).view(shape)
-
-    def _decode(self, sample: dict | Unreadable, view: int, out: dict[str, torch.Tensor]) -> dict:
-        if isinstance(sample, Unreadable):
-            raise DataError(f"{sample.url} sample {sample.key}: {sample.reason}")
-        if self.ship:
-            return ship_view(sample, self.spec, self.modalities, self.policy.seed, view, out)
-        return decode_views(sample, self.spec, self.modalities, self.policy.seed, [view], out)[0]
-
-
-def _frame_size(sample: dict | Unreadable) -> tuple[int, int]:
-    """A sample's stored frame (H, W) as its json says; (2, 2) where it cannot be read (its decode fails later)."""
-    try:
-        meta = json.loads(sample["json"])
-        return int(meta["height"]), int(meta["width"])
-    except (TypeError, KeyError, ValueError):
-        return 2, 2
 
 
 def _name(sample: dict | Unreadable, err: Exception) -> str:

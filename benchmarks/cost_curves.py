@@ -1,4 +1,4 @@
-"""How cost grows with the work: four curves, one JSON and one PNG.
+"""How cost grows with the work: five curves, one JSON and one PNG.
 
 1. Cached UMT training samples/s with the cache held in memory against streamed from its Zarr
    shards (`--cache-budget-gb 0`), interleaved repeats: what a cache larger than memory costs.
@@ -9,7 +9,8 @@
 4. umt's cpu loader clips/s against its worker count (0 = in the main process, 1, 2).
 5. umt's cpu loader clips/s against the frames per view (8, 16, 32 at 224 px) and the crop (112, 224 px at
    16 frames), on `loader.py --realistic`'s clips (10 s, short side 256, 25 fps, GOP 8), each beside the
-   bare-decode bound of the same views run in the same rounds (`loader.py`'s limit).
+   bare-decode bound of the same views run in the same rounds (`loader.py`'s limit), with views finished in
+   the workers and the workers' side when the trainer's device finishes them (`loader.py`'s umt_shipped).
 
     python benchmarks/cost_curves.py --out benchmarks/results/cost_curves_cpu.json --png docs/cost_curves_cpu.png
     python benchmarks/cost_curves.py --curves loader_shape --out benchmarks/results/loader_shape_cpu.json \
@@ -23,6 +24,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from umt.cache.builder import build
 from umt.engine.config import TrainConfig
 from umt.engine.train import run
@@ -33,7 +36,7 @@ from umt.loaders.loading.loader import make_loader
 from umt.loaders.stored.views import ViewPolicy
 
 from common import median, write_json
-from loader import DECODERS, PACKED, SETTINGS, SPEC, timed_pass, variant_pass, write_source, write_sources
+from loader import DECODERS, PACKED, SETTINGS, SPEC, timed_pass, umt_pass, variant_pass, write_source, write_sources
 from train_throughput import VIEW
 
 
@@ -90,30 +93,33 @@ SHAPES = {"frames": [(8, 224), (16, 224), (32, 224)], "crop": [(16, 112), (16, 2
 
 
 def loader_shape_curve(work: Path, clips: int, repeats: int, workers: int = 2, batch_size: int = 8) -> dict:
-    """umt's cpu loader and the bare-decode bound, clips/s, at each (frames, crop) of SHAPES; realistic clips."""
+    """umt's cpu loader (views finished in the workers, and the workers' side when the trainer's device finishes
+    them: `shipped`) and the bare-decode bound, clips/s, at each (frames, crop) of SHAPES; realistic clips."""
     setting = SETTINGS["realistic"]
     files = write_sources(work / "src", clips, setting, workers)
     inputs = [ClipInput(Path(f).name, f, f"class{i % 4}", "train") for i, f in enumerate(files)]
     pack(inputs, work / "packed", setting.packed, shard_size=max(1, clips // 4), workers=workers, progress=False)
     shapes = sorted({shape for curve in SHAPES.values() for shape in curve})
-    rates = {(shape, name): [] for shape in shapes for name in ("umt", "limit")}
+    names = ("umt", "shipped", "limit")
+    rates = {(shape, name): [] for shape in shapes for name in names}
     for r in range(repeats):
         policy = ViewPolicy(0, r, True)
         runs = list(rates)
         for shape, name in runs[r % len(runs):] + runs[:r % len(runs)]:  # rotate the order between repeats
             spec = replace(setting.spec, frames=shape[0], crop=shape[1])
-            if name == "umt":
-                loader = make_loader(work / "packed", "train", spec, ["video", "audio"], policy, batch_size, workers)
-                rate = timed_pass(loader)
+            if name in ("umt", "shipped"):
+                rate = umt_pass(work / "packed", spec, policy, batch_size, workers, finish_on=torch.device("cpu")
+                                if name == "shipped" else None, shipped=name == "shipped")()
             else:
                 rate = variant_pass(work / "packed", DECODERS["limit"], spec, policy, batch_size, workers)
             rates[shape, name].append(rate)
         print(f"repeat {r}: " + ", ".join(f"{s[0]}x{s[1]} {n} {v[-1]:.1f}" for (s, n), v in rates.items()), flush=True)
 
     def point(shape):
-        umt, limit = median(rates[shape, "umt"]), median(rates[shape, "limit"])
-        return {"umt": umt, "limit": limit, "ratio_vs_limit": round(umt / limit, 3),
-                "runs": {n: [round(x, 1) for x in rates[shape, n]] for n in ("umt", "limit")}}
+        umt, shipped, limit = (median(rates[shape, n]) for n in names)
+        return {"umt": umt, "shipped": shipped, "limit": limit, "ratio_vs_limit": round(umt / limit, 3),
+                "shipped_ratio_vs_limit": round(shipped / limit, 3),
+                "runs": {n: [round(x, 1) for x in rates[shape, n]] for n in names}}
     return {"frames": {str(f): point((f, c)) for f, c in SHAPES["frames"]},
             "crop": {str(c): point((f, c)) for f, c in SHAPES["crop"]},
             "clips": clips, "batch_size": batch_size, "workers": workers, "setting": setting.to_dict()}
@@ -152,9 +158,10 @@ def _panels(figures: dict) -> list:
             def shape_panel(axis, curve=curve, label=label, fixed=fixed):
                 points = figures["loader_shape"][curve]
                 xs = [int(x) for x in points]
-                for name, style in (("limit", "--"), ("umt", "-")):
-                    axis.plot(xs, [p[name] for p in points.values()], style, marker="o",
-                              label="bare-decode bound" if name == "limit" else "umt cpu loader")
+                for name, style, legend in (("limit", "--", "bare-decode bound"), ("umt", "-", "umt, finished in workers"),
+                                            ("shipped", ":", "umt workers, finished on device")):
+                    if all(name in p for p in points.values()):
+                        axis.plot(xs, [p[name] for p in points.values()], style, marker="o", label=legend)
                 axis.set(title=f"cpu loader, {fixed}, 10 s clips", xlabel=label, ylabel="clips/s",
                          xticks=xs)
                 axis.legend()

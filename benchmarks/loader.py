@@ -237,6 +237,15 @@ def variant_pass(data: Path, decode, spec: ViewSpec, policy: ViewPolicy, batch_s
                                                   worker_init_fn=worker_init))
 
 
+def umt_pass(data: Path, spec: ViewSpec, policy: ViewPolicy, batch_size: int, workers: int, backend: str = "cpu",
+             finish_on: torch.device | None = None, shipped: bool = False):
+    """A timed pass of umt's loader, built now: with `shipped`, the workers' batches as they ship them (views to
+    be finished on `finish_on`, the trainer's device), without the finishing."""
+    loader = make_loader(data, "train", spec, ["video", "audio"], policy, batch_size, workers, backend=backend,
+                         finish_on=finish_on)
+    return lambda: timed_pass(loader.shipped() if shipped else loader)
+
+
 def available_peers() -> dict[str, str]:
     """Each peer decoder → "ok" or why it is left out (the import error)."""
     status = {"pyav_threaded": "ok"}
@@ -352,9 +361,7 @@ def main() -> None:
         policy = ViewPolicy(0, r, True)
 
         def umt(backend: str, finish_on: torch.device | None = None, shipped: bool = False):
-            loader = make_loader(work / "packed", "train", spec, ["video", "audio"], policy,
-                                 args.batch_size, args.workers, backend=backend, finish_on=finish_on)
-            return lambda: timed_pass(loader.shipped() if shipped else loader)
+            return umt_pass(work / "packed", spec, policy, args.batch_size, args.workers, backend, finish_on, shipped)
         runs = [("umt", umt("cpu")), ("umt_shipped", umt("cpu", torch.device("cpu"), shipped=True)),
                 *([("umt_gpu_finished", umt("cpu", torch.device("cuda")))] if cuda else []),
                 ("naive", lambda: timed_pass(naive)), *([("dali", umt("dali"))] if gpu else []),

@@ -25,10 +25,10 @@ import torch
 
 from .audio import log_mel, pcm_float
 from .kernels import filter_taps, reach
+from ..stored.media import Planes
 from ..stored.views import ViewSpec
 
 REGION = "shipped_region"  # a shipped batch's key: where each view's frames lie (module docstring)
-Planes = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def plane_blocks(frames):

@@ -8,6 +8,10 @@ the model (`LateFusionNet`), the method objects' loss (`Method`, `Umt`), the onl
 made by `store.create`, held on the GPU as training holds it); only the cache's checks against
 real data are skipped, since there is no data. Repeats are interleaved; medians and spread go to JSON.
 
+It also times `--finish device` (loaders/loading/finish.py) on the GPU: a batch of views as the cpu backend's
+workers ship them (16 frames of 256 x 456 noise, random boxes to 224 px, 10 s of int16 audio) finished on the
+device, ms per batch (synchronised), and checks its views against the workers' kernel to the bit.
+
     python benchmarks/gpu.py --out benchmarks/results/gpu_h100.json                 # one GPU, ~3 min
     accelerate launch --num_processes 2 benchmarks/gpu.py --out benchmarks/results/gpu_2x.json  # NCCL DDP
     python benchmarks/gpu.py --smoke --out /tmp/gpu_smoke.json                       # CPU, tiny: a check of the script
@@ -35,6 +39,8 @@ from umt.engine.methods import Method  # noqa: E402
 from umt.engine.methods.umt import Umt  # noqa: E402
 from umt.engine.models import LateFusionNet, ModelConfig  # noqa: E402
 from umt.engine.targets import OnlineTeachers  # noqa: E402
+from umt.loaders.loading.finish import REGION, finish, region, region_bytes, ship_frame  # noqa: E402
+from umt.loaders.loading.kernels import resize_to_rgb  # noqa: E402
 from umt.loaders.stored.views import ViewSpec  # noqa: E402
 
 MODALITIES = ("video", "audio")
@@ -97,6 +103,55 @@ def throughput(args, name: str, method: Method, accelerator: Accelerator, rows: 
     return rate
 
 
+def shipped_batch(size: int, frames: int, crop: int, frame: tuple[int, int], seconds: float,
+                  rng: np.random.Generator) -> tuple[dict, list[np.ndarray]]:
+    """A batch as the workers ship it (noise frames, random boxes, flips) and each view's packed planes."""
+    height, width = frame
+    packed = [rng.integers(0, 256, (frames, height * 3 // 2, width), dtype=np.uint8) for _ in range(size)]
+    params, layout, flat, offset = [], [], [], 0
+    for planes in packed:
+        h, w = int(rng.integers(crop // 2, height + 1)), int(rng.integers(crop // 2, width + 1))
+        box = (int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w)
+        where = region(box, crop, frame)
+        out = np.empty((frames, where[2] * 3 // 2, where[3]), np.uint8)
+        for t in range(frames):
+            chroma = planes[t, height:].reshape(2, height // 2, width // 2)
+            ship_frame((planes[t, :height], chroma[0], chroma[1]), where, out[t])
+        params.append((0, *box, int(rng.integers(0, 2)), 0))
+        layout.append((offset, *where, height, width))
+        flat.append(out.ravel())
+        offset += region_bytes(frames, where)
+    audio = rng.integers(-2 ** 15, 2 ** 15, (size, int(seconds * 16000)), dtype=np.int16)
+    return {"video": torch.from_numpy(np.concatenate(flat)), REGION: torch.tensor(layout),
+            "params": torch.tensor(params, dtype=torch.int32), "audio": torch.from_numpy(audio)}, packed
+
+
+def finish_cost(args, device: torch.device) -> dict:
+    """ms per batch of finishing shipped views on `device` (medians of args.repeats x args.steps), and whether the
+    views equal the workers' kernel (checked on the first 4)."""
+    spec = ViewSpec(frames=args.finish_frames, crop=args.finish_crop, audio_seconds=args.finish_audio_seconds,
+                    mel_bins=args.mels)
+    batch, packed = shipped_batch(args.batch_size, spec.frames, spec.crop, tuple(args.finish_frame), spec.audio_seconds,
+                                  np.random.default_rng(0))
+    out = finish(batch, spec, ["video"], 16000, device)
+    params = batch["params"].tolist()
+    equal = all(np.array_equal(out["video"][i].cpu().numpy(), resize_to_rgb(packed[i], tuple(params[i][1:5]), spec.crop,
+                                                                           bool(params[i][5]))) for i in range(4))
+    runs = []
+    for _ in range(args.repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            finish(batch, spec, ["video"], 16000, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        runs.append((time.perf_counter() - start) / args.steps * 1e3)
+    return {"finish_ms_per_batch": median(runs), "finish_runs_ms": [round(r, 2) for r in runs],
+            "finish_equals_kernel": equal, "finish_settings": {**spec.to_dict(), "frame": args.finish_frame,
+                                                                "batch_size": args.batch_size}}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
@@ -113,10 +168,15 @@ def main() -> None:
     p.add_argument("--classes", type=int, default=400)
     p.add_argument("--views", type=int, default=4)
     p.add_argument("--precision", default="bf16", choices=("bf16", "fp16", "no"))
+    p.add_argument("--finish-frames", type=int, default=16, help="--finish device timing: frames per view")
+    p.add_argument("--finish-crop", type=int, default=224)
+    p.add_argument("--finish-frame", type=int, nargs=2, default=(256, 456), metavar=("H", "W"))
+    p.add_argument("--finish-audio-seconds", type=float, default=10.0)
     args = p.parse_args()
     if args.smoke:
         args.repeats, args.steps, args.warmup, args.batch_size, args.width = 2, 2, 1, 4, 4
         args.frames, args.size, args.mels, args.precision = 2, 32, 16, "no"
+        args.finish_frames, args.finish_crop, args.finish_frame, args.finish_audio_seconds = 2, 16, (24, 40), 0.5
     accelerator = Accelerator(mixed_precision=args.precision)
     spec = ViewSpec(frames=args.frames, crop=args.size, audio_seconds=args.audio_seconds, mel_bins=args.mels)
     rows = 4096
@@ -135,7 +195,7 @@ def main() -> None:
                 runs[name].append(throughput(args, name, methods[name], accelerator, rows))
     if accelerator.is_main_process:
         medians = {name: median(values) for name, values in runs.items()}
-        write_json(args.out, {"samples_per_s": medians, "runs": runs,
+        write_json(args.out, {"samples_per_s": medians, "runs": runs, **finish_cost(args, accelerator.device),
                               "spread": {n: [round(min(v), 1), round(max(v), 1)] for n, v in runs.items()},
                               "ratio_cached_vs_joint": round(medians["umt_cached"] / medians["joint"], 3),
                               "ratio_cached_vs_online": round(medians["umt_cached"] / medians["umt_online"], 3),

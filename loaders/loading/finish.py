@@ -25,7 +25,6 @@ import torch
 
 from .audio import log_mel, pcm_float
 from .kernels import filter_taps, reach
-from ..stored.media import Planes
 from ..stored.views import ViewSpec
 
 REGION = "shipped_region"  # a shipped batch's key: where each view's frames lie (module docstring)
@@ -60,7 +59,7 @@ def region_bytes(frames: int, where: tuple[int, int, int, int]) -> int:
     return frames * where[2] * where[3] * 3 // 2
 
 
-def ship_frame(planes: Planes, where: tuple[int, int, int, int], out: np.ndarray) -> None:
+def ship_frame(planes: tuple[np.ndarray, np.ndarray, np.ndarray], where: tuple[int, int, int, int], out: np.ndarray) -> None:
     """A decoded frame's (Y, U, V) → its region, into `out` [3h/2, w]."""
     r0, c0, h, w = where
     y, u, v = plane_blocks(out)

@@ -6,7 +6,9 @@ batches come out in plan order whatever the worker count, and a resume starts at
 exactly. Each worker streams the shards its batches touch and decodes only its own samples; a
 shard spanning k batches is thus streamed by up to min(W, k) workers (reading, not decoding, is
 repeated). Video leaves the workers as uint8 (4x less inter-process traffic than float);
-normalisation happens on the model's device.
+normalisation happens on the model's device. With a finishing device (`finish_on`, the trainer's GPU) the
+workers stop after the decode: they ship each view's frame regions and int16 audio window, and the resize,
+conversion, flip and log-mel run there, batched (finish.py), giving the same batches.
 """
 from __future__ import annotations
 

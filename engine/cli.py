@@ -82,8 +82,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    help="cpu backend: where each view is resized, colour-converted and turned into a log-mel: in the "
                         "decoding workers (CPU), or on the training device, batched (the workers only decode: at "
                         "224 px / 16 frames / 10 s audio they ship 1.5x the clips a second; same views to the bit, "
-                        "log-mels to float rounding); auto: device when training on a GPU (GPU path untested as of "
-                        "2026-12)")
+                        "log-mels to float rounding; on a CPU it is slow, about 100 ms a view: for checks); auto: "
+                        "device when training on a GPU (GPU path untested as of 2026-12)")
     p.add_argument("--workers", dest="num_workers", type=int, default=d.num_workers, help="decoding processes")
     p.add_argument("--bad-samples", choices=CHOICES["bad_samples"], default=d.bad_samples,
                    help="a training sample that fails to decode: skip (another sample of its batch takes its place, "

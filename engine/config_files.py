@@ -3,7 +3,7 @@
 A config file groups TrainConfig's settings in sections (the names users edit); each method's
 knobs have their own section, read only by that method:
 
-    data:   path, backend, workers, bad_samples, bad_samples_limit, view_seed, num_views, view: {frames, ...},
+    data:   path, backend, finish, workers, bad_samples, bad_samples_limit, view_seed, num_views, view: {frames, ...},
             test_clips, test_crops
     model:  modalities, width, fusion (null: the method's)
     optim:  name (adamw | sgd | null: the method's), epochs, batch_size, global_batch, grad_accum, max_steps,

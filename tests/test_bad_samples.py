@@ -25,19 +25,23 @@ def _keys(path) -> list[str]:
     return [info.name.partition(".")[0] for info, _ in members(path)][::3]
 
 
-def _epoch(data, policy: str, workers: int = 0, skip: int = 0, rank: int = 0, world: int = 1) -> list[dict]:
+def _epoch(data, policy: str, workers: int = 0, skip: int = 0, rank: int = 0, world: int = 1,
+           finish_on: torch.device | None = None) -> list[dict]:
     loader = make_loader(data, "train", SPEC, ["video", "audio"], ViewPolicy(3, 1, True), 8, workers, rank, world,
-                         skip=skip, bad_samples=BadSamples(policy))
+                         skip=skip, bad_samples=BadSamples(policy), finish_on=finish_on)
     return list(loader)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_skip_replaces_exactly_the_damaged_samples_and_keeps_every_batch(data, tmp_path, workers):
+@pytest.mark.parametrize("workers,finish_on", [(0, None), (2, None), (2, torch.device("cpu"))],
+                         ids=["in-process", "workers", "finished-on-device"])
+def test_skip_replaces_exactly_the_damaged_samples_and_keeps_every_batch(data, tmp_path, workers, finish_on):
+    """A sample whose video fails to decode (after its batch's memory is laid out, when shipping) and one
+    without audio (before): each replaced by a good sample of its batch, whose clip fills its place."""
     damaged = copy_set(data, tmp_path)
     keys = _keys(damaged / SHARD)
     garbage(damaged / SHARD, f"{keys[2]}.mp4")
     drop(damaged / SHARD, f"{keys[9]}.flac")
-    clean, batches = _epoch(data, "skip", workers), _epoch(damaged, "skip", workers)
+    clean, batches = _epoch(data, "skip", workers), _epoch(damaged, "skip", workers, finish_on=finish_on)
     assert len(batches) == len(clean) == 8
     skipped = [b for batch in batches for b in batch["bad_samples"]]
     assert sorted(s.split("\t")[1] for s in skipped) == sorted([keys[2], keys[9]])

@@ -158,7 +158,8 @@ def _panels(figures: dict) -> list:
             def shape_panel(axis, curve=curve, label=label, fixed=fixed):
                 points = figures["loader_shape"][curve]
                 xs = [int(x) for x in points]
-                for name, style, legend in (("limit", "--", "bare-decode bound"), ("umt", "-", "umt, finished in workers"),
+                for name, style, legend in (("limit", "--", "bare-decode bound"),
+                                            ("umt", "-", "umt, finished in workers"),
                                             ("shipped", ":", "umt workers, finished on device")):
                     if all(name in p for p in points.values()):
                         axis.plot(xs, [p[name] for p in points.values()], style, marker="o", label=legend)

@@ -7,7 +7,7 @@ frames, only the region its filter reads (YUV 4:2:0 as the decoder gives it, cro
 reach, on even rows and columns), and its audio window as stored (int16); `finish` then does on that device,
 batched, what kernels.frames_to_rgb and audio.log_mel do in a worker.
 
-The video is the same to the bit: the filter taps come from kernels.filter_taps, the products are added in the
+The video is the same to the bit: the filter taps come from kernels.view_taps, the products are added in the
 kernel's order in float32, then converted in float64 as the kernel does (each torch op one IEEE operation,
 nothing fused). The log-mel is the same function; on another device its FFT and matrix product round
 differently (within float32 precision).
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .audio import log_mel, pcm_float
-from .kernels import filter_taps, reach
+from .kernels import Taps, reach, view_taps
 from ..stored.views import ViewSpec
 
 REGION = "shipped_region"  # a shipped batch's key: where each view's frames lie (module docstring)
@@ -37,21 +37,19 @@ def plane_blocks(frames):
     return (frames[..., :height, :], frames[..., height:, :width // 2], frames[..., height:, width // 2:])
 
 
-def _extent(start: int, length: int, crop: int, limit: int) -> tuple[int, int]:
-    """[first, stop) on even luma pixels, holding what the luma filter of [start, start + length) and the chroma
-    filter of its half read (limit: the frame's even extent)."""
-    luma = reach(*filter_taps(start, length, crop, limit)[::2])
-    chroma = reach(*filter_taps(start / 2, length / 2, crop, limit // 2)[::2])
-    first, stop = min(luma[0], 2 * chroma[0]), max(luma[1], 2 * chroma[1])
-    return first // 2 * 2, min(limit, (stop + 1) // 2 * 2)
+def _extent(luma: Taps, chroma: Taps, limit: int) -> tuple[int, int]:
+    """[first, stop) on even luma pixels, holding what a luma filter and its chroma filter read along one axis
+    (limit: the frame's even extent)."""
+    (a0, a1), (b0, b1) = reach(luma[0], luma[2]), reach(chroma[0], chroma[2])
+    return min(a0, 2 * b0) // 2 * 2, min(limit, (max(a1, 2 * b1) + 1) // 2 * 2)
 
 
 def region(box: tuple[int, int, int, int], crop: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
     """(row, column, h, w) of a stored frame of `size` (H, W) that a view's box (y0, x0, h, w) resized to crop x crop
     reads: all a worker ships of its frames."""
-    (y0, x0, h, w), (height, width) = box, size
-    r0, r1 = _extent(y0, h, crop, height)
-    c0, c1 = _extent(x0, w, crop, width)
+    luma_rows, luma_cols, chroma_rows, chroma_cols = view_taps(box, crop, size)
+    r0, r1 = _extent(luma_rows, chroma_rows, size[0])
+    c0, c1 = _extent(luma_cols, chroma_cols, size[1])
     return r0, c0, r1 - r0, c1 - c0
 
 
@@ -59,7 +57,8 @@ def region_bytes(frames: int, where: tuple[int, int, int, int]) -> int:
     return frames * where[2] * where[3] * 3 // 2
 
 
-def ship_frame(planes: tuple[np.ndarray, np.ndarray, np.ndarray], where: tuple[int, int, int, int], out: np.ndarray) -> None:
+def ship_frame(planes: tuple[np.ndarray, np.ndarray, np.ndarray], where: tuple[int, int, int, int],
+               out: np.ndarray) -> None:
     """A decoded frame's (Y, U, V) → its region, into `out` [3h/2, w]."""
     r0, c0, h, w = where
     y, u, v = plane_blocks(out)
@@ -74,10 +73,9 @@ def _taps(layout: np.ndarray, params: np.ndarray, crop: int, device: torch.devic
     the kernel, on index 0)."""
     views = {"luma": [], "chroma": []}
     for (_, r0, c0, _, _, height, width), (_, y0, x0, h, w, _, _) in zip(layout.tolist(), params.tolist()):
-        for name, (rows, cols), (first_row, first_col) in (
-                ("luma", (filter_taps(y0, h, crop, height), filter_taps(x0, w, crop, width)), (r0, c0)),
-                ("chroma", (filter_taps(y0 / 2, h / 2, crop, height // 2),  # as kernels.BoxResize: half resolution
-                            filter_taps(x0 / 2, w / 2, crop, width // 2)), (r0 // 2, c0 // 2))):
+        luma_rows, luma_cols, chroma_rows, chroma_cols = view_taps((y0, x0, h, w), crop, (height, width))
+        for name, rows, cols, first_row, first_col in (("luma", luma_rows, luma_cols, r0, c0),
+                                                       ("chroma", chroma_rows, chroma_cols, r0 // 2, c0 // 2)):
             views[name].append(((rows[0] - first_row, rows[1]), (cols[0] - first_col, cols[1])))
     out = {}
     for name, per_view in views.items():

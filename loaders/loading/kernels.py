@@ -147,10 +147,8 @@ class BoxResize:
     `frame_size`: the luma plane's (height, width)."""
 
     def __init__(self, box: tuple[int, int, int, int], size: int, frame_size: tuple[int, int], flip: bool):
-        y0, x0, h, w = box
-        height, width = frame_size
-        luma = (*filter_taps(y0, h, size, height), *filter_taps(x0, w, size, width))
-        chroma = (*filter_taps(y0 / 2, h / 2, size, height // 2), *filter_taps(x0 / 2, w / 2, size, width // 2))  # half resolution
+        luma_rows, luma_cols, chroma_rows, chroma_cols = view_taps(box, size, frame_size)
+        luma, chroma = (*luma_rows, *luma_cols), (*chroma_rows, *chroma_cols)
         self.taps, self.flip = (*luma, *chroma), flip
         self.luma = np.empty((_span(luma[0], luma[2]), size), np.float32)
         chroma_rows = _span(chroma[0], chroma[2])
@@ -160,6 +158,17 @@ class BoxResize:
     def __call__(self, luma: np.ndarray, u: np.ndarray, v: np.ndarray, out: np.ndarray) -> None:
         """One frame's planes (2-D, rows of any stride) → out [size, size, 3] uint8."""
         _frame_to_rgb(luma, u, v, *self.taps, self.flip, self.luma, self.u, self.v, self.rows, self.rgb, out)
+
+
+Taps = tuple[np.ndarray, np.ndarray, np.ndarray]  # filter_taps: index, weight, count
+
+
+def view_taps(box: tuple[int, int, int, int], size: int, frame_size: tuple[int, int]) -> tuple[Taps, Taps, Taps, Taps]:
+    """The 1-D filters that resize a view's box (y0, x0, h, w) of a frame of `frame_size` (H, W) to size x size: luma
+    rows, luma columns, chroma rows, chroma columns (4:2:0 chroma: the box at half resolution)."""
+    (y0, x0, h, w), (height, width) = box, frame_size
+    return (filter_taps(y0, h, size, height), filter_taps(x0, w, size, width),
+            filter_taps(y0 / 2, h / 2, size, height // 2), filter_taps(x0 / 2, w / 2, size, width // 2))
 
 
 def reach(index: np.ndarray, count: np.ndarray) -> tuple[int, int]:

@@ -187,11 +187,11 @@ LEASE = "__lease__"    # {key: (worker, slot)}: the pooled shared memory a batch
 
 
 class _ClipPool:
-    """A worker's shared-memory tensors for its batches' clips and audio, each reused once the main process has dropped the
-    batch that carried it (it sends the slot back through `released`). A fresh 38 MB shared tensor (16 clips of
-    16 x 224 x 224) cost 45 ms to fill on the 2-core development VM against 1 ms for a reused one: the page
-    faults, not the copy. With no slot released it allocates another: it never waits, and a caller that keeps
-    every batch (list(loader)) keeps every batch's memory."""
+    """A worker's shared-memory tensors for its batches' clips and audio, each reused once the main process has
+    dropped the batch that carried it (it sends the slot back through `released`). A fresh 38 MB shared tensor
+    (16 clips of 16 x 224 x 224) cost 45 ms to fill on the 2-core development VM against 1 ms for a reused one:
+    the page faults, not the copy. With no slot released it allocates another: it never waits, and a caller that
+    keeps every batch (list(loader)) keeps every batch's memory."""
 
     def __init__(self, released: multiprocessing.SimpleQueue):
         self.released, self.slots, self.free = released, [], []

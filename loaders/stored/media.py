@@ -73,7 +73,8 @@ def h264_frames(data: bytes, start: int, stop: int, threads: bool = False) -> It
 Planes = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
-def h264_stream(data: bytes, indices: Sequence[int], size: tuple[int, int] | None = None) -> Iterator[tuple[int, Planes]]:
+def h264_stream(data: bytes, indices: Sequence[int],
+                size: tuple[int, int] | None = None) -> Iterator[tuple[int, Planes]]:
     """Frames `indices` of a constant-frame-rate mp4, in order as they decode, each as (index, (Y, U, V)): yuv420p
     arrays [H, W], [H/2, W/2] (x2) over FFmpeg's own frame memory, valid until the next frame is asked for unless
     kept (each array keeps its frame alive). Frames between the wanted ones are dropped as they decode. A frame

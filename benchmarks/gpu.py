@@ -39,7 +39,7 @@ from umt.engine.methods import Method  # noqa: E402
 from umt.engine.methods.umt import Umt  # noqa: E402
 from umt.engine.models import LateFusionNet, ModelConfig  # noqa: E402
 from umt.engine.targets import OnlineTeachers  # noqa: E402
-from umt.loaders.loading.finish import REGION, finish, region, region_bytes, ship_frame  # noqa: E402
+from umt.loaders.loading.finish import REGION, finish, pack_shipped  # noqa: E402
 from umt.loaders.loading.kernels import resize_to_rgb  # noqa: E402
 from umt.loaders.stored.views import ViewSpec  # noqa: E402
 
@@ -108,22 +108,15 @@ def shipped_batch(size: int, frames: int, crop: int, frame: tuple[int, int], sec
     """A batch as the workers ship it (noise frames, random boxes, flips) and each view's packed planes."""
     height, width = frame
     packed = [rng.integers(0, 256, (frames, height * 3 // 2, width), dtype=np.uint8) for _ in range(size)]
-    params, layout, flat, offset = [], [], [], 0
-    for planes in packed:
+    params = []
+    for _ in packed:
         h, w = int(rng.integers(crop // 2, height + 1)), int(rng.integers(crop // 2, width + 1))
-        box = (int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w)
-        where = region(box, crop, frame)
-        out = np.empty((frames, where[2] * 3 // 2, where[3]), np.uint8)
-        for t in range(frames):
-            chroma = planes[t, height:].reshape(2, height // 2, width // 2)
-            ship_frame((planes[t, :height], chroma[0], chroma[1]), where, out[t])
-        params.append((0, *box, int(rng.integers(0, 2)), 0))
-        layout.append((offset, *where, height, width))
-        flat.append(out.ravel())
-        offset += region_bytes(frames, where)
+        params.append((0, int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w,
+                       int(rng.integers(0, 2)), 0))
+    flat, layout = pack_shipped(packed, [p[1:5] for p in params], crop)
     audio = rng.integers(-2 ** 15, 2 ** 15, (size, int(seconds * 16000)), dtype=np.int16)
-    return {"video": torch.from_numpy(np.concatenate(flat)), REGION: torch.tensor(layout),
-            "params": torch.tensor(params, dtype=torch.int32), "audio": torch.from_numpy(audio)}, packed
+    return {"video": flat, REGION: layout, "params": torch.tensor(params, dtype=torch.int32),
+            "audio": torch.from_numpy(audio)}, packed
 
 
 def finish_cost(args, device: torch.device) -> dict:

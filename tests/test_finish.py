@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from umt.loaders.loading.finish import finish_video, region, ship_frame
+from umt.loaders.loading.finish import finish_video, pack_shipped, region
 from umt.loaders.loading.kernels import resize_to_rgb
 from umt.loaders.loading.loader import make_loader
 from umt.loaders.making.inputs import ClipInput
@@ -51,21 +51,6 @@ def test_views_finished_on_the_device_equal_views_finished_in_the_workers(mixed,
     assert flips == {0, 1}
 
 
-def _shipped(frames: list[np.ndarray], boxes: list[tuple], crop: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each sample's packed planes [T, 3H/2, W] → a shipped batch (flat, REGION) as the workers write it."""
-    flat, layout = [], []
-    for packed, box in zip(frames, boxes):
-        t, height, width = packed.shape[0], packed.shape[1] * 2 // 3, packed.shape[2]
-        where = region(box, crop, (height, width))
-        out = np.zeros((t, where[2] * 3 // 2, where[3]), np.uint8)
-        for frame, planes in zip(out, packed):
-            chroma = planes[height:].reshape(2, height // 2, width // 2)
-            ship_frame((planes[:height], chroma[0], chroma[1]), where, frame)
-        layout.append((sum(f.size for f in flat), *where, height, width))
-        flat.append(out.ravel())
-    return torch.from_numpy(np.concatenate(flat)), torch.tensor(layout)
-
-
 def test_finished_views_equal_the_kernel_on_random_boxes():
     """Noise frames of three sizes in one batch, random boxes from 3x3 to the whole frame (enlarging, and shrinking
     up to 5x: 1 to 11 taps), flipped or not, each shipped as the region its filter reads: each view equals the
@@ -79,7 +64,7 @@ def test_finished_views_equal_the_kernel_on_random_boxes():
             bh, bw = int(rng.integers(3, h + 1)), int(rng.integers(3, w + 1))
             params.append([0, int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1)), bh, bw,
                            int(rng.integers(0, 2)), 0])
-        flat, layout = _shipped(frames, [tuple(p[1:5]) for p in params], crop)
+        flat, layout = pack_shipped(frames, [tuple(p[1:5]) for p in params], crop)
         out = finish_video(flat, layout, torch.tensor(params), 2, crop)
         for i, (_, y0, x0, bh, bw, flip, _) in enumerate(params):
             assert np.array_equal(out[i].numpy(), resize_to_rgb(frames[i], (y0, x0, bh, bw), crop, bool(flip)))

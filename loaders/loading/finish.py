@@ -67,6 +67,25 @@ def ship_frame(planes: tuple[np.ndarray, np.ndarray, np.ndarray], where: tuple[i
     v[:] = planes[2][r0 // 2:(r0 + h) // 2, c0 // 2:(c0 + w) // 2]
 
 
+def pack_shipped(clips: Sequence[np.ndarray], boxes: Sequence[tuple[int, int, int, int]],
+                 crop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whole clips as yuv420p planes [T, 3H/2, W] (FFmpeg's `to_ndarray` packing) and each one's view box → the
+    (flat, REGION layout) the workers ship for them: the layout written out in one place for checks and benchmarks
+    (the workers write it frame by frame as they decode, pipeline.ship_view)."""
+    flat, layout, offset = [], [], 0
+    for packed, box in zip(clips, boxes):
+        frames, height, width = packed.shape[0], packed.shape[1] * 2 // 3, packed.shape[2]
+        where = region(box, crop, (height, width))
+        out = np.empty((frames, where[2] * 3 // 2, where[3]), np.uint8)
+        for planes, frame in zip(packed, out):
+            chroma = planes[height:].reshape(2, height // 2, width // 2)
+            ship_frame((planes[:height], chroma[0], chroma[1]), where, frame)
+        layout.append((offset, *where, height, width))
+        flat.append(out.ravel())
+        offset += out.size
+    return torch.from_numpy(np.concatenate(flat)), torch.tensor(layout)
+
+
 def _taps(layout: np.ndarray, params: np.ndarray, crop: int, device: torch.device) -> dict[str, tuple]:
     """Each view's filter taps, indexed within its region, as batch tensors: "luma"/"chroma" → (row index, row
     weight, column index, column weight), each [B, crop, K] (K: the batch's most taps; the others weigh 0, as in
@@ -133,30 +152,45 @@ def _unpacked(flat: torch.Tensor, layout: np.ndarray, frames: int) -> list[torch
     return planes
 
 
+class _Views:
+    """What finishing a batch's views needs besides their frames, on the device: the taps (computed once for all
+    its video modalities) and the flips."""
+
+    def __init__(self, layout: torch.Tensor, params: torch.Tensor, crop: int, device: torch.device):
+        self.layout, params = layout.cpu().numpy(), params.cpu().numpy()
+        self.taps = _taps(self.layout, params, crop, device)
+        self.flip = torch.from_numpy(params[:, 5].astype(bool)).to(device).view(-1, 1, 1, 1, 1)
+
+    def finished(self, flat: torch.Tensor, frames: int, flow: bool) -> torch.Tensor:
+        luma, u, v = _unpacked(flat, self.layout, frames)
+        taps = self.taps
+        rgb = _rgb(_resized(luma, *taps["luma"]), _resized(u, *taps["chroma"]), _resized(v, *taps["chroma"]))
+        if flow:
+            rgb[..., 0] = torch.where(self.flip[..., 0], 255 - rgb[..., 0], rgb[..., 0])
+        return torch.where(self.flip, rgb.flip(3), rgb)
+
+
 def finish_video(flat: torch.Tensor, layout: torch.Tensor, params: torch.Tensor, frames: int, crop: int,
                  flow: bool = False) -> torch.Tensor:
     """Shipped regions (`flat` uint8 on the finishing device, REGION `layout` [B, 7]) → the views
     [B, T, crop, crop, 3] uint8: each view's box (params: the view records [B, 7]) resized, converted to RGB,
     flipped where the view says (flow: its x component negated too)."""
-    layout, params = layout.cpu().numpy(), params.cpu().numpy()
-    taps = _taps(layout, params, crop, flat.device)
-    luma, u, v = _unpacked(flat, layout, frames)
-    rgb = _rgb(_resized(luma, *taps["luma"]), _resized(u, *taps["chroma"]), _resized(v, *taps["chroma"]))
-    flip = torch.from_numpy(params[:, 5].astype(bool)).to(flat.device).view(-1, 1, 1, 1, 1)
-    if flow:
-        rgb[..., 0] = torch.where(flip[..., 0], 255 - rgb[..., 0], rgb[..., 0])
-    return torch.where(flip, rgb.flip(3), rgb)
+    return _Views(layout, params, crop, flat.device).finished(flat, frames, flow)
 
 
 def finish(batch: dict, spec: ViewSpec, videos: Sequence[str], sample_rate: int | None,
            device: torch.device) -> dict:
     """A batch shipped by the workers (pipeline.ship_view) → the batch the worker-finished loader yields, its video
-    and audio on `device` (labels, rows, views and params stay on the host, as there)."""
+    and audio on `device` (labels, rows, views and params stay on the host, as there).
+
+    Every copy to the device comes before any work there: a copy from pageable memory waits for the device's
+    stream, so one after the first kernels would wait for them."""
+    shipped = {m: batch[m].to(device, non_blocking=True) for m in videos}
+    audio = batch["audio"].to(device, non_blocking=True) if "audio" in batch else None
+    views = _Views(batch[REGION], batch["params"], spec.crop, device) if videos else None
     out = {k: v for k, v in batch.items() if k != REGION}
     for m in videos:
-        out[m] = finish_video(batch[m].to(device, non_blocking=True), batch[REGION], batch["params"], spec.frames,
-                              spec.crop, flow=m == "flow")
-    if "audio" in batch:
-        wave = pcm_float(batch["audio"].to(device, non_blocking=True))
-        out["audio"] = log_mel(wave, sample_rate, spec.mel_bins).unsqueeze(1)
+        out[m] = views.finished(shipped[m], spec.frames, flow=m == "flow")
+    if audio is not None:
+        out["audio"] = log_mel(pcm_float(audio), sample_rate, spec.mel_bins).unsqueeze(1)
     return out

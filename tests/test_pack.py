@@ -188,8 +188,12 @@ def test_pack_flow_videos_as_a_modality(tmp_path):
     spec = ViewSpec(frames=4, stride=2, crop=20, audio_seconds=0.5, mel_bins=16)
     seen = {}
     for epoch in range(6):
-        for batch in make_loader(out, "train", spec, ["video", "flow"], ViewPolicy(0, epoch, True), 2):
+        on_device = make_loader(out, "train", spec, ["video", "flow"], ViewPolicy(0, epoch, True), 2,
+                                finish_on=torch.device("cpu"))  # finish.py: the same clips, flow's flip too
+        for batch, finished in zip(make_loader(out, "train", spec, ["video", "flow"], ViewPolicy(0, epoch, True), 2),
+                                   on_device, strict=True):
             assert batch["flow"].shape == batch["video"].shape == (2, 4, 20, 20, 3)
+            assert torch.equal(batch["flow"], finished["flow"]) and torch.equal(batch["video"], finished["video"])
             for flip, clip in zip(batch["params"][:, 5].tolist(), batch["flow"].float()):
                 seen[flip] = clip.mean((0, 1, 2))
     assert set(seen) == {0, 1}

@@ -125,10 +125,9 @@ def finish_views(media: _Media, spec: ViewSpec, out: dict[str, torch.Tensor] | N
     for i, view in enumerate(media.views):
         item = media.item(i)
         for m in media.video:
-            if m == "flow" and view.flip:
-                clips = out[m][i]
-                clips[..., 0] = 255 - clips[..., 0]
             item[m] = out[m][i]
+            if m == "flow" and view.flip:
+                item[m][..., 0] = 255 - item[m][..., 0]
         if media.wave is not None:
             item["audio"] = mels[i]
         items.append(item)

@@ -30,7 +30,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 from tqdm import tqdm
 
 from umt.loaders.loading.loader import finish_device, make_loader
-from umt.loaders.loading.bad import BadSamples
+from umt.loaders.loading.bad import BadSamples, Skipped
 from umt.loaders.stored.views import ViewPolicy
 from umt.loaders.stored.shards import load_manifest, modality_inputs
 
@@ -93,7 +93,12 @@ class LoopState:
     best_val: float | None = None
     best_epoch: int | None = None
     method: dict[str, Any] = field(default_factory=dict)  # the method's own state (Method.state_dict)
-    skipped: list[str] = field(default_factory=list)      # damaged samples met, all ranks: "epoch\tshard\tkey\treason"
+    skipped: list[tuple[int, Skipped]] = field(default_factory=list)  # damaged samples met, all ranks: (epoch, record)
+
+    def __post_init__(self) -> None:
+        """A checkpoint may hold the damaged samples as "epoch<TAB>shard<TAB>key<TAB>reason" strings."""
+        fields_of = [e.split("\t") if isinstance(e, str) else e for e in self.skipped]
+        self.skipped = [(int(f[0]), Skipped(*f[1:])) if len(f) == 4 else (f[0], Skipped(*f[1])) for f in fields_of]
 
 
 def run(cfg: TrainConfig) -> dict:
@@ -172,7 +177,7 @@ def _train(cfg: TrainConfig, method: Method, num_classes: int, inputs: dict[str,
     model, optimizer = accelerator.prepare(model, optimizer)
     net = accelerator.unwrap_model(model)
 
-    met: list[str] = []  # damaged samples this rank met since the ranks last pooled them
+    met: list[tuple[int, Skipped]] = []  # damaged samples this rank met since the ranks last pooled them
     trace = SampleTrace(cfg.out, rank, world, state.step)
 
     def pool_skipped() -> None:
@@ -304,25 +309,22 @@ def _end_of_epoch(cfg: TrainConfig, method: Method, state: LoopState, net: LateF
     return record
 
 
-def _warn_skipped(skipped: list[str], epoch: int) -> list[str]:
+def _warn_skipped(skipped: list[Skipped], epoch: int) -> list[tuple[int, Skipped]]:
     """Name each damaged sample the loader replaced; returns them tagged with the epoch."""
-    for entry in skipped:
-        shard, key, reason = entry.split("\t")
-        tqdm.write(f"umt-train: warning: skipped damaged sample {key} of {shard}: {reason} "
-                   "(another sample of its batch took its place)")
-    return [f"{epoch}\t{entry}" for entry in skipped]
+    for sample in skipped:
+        tqdm.write(f"umt-train: warning: skipped damaged sample {sample} (another sample of its batch took its place)")
+    return [(epoch, sample) for sample in skipped]
 
 
-def skipped_summary(skipped: list[str], epoch: int | None = None) -> dict:
+def skipped_summary(skipped: list[tuple[int, Skipped]], epoch: int | None = None) -> dict:
     """Damaged samples met (in one epoch, or in all): how many per shard, and each named once with its reason."""
-    rows = [entry.split("\t") for entry in skipped]
-    rows = [r for r in rows if epoch is None or int(r[0]) == epoch]
+    met = [sample for e, sample in skipped if epoch is None or e == epoch]
     per_shard: dict[str, int] = {}
-    for _, shard, _, _ in rows:
-        name = shard.rsplit("/", 1)[-1]
+    for sample in met:
+        name = sample.shard.rsplit("/", 1)[-1]
         per_shard[name] = per_shard.get(name, 0) + 1
-    return {"skipped": len(rows), "per_shard": dict(sorted(per_shard.items())),
-            "samples": sorted({f"{shard.rsplit('/', 1)[-1]} {key}: {reason}" for _, shard, key, reason in rows})}
+    return {"skipped": len(met), "per_shard": dict(sorted(per_shard.items())),
+            "samples": sorted({f"{s.shard.rsplit('/', 1)[-1]} {s.key}: {s.reason}" for s in met})}
 
 
 def best_path(out: str) -> Path:

@@ -11,7 +11,7 @@ from umt.engine.cli import main as train_main
 from umt.loaders.loading.loader import make_loader
 from umt.loaders.stored.media import MediaError
 from umt.loaders.stored.shards import DataError
-from umt.loaders.loading.bad import BadSamples
+from umt.loaders.loading.bad import BadSamples, Skipped
 from umt.loaders.stored.views import ViewPolicy, ViewSpec
 
 from conftest import MODEL_ARGS, accelerate_launch, kill_and_resume
@@ -44,8 +44,9 @@ def test_skip_replaces_exactly_the_damaged_samples_and_keeps_every_batch(data, t
     clean, batches = _epoch(data, "skip", workers), _epoch(damaged, "skip", workers, finish_on=finish_on)
     assert len(batches) == len(clean) == 8
     skipped = [b for batch in batches for b in batch["bad_samples"]]
-    assert sorted(s.split("\t")[1] for s in skipped) == sorted([keys[2], keys[9]])
-    assert all(s.split("\t")[0].endswith(SHARD) for s in skipped)
+    assert all(isinstance(s, Skipped) for s in skipped)
+    assert sorted(s.key for s in skipped) == sorted([keys[2], keys[9]])
+    assert all(s.shard.endswith(SHARD) for s in skipped)
     for good, bad in zip(clean, batches):
         assert len(bad["row"]) == 8
         kept = [r for r in bad["row"].tolist() if r in good["row"].tolist()]
@@ -61,8 +62,9 @@ def test_truncated_shard_skips_each_row_it_cannot_give(data, tmp_path):
     batches = _epoch(damaged, "skip")
     assert len(batches) == 8
     skipped = [b for batch in batches for b in batch["bad_samples"]]
-    assert skipped and all(s.split("\t")[0].endswith(SHARD) for s in skipped)
-    assert all("breaks off" in s or "missing" in s or "undecodable" in s or "no member" in s for s in skipped), skipped
+    assert skipped and all(s.shard.endswith(SHARD) for s in skipped)
+    assert all(any(why in s.reason for why in ("breaks off", "missing", "undecodable", "no member")) for s in skipped), \
+        skipped
 
 
 def test_error_policy_stops_naming_the_shard_and_sample(data, tmp_path):
@@ -157,7 +159,7 @@ def test_vector_sets_skip_exactly_the_damaged_samples_with_the_cpu_rule(strong_w
         assert bad["row"].tolist() == kept + kept[:8 - len(kept)]  # the good ones, then the first of them again
         assert bad["view"].tolist() == [view[r] for r in bad["row"].tolist()]
         assert all(torch.equal(bad[m][i], vector[r, m]) for i, r in enumerate(bad["row"].tolist()) for m in ("strong", "weak"))
-    skipped = sorted(s.split("\t")[:2] for b in batches for s in b["bad_samples"])
+    skipped = sorted([s.shard, s.key] for b in batches for s in b["bad_samples"])
     assert [(shard.rsplit("/", 1)[-1], key) for shard, key in skipped] == [("train-000001.tar", "train_0000045"),
                                                                             ("train-000001.tar", "train_0000050")]
     assert [(b["row"].tolist(), b["bad_samples"]) for b in _vector_epoch(damaged, "skip", skip=3)] == \
@@ -168,5 +170,13 @@ def test_vector_sets_skip_exactly_the_damaged_samples_with_the_cpu_rule(strong_w
     truncate(damaged / "train-000003.tar")
     cut = _vector_epoch(damaged, "skip")
     assert len(cut) == 168 // 8 and all(len(b["row"]) == 8 for b in cut)
-    named = {s.split("\t")[0].rsplit("/", 1)[-1] for b in cut for s in b["bad_samples"]}
+    named = {s.shard.rsplit("/", 1)[-1] for b in cut for s in b["bad_samples"]}
     assert named == {"train-000001.tar", "train-000003.tar"}
+
+
+def test_loop_state_keeps_skipped_records_through_a_checkpoint_and_reads_tab_joined_ones():
+    from dataclasses import asdict
+    from umt.engine.train import LoopState
+    met = [(0, Skipped("data/train-000000.tar", "k1", "undecodable")), (1, Skipped("s.tar", "k2", "missing flac"))]
+    assert LoopState(**asdict(LoopState(skipped=met))).skipped == met
+    assert LoopState(skipped=["1\ts.tar\tk2\tmissing flac"]).skipped == met[1:]

@@ -271,5 +271,5 @@ def test_skip_finds_damage_dali_cannot_name_and_replaces_it_as_the_cpu_backend_d
     for a, b in zip(got, want):
         assert all(torch.equal(a[key], b[key]) for key in ("label", "row", "view", "params"))
         torch.testing.assert_close(a["audio"], b["audio"], rtol=0, atol=5e-5)
-        assert [s.split("\t")[:2] for s in a["bad_samples"]] == [s.split("\t")[:2] for s in b["bad_samples"]]
-    assert sorted(s.split("\t")[1] for b in got for s in b["bad_samples"]) == sorted([keys[2], keys[5]])
+        assert [s[:2] for s in a["bad_samples"]] == [s[:2] for s in b["bad_samples"]]
+    assert sorted(s.key for b in got for s in b["bad_samples"]) == sorted([keys[2], keys[5]])

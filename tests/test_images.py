@@ -276,7 +276,7 @@ def test_damaged_images_are_found_before_the_epoch_and_skipped_with_the_cpu_rule
         kept = [r for r in good["row"].tolist() if r not in (3, 10)]
         assert bad["row"].tolist() == kept + kept[:4 - len(kept)]  # the good ones, then the first of them again
         assert all(torch.equal(bad[v][i], pixels[r, v]) for i, r in enumerate(bad["row"].tolist()) for v in ("front", "rear"))
-    skipped = sorted((s.split("\t")[0], s.split("\t")[1]) for b in batches for s in b["bad_samples"])
+    skipped = sorted((s.shard, s.key) for b in batches for s in b["bad_samples"])
     assert skipped == [(str(beton), "row 10"), (str(beton), "row 3")]
     with pytest.raises(UserError, match=f"{beton.name} row 3: front image does not decode"):
         _epoch(damaged)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .audio import EPS, HOP, N_FFT
-from .bad import BadSamples, Streak, filled
+from .bad import BadSamples, Skipped, Streak, filled
 from ..errors import UserError
 from ..stored.media import MediaError
 from .plan import EpochPlan, PlannedLoader
@@ -119,21 +119,21 @@ def dali_view_audio(encoded, params, spec: ViewSpec, sample_rate: int, device: s
 
 def view_samples(paths: Sequence[str], plan: EpochPlan, spec: ViewSpec, policy: ViewPolicy,
                  sample_rate: int | None = None, damaged: Sequence[dict[str, str]] | None = None
-                 ) -> Iterator[dict[str, np.ndarray] | str]:
+                 ) -> Iterator[dict[str, np.ndarray] | Skipped]:
     """The plan's tar samples in its order, as the pipeline's inputs.
 
     Each holds the encoded "mp4" and "flac" bytes, the view "params" int32 [7] from the cpu
     backend's own make_view and "meta" (label, row, view index) int64 [3]. A sample whose audio is
     not at `sample_rate` (the rate the spectrogram graph was built for) is an error. With `damaged`
     (per shard: key → reason, from the integrity pass), a sample that is unreadable, or named there,
-    comes as its name "shard<TAB>key<TAB>reason" instead (the `skip` policy); without, it is an error.
+    comes as its `Skipped` record instead (the `skip` policy); without, it is an error.
     """
     rows, views = plan.rows, policy.indices(plan.rows)
     tolerate = damaged is not None
     for shard, sample, index in zip(plan.shards().tolist(), planned_samples(paths, plan.offsets, rows, tolerate),
                                     views.tolist()):
         if isinstance(sample, Unreadable):
-            yield f"{sample.url}\t{sample.key}\t{sample.reason}"
+            yield Skipped.of(sample, sample.reason)
             continue
         where = (sample.get("__url__", "?"), sample.get("__key__", "?"))
         try:
@@ -144,7 +144,7 @@ def view_samples(paths: Sequence[str], plan: EpochPlan, spec: ViewSpec, policy: 
             view = make_view(policy.seed, meta["row"], index, spec, geom)
         except (KeyError, ValueError) as err:  # MediaError is a ValueError
             if tolerate:
-                yield f"{where[0]}\t{where[1]}\t{err}"
+                yield Skipped.of(sample, err)
                 continue
             raise MediaError(f"{where[0]} sample {where[1]}: {err}") from err
         if sample_rate is not None and geom.sample_rate != sample_rate:
@@ -188,7 +188,7 @@ class DaliLoader(PlannedLoader):
         self.sample_rate, self.device_id, self.num_threads = sample_rate, device_id, num_threads
         self.entries, self.bad, self.skipped = list(entries), bad, deque()
 
-    def inputs(self) -> Iterator[dict[str, np.ndarray] | str]:
+    def inputs(self) -> Iterator[dict[str, np.ndarray] | Skipped]:
         """The pipeline's per-sample inputs, in the plan's order (names of damaged samples under `skip`)."""
         damaged = None
         if self.bad.skip:
@@ -204,13 +204,13 @@ class DaliLoader(PlannedLoader):
         samples, streak = self.inputs(), Streak(self.bad)
         for _ in range(len(self)):
             got = list(itertools.islice(samples, self.plan.batch_size))
-            names = [s for s in got if isinstance(s, str)]
+            names = [s for s in got if isinstance(s, Skipped)]
             for s in got:
-                if isinstance(s, str):
+                if isinstance(s, Skipped):
                     streak.damaged(s)
                 else:
                     streak.good()
-            batch = filled([s for s in got if not isinstance(s, str)], names)
+            batch = filled([s for s in got if not isinstance(s, Skipped)], names)
             self.skipped.append(names)
             yield tuple([sample[key] for sample in batch] for key in keys)
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .bad import BadSamples, Streak, filled
+from .bad import BadSamples, Skipped, Streak, filled
 from .plan import EpochPlan, PlannedLoader
 from ..stored.shards import MANIFEST, DataError, is_image_set, load_manifest, sha256_file, split_shards
 from ..stored.views import (CENTRE, Geometry, ViewPolicy, ViewSpec, make_views, spec_params, view_indices,
@@ -189,7 +189,7 @@ class ImageLoader(PlannedLoader):
             names = []
             for row in batch.tolist():
                 if row in damaged:
-                    names.append(f"{self.beton}\trow {row}\t{damaged[row]}")
+                    names.append(Skipped(str(self.beton), f"row {row}", damaged[row]))
                     if not self.bad.skip:
                         raise DataError(f"{self.beton} row {row}: {damaged[row]}")
                     streak.damaged(names[-1])

@@ -23,7 +23,7 @@ import torch
 import webdataset as wds
 
 from .audio import log_mel, pcm_float
-from .bad import BadSamples, Streak, filled
+from .bad import BadSamples, Skipped, Streak, filled
 from .finish import REGION, finish, region, region_bytes, ship_frame
 from ..errors import UserError
 from .kernels import BoxResize, load as load_kernels
@@ -270,10 +270,10 @@ class _PlannedBatches(torch.utils.data.IterableDataset):
             yield {**collate(items, clips), **({"bad_samples": skipped} if self.bad.skip else {}),
                    **({LEASE: leases} if leases else {})}
 
-    def _skipped(self, sample: dict | Unreadable, err: Exception, skipped: list[str], streak: Streak) -> None:
+    def _skipped(self, sample: dict | Unreadable, err: Exception, skipped: list[Skipped], streak: Streak) -> None:
         if not self.bad.skip:
             raise err
-        skipped.append(_name(sample, err))
+        skipped.append(Skipped.of(sample, err))
         streak.damaged(skipped[-1])
 
     def _media(self, sample: dict | Unreadable, view: int) -> "_Media":
@@ -314,14 +314,6 @@ class _PlannedBatches(torch.utils.data.IterableDataset):
         slot, memory = self.pool.take(int(np.prod(shape)) * dtype.itemsize)
         leases[key] = (self.worker, slot)
         return memory.view(dtype).view(shape)
-
-
-def _name(sample: dict | Unreadable, err: Exception) -> str:
-    """shard<TAB>key<TAB>reason of a skipped sample."""
-    if isinstance(sample, Unreadable):
-        return f"{sample.url}\t{sample.key}\t{sample.reason}"
-    url, key = sample.get("__url__", "?"), sample.get("__key__", "?")
-    return f"{url}\t{key}\t{str(err).removeprefix(f'{url} sample {key}: ')}"
 
 
 class CpuLoader(PlannedLoader):

@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .bad import BadSamples, Streak, filled
+from .bad import BadSamples, Skipped, Streak, filled
 from .plan import EpochPlan, PlannedLoader
 from ..stored.shards import DataError, member
 from .stream import Unreadable, planned_samples
@@ -24,9 +24,9 @@ from ..stored.views import VIEW_FIELDS, ViewPolicy
 
 @functools.lru_cache(maxsize=None)
 def read_shard(path: str, modalities: tuple[str, ...], offset: int, count: int,
-               tolerate: bool) -> tuple[dict[str, torch.Tensor], dict[int, str]]:
+               tolerate: bool) -> tuple[dict[str, torch.Tensor], dict[int, Skipped]]:
     """One shard's labels and vectors (rows offset..offset+count-1) as tensors, read once per process, and
-    its damaged rows, each named "shard<TAB>key<TAB>reason" (zeros in the tensors). Without `tolerate`,
+    its damaged rows, each named by its `Skipped` record (zeros in the tensors). Without `tolerate`,
     a damaged sample is a DataError naming shard and sample."""
     labels, vectors, damaged = [], {m: [] for m in modalities}, {}
     rows = np.arange(offset, offset + count, dtype=np.int64)
@@ -40,7 +40,7 @@ def read_shard(path: str, modalities: tuple[str, ...], offset: int, count: int,
             key = sample.key if isinstance(sample, Unreadable) else sample.get("__key__", f"row {row}")
             if not tolerate:
                 raise DataError(f"{path} sample {key}: {err}") from err
-            damaged[row] = f"{path}\t{key}\t{err}"
+            damaged[row] = Skipped(path, key, str(err))
             label, got = None, None
         labels.append(label)
         for m in modalities:

@@ -1,4 +1,4 @@
-"""Reading teacher targets at train time without per-sample Zarr reads (DESIGN.md §3).
+"""Reading teacher targets at train time without per-sample Zarr reads (docs/design.md, Invariants).
 
 A cache that fits the memory budget is read once, whole, onto the training device; a batch's
 targets are then one gather by (row, view). A larger cache is streamed: each Zarr shard (one data

@@ -7,7 +7,7 @@ samples, like the cpu backend's), and computes each sample's view with the same 
 view policy as the cpu backend, so both yield the same batches and a teacher cache built with one
 serves training with the other.
 
-DALI decodes FLAC on the CPU exactly as PyAV does, but has no CPU H.264 decoder (DESIGN.md §5):
+DALI decodes FLAC on the CPU exactly as PyAV does, but has no CPU H.264 decoder:
 video needs a CUDA GPU. With `device_id=None` the same pipeline runs on the CPU, which is how the
 tests check it without a GPU (on shards whose video is VP9, which DALI decodes on the CPU).
 """

@@ -1,6 +1,6 @@
 """WebDataset tar shards and the manifest that indexes them.
 
-Layout of a shard set (DESIGN.md §2):
+Layout of a shard set (docs/design.md, Data flow):
 
     DIR/manifest.json          classes, modalities, per split: shards with count, row offset, sha256
     DIR/<split>-000000.tar     members <key>.mp4, <key>.flac, <key>.json, in row order

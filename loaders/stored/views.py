@@ -1,7 +1,7 @@
 """Views: which part of a clip a model sees.
 
 A view is fully determined by (seed, sample row, view index) and the clip's geometry
-(DESIGN.md §3). The cache builder and the trainer both call `make_view`, so a student trains on
+(docs/design.md, Invariants). The cache builder and the trainer both call `make_view`, so a student trains on
 exactly the view whose teacher feature was cached. The draws are counter-based hashes (`draw`),
 computed for many rows at once.
 

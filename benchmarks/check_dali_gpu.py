@@ -1,7 +1,7 @@
 """Check the dali backend on a GPU machine: one epoch through the cpu and the dali backends.
 
-Untested on a GPU as of 2026-11: written on CPU-only machines, where tests/test_dali_audio.py
-covers everything in the dali backend except H.264 through NVDEC. Run it on a machine with a
+Not yet run on a GPU (README, Status): tests/test_dali_audio.py covers everything in the dali backend
+on the CPU except H.264 through NVDEC. Run it on a machine with a
 CUDA GPU and nvidia-dali-cuda130==2.4.0 (exit 0: the backends agree; 1: they do not; 2: no GPU/DALI):
 
     python benchmarks/check_dali_gpu.py --out benchmarks/results/dali_check_gpu.json

@@ -5,7 +5,7 @@
                         fingerprint (manifest hash), per-modality teacher fingerprint and feature
                         dim, the data shards it mirrors; `build`: versions, start time, processes
       features/<m>      float16 [N, V, D]   teacher feature of (row, view)
-      logits/<m>        float16 [N, V, C]   teacher classifier's logits on that feature (since /3)
+      logits/<m>        float16 [N, V, C]   teacher classifier's logits on that feature
       views             int32   [N, V, 7]   the view records (t0, y0, x0, h, w, flip, audio offset)
       keys              str     [N]         sample keys, to trace a row back to its clip
       done              uint8   [S]         completion marker per data shard

@@ -50,7 +50,8 @@ LIMITS = {"luma_mean": 0.5, "luma_p99": 1.5, "rgb_mean": 8.0, "log_mel_max": 1e-
 
 def loaders(data: Path, spec: ViewSpec, batch_size: int, workers: int, epoch: int) -> dict:
     policy = ViewPolicy(seed=0, epoch=epoch, train=True)
-    return {"cpu": make_loader(data, "train", spec, ["video", "audio"], policy, batch_size, num_workers=workers),
+    return {"cpu": make_loader(data, "train", spec=spec, modalities=["video", "audio"], policy=policy,
+                               batch_size=batch_size, num_workers=workers),
             "dali": dali_loader(data, "train", spec, ["video", "audio"], policy, batch_size, device_id=0)}
 
 

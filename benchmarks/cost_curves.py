@@ -84,7 +84,8 @@ def loader_curve(data: Path, repeats: int) -> dict:
     rates = {w: [] for w in (0, 1, 2)}
     for r in range(repeats):
         for w in list(rates)[r % 3:] + list(rates)[:r % 3]:
-            rates[w].append(timed_pass(make_loader(data, "train", SPEC, ["video", "audio"], ViewPolicy(0, r, True), 16, w)))
+            rates[w].append(timed_pass(make_loader(data, "train", spec=SPEC, modalities=["video", "audio"],
+                                                   policy=ViewPolicy(0, r, True), batch_size=16, num_workers=w)))
     return {"clips_per_s": {w: median(v) for w, v in rates.items()}, "runs": {w: [round(x, 1) for x in v]
                                                                               for w, v in rates.items()}}
 

@@ -241,8 +241,8 @@ def umt_pass(data: Path, spec: ViewSpec, policy: ViewPolicy, batch_size: int, wo
              finish_on: torch.device | None = None, shipped: bool = False):
     """A timed pass of umt's loader, built now: with `shipped`, the workers' batches as they ship them (views to
     be finished on `finish_on`, the trainer's device), without the finishing."""
-    loader = make_loader(data, "train", spec, ["video", "audio"], policy, batch_size, workers, backend=backend,
-                         finish_on=finish_on)
+    loader = make_loader(data, "train", spec=spec, modalities=["video", "audio"], policy=policy, batch_size=batch_size,
+                         num_workers=workers, backend=backend, finish_on=finish_on)
     return lambda: timed_pass(loader.shipped() if shipped else loader)
 
 
@@ -293,7 +293,8 @@ def image_bench(args: argparse.Namespace) -> None:
     spec = ViewSpec(frames=1, crop=56)
     runs = []
     for r in range(args.repeats + 1):  # the first pass compiles ffcv's pipeline: not counted
-        batches = iter(make_loader(work / "packed", "train", spec, ["front"], ViewPolicy(0, r, True), 256, 1))
+        batches = iter(make_loader(work / "packed", "train", spec=spec, modalities=["front"],
+                                   policy=ViewPolicy(0, r, True), batch_size=256, num_workers=1))
         next(batches)  # the clock starts at the first batch: ffcv compiles its pipeline once per epoch
         start, samples = time.perf_counter(), 0
         for batch in batches:

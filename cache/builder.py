@@ -144,8 +144,8 @@ def _image_set_features(data_dir: str, split: str, shard: dict, models: dict, cl
         for kind, width in zip(store.KINDS, (models[m].encoders[m].out_dim, classes)):
             parts[f"{kind}/{m}"] = np.zeros((count, num_views, width), np.float16)
     for view in range(num_views):
-        for batch in make_loader(data_dir, split, spec, modalities, ViewPolicy(seed, view=view), batch_size,
-                                 num_workers):
+        for batch in make_loader(data_dir, split, spec=spec, modalities=modalities, policy=ViewPolicy(seed, view=view),
+                                 batch_size=batch_size, num_workers=num_workers):
             rows = batch["row"].numpy()
             parts["params"][rows, view] = batch["params"].numpy()
             for m in modalities:

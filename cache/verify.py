@@ -104,7 +104,8 @@ def _views_of(group, data_dir: str, modalities: list[str], wanted: dict[int, int
     spec = ViewSpec.of(attrs["view_spec"])
     if is_image_set(load_manifest(data_dir)):
         for view in sorted(set(wanted.values())):
-            for batch in make_loader(data_dir, attrs["split"], spec, modalities, ViewPolicy(attrs["seed"], view=view), 64):
+            for batch in make_loader(data_dir, attrs["split"], spec=spec, modalities=modalities,
+                                     policy=ViewPolicy(attrs["seed"], view=view), batch_size=64):
                 for i, row in enumerate(batch["row"].tolist()):
                     if wanted.get(row) == view:
                         yield row, view, {m: batch[m][i] for m in modalities}

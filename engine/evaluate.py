@@ -29,8 +29,10 @@ def collect(forward: Forward, data: str, split: str, spec: ViewSpec, modalities:
     world = accelerator.num_processes if accelerator is not None else 1
     split_up = world > 1 and sum(s["count"] for s in split_shards(load_manifest(data), split)) >= world
     rank = accelerator.process_index if split_up else 0
-    passes = [_one_view(forward, make_loader(data, split, spec, modalities, ViewPolicy(0, view=view), batch_size,
-                                             num_workers, rank, world if split_up else 1, finish_on=finish_on),
+    passes = [_one_view(forward, make_loader(data, split, spec=spec, modalities=modalities,
+                                             policy=ViewPolicy(0, view=view), batch_size=batch_size,
+                                             num_workers=num_workers, rank=rank, world=world if split_up else 1,
+                                             finish_on=finish_on),
                           modalities, device)
               for view in views]
     if any(not torch.equal(p["rows"], passes[0]["rows"]) for p in passes):

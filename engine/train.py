@@ -153,10 +153,12 @@ def _train(cfg: TrainConfig, method: Method, num_classes: int, inputs: dict[str,
     glob, batch_size, streams = resume.layout(cfg, world, saved)
 
     def loader(epoch: int, skip: int = 0):
-        return make_loader(cfg.data, "train", cfg.view, cfg.modalities, ViewPolicy(seed, epoch, True, num_views),
-                           batch_size, cfg.num_workers, rank, world, skip, cfg.backend,
-                           device.index if device.type == "cuda" else None,
-                           BadSamples(cfg.bad_samples, cfg.bad_samples_limit), streams, finish_device(cfg.finish, device))
+        return make_loader(cfg.data, "train", spec=cfg.view, modalities=cfg.modalities,
+                           policy=ViewPolicy(seed, epoch, True, num_views), batch_size=batch_size,
+                           num_workers=cfg.num_workers, rank=rank, world=world, skip=skip, backend=cfg.backend,
+                           device_id=device.index if device.type == "cuda" else None,
+                           bad_samples=BadSamples(cfg.bad_samples, cfg.bad_samples_limit), streams=streams,
+                           finish_on=finish_device(cfg.finish, device))
 
     epoch_batches = [len(loader(e)) for e in range(cfg.epochs)]
     total = sum(math.ceil(n / cfg.grad_accum) for n in epoch_batches)  # optimiser steps

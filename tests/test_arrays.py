@@ -44,7 +44,8 @@ def test_pack_arrays_manifest_standardises_and_rejects(arrays):
     assert manifest["rejected"] == [{"source": "row 7", "reason": "non-finite values in weak"}]
     counts = {s: v["num_samples"] for s, v in manifest["splits"].items()}
     assert sum(counts.values()) == 239 and counts["train"] == 167  # 70 % of each class of 80 (one less)
-    batch = next(iter(make_loader(arrays, "train", ViewSpec(), ["weak"], ViewPolicy(0), 1000)))
+    batch = next(iter(make_loader(arrays, "train", spec=ViewSpec(), modalities=["weak"], policy=ViewPolicy(0),
+                                  batch_size=1000)))
     assert batch["weak"].dtype == torch.float32 and batch["weak"].shape == (167, 5)
     assert batch["weak"].mean(0).abs().max() < 1e-4 and (batch["weak"].std(0, unbiased=False) - 1).abs().max() < 1e-3
 
@@ -58,13 +59,13 @@ def test_pack_arrays_errors_name_the_file(arrays, tmp_path, capsys):
             data_main(["pack-arrays", *args, "--labels", str(arrays.parent / "labels.csv"), "--out", str(tmp_path / "o")])
         assert message in capsys.readouterr().err
     with pytest.raises(DataError, match=r"has modalities \['strong', 'weak'\], not \['video'\]"):
-        make_loader(arrays, "train", ViewSpec(), ["video"], ViewPolicy(0), 8)
+        make_loader(arrays, "train", spec=ViewSpec(), modalities=["video"], policy=ViewPolicy(0), batch_size=8)
 
 
 def test_vector_loader_order_ranks_and_resume(arrays):
     def rows(epoch: int, rank: int = 0, world: int = 1, skip: int = 0) -> list[list[int]]:
-        loader = make_loader(arrays, "train", ViewSpec(), ["strong", "weak"], ViewPolicy(3, epoch, True), 16,
-                             rank=rank, world=world, skip=skip)
+        loader = make_loader(arrays, "train", spec=ViewSpec(), modalities=["strong", "weak"],
+                             policy=ViewPolicy(3, epoch, True), batch_size=16, rank=rank, world=world, skip=skip)
         return [b["row"].tolist() for b in loader]
 
     assert rows(0) == rows(0) and rows(0) != rows(1)

@@ -27,8 +27,9 @@ def _keys(path) -> list[str]:
 
 def _epoch(data, policy: str, workers: int = 0, skip: int = 0, rank: int = 0, world: int = 1,
            finish_on: torch.device | None = None) -> list[dict]:
-    loader = make_loader(data, "train", SPEC, ["video", "audio"], ViewPolicy(3, 1, True), 8, workers, rank, world,
-                         skip=skip, bad_samples=BadSamples(policy), finish_on=finish_on)
+    loader = make_loader(data, "train", spec=SPEC, modalities=["video", "audio"], policy=ViewPolicy(3, 1, True),
+                         batch_size=8, num_workers=workers, rank=rank, world=world, skip=skip,
+                         bad_samples=BadSamples(policy), finish_on=finish_on)
     return list(loader)
 
 
@@ -87,8 +88,8 @@ def test_limit_in_a_row_stops(data, tmp_path):
     damaged = copy_set(data, tmp_path)
     truncate(damaged / SHARD)
     with pytest.raises(MediaError, match="damaged samples in a row"):
-        list(make_loader(damaged, "train", SPEC, ["video", "audio"], ViewPolicy(3, 1, True), 8, 0,
-                         bad_samples=BadSamples("skip", limit=2)))
+        list(make_loader(damaged, "train", spec=SPEC, modalities=["video", "audio"], policy=ViewPolicy(3, 1, True),
+                         batch_size=8, num_workers=0, bad_samples=BadSamples("skip", limit=2)))
 
 
 def _train_args(data, out, *extra: str) -> list[str]:
@@ -142,8 +143,8 @@ def test_killed_training_over_damaged_shards_resumes_to_the_same_weights(data, t
 # --- vector sets (in memory): the same rule ----------------------------------------------------------------
 
 def _vector_epoch(data, policy: str, skip: int = 0) -> list[dict]:
-    return list(make_loader(data, "train", SPEC, ["strong", "weak"], ViewPolicy(3, 1, True, 2), 8, 0, skip=skip,
-                            bad_samples=BadSamples(policy)))
+    return list(make_loader(data, "train", spec=SPEC, modalities=["strong", "weak"], policy=ViewPolicy(3, 1, True, 2),
+                            batch_size=8, num_workers=0, skip=skip, bad_samples=BadSamples(policy)))
 
 
 def test_vector_sets_skip_exactly_the_damaged_samples_with_the_cpu_rule(strong_weak, tmp_path):

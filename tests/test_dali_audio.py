@@ -100,7 +100,8 @@ def test_dali_log_mel_matches_torch(dali):
 
 
 def cpu_batches(data, split: str, policy: ViewPolicy, batch_size: int, **kw) -> list[dict]:
-    return list(make_loader(data, split, SPEC, ["audio"], policy, batch_size, num_workers=0, **kw))
+    return list(make_loader(data, split, spec=SPEC, modalities=["audio"], policy=policy, batch_size=batch_size,
+                            num_workers=0, **kw))
 
 
 POLICIES = [("train", ViewPolicy(3, epoch=1, train=True)), ("train", ViewPolicy(3, epoch=2, train=True, num_views=2)),
@@ -241,7 +242,8 @@ def test_whole_loader_on_cpu_equals_cpu_backend(dali, vp9_data):
     """Video and audio through one pipeline: the batch layout the GPU run gives, decoded on the CPU."""
     policy, kw = ViewPolicy(3, epoch=1, train=True), {"rank": 0, "world": 1, "skip": 1}
     got = list(dali_loader(vp9_data, "train", SPEC, ["video", "audio"], policy, 3, device_id=None, **kw))
-    want = list(make_loader(vp9_data, "train", SPEC, ["video", "audio"], policy, 3, num_workers=0, **kw))
+    want = list(make_loader(vp9_data, "train", spec=SPEC, modalities=["video", "audio"], policy=policy, batch_size=3,
+                            num_workers=0, **kw))
     assert len(got) == len(want) == 4
     for a, b in zip(got, want):
         assert a.keys() == b.keys()

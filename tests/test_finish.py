@@ -36,8 +36,8 @@ def test_views_finished_on_the_device_equal_views_finished_in_the_workers(mixed,
     """Random-resized (shrinking and enlarging boxes) and cut crops, flips, frames of several sizes in one batch,
     through DataLoader workers: the video is the same to the bit, the log-mel the same function's."""
     def batches(finish_on):
-        return list(make_loader(mixed, "train", spec, ["video", "audio"], ViewPolicy(3, 1, True), 4, 2,
-                                finish_on=finish_on))
+        return list(make_loader(mixed, "train", spec=spec, modalities=["video", "audio"], policy=ViewPolicy(3, 1, True),
+                                batch_size=4, num_workers=2, finish_on=finish_on))
     workers, device = batches(None), batches(torch.device("cpu"))
     assert len(workers) == len(device) == 2
     flips = set()

@@ -93,8 +93,8 @@ def _kept(split: str) -> list[int]:
 
 def _loader(packed: Path, split: str = "train", modalities=("front", "rear"), seed: int = 3, epoch: int = 0,
             train: bool = True, batch_size: int = 4, crop: int = CROP, **kw):
-    return make_loader(packed, split, ViewSpec(frames=1, crop=crop), list(modalities), ViewPolicy(seed, epoch, train),
-                       batch_size, **kw)
+    return make_loader(packed, split, spec=ViewSpec(frames=1, crop=crop), modalities=list(modalities),
+                       policy=ViewPolicy(seed, epoch, train), batch_size=batch_size, **kw)
 
 
 def _epoch(packed: Path, **kw) -> list[dict]:

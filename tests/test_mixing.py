@@ -66,14 +66,16 @@ def sorted_shards(data, tmp_path_factory) -> Path:
 
 
 def stored_labels(data: Path) -> list[int]:
-    return [label for label in epoch_labels([make_loader(data, "train", SPEC, ["audio"], ViewPolicy(0), 64)])[0]]
+    return [label for label in epoch_labels([make_loader(data, "train", spec=SPEC, modalities=["audio"],
+                                                         policy=ViewPolicy(0), batch_size=64)])[0]]
 
 
 def test_cpu_backend_mixes_class_sorted_shards(sorted_shards):
     labels = stored_labels(sorted_shards)
     want = random_distinct(labels, 4)
     assert distinct(np.split(np.array(labels), 16)) < 0.6 * want  # in stored order batches are near one class
-    loaders = [make_loader(sorted_shards, "train", SPEC, ["audio"], ViewPolicy(0, e, True), 4, 2) for e in range(4)]
+    loaders = [make_loader(sorted_shards, "train", spec=SPEC, modalities=["audio"], policy=ViewPolicy(0, e, True),
+                           batch_size=4, num_workers=2) for e in range(4)]
     assert abs(distinct(epoch_labels(loaders)) / want - 1) <= 0.1
 
 
@@ -100,9 +102,11 @@ def test_vector_loader_mixes_a_class_sorted_split(tmp_path):
     np.save(tmp_path / "x.npy", np.array([[int(y[1:])] for y in stored], np.float64))
     data_main(["pack-arrays", f"--view=x={tmp_path / 'x.npy'}", "--labels", str(tmp_path / "labels.csv"),
                "--out", str(tmp_path / "packed"), "--shard-size", "40"])
-    rows = epoch_labels([make_loader(tmp_path / "packed", "train", SPEC, ["x"], ViewPolicy(0), 400)])[0]
+    rows = epoch_labels([make_loader(tmp_path / "packed", "train", spec=SPEC, modalities=["x"], policy=ViewPolicy(0),
+                                     batch_size=400)])[0]
     assert rows.tolist() == sorted(rows.tolist())  # stored in class order: every shard one class
-    loaders = [make_loader(tmp_path / "packed", "train", SPEC, ["x"], ViewPolicy(0, e, True), 8) for e in range(3)]
+    loaders = [make_loader(tmp_path / "packed", "train", spec=SPEC, modalities=["x"], policy=ViewPolicy(0, e, True),
+                           batch_size=8) for e in range(3)]
     assert abs(distinct(epoch_labels(loaders)) / random_distinct(rows, 8) - 1) <= 0.1
 
 
@@ -117,9 +121,11 @@ def test_image_loader_mixes_a_class_sorted_split(tmp_path, ffcv_uncompiled):
     (tmp_path / "table.csv").write_text("\n".join(lines) + "\n")
     data_main(["pack-images", str(tmp_path / "table.csv"), str(tmp_path / "packed"), "--size", "12", "--workers", "1"])
     spec = ViewSpec(frames=1, crop=8)
-    rows = epoch_labels([make_loader(tmp_path / "packed", "train", spec, ["front"], ViewPolicy(0), 120)])[0]
+    rows = epoch_labels([make_loader(tmp_path / "packed", "train", spec=spec, modalities=["front"],
+                                     policy=ViewPolicy(0), batch_size=120)])[0]
     assert rows.tolist() == sorted(rows.tolist())
-    loaders = [make_loader(tmp_path / "packed", "train", spec, ["front"], ViewPolicy(0, e, True), 6) for e in range(4)]
+    loaders = [make_loader(tmp_path / "packed", "train", spec=spec, modalities=["front"], policy=ViewPolicy(0, e, True),
+                           batch_size=6) for e in range(4)]
     assert abs(distinct(epoch_labels(loaders)) / random_distinct(rows, 6) - 1) <= 0.1
 
 
@@ -164,4 +170,4 @@ def test_training_on_a_pack_written_in_input_order_warns(sorted_shards, tmp_path
     manifest["source"] = {"generator": "umt-data pack", "format": "kinetics"}
     write_manifest(old, manifest)
     with pytest.warns(UserWarning, match="repack it"):
-        make_loader(old, "train", SPEC, ["audio"], ViewPolicy(0, 0, True), 4)
+        make_loader(old, "train", spec=SPEC, modalities=["audio"], policy=ViewPolicy(0, 0, True), batch_size=4)

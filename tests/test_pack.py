@@ -54,7 +54,8 @@ def test_pack_real_world_inputs(videos, tmp_path, capsys):
     packed = sum(s["num_samples"] for s in manifest["splits"].values())
     assert packed == sum(k != "rejected" for k in kinds.values()) == 8
     spec = ViewSpec(frames=4, stride=2, crop=20, audio_seconds=0.5, mel_bins=16)
-    batches = list(make_loader(out, "train", spec, ["video", "audio"], ViewPolicy(0), 4))
+    batches = list(make_loader(out, "train", spec=spec, modalities=["video", "audio"], policy=ViewPolicy(0),
+                               batch_size=4))
     metas = {b for batch in batches for b in batch["row"].tolist()}
     assert metas == set(range(manifest["splits"]["train"]["num_samples"]))
     assert batches[0]["video"].shape[1:] == (4, 20, 20, 3)
@@ -188,9 +189,11 @@ def test_pack_flow_videos_as_a_modality(tmp_path):
     spec = ViewSpec(frames=4, stride=2, crop=20, audio_seconds=0.5, mel_bins=16)
     seen = {}
     for epoch in range(6):
-        on_device = make_loader(out, "train", spec, ["video", "flow"], ViewPolicy(0, epoch, True), 2,
+        on_device = make_loader(out, "train", spec=spec, modalities=["video", "flow"],
+                                policy=ViewPolicy(0, epoch, True), batch_size=2,
                                 finish_on=torch.device("cpu"))  # finish.py: the same clips, flow's flip too
-        for batch, finished in zip(make_loader(out, "train", spec, ["video", "flow"], ViewPolicy(0, epoch, True), 2),
+        for batch, finished in zip(make_loader(out, "train", spec=spec, modalities=["video", "flow"],
+                                               policy=ViewPolicy(0, epoch, True), batch_size=2),
                                    on_device, strict=True):
             assert batch["flow"].shape == batch["video"].shape == (2, 4, 20, 20, 3)
             assert torch.equal(batch["flow"], finished["flow"]) and torch.equal(batch["video"], finished["video"])

@@ -80,7 +80,8 @@ def test_cached_and_online_logit_distillation_give_the_same_loss(data, teachers,
         net = LateFusionNet(ModelConfig(mods, 4, 4, inputs=modality_inputs(load_manifest(data), mods, data),
                                         **method.model_options()))
         seed, views = method.prepare(net, torch.device("cpu"))
-        batch = next(iter(make_loader(data, "train", spec, list(mods), ViewPolicy(0, 0, True, 2), 8)))
+        batch = next(iter(make_loader(data, "train", spec=spec, modalities=list(mods), policy=ViewPolicy(0, 0, True, 2),
+                                      batch_size=8)))
         assert (seed, views) == (0, 2) or "teachers" in source
         logits, feats = net(batch)
         losses[next(iter(source))] = method.loss(net, batch, logits, feats)[1]

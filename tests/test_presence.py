@@ -125,7 +125,8 @@ def test_groups_of_a_packed_vector_set_follow_its_rows_not_its_file_lines(tmp_pa
         f"{i % 3},{'test' if i in test else 'train'},g{i * 7 % 11}\n" for i in range(n)))
     data_main(["pack-arrays", f"--view=x={tmp_path / 'x.npy'}", "--labels", str(tmp_path / "labels.csv"),
                "--out", str(tmp_path / "packed"), "--shard-size", "8", "--seed", "3"])
-    loader = make_loader(tmp_path / "packed", "test", ViewSpec(), ["x"], ViewPolicy(0, 0, False), 64)
+    loader = make_loader(tmp_path / "packed", "test", spec=ViewSpec(), modalities=["x"], policy=ViewPolicy(0, 0, False),
+                         batch_size=64)
     batch = next(iter(loader))
     line = [test[k] for k in batch["x"][:, 0].argsort().argsort().tolist()]  # features are standardised: ranks
     assert line != sorted(line)  # the packed order is not the file's

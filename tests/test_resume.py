@@ -19,12 +19,14 @@ SPEC = ViewSpec(frames=3, stride=2, crop=16, audio_seconds=0.25, mel_bins=16)
 @pytest.mark.parametrize("workers", [0, 2, 3])
 def test_loader_resumed_mid_epoch_continues_with_the_next_unseen_batch(data, workers):
     def epoch(skip: int = 0) -> list[list[int]]:
-        loader = make_loader(data, "train", SPEC, ["audio"], ViewPolicy(1, 4, True), 8, workers, skip=skip)
+        loader = make_loader(data, "train", spec=SPEC, modalities=["audio"], policy=ViewPolicy(1, 4, True),
+                             batch_size=8, num_workers=workers, skip=skip)
         return [b["row"].tolist() for b in loader]
 
     whole = epoch()
     assert len(whole) == 8 and sorted(r for b in whole for r in b) == list(range(64))
-    plan = make_loader(data, "train", SPEC, ["audio"], ViewPolicy(1, 4, True), 8).samples()[0]
+    plan = make_loader(data, "train", spec=SPEC, modalities=["audio"], policy=ViewPolicy(1, 4, True),
+                       batch_size=8).samples()[0]
     assert [r for b in whole for r in b] == plan.tolist()  # the plan's order, whatever the workers
     for skip in range(len(whole) + 1):
         assert epoch(skip) == whole[skip:], skip

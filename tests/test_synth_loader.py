@@ -47,7 +47,7 @@ def test_paired_and_unimodal_cues(tmp_path):
 
 def test_loader_batches_carry_rows_views_and_are_deterministic(data):
     policy = ViewPolicy(seed=0, epoch=1, train=True, num_views=2)
-    loader = make_loader(data, "train", SPEC, ["video", "audio"], policy, 8)
+    loader = make_loader(data, "train", spec=SPEC, modalities=["video", "audio"], policy=policy, batch_size=8)
     batches = list(loader)
     assert len(loader) == len(batches) == 8
     b = batches[0]
@@ -55,17 +55,20 @@ def test_loader_batches_carry_rows_views_and_are_deterministic(data):
     assert b["audio"].shape == (8, 1, 16, 26)
     assert sorted(r for b in batches for r in b["row"].tolist()) == list(range(64))
     assert set(b["view"].tolist()) <= {0, 1}
-    again = list(make_loader(data, "train", SPEC, ["video", "audio"], policy, 8))
+    again = list(make_loader(data, "train", spec=SPEC, modalities=["video", "audio"], policy=policy, batch_size=8))
     assert all((x["row"] == y["row"]).all() and (x["video"] == y["video"]).all() for x, y in zip(batches, again))
-    other = list(make_loader(data, "train", SPEC, ["video"], ViewPolicy(0, 2, True, 2), 8))
+    other = list(make_loader(data, "train", spec=SPEC, modalities=["video"], policy=ViewPolicy(0, 2, True, 2),
+                             batch_size=8))
     assert [b["row"].tolist() for b in other] != [b["row"].tolist() for b in batches]
 
 
 def test_workers_reuse_the_clip_memory_of_dropped_batches_only(data):
     policy = ViewPolicy(seed=0, epoch=1, train=True)
-    want = [b["video"] for b in make_loader(data, "train", SPEC, ["video"], policy, 4, 0)]  # in this process
+    want = [b["video"] for b in make_loader(data, "train", spec=SPEC, modalities=["video"], policy=policy, batch_size=4,
+                                            num_workers=0)]  # in this process
     held = {}
-    for i, batch in enumerate(make_loader(data, "train", SPEC, ["video"], policy, 4, 2)):
+    for i, batch in enumerate(make_loader(data, "train", spec=SPEC, modalities=["video"], policy=policy, batch_size=4,
+                                          num_workers=2)):
         assert torch.equal(batch["video"], want[i]), i
         if i % 3 == 0:  # kept: its memory must not come back to the worker; the others' does
             held[i] = batch["video"][1:]
@@ -73,7 +76,8 @@ def test_workers_reuse_the_clip_memory_of_dropped_batches_only(data):
 
 
 def test_ranks_read_disjoint_rows_and_equal_batch_counts(data):
-    loaders = [make_loader(data, "train", SPEC, ["audio"], ViewPolicy(0, 0, True), 8, rank=r, world=3) for r in range(3)]
+    loaders = [make_loader(data, "train", spec=SPEC, modalities=["audio"], policy=ViewPolicy(0, 0, True), batch_size=8,
+                           rank=r, world=3) for r in range(3)]
     assert [len(x) for x in loaders] == [2, 2, 2]  # 64 rows: 2 whole batches of 8 each, 16 left out
     rows = [set(x.samples()[0].tolist()) for x in loaders]
     assert not (rows[0] & rows[1] or rows[1] & rows[2] or rows[0] & rows[2])
@@ -88,10 +92,12 @@ def test_missing_data_directory_is_a_clear_error(tmp_path):
 
 
 def test_shards_stream_from_urls_and_pipe_commands(data):
-    local = [b["row"].tolist() for b in make_loader(data, "train", SPEC, ["audio"], ViewPolicy(0, 1, True), 8)]
+    local = [b["row"].tolist() for b in make_loader(data, "train", spec=SPEC, modalities=["audio"],
+                                                    policy=ViewPolicy(0, 1, True), batch_size=8)]
     for location in (f"file://{data}", f"pipe:cat '{data}/{{}}'"):
         assert load_manifest(location) == load_manifest(data)
-        remote = make_loader(location, "train", SPEC, ["audio"], ViewPolicy(0, 1, True), 8)
+        remote = make_loader(location, "train", spec=SPEC, modalities=["audio"], policy=ViewPolicy(0, 1, True),
+                             batch_size=8)
         assert [b["row"].tolist() for b in remote] == local, location
     with pytest.raises(DataError, match="needs {}"):
         load_manifest(f"pipe:cat {data}/manifest.json")

@@ -82,7 +82,8 @@ class Lfm(Method):
 
     def prepare(self, net, device) -> tuple[int, int | None]:
         cfg = self.cfg
-        first = next(iter(make_loader(cfg.data, "val", cfg.view, cfg.modalities, ViewPolicy(0), cfg.batch_size, 0)))
+        first = next(iter(make_loader(cfg.data, "val", spec=cfg.view, modalities=cfg.modalities, policy=ViewPolicy(0),
+                                      batch_size=cfg.batch_size, num_workers=0)))
         quarter = len(first["label"]) // 4
         if quarter == 0:
             raise ConfigError(f"lfm learns its weight on a quarter of the first validation batch: {cfg.data}'s holds "

@@ -62,12 +62,13 @@ def finish_device(choice: str, device: torch.device) -> torch.device | None:
     return None
 
 
-def make_loader(data_dir: str | Path, split: str, spec: ViewSpec, modalities: Sequence[str],
+def make_loader(data_dir: str | Path, split: str, *, spec: ViewSpec, modalities: Sequence[str],
                 policy: ViewPolicy, batch_size: int, num_workers: int = 1, rank: int = 0,
                 world: int = 1, skip: int = 0, backend: str = "cpu",
                 device_id: int | None = None, bad_samples: BadSamples = BadSamples(),
                 streams: int | None = None, finish_on: torch.device | None = None) -> PlannedLoader:
-    """This rank's batches of one epoch, starting after the first `skip` (a mid-epoch resume).
+    """This rank's batches of one epoch, starting after the first `skip` (a mid-epoch resume). Every
+    argument after the split is keyword-only: a request names what it asks for.
 
     Training (policy.train) shuffles as the plan says and gives every rank the same number of whole
     batches; evaluation reads every sample once, in order. `streams` is the plan's C (by default the

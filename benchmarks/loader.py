@@ -51,7 +51,6 @@ import argparse
 import io
 import json
 import os
-import statistics
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -81,7 +80,7 @@ from umt.loaders.stored.media import decode_flac, h264_frames
 from umt.loaders.stored.shards import member
 from umt.loaders.stored.views import Geometry, ViewPolicy, ViewSpec, audio_window, make_view
 
-from common import median, write_json
+from common import median, spread, write_json
 
 @dataclass(frozen=True)
 class Setting:
@@ -357,11 +356,6 @@ def spdl_views_vs_umt(data: Path, spec: ViewSpec, count: int = 4) -> dict:
     diffs = torch.cat([d.flatten() for d in video])
     return {"samples": count, "video_mean_abs_diff": round(float(diffs.mean()), 2),
             "video_max_abs_diff": int(diffs.max()), "audio_log_mel_max_abs_diff": max(audio)}
-
-
-def spread(ratios: list[float]) -> dict:
-    """Per-repeat ratios (each side by side in one repeat): median, min, max."""
-    return {"median": round(statistics.median(ratios), 3), "min": round(min(ratios), 3), "max": round(max(ratios), 3)}
 
 
 def timed_pass(loader) -> float:

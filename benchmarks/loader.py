@@ -17,14 +17,23 @@ per-sample decode differs), it also measures:
 - peer decoders producing the same views: decord (`VideoReader.get_batch` of the view's frames, RGB
   by the library, then crop and flip) and PyAV with FFmpeg's frame/slice threading (whole-frame RGB
   by FFmpeg, then crop and flip); audio as umt's. A peer that does not import is reported as such.
+- SPDL (facebookresearch/spdl, benchmark-only: requirements-bench.txt) as its documentation and examples
+  use it, not through umt's workers: a `spdl.pipeline` PipelineBuilder whose decode stage runs on its thread
+  pool (concurrency = --workers, one FFmpeg thread per decode), then batches and a collate stage. Per sample:
+  `demux_video` + `sample_decode_video` of the view's frame indices with an FFmpeg filter graph that crops the
+  view's box, scales it to the crop (swscale bilinear, full chroma interpolation), flips and converts to RGB;
+  `demux_audio` of the view's window + `decode_packets` (atrim, float); umt's log-mel (SPDL has none). Same
+  frames, boxes, flips and audio windows as umt's views; the log-mel is equal, the pixels are FFmpeg's resize
+  and conversion, not umt's kernel (`spdl_views_vs_umt` in the JSON says by how much). torchcodec's status
+  is recorded (`peer_status`): its PyPI wheel links CUDA torch, so it does not load beside the CPU torch.
 
     python benchmarks/loader.py --repeats 5                 # → benchmarks/results/loader_cpu.json
     PYTHONPATH=/tmp/peerdec python benchmarks/loader.py ...   # with decord installed with pip --target
 
 `--realistic` runs the same comparison at the settings of real video training: 10 s sources at
 25 fps packed as `umt-data pack` writes by default (short side 256, GOP 8, CRF 23), views of 16
-frames at stride 2 as random-resized crops to 224 px (training's default view; the peers, which cut
-crops, are left out), and the whole 10 s of audio as a 128-band log-mel, in batches
+frames at stride 2 as random-resized crops to 224 px (training's default view; of the peers only SPDL, whose filter graph
+resizes the box, is measured: decord and threaded PyAV cut crops), and the whole 10 s of audio as a 128-band log-mel, in batches
 of 8 (96 clips: each worker runs several batches, as in an epoch of real length). The bound is the
 same: bare decoding of exactly the frames each view needs, plus the FLAC decode.
 
@@ -42,12 +51,13 @@ import argparse
 import io
 import json
 import os
-import statistics
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from fractions import Fraction
+from functools import partial
+from importlib.metadata import version
 from pathlib import Path
 
 import av
@@ -61,7 +71,8 @@ from umt.loaders.loading.dali import dali_available
 from umt.loaders.loading.kernels import load as load_kernels
 from umt.loaders.loading.loader import make_loader, planned_split
 from umt.loaders.loading.bad import BadSamples
-from umt.loaders.loading.pipeline import _PlannedBatches, worker_init
+from umt.loaders.loading.pipeline import _PlannedBatches, decode_views, worker_init
+from umt.loaders.loading.stream import planned_samples
 from umt.loaders.making.inputs import ClipInput
 from umt.loaders.making.pack import pack
 from umt.loaders.making.transcode import PackOptions
@@ -69,7 +80,7 @@ from umt.loaders.stored.media import decode_flac, h264_frames
 from umt.loaders.stored.shards import member
 from umt.loaders.stored.views import Geometry, ViewPolicy, ViewSpec, audio_window, make_view
 
-from common import median, write_json
+from common import median, spread, write_json
 
 @dataclass(frozen=True)
 class Setting:
@@ -246,20 +257,105 @@ def umt_pass(data: Path, spec: ViewSpec, policy: ViewPolicy, batch_size: int, wo
     return lambda: timed_pass(loader.shipped() if shipped else loader)
 
 
-def available_peers() -> dict[str, str]:
-    """Each peer decoder → "ok" or why it is left out (the import error)."""
-    status = {"pyav_threaded": "ok"}
+# read from torchcodec 0.17.0's PyPI wheel (cp311 manylinux): `readelf -d torchcodec/libtorchcodec_core5.so`
+TORCHCODEC_LINKS = "libtorch_cuda.so, libc10_cuda.so, libnvrtc.so.13, libcudart.so.13"
+
+
+def available_peers(cut: bool) -> dict[str, str]:
+    """Each peer decoder → "ok" or why it is left out (the import error; crops cut where the view resizes)."""
+    status = {"spdl": "ok"}
     try:
-        import decord  # noqa: F401
-        status["decord"] = "ok"
+        import spdl.io  # noqa: F401
+        import spdl.pipeline  # noqa: F401
     except ImportError as err:
-        status["decord"] = f"not installed: {err}"
+        status["spdl"] = f"not installed (pip install -r requirements-bench.txt): {err}"
+    if cut:
+        status["pyav_threaded"] = "ok"
+        try:
+            import decord  # noqa: F401
+            status["decord"] = "ok"
+        except ImportError as err:
+            status["decord"] = f"not installed: {err}"
+    else:
+        status["pyav_threaded"] = status["decord"] = "not measured: cuts a crop, this view resizes a random box"
     try:
         from torchcodec.decoders import VideoDecoder  # noqa: F401
         status["torchcodec"] = "imports, but not measured here"
     except (ImportError, OSError, RuntimeError) as err:
-        status["torchcodec"] = f"does not load: {str(err).splitlines()[-1][:160]}"
+        status["torchcodec"] = (f"not measured ({str(err).splitlines()[-1][:160]}): its PyPI wheel links CUDA torch "
+                                f"({TORCHCODEC_LINKS}), so it does not load beside the pinned CPU build of torch; "
+                                "a GPU-side peer")
     return status
+
+
+def _spdl_filter(v, spec: ViewSpec) -> str:
+    """FFmpeg's filter graph for a view: the box cut from the yuv420p frame (at any offset), scaled to the crop
+    (bilinear, area-aware when shrinking, chroma interpolated to full size as umt's kernel does), flipped, RGB."""
+    y0, x0, h, w = v.box
+    return (f"crop=w={w}:h={h}:x={x0}:y={y0}:exact=1,scale=w={spec.crop}:h={spec.crop}:flags=bilinear+full_chroma_int"
+            + (",hflip" if v.flip else "") + ",format=pix_fmts=rgb24")
+
+
+def spdl_view(sample: dict, spec: ViewSpec, policy: ViewPolicy) -> dict:
+    """One raw tar sample's training view decoded by SPDL: the view's frames through its filter graph, its audio
+    window decoded and trimmed by FFmpeg, then umt's log-mel."""
+    import spdl.io
+    meta = json.loads(sample["json"])
+    v = make_view(policy.seed, meta["row"], policy.index(meta["row"]), spec, Geometry.of(meta))
+    packets = spdl.io.demux_video(sample[member("video")])
+    frames = spdl.io.sample_decode_video(packets, [v.t0 + k * spec.stride for k in range(spec.frames)],
+                                         filter_desc=_spdl_filter(v, spec))
+    video = torch.from_numpy(spdl.io.to_numpy(spdl.io.convert_frames(frames)))
+    rate, window = meta["sample_rate"], audio_window(spec, meta["sample_rate"])
+    packets = spdl.io.demux_audio(sample[member("audio")], timestamp=(v.audio_offset / rate,
+                                                                      (v.audio_offset + window) / rate))
+    trim = spdl.io.get_audio_filter_desc(timestamp=packets.timestamp, sample_fmt="flt")
+    wave = spdl.io.to_numpy(spdl.io.convert_frames(spdl.io.decode_packets(packets, filter_desc=trim)))[:, 0]
+    if len(wave) < window:
+        raise ValueError(f"SPDL decoded {len(wave)} audio samples of sample {meta['key']}, the view needs {window}")
+    return {"label": meta["label"], "video": video,
+            "audio": log_mel(torch.from_numpy(wave[:window].copy()), rate, spec.mel_bins).unsqueeze(0)}
+
+
+def _spdl_collate(items: list[dict]) -> dict:
+    return {"label": torch.tensor([it["label"] for it in items]),
+            **{k: torch.stack([it[k] for it in items]) for k in ("video", "audio")}}
+
+
+def spdl_batches(data: Path, spec: ViewSpec, policy: ViewPolicy, batch_size: int, threads: int):
+    """One epoch of the same samples and views as umt's loader through SPDL's pipeline: the raw samples in the
+    plan's order (umt's shard streaming), decoded on SPDL's thread pool, batched, collated."""
+    from spdl.pipeline import PipelineBuilder
+    _, paths, plan, _ = planned_split(data, "train", ["video", "audio"], policy, batch_size)
+    samples = planned_samples(paths, plan.offsets, np.concatenate(plan.batches()))
+    pipeline = (PipelineBuilder().add_source(samples)
+                .pipe(partial(spdl_view, spec=spec, policy=policy), concurrency=threads, output_order="input")
+                .aggregate(batch_size).pipe(_spdl_collate).add_sink(3)
+                .build(num_threads=threads))
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread per concurrent decode, as umt's workers
+    try:
+        with pipeline.auto_stop():
+            yield from pipeline.get_iterator()
+    finally:
+        torch.set_num_threads(torch_threads)
+
+
+def spdl_views_vs_umt(data: Path, spec: ViewSpec, count: int = 4) -> dict:
+    """How far SPDL's views are from umt's on the first `count` samples (same frames, boxes, windows):
+    mean and largest absolute pixel difference, largest log-mel difference."""
+    policy = ViewPolicy(0, 0, True)
+    _, paths, plan, _ = planned_split(data, "train", ["video", "audio"], policy, count)
+    video, audio = [], []
+    for sample in planned_samples(paths, plan.offsets, np.concatenate(plan.batches())[:count]):
+        theirs = spdl_view(sample, spec, policy)
+        ours = decode_views(sample, spec, ["video", "audio"], policy.seed,
+                            [policy.index(json.loads(sample["json"])["row"])])[0]
+        video.append((theirs["video"].int() - ours["video"].int()).abs().float())
+        audio.append(float((theirs["audio"] - ours["audio"]).abs().max()))
+    diffs = torch.cat([d.flatten() for d in video])
+    return {"samples": count, "video_mean_abs_diff": round(float(diffs.mean()), 2),
+            "video_max_abs_diff": int(diffs.max()), "audio_log_mel_max_abs_diff": max(audio)}
 
 
 def timed_pass(loader) -> float:
@@ -351,12 +447,14 @@ def main() -> None:
                                         num_workers=args.workers, generator=torch.Generator().manual_seed(0))
     load_kernels()  # numba's one-off load (seconds under load) once per process, as a training run pays it
     gpu = dali_available()  # with a GPU and DALI, the dali backend is measured in the same rounds
-    peers = available_peers() if setting.spec.crop_mode == "cut" else {
-        "all": "not measured: the peers cut a crop, this view resizes a random box (random-resized crop)"}
+    peers = available_peers(setting.spec.crop_mode == "cut")
     variants = ["limit", *[p for p in DECODERS if p != "limit" and peers.get(p) == "ok"]]
+    spdl = peers["spdl"] == "ok"
+    agreement = spdl_views_vs_umt(work / "packed", setting.spec) if spdl else None
     cuda = torch.cuda.is_available()
     finishing = ["umt_shipped", *(["umt_gpu_finished"] if cuda else [])]
-    rates: dict[str, list[float]] = {k: [] for k in ("umt", *finishing, "naive", *variants, *(["dali"] if gpu else []))}
+    rates: dict[str, list[float]] = {k: [] for k in ("umt", *finishing, "naive", *variants, *(["spdl"] if spdl else []),
+                                                     *(["dali"] if gpu else []))}
     spec = setting.spec
     for r in range(args.repeats):
         policy = ViewPolicy(0, r, True)
@@ -366,6 +464,8 @@ def main() -> None:
         runs = [("umt", umt("cpu")), ("umt_shipped", umt("cpu", torch.device("cpu"), shipped=True)),
                 *([("umt_gpu_finished", umt("cpu", torch.device("cuda")))] if cuda else []),
                 ("naive", lambda: timed_pass(naive)), *([("dali", umt("dali"))] if gpu else []),
+                *([("spdl", lambda: timed_pass(spdl_batches(work / "packed", spec, policy, args.batch_size,
+                                                            args.workers)))] if spdl else []),
                 *[(v, lambda v=v: variant_pass(work / "packed", DECODERS[v], spec, policy, args.batch_size,
                                                args.workers)) for v in variants]]
         for key, fn in runs[r % len(runs):] + runs[:r % len(runs)]:  # rotate the order between repeats
@@ -377,16 +477,19 @@ def main() -> None:
     write_json(out, {"clips_per_s": median(ours), "naive_clips_per_s": median(theirs),
                      "ratio_vs_naive": round(median(ours) / median(theirs), 2),
                      "limit_clips_per_s": median(limit), "ratio_vs_limit": round(median(ours) / median(limit), 3),
-                     "ratio_vs_limit_per_repeat": {"median": round(statistics.median(paired), 3),
-                                                   "min": round(min(paired), 3), "max": round(max(paired), 3)},
+                     "ratio_vs_limit_per_repeat": spread(paired),
                      "shipped_clips_per_s": median(rates["umt_shipped"]),
                      "shipped_ratio_vs_limit": round(median(rates["umt_shipped"]) / median(limit), 3),
-                     "shipped_ratio_vs_limit_per_repeat": {"median": round(statistics.median(shipped), 3),
-                                                           "min": round(min(shipped), 3), "max": round(max(shipped), 3)},
+                     "shipped_ratio_vs_limit_per_repeat": spread(shipped),
                      **({"gpu_finished_clips_per_s": median(rates["umt_gpu_finished"]),
                          "gpu_finished_ratio_vs_limit": round(median(rates["umt_gpu_finished"]) / median(limit), 3)}
                         if cuda else {}),
-                     "peer_clips_per_s": {p: median(rates[p]) for p in variants if p != "limit"},
+                     "peer_clips_per_s": {p: median(rates[p]) for p in [*variants, *(["spdl"] if spdl else [])]
+                                          if p != "limit"},
+                     **({"ratio_vs_spdl": round(median(ours) / median(rates["spdl"]), 3),
+                         "ratio_vs_spdl_per_repeat": spread([u / b for u, b in zip(ours, rates["spdl"])]),
+                         "spdl_ratio_vs_limit": round(median(rates["spdl"]) / median(limit), 3),
+                         "spdl_views_vs_umt": agreement, "spdl_version": version("spdl")} if spdl else {}),
                      "peer_status": peers,
                      "runs": {k: [round(x, 1) for x in v] for k, v in rates.items()},
                      "pack_seconds": round(pack_s, 1), "packed_kbit_per_s": round(

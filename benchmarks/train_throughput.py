@@ -35,7 +35,7 @@ from umt.loaders.making.synth import SynthConfig, write_synth
 from umt.loaders.stored.shards import split_files
 from umt.loaders.stored.views import ViewSpec
 
-from common import median, write_json
+from common import median, spread, write_json
 
 VIEW = ViewSpec(frames=4, stride=2, crop=32, audio_seconds=1.0, mel_bins=40)
 
@@ -73,10 +73,6 @@ def gap_profile(run_once, names: tuple[str, str], top: int = 12) -> list[dict]:
     keys = sorted(set(a) | set(b), key=lambda k: -abs(b.get(k, 0) - a.get(k, 0)))[:top]
     return [{"function": k, f"{names[0]}_s_per_step": round(a.get(k, 0), 5), f"{names[1]}_s_per_step": round(b.get(k, 0), 5)}
             for k in keys]
-
-
-def spread(values: list[float]) -> dict:
-    return {"median": median(values), "min": round(min(values), 3), "max": round(max(values), 3)}
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from .making.arrays import pack_arrays
 from .errors import UserError, parse_assignments, run_cli
 from .making.image_pack import add_pack_images_parser, pack_images_command
 from .making.inputs import FORMATS, read_annotation_files
+from .making.nodes import assemble, pack_share
 from .making.pack import pack
 from .stored.integrity import verify_shards
 from .stored.shards import PACK_SEED, is_remote, load_manifest
@@ -95,6 +96,11 @@ def _pack_parser(sub) -> None:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="transcoding processes")
     p.add_argument("--seed", type=int, default=PACK_SEED, help="seed of the order in which each split's clips are "
                    f"written (default {PACK_SEED}): shards of a class-sorted list mix classes")
+    p.add_argument("--num-nodes", type=int, help="share the transcoding out over this many machines that see --out "
+                   "(a shared file system): each runs the command with its --node-rank, then one runs it without "
+                   "--node-rank to write the shards and manifest, identical to a one-machine pack's")
+    p.add_argument("--node-rank", type=int, help="with --num-nodes: this machine's share, 0 to N-1 (e.g. "
+                   "$SLURM_ARRAY_TASK_ID); a node rerun after it stopped redoes only its unfinished part")
 
 
 def _pack_arrays_parser(sub) -> None:
@@ -130,9 +136,22 @@ def _pack(args) -> None:
     clips = read_annotation_files(args.annotations, args.format, args.root, args.split, args.flow_root, args.classes)
     opts = PackOptions(args.short_side, args.fps, args.gop, args.crf, args.sample_rate, args.max_seconds,
                        flow=args.flow_root is not None)
-    pack(clips, args.out, opts, args.shard_size, args.workers,
-         {"annotations": args.annotations, "format": args.format,
-          **({"classes": str(args.classes)} if args.classes else {})}, seed=args.seed)
+    source = {"annotations": args.annotations, "format": args.format,
+              **({"classes": str(args.classes)} if args.classes else {})}
+    if args.num_nodes is not None and args.num_nodes < 1:
+        raise UserError(f"--num-nodes must be at least 1, got {args.num_nodes}")
+    if args.node_rank is not None:
+        if args.num_nodes is None:
+            raise UserError("--node-rank needs --num-nodes")
+        parts = pack_share(clips, args.out, opts, args.shard_size, args.num_nodes, args.node_rank, args.workers,
+                           args.seed)
+        print(f"umt-data: node {args.node_rank} of {args.num_nodes} transcoded its {len(parts)} part(s); when every "
+              f"node has, run the same command without --node-rank")
+        return
+    if args.num_nodes is not None:
+        assemble(clips, args.out, opts, args.shard_size, args.num_nodes, source, args.seed)
+    else:
+        pack(clips, args.out, opts, args.shard_size, args.workers, source, seed=args.seed)
     print(f"umt-data: packed into {args.out}")
     _info(args.out)
 

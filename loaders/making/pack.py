@@ -8,6 +8,10 @@ seed always give the same shards. Each split's accepted clips fill shards of exa
 A shard is written to a temporary name and renamed when complete; `pack-state.json` records each
 finished shard's sha256 and the inputs it consumed, so a rerun verifies the finished shards by
 checksum and continues after the last good one.
+
+Across nodes (`nodes.py`) the transcoding is shared out and this module's shard writing reads the
+nodes' transcoded clips instead of transcoding them: the same writer in the same order, so the
+same shards.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import os
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from tqdm import tqdm
 
@@ -40,7 +44,8 @@ def _work(job: tuple[int, ClipInput, PackOptions]) -> tuple[int, object]:
         return index, f"unexpected error: {type(err).__name__}: {err}"
 
 
-def _fingerprint(clips: list[ClipInput], opts: PackOptions, shard_size: int, seed: int) -> str:
+def pack_fingerprint(clips: list[ClipInput], opts: PackOptions, shard_size: int, seed: int) -> str:
+    """What a pack's output depends on: a changed input, option, shard size or seed starts afresh."""
     text = json.dumps([[asdict(c) for c in clips], opts.to_dict(), shard_size, seed], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -79,24 +84,38 @@ def _results(pool, clips: list[ClipInput], indices: list[int], opts: PackOptions
     return pool.imap(_work, jobs) if pool is not None else map(_work, jobs)
 
 
-def pack(clips: list[ClipInput], out: str | Path, opts: PackOptions, shard_size: int = 256,
-         workers: int = 1, source: dict | None = None, progress: bool = True, seed: int = PACK_SEED) -> dict:
-    """Pack `clips` into `out`, each split in a `seed`ed random order; returns the manifest."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    state = _load_state(out, _fingerprint(clips, opts, shard_size, seed))
-    classes = class_order(c.label for c in clips)
-    label_of = {name: i for i, name in enumerate(classes)}
+def split_orders(clips: list[ClipInput], seed: int) -> dict[str, list[int]]:
+    """Each split's input indices in the order its clips are written."""
     by_split = {}
     for split in SPLITS:
         indices = [i for i, c in enumerate(clips) if c.split == split]
         by_split[split] = [indices[j] for j in written_order(len(indices), seed)]
+    return by_split
+
+
+# A source of transcoded clips: (split, that split's written order, first position) →
+# (input index, transcoded clip or reject reason) from that position on.
+Results = Callable[[str, list[int], int], Iterator[tuple[int, object]]]
+
+
+def pack(clips: list[ClipInput], out: str | Path, opts: PackOptions, shard_size: int = 256,
+         workers: int = 1, source: dict | None = None, progress: bool = True, seed: int = PACK_SEED,
+         results: Results | None = None) -> dict:
+    """Pack `clips` into `out`, each split in a `seed`ed random order; returns the manifest.
+
+    `results`: where transcoded clips come from (default: transcode them here, in `workers` processes)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = _load_state(out, pack_fingerprint(clips, opts, shard_size, seed))
+    classes = class_order(c.label for c in clips)
+    label_of = {name: i for i, name in enumerate(classes)}
     done_inputs = sum(shards[-1]["consumed"] if shards else 0 for shards in state["splits"].values())
     bar = tqdm(total=len(clips), initial=done_inputs, unit="clip", desc="pack", disable=not progress)
-    pool = _pool(workers)
+    pool = _pool(workers) if results is None else None
     try:
-        for split, indices in by_split.items():
-            _pack_split(pool, clips, split, indices, state, out, opts, shard_size, label_of, bar)
+        for split, indices in split_orders(clips, seed).items():
+            _pack_split(results or (lambda _, order, start: _results(pool, clips, order[start:], opts)),
+                        clips, split, indices, state, out, shard_size, label_of, bar)
     finally:
         if pool is not None:
             pool.terminate()
@@ -104,14 +123,14 @@ def pack(clips: list[ClipInput], out: str | Path, opts: PackOptions, shard_size:
     return _write_manifest(out, state, classes, opts, shard_size, {**(source or {}), "seed": seed})
 
 
-def _pack_split(pool, clips: list[ClipInput], split: str, indices: list[int], state: dict, out: Path,
-                opts: PackOptions, shard_size: int, label_of: dict[str, int], bar) -> None:
+def _pack_split(results: Results, clips: list[ClipInput], split: str, indices: list[int], state: dict, out: Path,
+                shard_size: int, label_of: dict[str, int], bar) -> None:
     """Write one split's remaining inputs as shards, recording each finished shard in the state."""
     shards = state["splits"].setdefault(split, [])
     start = shards[-1]["consumed"] if shards else 0
     row = sum(s["count"] for s in shards)
     writer, rejected = None, []
-    for position, (index, result) in enumerate(_results(pool, clips, indices[start:], opts), start=start):
+    for position, (index, result) in enumerate(results(split, indices, start), start=start):
         bar.update()
         clip = clips[index]
         if isinstance(result, str):

@@ -78,3 +78,18 @@ def test_node_flags_out_of_range_are_refused(inputs, tmp_path, capsys, flags, me
     with pytest.raises(SystemExit):
         data_main(_pack_args(csv_path, root, tmp_path / "o", *OPTIONS, *flags))
     assert message in capsys.readouterr().err
+
+
+def test_pack_state_grows_by_one_line_per_shard_and_survives_a_cut_line(tmp_path):
+    """Each finished shard appends its line (rewriting the state per shard cost the square of the shards)."""
+    from umt.loaders.making.pack import STATE, _load_state, _record
+    state = _load_state(tmp_path, "f")
+    before = (tmp_path / STATE).read_bytes()
+    for n in range(3):
+        _record(tmp_path, state, "train", {"name": None, "consumed": n + 1, "rejected": [], "flags": {}})
+        after = (tmp_path / STATE).read_bytes()
+        assert after.startswith(before) and after.count(b"\n") == before.count(b"\n") + 1
+        before = after
+    (tmp_path / STATE).write_bytes(before + b'{"split": "train", "name": nu')  # killed mid-line
+    assert [s["consumed"] for s in _load_state(tmp_path, "f")["splits"]["train"]] == [1, 2, 3]
+    assert _load_state(tmp_path, "other")["splits"] == {}  # another pack's state starts afresh

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ..errors import UserError
 from ..stored.shards import MANIFEST, ShardWriter, load_manifest
 from .inputs import ClipInput
-from .pack import STATE, _pool, _results, pack, pack_fingerprint, split_orders
+from .pack import _pool, _results, pack, pack_fingerprint, split_orders, state_fingerprint
 from .transcode import PackOptions
 
 RESULT = "result.json"  # a part's member holding a clip's metadata and flags, or its reject reason
@@ -47,9 +47,7 @@ def parts_dir(out: Path, clips: list[ClipInput], opts: PackOptions, shard_size: 
 
 def _assembled(out: Path, clips: list[ClipInput], opts: PackOptions, shard_size: int, seed: int) -> bool:
     """The manifest of this very pack is written (its parts are gone: nothing is left to do)."""
-    state = out / STATE
-    return ((out / MANIFEST).is_file() and state.is_file() and
-            json.loads(state.read_text()).get("fingerprint") == pack_fingerprint(clips, opts, shard_size, seed))
+    return (out / MANIFEST).is_file() and state_fingerprint(out) == pack_fingerprint(clips, opts, shard_size, seed)
 
 
 def _part(parts: Path, split: str, block: int) -> Path:

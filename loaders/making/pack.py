@@ -5,7 +5,7 @@ manifest), so the shards of a class-sorted annotation file (Kinetics, UCF101) mi
 transcoded in parallel worker processes but written in that order, so the same inputs, options and
 seed always give the same shards. Each split's accepted clips fill shards of exactly
 `shard_size` samples (the last may be smaller; equal sizes keep one data shard per cache shard).
-A shard is written to a temporary name and renamed when complete; `pack-state.json` records each
+A shard is written to a temporary name and renamed when complete; `pack-state.jsonl` records each
 finished shard's sha256 and the inputs it consumed, so a rerun verifies the finished shards by
 checksum and continues after the last good one.
 
@@ -31,7 +31,7 @@ from ..stored.shards import (FORMAT, PACK_SEED, SPLITS, ShardWriter, class_order
                      written_order)
 from .transcode import PackOptions, Rejected, sample_json, transcode
 
-STATE = "pack-state.json"
+STATE = "pack-state.jsonl"
 
 
 def _work(job: tuple[int, ClipInput, PackOptions]) -> tuple[int, object]:
@@ -51,11 +51,22 @@ def pack_fingerprint(clips: list[ClipInput], opts: PackOptions, shard_size: int,
 
 
 def _load_state(out: Path, fingerprint: str) -> dict:
-    """Finished shards that still verify; anything after the first bad one is redone."""
+    """Finished shards that still verify; anything after the first bad one is redone.
+
+    The state is a JSON-lines file: the fingerprint, then one line per finished shard appended as it
+    closes (rewriting the whole state per shard would cost the square of the shard count); a line
+    cut short by a kill is dropped."""
     path = out / STATE
-    state = json.loads(path.read_text()) if path.is_file() else {}
-    if state.get("fingerprint") != fingerprint:
-        return {"fingerprint": fingerprint, "splits": {}}
+    lines = path.read_text().splitlines() if path.is_file() else []
+    if not lines or _parse(lines[0]).get("fingerprint") != fingerprint:
+        state = {"fingerprint": fingerprint, "splits": {}}
+        _rewrite_state(out, state)
+        return state
+    state, records = {"fingerprint": fingerprint, "splits": {}}, [_parse(line) for line in lines[1:]]
+    for record in records:
+        if record:
+            state["splits"].setdefault(record.pop("split"), []).append(record)
+    kept = sum(map(len, state["splits"].values()))
     for split, shards in state["splits"].items():
         for n, shard in enumerate(shards):
             if shard["name"] is None:  # rejects after the split's last shard
@@ -64,13 +75,43 @@ def _load_state(out: Path, fingerprint: str) -> dict:
             if not file.is_file() or sha256_file(file) != shard["sha256"]:
                 del shards[n:]
                 break
+    if sum(map(len, state["splits"].values())) != kept or kept != len(records):
+        _rewrite_state(out, state)
     return state
 
 
-def _save_state(out: Path, state: dict) -> None:
+def _parse(line: str) -> dict:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return {}
+
+
+def state_fingerprint(out: Path) -> str | None:
+    """The fingerprint of the pack whose state is in `out`, if any."""
+    path = out / STATE
+    if not path.is_file():
+        return None
+    with open(path) as handle:
+        return _parse(handle.readline()).get("fingerprint")
+
+
+def _rewrite_state(out: Path, state: dict) -> None:
     tmp = out / (STATE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
+    lines = [json.dumps({"fingerprint": state["fingerprint"]})]
+    lines += [json.dumps({"split": split, **shard}, sort_keys=True) for split, shards in state["splits"].items()
+              for shard in shards]
+    tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, out / STATE)
+
+
+def _record(out: Path, state: dict, split: str, shard: dict) -> None:
+    """Add a finished shard to the state, in memory and on disk (one appended line)."""
+    state["splits"].setdefault(split, []).append(shard)
+    with open(out / STATE, "a") as handle:
+        handle.write(json.dumps({"split": split, **shard}, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _pool(workers: int):
@@ -148,13 +189,11 @@ def _pack_split(results: Results, clips: list[ClipInput], split: str, indices: l
             row += 1
         last = position == len(indices) - 1
         if writer is not None and (writer.count == shard_size or last):
-            shards.append({**writer.close(), "consumed": position + 1, "rejected": rejected,
-                           "flags": dict(flag_counts), "seconds": round(seconds, 3)})
+            _record(out, state, split, {**writer.close(), "consumed": position + 1, "rejected": rejected,
+                                        "flags": dict(flag_counts), "seconds": round(seconds, 3)})
             writer, rejected = None, []
-            _save_state(out, state)
     if rejected:  # rejects after the last shard: keep them in the state too
-        shards.append({"name": None, "consumed": len(indices), "rejected": rejected, "flags": {}})
-        _save_state(out, state)
+        _record(out, state, split, {"name": None, "consumed": len(indices), "rejected": rejected, "flags": {}})
 
 
 def _write_manifest(out: Path, state: dict, classes: list[str], opts: PackOptions, shard_size: int,

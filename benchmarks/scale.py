@@ -1,0 +1,274 @@
+"""How umt's own costs grow with the samples N (10^3..10^6) and the ranks W (1..256), and the Kinetics plans.
+
+Nothing here decodes video: what grows with N and W is bookkeeping, so samples are manifest entries,
+plan rows and tiny cache vectors; ranks are simulated in this process (each rank's work is a pure
+function of the global facts, loaders/loading/plan.py). Per-clip pack and build costs come from the
+measurements `loaders/making/costs.py` cites. Each curve: seconds and tracemalloc peak bytes (numpy
+arrays count; the process's own imports do not).
+
+    python benchmarks/scale.py --out benchmarks/results/scale_cpu.json --png docs/scale_cpu.png
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import time
+import tracemalloc
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from umt.cache import store
+from umt.cache.plan import cache_plan
+from umt.cache.reader import FeatureTable
+from umt.engine import resume
+from umt.engine.config import TrainConfig
+from umt.engine.train import LoopState
+from umt.loaders.loading.plan import plan_epoch
+from umt.loaders.making.costs import PACK_CORE_S_PER_SOURCE_S, SHARD_BYTES_PER_S, BUILD_CORE_S_PER_CLIP, Cluster, pack_plan
+from umt.loaders.making.pack import _load_state, _record
+from umt.loaders.stored.shards import FORMAT, load_manifest, with_offsets, write_manifest
+
+from common import write_json
+
+SHARD = 256          # a video pack's shard size (`umt-data pack` default)
+CACHE_SHARD = 4096   # a vector pack's (`umt-data pack-arrays` default): the cache curves' Zarr shards
+DATASETS = {"kinetics400": (240_000, 400), "kinetics700": (545_000, 700)}
+
+
+def measured(fn):
+    """(result, seconds, tracemalloc peak bytes) of fn()."""
+    tracemalloc.start()
+    start = time.perf_counter()
+    result = fn()
+    seconds = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return result, round(seconds, 4), peak
+
+
+def counts(n: int, shard: int = SHARD) -> list[int]:
+    return [shard] * (n // shard) + ([n % shard] if n % shard else [])
+
+
+def manifest_point(work: Path, n: int) -> dict:
+    shards = [{"name": f"train-{i:06d}.tar", "count": c, "bytes": c * 460_000, "sha256": f"{i:064x}"}
+              for i, c in enumerate(counts(n))]
+    manifest = {"format": FORMAT, "classes": [str(c) for c in range(400)], "modalities": {},
+                "splits": {"train": {"num_samples": n, "shards": with_offsets(shards)}}, "source": {}, "rejected": []}
+    _, write_s, write_peak = measured(lambda: write_manifest(work, manifest))
+    _, load_s, load_peak = measured(lambda: load_manifest(work))
+    return {"n": n, "write_s": write_s, "write_peak": write_peak, "load_s": load_s, "load_peak": load_peak,
+            "bytes": (work / "manifest.json").stat().st_size}
+
+
+def plan_point(n: int, world: int, batch: int = 4) -> dict:
+    """Rank 0's plan on `world` ranks, and on resume at mid-epoch on another number of ranks (elastic)."""
+    c = counts(n)
+    plan, s, peak = measured(lambda: plan_epoch(c, 0, 0, 0, world, batch, True))
+    other = world * 2 if world == 1 else world // 2
+    glob = world * batch
+    mid = len(plan) // 2
+    resumed, rs, rpeak = measured(lambda: plan_epoch(c, 0, 0, 0, other, glob // other, True, start=mid, streams=world))
+    full = np.concatenate([plan_epoch(c, 0, 0, r, other, glob // other, True, streams=world).rows
+                           for r in range(other)]) if n * world <= 4e6 else None
+    if full is not None:  # the resumed ranks read the rest of the same global batches: nothing twice, nothing lost
+        assert len(np.unique(full)) == len(full)
+    return {"n": n, "world": world, "plan_s": s, "plan_peak": peak, "rows": len(plan.rows),
+            "resume_world": other, "resume_s": rs, "resume_peak": rpeak}
+
+
+def checkpoint_point(work: Path, n: int) -> dict:
+    """A loop checkpoint's bytes (a fixed small model): the loop state holds no per-sample data."""
+    cfg = TrainConfig(data="", out=str(work))
+    model = torch.nn.Linear(64, 400)
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    state = LoopState(epoch=1, batch=n // 64, step=n // 64, global_batch=64, streams=8, world=8, samples=n)
+    _, s, peak = measured(lambda: resume.save(work, cfg, model, opt, sched, asdict(state)))
+    return {"n": n, "bytes": resume.checkpoint_path(work).stat().st_size, "save_s": s, "save_peak": peak}
+
+
+class CountingTable(FeatureTable):
+    """The reader, counting the bytes it reads from the Zarr store (shard blocks loaded)."""
+    read = 0
+
+    def _block(self, shard: int):
+        fresh = shard not in self._blocks
+        block = super()._block(shard)
+        if fresh:
+            self.read += sum(t.numel() * t.element_size() for t in block.values())
+        return block
+
+
+def make_cache(path: Path, n: int, dim: int = 8, views: int = 2) -> tuple[float, dict]:
+    shards = [{"name": f"train-{i:06d}.tar", "count": c} for i, c in enumerate(counts(n, CACHE_SHARD))]
+    attrs = {"format": store.FORMAT, "split": "train", "num_samples": n, "num_views": views, "seed": 0,
+             "teachers": {"video": {"dim": dim}, "audio": {"dim": dim}}, "shards": [s["name"] for s in shards]}
+    start = time.perf_counter()
+    group = store.create(path, attrs, {"video": dim, "audio": dim}, shards, {})
+    create_s = time.perf_counter() - start
+    rng = np.random.default_rng(0)
+    for i, s in enumerate(shards):
+        lo = i * CACHE_SHARD
+        for m in ("video", "audio"):
+            group[f"features/{m}"][lo:lo + s["count"]] = rng.standard_normal((s["count"], views, dim)).astype(np.float16)
+        group["done"][i] = 1
+    (_, missing_s, missing_peak) = measured(lambda: store.missing_shards(group))
+    return create_s, {"create_s": round(create_s, 4), "missing_s": missing_s, "missing_peak": missing_peak,
+                      "attrs_bytes": (path / "zarr.json").stat().st_size}
+
+
+def cache_point(work: Path, n: int, worlds: list[int], batch: int = 256) -> list[dict]:
+    path = work / f"cache{n}.zarr"
+    _, build = make_cache(path, n)
+    group = store.open_group(path)
+    disk = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    table, _, resident_peak = measured(lambda: FeatureTable(group, torch.device("cpu"), 1 << 40))
+    nbytes = table.nbytes
+    del table
+    points = []
+    for world in worlds:
+        def epoch():
+            reader = CountingTable(group, torch.device("cpu"), 0)
+            plan = plan_epoch(counts(n, CACHE_SHARD), 0, 0, 0, world, batch, True)
+            for rows in plan.batches():
+                reader.gather(torch.from_numpy(rows), torch.zeros(len(rows), dtype=torch.long))
+            return reader.read
+        read, s, peak = measured(epoch)
+        points.append({"n": n, "world": world, "disk_bytes": disk, "read_bytes_total": nbytes,
+                       "resident_peak": resident_peak, "streamed_peak": peak, "streamed_epoch_s": s,
+                       "streamed_read_bytes": read, "read_amplification": round(read / (nbytes / world), 3),
+                       **build})
+    return points
+
+
+def pack_state_point(work: Path, n: int) -> dict:
+    """The pack's bookkeeping over a whole pack of n clips: a state line per shard, then a resume's load."""
+    out = work / f"state{n}"
+    out.mkdir()
+    entry = {"name": None, "count": SHARD, "bytes": 0, "sha256": "0" * 64, "rejected": [], "flags": {}, "seconds": 0.0}
+
+    def whole_pack():
+        state = _load_state(out, "f")
+        for i in range(len(counts(n))):
+            _record(out, state, "train", {**entry, "consumed": (i + 1) * SHARD})
+    _, s, peak = measured(whole_pack)
+    _, load_s, load_peak = measured(lambda: _load_state(out, "f"))
+    return {"n": n, "record_s": s, "record_peak": peak, "load_s": load_s, "load_peak": load_peak,
+            "bytes": sum(f.stat().st_size for f in out.iterdir())}
+
+
+def slope(xs: list[float], ys: list[float]) -> float | None:
+    """log-log slope over the two largest points (None when a value is 0: nothing grows)."""
+    (x0, y0), (x1, y1) = sorted(zip(xs, ys))[-2:]
+    if min(y0, y1) <= 0 or x0 == x1:
+        return None
+    return round(math.log(y1 / y0) / math.log(x1 / x0), 3)
+
+
+def curves(results: dict) -> dict[str, tuple[list, list]]:
+    """Every (x, y) curve the summary judges, named `<figure>_vs_<N|W>`."""
+    out = {}
+    for key in ("write_s", "write_peak", "load_s", "load_peak", "bytes"):
+        out[f"manifest_{key}_vs_N"] = ([p["n"] for p in results["manifest"]], [p[key] for p in results["manifest"]])
+    for group, x in (("plan_vs_n", "n"), ("plan_vs_world", "world")):
+        for key in ("plan_s", "plan_peak", "resume_s", "resume_peak"):
+            out[f"{key}_vs_{x[0].upper()}"] = ([p[x] for p in results[group]], [p[key] for p in results[group]])
+    out["checkpoint_bytes_vs_N"] = ([p["n"] for p in results["checkpoint"]], [p["bytes"] for p in results["checkpoint"]])
+    for key in ("disk_bytes", "resident_peak", "streamed_peak", "streamed_read_bytes", "create_s", "attrs_bytes"):
+        out[f"cache_{key}_vs_N"] = ([p["n"] for p in results["cache_vs_n"]], [p[key] for p in results["cache_vs_n"]])
+    for key in ("streamed_peak", "streamed_read_bytes"):
+        out[f"cache_{key}_vs_W"] = ([p["world"] for p in results["cache_vs_world"]],
+                                    [p[key] for p in results["cache_vs_world"]])
+    for key in ("record_s", "record_peak", "load_s", "bytes"):
+        out[f"pack_state_{key}_vs_N"] = ([p["n"] for p in results["pack_state"]], [p[key] for p in results["pack_state"]])
+    return out
+
+
+def extrapolate(results: dict, clips: int, classes: int, cluster: Cluster) -> dict:
+    """A dataset's plan: the cost model's disk and hours, and each rank's memory from the measured curves."""
+    largest = max(results["plan_vs_n"], key=lambda p: p["n"])
+    manifest = max(results["manifest"], key=lambda p: p["n"])
+    per_sample = {"plan": largest["plan_peak"] / largest["n"], "manifest": manifest["load_peak"] / manifest["n"]}
+    cache = cache_plan(clips, classes, cluster)
+    pack = pack_plan(clips, Cluster(1, 1, 100))
+    return {"clips": clips, "classes": classes, "cluster": asdict(cluster),
+            "shards_gib": round(pack["shard_bytes"] / 2**30, 1), "cache_gib": round(cache["disk_bytes"] / 2**30, 2),
+            "cache_streamed": cache["streamed"],
+            "memory_per_rank_gib": {"cache": round(cache["rank_bytes"] / 2**30, 3),
+                                    "epoch_plan": round(per_sample["plan"] * clips / 2**30, 4),
+                                    "manifest": round(per_sample["manifest"] * clips / 2**30, 4)},
+            "pack_hours_per_100_cores": {s: pack_plan(clips, Cluster(1, 1, 100), s)["hours"]
+                                         for s in PACK_CORE_S_PER_SOURCE_S},
+            "build_hours_per_100_cores": cache["build_hours"] if cluster.cores_per_node == 100 else None,
+            "per_clip_costs": {"pack_core_s_per_source_s": PACK_CORE_S_PER_SOURCE_S,
+                               "shard_bytes_per_s": SHARD_BYTES_PER_S, "build_core_s_per_clip": BUILD_CORE_S_PER_CLIP,
+                               "source": "umt/loaders/making/costs.py (measured: loader_cpu_realistic.json, "
+                                         "cost_curves_cpu.json, RESULTS.md issue 14)"},
+            "assumes": "10 s clips, short side 256, 4 cached views, two 512-d teachers, features read, "
+                       "cache_budget_gb 8, per-rank memory from the N-curves' largest points"}
+
+
+def plot(curve: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    groups = {"vs N: time (s)": [k for k in curve if k.endswith("_vs_N") and k.split("_vs_")[0].endswith("_s")],
+              "vs N: bytes": [k for k in curve if k.endswith("_vs_N") and not k.split("_vs_")[0].endswith("_s")],
+              "vs W": [k for k in curve if k.endswith("_vs_W")]}
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5.5))
+    for ax, (title, names) in zip(axes, groups.items()):
+        for name in names:
+            xs, ys = curve[name]
+            ax.loglog(xs, [max(y, 1e-6) for y in ys], marker="o", label=name.rsplit("_vs_", 1)[0])
+        ax.set_title(title)
+        ax.set_xlabel("W ranks" if title == "vs W" else "N samples")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--png", help="write the curves here")
+    parser.add_argument("--max-n", type=int, default=10**6)
+    parser.add_argument("--worlds", default="1,4,16,64,256")
+    parser.add_argument("--ranks-per-node", type=int, default=8, help="the Kinetics plans' GPUs per node")
+    parser.add_argument("--nodes", type=int, default=8, help="the Kinetics plans' nodes")
+    args = parser.parse_args()
+    ns = [10**k for k in range(3, int(round(math.log10(args.max_n))) + 1)]
+    worlds = [int(w) for w in args.worlds.split(",")]
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        results["manifest"] = [manifest_point(work, n) for n in ns]
+        results["plan_vs_n"] = [plan_point(n, 8) for n in ns]
+        results["plan_vs_world"] = [plan_point(ns[-1], w) for w in worlds]
+        results["checkpoint"] = [checkpoint_point(work / f"ckpt{n}", n) for n in ns]
+        results["cache_vs_n"] = [cache_point(work, n, [8])[0] for n in ns]
+        results["cache_vs_world"] = cache_point(work / "w", ns[-1], worlds) if (work / "w").mkdir() is None else []
+        results["pack_state"] = [pack_state_point(work, n) for n in ns]
+    curve = curves(results)
+    slopes = {name: slope(*xy) for name, xy in curve.items()}
+    worst = max((s, n) for n, s in slopes.items() if s is not None)
+    cluster = Cluster(args.nodes, args.ranks_per_node, 100)
+    report = {"summary": {"max_n": ns[-1], "max_world": max(worlds), "worst_exponent": worst[0], "worst_curve": worst[1],
+                          "slopes": slopes},
+              "extrapolated": {name: extrapolate(results, clips, classes, cluster)
+                               for name, (clips, classes) in DATASETS.items()},
+              "results": results}
+    write_json(args.out, report)
+    if args.png:
+        plot(curve, Path(args.png))
+    print(f"worst exponent {worst[0]} ({worst[1]}); max N {ns[-1]}, max W {max(worlds)}")
+    for name, plan in report["extrapolated"].items():
+        print(name, plan["shards_gib"], "GiB shards,", plan["cache_gib"], "GiB cache, streamed:", plan["cache_streamed"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""A cache's plan before it is built: its size, each rank's memory for it, and the build's hours.
+
+The size is `store.payload_bytes`; whether a rank holds the cache whole or streams it is the
+trainer's own rule (`reader.streams`, `TrainConfig.cache_budget_gb`); the hours come from the
+per-clip cost model (`loaders.making.costs`).
+"""
+from __future__ import annotations
+
+from umt.loaders.making.costs import TEACHER_DIM, Cluster, build_hours
+
+from . import store
+from .reader import rank_bytes, streams
+
+
+def cache_plan(clips: int, classes: int, cluster: Cluster, views: int = 4, teachers: int = 2,
+               dim: int = TEACHER_DIM, shard_size: int = 256, budget_gb: float = 8.0,
+               kinds: tuple[str, ...] = ("features",)) -> dict:
+    """Disk, per-rank memory (resident or streamed) and build hours of a cache of `clips` clips."""
+    width = {"features": dim, "logits": classes}
+    disk = store.payload_bytes(clips, views, [dim + classes] * teachers)
+    read = store.payload_bytes(clips, views, [width[k] for k in kinds] * teachers)
+    shard = store.payload_bytes(min(shard_size, clips), views, [width[k] for k in kinds] * teachers)
+    budget = int(budget_gb * 2**30)
+    return {"clips": clips, "views": views, "disk_bytes": disk, "read_bytes": read,
+            "streamed": streams(read, budget), "rank_bytes": rank_bytes(read, shard, budget),
+            "streamed_bytes_per_rank_per_epoch": -(-read // cluster.world),
+            "build_hours": build_hours(clips, cluster.nodes * cluster.cores_per_node)}

@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import math
 import tempfile
+import threading
 import time
 import tracemalloc
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 
 from umt.cache import store
@@ -40,7 +42,7 @@ DATASETS = {"kinetics400": (240_000, 400), "kinetics700": (545_000, 700)}
 
 
 def measured(fn):
-    """(result, seconds, tracemalloc peak bytes) of fn()."""
+    """(result, seconds, tracemalloc peak bytes) of fn(): Python and numpy allocations."""
     tracemalloc.start()
     start = time.perf_counter()
     result = fn()
@@ -48,6 +50,26 @@ def measured(fn):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     return result, round(seconds, 4), peak
+
+
+def measured_rss(fn):
+    """(result, seconds, peak resident-set growth in bytes) of fn(), sampled every 2 ms: for zarr and
+    torch, whose many small allocations tracemalloc would slow fivefold."""
+    process, peak, stop = psutil.Process(), [0], threading.Event()
+    base = process.memory_info().rss
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], process.memory_info().rss - base)
+            time.sleep(0.002)
+    watcher = threading.Thread(target=sample)
+    watcher.start()
+    start = time.perf_counter()
+    result = fn()
+    seconds = time.perf_counter() - start
+    stop.set()
+    watcher.join()
+    return result, round(seconds, 4), max(peak[0], process.memory_info().rss - base)
 
 
 def counts(n: int, shard: int = SHARD) -> list[int]:
@@ -104,30 +126,45 @@ class CountingTable(FeatureTable):
         return block
 
 
-def make_cache(path: Path, n: int, dim: int = 8, views: int = 2) -> tuple[float, dict]:
+def _cache_layout(n: int, dim: int = 8, views: int = 2) -> tuple[dict, list[dict]]:
     shards = [{"name": f"train-{i:06d}.tar", "count": c} for i, c in enumerate(counts(n, CACHE_SHARD))]
     attrs = {"format": store.FORMAT, "split": "train", "num_samples": n, "num_views": views, "seed": 0,
              "teachers": {"video": {"dim": dim}, "audio": {"dim": dim}}, "shards": [s["name"] for s in shards]}
-    start = time.perf_counter()
+    return attrs, shards
+
+
+def make_cache(path: Path, n: int, dim: int = 8, views: int = 2) -> None:
+    """A finished cache of random features, written shard by shard as `umt-cache build` writes."""
+    attrs, shards = _cache_layout(n, dim, views)
     group = store.create(path, attrs, {"video": dim, "audio": dim}, shards, {})
-    create_s = time.perf_counter() - start
     rng = np.random.default_rng(0)
     for i, s in enumerate(shards):
         lo = i * CACHE_SHARD
         for m in ("video", "audio"):
             group[f"features/{m}"][lo:lo + s["count"]] = rng.standard_normal((s["count"], views, dim)).astype(np.float16)
         group["done"][i] = 1
-    (_, missing_s, missing_peak) = measured(lambda: store.missing_shards(group))
-    return create_s, {"create_s": round(create_s, 4), "missing_s": missing_s, "missing_peak": missing_peak,
-                      "attrs_bytes": (path / "zarr.json").stat().st_size}
 
 
-def cache_point(work: Path, n: int, worlds: list[int], batch: int = 256) -> list[dict]:
+def cache_build_point(path: Path, n: int) -> dict:
+    """The build's own bookkeeping: creating (or reopening, as a resumed build does) the store, and
+    finding its unfinished shards."""
+    attrs, shards = _cache_layout(n)
+    _, create_s, create_peak = measured(lambda: store.create(path, attrs, {"video": 8, "audio": 8}, shards, {}))
+    _, missing_s, missing_peak = measured(lambda: store.missing_shards(store.open_group(path)))
+    return {"create_s": create_s, "create_peak": create_peak, "missing_s": missing_s, "missing_peak": missing_peak,
+            "attrs_bytes": (path / "zarr.json").stat().st_size}
+
+
+def cache_point(work: Path, n: int, worlds: list[int], batch: int = 32) -> list[dict]:
+    """A cache of n samples (two 8-d teachers, 2 views): its disk, a rank's memory holding it whole, and,
+    streamed, rank 0's memory and bytes read over an epoch in its plan's order on each of `worlds`."""
     path = work / f"cache{n}.zarr"
-    _, build = make_cache(path, n)
+    if not path.exists():
+        make_cache(path, n)
+    build = cache_build_point(path, n)
     group = store.open_group(path)
     disk = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    table, _, resident_peak = measured(lambda: FeatureTable(group, torch.device("cpu"), 1 << 40))
+    table, load_s, resident_peak = measured_rss(lambda: FeatureTable(group, torch.device("cpu"), 1 << 40))
     nbytes = table.nbytes
     del table
     points = []
@@ -138,9 +175,9 @@ def cache_point(work: Path, n: int, worlds: list[int], batch: int = 256) -> list
             for rows in plan.batches():
                 reader.gather(torch.from_numpy(rows), torch.zeros(len(rows), dtype=torch.long))
             return reader.read
-        read, s, peak = measured(epoch)
+        read, s, peak = measured_rss(epoch)
         points.append({"n": n, "world": world, "disk_bytes": disk, "read_bytes_total": nbytes,
-                       "resident_peak": resident_peak, "streamed_peak": peak, "streamed_epoch_s": s,
+                       "resident_peak": resident_peak, "resident_load_s": load_s, "streamed_peak": peak, "streamed_epoch_s": s,
                        "streamed_read_bytes": read, "read_amplification": round(read / (nbytes / world), 3),
                        **build})
     return points
@@ -179,7 +216,8 @@ def curves(results: dict) -> dict[str, tuple[list, list]]:
         for key in ("plan_s", "plan_peak", "resume_s", "resume_peak"):
             out[f"{key}_vs_{x[0].upper()}"] = ([p[x] for p in results[group]], [p[key] for p in results[group]])
     out["checkpoint_bytes_vs_N"] = ([p["n"] for p in results["checkpoint"]], [p["bytes"] for p in results["checkpoint"]])
-    for key in ("disk_bytes", "resident_peak", "streamed_peak", "streamed_read_bytes", "create_s", "attrs_bytes"):
+    for key in ("disk_bytes", "resident_peak", "resident_load_s", "streamed_peak", "streamed_read_bytes",
+                "create_s", "create_peak", "missing_s", "attrs_bytes"):
         out[f"cache_{key}_vs_N"] = ([p["n"] for p in results["cache_vs_n"]], [p[key] for p in results["cache_vs_n"]])
     for key in ("streamed_peak", "streamed_read_bytes"):
         out[f"cache_{key}_vs_W"] = ([p["world"] for p in results["cache_vs_world"]],
@@ -217,16 +255,16 @@ def plot(curve: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    groups = {"vs N: time (s)": [k for k in curve if k.endswith("_vs_N") and k.split("_vs_")[0].endswith("_s")],
-              "vs N: bytes": [k for k in curve if k.endswith("_vs_N") and not k.split("_vs_")[0].endswith("_s")],
-              "vs W": [k for k in curve if k.endswith("_vs_W")]}
-    fig, axes = plt.subplots(1, 3, figsize=(18, 5.5))
+    timed = lambda k: k.split("_vs_")[0].endswith("_s")  # noqa: E731
+    groups = {f"vs {x}: {what}": [k for k in curve if k.endswith(f"_vs_{x}") and timed(k) == (what == "seconds")]
+              for x in "NW" for what in ("seconds", "bytes")}
+    fig, axes = plt.subplots(1, 4, figsize=(22, 5.5))
     for ax, (title, names) in zip(axes, groups.items()):
         for name in names:
             xs, ys = curve[name]
             ax.loglog(xs, [max(y, 1e-6) for y in ys], marker="o", label=name.rsplit("_vs_", 1)[0])
         ax.set_title(title)
-        ax.set_xlabel("W ranks" if title == "vs W" else "N samples")
+        ax.set_xlabel("W ranks" if title.startswith("vs W") else "N samples")
         ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -251,7 +289,7 @@ def main() -> None:
         results["plan_vs_world"] = [plan_point(ns[-1], w) for w in worlds]
         results["checkpoint"] = [checkpoint_point(work / f"ckpt{n}", n) for n in ns]
         results["cache_vs_n"] = [cache_point(work, n, [8])[0] for n in ns]
-        results["cache_vs_world"] = cache_point(work / "w", ns[-1], worlds) if (work / "w").mkdir() is None else []
+        results["cache_vs_world"] = cache_point(work, ns[-1], worlds)
         results["pack_state"] = [pack_state_point(work, n) for n in ns]
     curve = curves(results)
     slopes = {name: slope(*xy) for name, xy in curve.items()}

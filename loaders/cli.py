@@ -13,6 +13,7 @@ from .making.arrays import pack_arrays
 from .errors import UserError, parse_assignments, run_cli
 from .making.image_pack import add_pack_images_parser, pack_images_command
 from .making.inputs import FORMATS, read_annotation_files
+from .making.costs import CLIP_SECONDS, PACK_CORE_S_PER_SOURCE_S, Cluster, pack_plan, pack_worker_bytes
 from .making.nodes import assemble, pack_share
 from .making.pack import pack
 from .stored.integrity import verify_shards
@@ -99,6 +100,11 @@ def _pack_parser(sub) -> None:
     p.add_argument("--num-nodes", type=int, help="share the transcoding out over this many machines that see --out "
                    "(a shared file system): each runs the command with its --node-rank, then one runs it without "
                    "--node-rank to write the shards and manifest, identical to a one-machine pack's")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (clips, disk, hours on --num-nodes x "
+                   "--workers cores, memory per process) from the per-clip cost model, and pack nothing")
+    p.add_argument("--source", choices=tuple(PACK_CORE_S_PER_SOURCE_S), default="720p",
+                   help="with --dry-run: the source videos' resolution, for their measured transcoding cost "
+                        "(default 720p)")
     p.add_argument("--node-rank", type=int, help="with --num-nodes: this machine's share, 0 to N-1 (e.g. "
                    "$SLURM_ARRAY_TASK_ID); a node rerun after it stopped redoes only its unfinished part")
 
@@ -140,6 +146,9 @@ def _pack(args) -> None:
               **({"classes": str(args.classes)} if args.classes else {})}
     if args.num_nodes is not None and args.num_nodes < 1:
         raise UserError(f"--num-nodes must be at least 1, got {args.num_nodes}")
+    if args.dry_run:
+        _pack_dry_run(args, clips)
+        return
     if args.node_rank is not None:
         if args.num_nodes is None:
             raise UserError("--node-rank needs --num-nodes")
@@ -154,6 +163,32 @@ def _pack(args) -> None:
         pack(clips, args.out, opts, args.shard_size, args.workers, source, seed=args.seed)
     print(f"umt-data: packed into {args.out}")
     _info(args.out)
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.1f} GiB"
+
+
+def _pack_dry_run(args, clips: list) -> None:
+    """The pack's plan on this cluster shape, from the per-clip cost model (loaders/making/costs.py)."""
+    nodes = args.num_nodes or 1
+    seconds = min(args.max_seconds or CLIP_SECONDS, CLIP_SECONDS)
+    plan = pack_plan(len(clips), Cluster(nodes, 1, args.workers), args.source, seconds)
+    splits = Counter(c.split for c in clips)
+    missing = sum(c.path is None for c in clips)
+    print(f"umt-data pack --dry-run: {len(clips)} clips ({', '.join(f'{s} {n}' for s, n in splits.items())}; "
+          f"{missing} file(s) not found, to be rejected), {seconds:g} s each from {args.source} sources")
+    print(f"shards on disk     {_gib(plan['shard_bytes'])} in {-(-len(clips) // args.shard_size)} shards of "
+          f"{args.shard_size}" + (f", plus {_gib(plan['parts_bytes'])} of node parts until the final step"
+                                  if nodes > 1 else ""))
+    print(f"hours              {plan['hours']:.2f} h on {nodes} node(s) x {args.workers} workers "
+          f"({plan['core_hours']:.0f} core-hours)" + (f"; then the final step copies {_gib(plan['final_step_bytes'])}"
+                                                       if nodes > 1 else ""))
+    print(f"memory             about {pack_worker_bytes(seconds, args.fps, args.short_side) / 2**20:.0f} MiB per "
+          f"worker process (a clip's frames at short side {args.short_side}, estimated), "
+          f"{args.workers} per node")
+    print("the per-clip costs are CPU measurements (benchmarks/RESULTS.md, \"Kinetics on a cluster\"); packed "
+          "bytes were measured on generated clips, camera video compresses less")
 
 
 def _info(data: str) -> None:

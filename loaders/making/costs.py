@@ -49,6 +49,12 @@ def pack_plan(clips: int, cluster: Cluster, source: str = "720p", clip_seconds: 
             "final_step_bytes": round(shards) if cluster.nodes > 1 else 0}
 
 
+def pack_worker_bytes(clip_seconds: float, fps: int, short_side: int, aspect: float = 16 / 9) -> int:
+    """A transcoding process's largest buffer: the clip's output frames, held whole before encoding
+    (RGB, short side `short_side`, `aspect` wide); an estimate from the code, not a measurement."""
+    return round(clip_seconds * fps) * short_side * round(short_side * aspect) * 3
+
+
 def build_hours(clips: int, cores: int) -> float:
     """Hours of `umt-cache build` for `clips` clips on `cores` CPU cores (the measured CPU rate)."""
     return round(clips * BUILD_CORE_S_PER_CLIP / 3600 / cores, 3)

@@ -110,8 +110,6 @@ def _record(out: Path, state: dict, split: str, shard: dict) -> None:
     state["splits"].setdefault(split, []).append(shard)
     with open(out / STATE, "a") as handle:
         handle.write(json.dumps({"split": split, **shard}, sort_keys=True) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def _pool(workers: int):

@@ -32,7 +32,7 @@ from umt.engine.config import TrainConfig
 from umt.engine.train import LoopState
 from umt.loaders.loading.plan import plan_epoch
 from umt.loaders.making.costs import PACK_CORE_S_PER_SOURCE_S, SHARD_BYTES_PER_S, BUILD_CORE_S_PER_CLIP, Cluster, pack_plan
-from umt.loaders.making.pack import STATE, _load_state, _record
+from umt.loaders.making.pack import STATE, load_state, record_shard
 from umt.loaders.stored.shards import FORMAT, load_manifest, with_offsets, write_manifest
 
 from common import write_json
@@ -204,11 +204,11 @@ def pack_state_point(work: Path, n: int) -> dict:
 
     def whole_pack():
         (out / STATE).unlink(missing_ok=True)
-        state = _load_state(out, "f")
+        state = load_state(out, "f")
         for i in range(len(counts(n))):
-            _record(out, state, "train", {**entry, "consumed": (i + 1) * SHARD})
+            record_shard(out, state, "train", {**entry, "consumed": (i + 1) * SHARD})
     _, s, peak = measured(whole_pack)
-    _, load_s, load_peak = measured(lambda: _load_state(out, "f"))
+    _, load_s, load_peak = measured(lambda: load_state(out, "f"))
     return {"n": n, "record_s": s, "record_peak": peak, "load_s": load_s, "load_peak": load_peak,
             "bytes": sum(f.stat().st_size for f in out.iterdir())}
 

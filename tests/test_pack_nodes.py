@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from umt.loaders.cli import main as data_main
+from umt.loaders.making.pack import STATE, WHOLE_STATE, load_state, record_shard
 
 from conftest import kill_when
 from test_pack import _annotations, _pack_args, videos  # noqa: F401 (the module's video folder fixture)
@@ -82,14 +83,20 @@ def test_node_flags_out_of_range_are_refused(inputs, tmp_path, capsys, flags, me
 
 def test_pack_state_grows_by_one_line_per_shard_and_survives_a_cut_line(tmp_path):
     """Each finished shard appends its line (rewriting the state per shard cost the square of the shards)."""
-    from umt.loaders.making.pack import STATE, _load_state, _record
-    state = _load_state(tmp_path, "f")
+    state = load_state(tmp_path, "f")
     before = (tmp_path / STATE).read_bytes()
     for n in range(3):
-        _record(tmp_path, state, "train", {"name": None, "consumed": n + 1, "rejected": [], "flags": {}})
+        record_shard(tmp_path, state, "train", {"name": None, "consumed": n + 1, "rejected": [], "flags": {}})
         after = (tmp_path / STATE).read_bytes()
         assert after.startswith(before) and after.count(b"\n") == before.count(b"\n") + 1
         before = after
     (tmp_path / STATE).write_bytes(before + b'{"split": "train", "name": nu')  # killed mid-line
-    assert [s["consumed"] for s in _load_state(tmp_path, "f")["splits"]["train"]] == [1, 2, 3]
-    assert _load_state(tmp_path, "other")["splits"] == {}  # another pack's state starts afresh
+    assert [s["consumed"] for s in load_state(tmp_path, "f")["splits"]["train"]] == [1, 2, 3]
+    assert load_state(tmp_path, "other")["splits"] == {}  # another pack's state starts afresh
+
+
+def test_a_pack_state_written_whole_is_resumed_from(tmp_path):
+    shards = [{"name": None, "consumed": 4, "rejected": [{"source": "a.mp4"}], "flags": {}}]
+    (tmp_path / WHOLE_STATE).write_text(json.dumps({"fingerprint": "f", "splits": {"val": shards}}, indent=1))
+    assert load_state(tmp_path, "f")["splits"] == {"val": shards}
+    assert (tmp_path / STATE).is_file() and not (tmp_path / WHOLE_STATE).exists()

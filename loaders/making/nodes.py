@@ -12,6 +12,7 @@ single-node pack, and removes the parts once the manifest is written.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import tarfile
@@ -23,7 +24,7 @@ from tqdm import tqdm
 from ..errors import UserError
 from ..stored.shards import MANIFEST, ShardWriter, load_manifest
 from .inputs import ClipInput
-from .pack import _pool, _results, pack, pack_fingerprint, split_orders, state_fingerprint
+from .pack import transcoding_pool, transcoded, pack, pack_fingerprint, split_orders, state_fingerprint
 from .transcode import PackOptions
 
 RESULT = "result.json"  # a part's member holding a clip's metadata and flags, or its reject reason
@@ -69,19 +70,23 @@ def pack_share(clips: list[ClipInput], out: str | Path, opts: PackOptions, shard
     inputs = [orders[split][b * shard_size:(b + 1) * shard_size] for split, b in todo]
     bar = tqdm(total=sum(map(len, inputs)), unit="clip", desc=f"pack node {node_rank}/{num_nodes}",
                disable=not progress)
-    pool = _pool(workers)
+    # one stream of jobs over every block, so that workers never wait at a block's end
+    where = [(k, j) for k, indices in enumerate(inputs) for j in range(len(indices))]
+    pool, writer = transcoding_pool(workers), None
     try:
-        for (split, b), indices in zip(todo, inputs):
-            writer = ShardWriter(_part(parts, split, b))
-            for position, (_, result) in enumerate(_results(pool, clips, indices, opts), start=b * shard_size):
-                if isinstance(result, str):
-                    members = {"rejected": result}
-                    writer.write(f"{position:07d}", {RESULT: json.dumps(members).encode()})
-                else:
-                    media, meta, flags = result
-                    writer.write(f"{position:07d}", {**media, RESULT: json.dumps({"meta": meta, "flags": flags}).encode()})
-                bar.update()
-            writer.close()
+        for (k, j), (_, result) in zip(where, transcoded(pool, clips, [i for ind in inputs for i in ind], opts)):
+            split, b = todo[k]
+            writer = writer or ShardWriter(_part(parts, split, b))
+            if isinstance(result, str):
+                media, record = {}, {"rejected": result}
+            else:
+                media, meta, flags = result
+                record = {"meta": meta, "flags": flags}
+            writer.write(f"{b * shard_size + j:07d}", {**media, RESULT: json.dumps(record).encode()})
+            bar.update()
+            if j == len(inputs[k]) - 1:
+                writer.close()
+                writer = None
     finally:
         if pool is not None:
             pool.terminate()
@@ -103,17 +108,10 @@ def missing_parts(clips: list[ClipInput], out: str | Path, opts: PackOptions, sh
 def _read_part(path: Path) -> Iterator[tuple[int, object]]:
     """(position, transcoded clip or reject reason) of each clip in a part, in order."""
     with tarfile.open(path) as tar:
-        key, members = None, {}
-        for info in [*tar, None]:
-            name = info.name.split(".", 1) if info is not None else (None, None)
-            if name[0] != key and key is not None:
-                result = json.loads(members.pop(RESULT))
-                yield int(key), (result["rejected"] if "rejected" in result else
-                                 (members, result["meta"], result["flags"]))
-                members = {}
-            if info is not None:
-                key = name[0]
-                members[name[1]] = tar.extractfile(info).read()
+        for key, infos in itertools.groupby(tar, key=lambda info: info.name.split(".", 1)[0]):
+            members = {info.name.split(".", 1)[1]: tar.extractfile(info).read() for info in infos}
+            result = json.loads(members.pop(RESULT))
+            yield int(key), result["rejected"] if "rejected" in result else (members, result["meta"], result["flags"])
 
 
 def assemble(clips: list[ClipInput], out: str | Path, opts: PackOptions, shard_size: int, num_nodes: int,

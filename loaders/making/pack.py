@@ -32,6 +32,7 @@ from ..stored.shards import (FORMAT, PACK_SEED, SPLITS, ShardWriter, class_order
 from .transcode import PackOptions, Rejected, sample_json, transcode
 
 STATE = "pack-state.jsonl"
+WHOLE_STATE = "pack-state.json"  # the state as one JSON document, as packs wrote it before: converted on resume
 
 
 def _work(job: tuple[int, ClipInput, PackOptions]) -> tuple[int, object]:
@@ -50,13 +51,16 @@ def pack_fingerprint(clips: list[ClipInput], opts: PackOptions, shard_size: int,
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _load_state(out: Path, fingerprint: str) -> dict:
+def load_state(out: Path, fingerprint: str) -> dict:
     """Finished shards that still verify; anything after the first bad one is redone.
 
     The state is a JSON-lines file: the fingerprint, then one line per finished shard appended as it
     closes (rewriting the whole state per shard would cost the square of the shard count); a line
     cut short by a kill is dropped."""
     path = out / STATE
+    if not path.is_file() and (out / WHOLE_STATE).is_file():
+        _rewrite_state(out, json.loads((out / WHOLE_STATE).read_text()))
+        (out / WHOLE_STATE).unlink()
     lines = path.read_text().splitlines() if path.is_file() else []
     if not lines or _parse(lines[0]).get("fingerprint") != fingerprint:
         state = {"fingerprint": fingerprint, "splits": {}}
@@ -105,19 +109,19 @@ def _rewrite_state(out: Path, state: dict) -> None:
     os.replace(tmp, out / STATE)
 
 
-def _record(out: Path, state: dict, split: str, shard: dict) -> None:
+def record_shard(out: Path, state: dict, split: str, shard: dict) -> None:
     """Add a finished shard to the state, in memory and on disk (one appended line)."""
     state["splits"].setdefault(split, []).append(shard)
     with open(out / STATE, "a") as handle:
         handle.write(json.dumps({"split": split, **shard}, sort_keys=True) + "\n")
 
 
-def _pool(workers: int):
+def transcoding_pool(workers: int):
     """One pool of transcoding processes for the whole pack (None: transcode in this process)."""
     return multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
 
 
-def _results(pool, clips: list[ClipInput], indices: list[int], opts: PackOptions) -> Iterator[tuple[int, object]]:
+def transcoded(pool, clips: list[ClipInput], indices: list[int], opts: PackOptions) -> Iterator[tuple[int, object]]:
     """(input index, transcoded clip or reject reason), in input order."""
     jobs = [(i, clips[i], opts) for i in indices]
     return pool.imap(_work, jobs) if pool is not None else map(_work, jobs)
@@ -145,15 +149,15 @@ def pack(clips: list[ClipInput], out: str | Path, opts: PackOptions, shard_size:
     `results`: where transcoded clips come from (default: transcode them here, in `workers` processes)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    state = _load_state(out, pack_fingerprint(clips, opts, shard_size, seed))
+    state = load_state(out, pack_fingerprint(clips, opts, shard_size, seed))
     classes = class_order(c.label for c in clips)
     label_of = {name: i for i, name in enumerate(classes)}
     done_inputs = sum(shards[-1]["consumed"] if shards else 0 for shards in state["splits"].values())
     bar = tqdm(total=len(clips), initial=done_inputs, unit="clip", desc="pack", disable=not progress)
-    pool = _pool(workers) if results is None else None
+    pool = transcoding_pool(workers) if results is None else None
     try:
         for split, indices in split_orders(clips, seed).items():
-            _pack_split(results or (lambda _, order, start: _results(pool, clips, order[start:], opts)),
+            _pack_split(results or (lambda _, order, start: transcoded(pool, clips, order[start:], opts)),
                         clips, split, indices, state, out, shard_size, label_of, bar)
     finally:
         if pool is not None:
@@ -187,11 +191,11 @@ def _pack_split(results: Results, clips: list[ClipInput], split: str, indices: l
             row += 1
         last = position == len(indices) - 1
         if writer is not None and (writer.count == shard_size or last):
-            _record(out, state, split, {**writer.close(), "consumed": position + 1, "rejected": rejected,
+            record_shard(out, state, split, {**writer.close(), "consumed": position + 1, "rejected": rejected,
                                         "flags": dict(flag_counts), "seconds": round(seconds, 3)})
             writer, rejected = None, []
     if rejected:  # rejects after the last shard: keep them in the state too
-        _record(out, state, split, {"name": None, "consumed": len(indices), "rejected": rejected, "flags": {}})
+        record_shard(out, state, split, {"name": None, "consumed": len(indices), "rejected": rejected, "flags": {}})
 
 
 def _write_manifest(out: Path, state: dict, classes: list[str], opts: PackOptions, shard_size: int,

@@ -31,7 +31,8 @@ from umt.engine import resume
 from umt.engine.config import TrainConfig
 from umt.engine.train import LoopState
 from umt.loaders.loading.plan import plan_epoch
-from umt.loaders.making.costs import PACK_CORE_S_PER_SOURCE_S, SHARD_BYTES_PER_S, BUILD_CORE_S_PER_CLIP, Cluster, pack_plan
+from umt.loaders.making.costs import (BUILD_CORE_S_PER_CLIP, PACK_CORE_S_PER_SOURCE_S, SHARD_BYTES_PER_S, Cluster,
+                                     pack_plan)
 from umt.loaders.making.pack import STATE, load_state, record_shard
 from umt.loaders.stored.shards import FORMAT, load_manifest, with_offsets, write_manifest
 
@@ -153,7 +154,8 @@ def make_cache(path: Path, n: int, dim: int = 8, views: int = 2) -> None:
     for i, s in enumerate(shards):
         lo = i * CACHE_SHARD
         for m in ("video", "audio"):
-            group[f"features/{m}"][lo:lo + s["count"]] = rng.standard_normal((s["count"], views, dim)).astype(np.float16)
+            values = rng.standard_normal((s["count"], views, dim)).astype(np.float16)
+            group[f"features/{m}"][lo:lo + s["count"]] = values
         group["done"][i] = 1
 
 
@@ -223,22 +225,17 @@ def slope(xs: list[float], ys: list[float]) -> float | None:
 
 def curves(results: dict) -> dict[str, tuple[list, list]]:
     """Every (x, y) curve the summary judges, named `<figure>_vs_<N|W>`."""
-    out = {}
-    for key in ("write_s", "write_peak", "load_s", "load_peak", "bytes"):
-        out[f"manifest_{key}_vs_N"] = ([p["n"] for p in results["manifest"]], [p[key] for p in results["manifest"]])
-    for group, x in (("plan_vs_n", "n"), ("plan_vs_world", "world")):
-        for key in ("plan_s", "plan_peak", "resume_s", "resume_peak"):
-            out[f"{key}_vs_{x[0].upper()}"] = ([p[x] for p in results[group]], [p[key] for p in results[group]])
-    out["checkpoint_bytes_vs_N"] = ([p["n"] for p in results["checkpoint"]], [p["bytes"] for p in results["checkpoint"]])
-    for key in ("disk_bytes", "resident_bytes", "resident_load_s", "streamed_held_peak", "streamed_read_bytes",
-                "create_s", "create_peak", "missing_s", "attrs_bytes"):
-        out[f"cache_{key}_vs_N"] = ([p["n"] for p in results["cache_vs_n"]], [p[key] for p in results["cache_vs_n"]])
-    for key in ("streamed_held_peak", "streamed_read_bytes", "streamed_epoch_s"):
-        out[f"cache_{key}_vs_W"] = ([p["world"] for p in results["cache_vs_world"]],
-                                    [p[key] for p in results["cache_vs_world"]])
-    for key in ("record_s", "record_peak", "load_s", "bytes"):
-        out[f"pack_state_{key}_vs_N"] = ([p["n"] for p in results["pack_state"]], [p[key] for p in results["pack_state"]])
-    return out
+    figures = {"manifest": ("manifest_{}", "n", ("write_s", "write_peak", "load_s", "load_peak", "bytes")),
+               "plan_vs_n": ("{}", "n", ("plan_s", "plan_peak", "resume_s", "resume_peak")),
+               "plan_vs_world": ("{}", "world", ("plan_s", "plan_peak", "resume_s", "resume_peak")),
+               "checkpoint": ("checkpoint_{}", "n", ("bytes",)),
+               "cache_vs_n": ("cache_{}", "n", ("disk_bytes", "resident_bytes", "resident_load_s", "streamed_held_peak",
+                                                "streamed_read_bytes", "create_s", "create_peak", "missing_s",
+                                                "attrs_bytes")),
+               "cache_vs_world": ("cache_{}", "world", ("streamed_held_peak", "streamed_read_bytes", "streamed_epoch_s")),
+               "pack_state": ("pack_state_{}", "n", ("record_s", "record_peak", "load_s", "bytes"))}
+    return {f"{name.format(key)}_vs_{x[0].upper()}": ([p[x] for p in results[group]], [p[key] for p in results[group]])
+            for group, (name, x, keys) in figures.items() for key in keys}
 
 
 def extrapolate(results: dict, clips: int, classes: int, cluster: Cluster) -> dict:
@@ -310,7 +307,8 @@ def main() -> None:
     worst = max((s, n) for n, s in slopes.items() if s is not None)
     sizes = max((s, n) for n, s in slopes.items() if s is not None and not n.split("_vs_")[0].endswith("_s"))
     cluster = Cluster(args.nodes, args.ranks_per_node, 100)
-    report = {"summary": {"max_n": ns[-1], "max_world": max(worlds), "worst_exponent": worst[0], "worst_curve": worst[1],
+    report = {"summary": {"max_n": ns[-1], "max_world": max(worlds),
+                          "worst_exponent": worst[0], "worst_curve": worst[1],
                           # bytes and memory only: what timings of milliseconds on a shared machine leave out
                           "worst_bytes_exponent": sizes[0], "worst_bytes_curve": sizes[1], "slopes": slopes},
               "extrapolated": {name: extrapolate(results, clips, classes, cluster)
@@ -321,7 +319,8 @@ def main() -> None:
         plot(curve, Path(args.png))
     print(f"worst exponent {worst[0]} ({worst[1]}); max N {ns[-1]}, max W {max(worlds)}")
     for name, plan in report["extrapolated"].items():
-        print(name, plan["shards_gib"], "GiB shards,", plan["cache_gib"], "GiB cache, streamed:", plan["cache_streamed"])
+        print(f"{name}: {plan['shards_gib']} GiB shards, {plan['cache_gib']} GiB cache, "
+              f"{'streamed' if plan['cache_streamed'] else 'held whole'}")
 
 
 if __name__ == "__main__":

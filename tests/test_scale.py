@@ -45,8 +45,8 @@ def test_pack_dry_run_counts_the_clips_and_packs_nothing(tmp_path, capsys):
     for n in range(3):
         (tmp_path / "videos" / f"v{n}.mp4").write_bytes(b"x")
     with open(tmp_path / "a.csv", "w", newline="") as handle:
-        rows = [["path", "label", "split"]] + [[f"v{n}.mp4", "a", "train"] for n in range(3)] + [["gone.mp4", "b", "val"]]
-        csv.writer(handle).writerows(rows)
+        rows = [[f"v{n}.mp4", "a", "train"] for n in range(3)] + [["gone.mp4", "b", "val"]]
+        csv.writer(handle).writerows([["path", "label", "split"], *rows])
     out = tmp_path / "out"
     data_main(["pack", "--annotations", str(tmp_path / "a.csv"), "--root", str(tmp_path / "videos"), "--out", str(out),
                "--dry-run", "--num-nodes", "2", "--workers", "4", "--shard-size", "2", "--source", "1080p",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 # core-seconds of `umt-data pack` per second of source video, by source resolution (transcode to short side
 # 256, 25 fps, GOP 8, and FLAC); a worker's FFmpeg decodes on every core, so wall time x cores is charged
 PACK_CORE_S_PER_SOURCE_S = {
-    "256p": 2 * 55.3 / (96 * 10),  # loader_cpu_realistic.json: 96 clips of 10 s at 456x256 in 55.3 s, 2 workers, 2 cores
+    "256p": 2 * 55.3 / (96 * 10),  # loader_cpu_realistic.json: 96 clips of 10 s, 456x256, in 55.3 s on 2 workers
     "720p": 2 / 1.44 / 4,          # cost_curves_cpu.json "pack": 1.44 clips/s of 4 s 720p, 1 worker on 2 cores
     "1080p": 2 / 0.71 / 4,         # cost_curves_cpu.json "pack": 0.71 clips/s of 4 s 1080p, 1 worker on 2 cores
 }

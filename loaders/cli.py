@@ -154,8 +154,9 @@ def _pack(args) -> None:
             raise UserError("--node-rank needs --num-nodes")
         parts = pack_share(clips, args.out, opts, args.shard_size, args.num_nodes, args.node_rank, args.workers,
                            args.seed)
-        print(f"umt-data: node {args.node_rank} of {args.num_nodes} transcoded its {len(parts)} part(s); when every "
-              f"node has, run the same command without --node-rank")
+        print(f"umt-data: node {args.node_rank} of {args.num_nodes} has its {len(parts)} part(s); when every node "
+              "has, run the same command without --node-rank" if parts is not None else
+              f"umt-data: {args.out} is packed already")
         return
     if args.num_nodes is not None:
         assemble(clips, args.out, opts, args.shard_size, args.num_nodes, source, args.seed)

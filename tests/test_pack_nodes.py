@@ -30,7 +30,7 @@ def inputs(videos, tmp_path_factory):  # noqa: F811
     return csv_path, root, _shard_set(whole)
 
 
-def test_two_concurrent_nodes_give_the_one_machine_shards(inputs, tmp_path):
+def test_two_concurrent_nodes_give_the_one_machine_shards(inputs, tmp_path, capsys):
     csv_path, root, expected = inputs
     out = tmp_path / "shared"
     nodes = [subprocess.Popen([sys.executable, "-m", "umt.loaders.cli", *_pack_args(
@@ -46,6 +46,8 @@ def test_two_concurrent_nodes_give_the_one_machine_shards(inputs, tmp_path):
         assert got[name] == expected[name], name
     assert not list(out.glob("parts-*"))  # the nodes' parts are removed once the manifest is written
     data_main(_pack_args(csv_path, root, out, *OPTIONS, "--num-nodes", "2"))  # a rerun changes nothing
+    data_main(_pack_args(csv_path, root, out, *OPTIONS, "--num-nodes", "2", "--node-rank", "1"))
+    assert "is packed already" in capsys.readouterr().out and not list(out.glob("parts-*"))
     assert _shard_set(out) == expected
 
 

@@ -56,13 +56,14 @@ def _part(parts: Path, split: str, block: int) -> Path:
 
 
 def pack_share(clips: list[ClipInput], out: str | Path, opts: PackOptions, shard_size: int, num_nodes: int,
-               node_rank: int, workers: int = 1, seed: int = 0, progress: bool = True) -> list[Path]:
-    """Transcode node `node_rank`'s blocks into parts (skipping finished ones); returns its parts."""
+               node_rank: int, workers: int = 1, seed: int = 0, progress: bool = True) -> list[Path] | None:
+    """Transcode node `node_rank`'s blocks into parts (skipping finished ones); returns its parts, or None
+    when the shards are written already (the parts are gone)."""
     if not 0 <= node_rank < num_nodes:
         raise UserError(f"--node-rank {node_rank} is not in [0, --num-nodes {num_nodes})")
     parts = parts_dir(Path(out), clips, opts, shard_size, seed)
     if _assembled(Path(out), clips, opts, shard_size, seed):
-        return []
+        return None
     parts.mkdir(parents=True, exist_ok=True)
     orders = split_orders(clips, seed)
     mine = share(blocks(clips, seed, shard_size), num_nodes, node_rank)

@@ -14,7 +14,6 @@ from .builder import build
 from .plan import cache_plan
 from .verify import verify
 
-DEFAULTS = TrainConfig(data="", out="")  # the trainer's cache budget and distillation targets
 
 
 def _dry_run(args) -> None:
@@ -71,10 +70,10 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--num-nodes", type=int, default=1, help="nodes (default 1)")
     d.add_argument("--processes-per-node", type=int, default=8, help="training ranks (GPUs) per node (default 8)")
     d.add_argument("--cores-per-node", type=int, default=100, help="CPU cores per node (default 100)")
-    d.add_argument("--cache-budget-gb", type=float, default=DEFAULTS.cache_budget_gb,
-                   help=f"the trainer's --cache-budget-gb (default {DEFAULTS.cache_budget_gb:g})")
-    d.add_argument("--targets", choices=tuple(KINDS), default=DEFAULTS.distill_targets,
-                   help=f"the trainer's --distill-targets (default {DEFAULTS.distill_targets})")
+    d.add_argument("--cache-budget-gb", type=float, default=TrainConfig.cache_budget_gb,
+                   help=f"the trainer's --cache-budget-gb (default {TrainConfig.cache_budget_gb:g})")
+    d.add_argument("--targets", choices=tuple(KINDS), default=TrainConfig.distill_targets,
+                   help=f"the trainer's --distill-targets (default {TrainConfig.distill_targets})")
     v = sub.add_parser("verify", help="check completeness, fingerprints, finiteness; optionally recompute "
                        "random entries online (exit 0 only when every check passes)")
     v.add_argument("cache")

@@ -6,6 +6,8 @@ per-clip cost model (`loaders.making.costs`).
 """
 from __future__ import annotations
 
+from umt.engine.config import TrainConfig
+from umt.engine.methods.umt import KINDS
 from umt.loaders.making.costs import TEACHER_DIM, Cluster, build_hours
 
 from . import store
@@ -13,8 +15,8 @@ from .reader import rank_bytes, streams
 
 
 def cache_plan(clips: int, classes: int, cluster: Cluster, views: int = 4, teachers: int = 2,
-               dim: int = TEACHER_DIM, shard_size: int = 256, budget_gb: float = 8.0,
-               kinds: tuple[str, ...] = ("features",)) -> dict:
+               dim: int = TEACHER_DIM, shard_size: int = 256, budget_gb: float = TrainConfig.cache_budget_gb,
+               kinds: tuple[str, ...] = KINDS[TrainConfig.distill_targets]) -> dict:
     """Disk, per-rank memory (resident or streamed) and build hours of a cache of `clips` clips."""
     width = {"features": dim, "logits": classes}
     disk = store.payload_bytes(clips, views, [dim + classes] * teachers)

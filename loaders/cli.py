@@ -183,7 +183,7 @@ def _pack_dry_run(args, clips: list) -> None:
           f"{args.shard_size}" + (f", plus {_gib(plan['parts_bytes'])} of node parts until the final step"
                                   if nodes > 1 else ""))
     print(f"hours              {plan['hours']:.2f} h on {nodes} node(s) x {args.workers} workers "
-          f"({plan['core_hours']:.0f} core-hours)" + (f"; then the final step copies {_gib(plan['final_step_bytes'])}"
+          f"({plan['core_hours']:.0f} core-hours)" + (f"; then the final step copies {_gib(plan['parts_bytes'])}"
                                                        if nodes > 1 else ""))
     print(f"memory             about {pack_worker_bytes(seconds, args.fps, args.short_side) / 2**20:.0f} MiB per "
           f"worker process (a clip's frames at short side {args.short_side}, estimated), "

@@ -43,10 +43,9 @@ def pack_plan(clips: int, cluster: Cluster, source: str = "720p", clip_seconds: 
     core_s = clips * clip_seconds * PACK_CORE_S_PER_SOURCE_S[source]
     shards = clips * clip_seconds * SHARD_BYTES_PER_S
     return {"clips": clips, "source": source, "shard_bytes": round(shards),
-            "parts_bytes": round(shards) if cluster.nodes > 1 else 0,  # the nodes' parts until the final step
+            "parts_bytes": round(shards) if cluster.nodes > 1 else 0,  # nodes' parts, copied by the final step
             "core_hours": round(core_s / 3600, 2),
-            "hours": round(core_s / 3600 / (cluster.nodes * cluster.cores_per_node), 3),
-            "final_step_bytes": round(shards) if cluster.nodes > 1 else 0}
+            "hours": round(core_s / 3600 / (cluster.nodes * cluster.cores_per_node), 3)}
 
 
 def pack_worker_bytes(clip_seconds: float, fps: int, short_side: int, aspect: float = 16 / 9) -> int:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from umt.engine.checkpoint import load_model
 from umt.engine.config import TrainConfig
 from umt.engine.methods.umt import KINDS
 from umt.loaders.errors import UserError, parse_assignments, run_cli
@@ -26,14 +27,15 @@ def _dry_run(args) -> None:
         clips, classes, shard_size = args.clips, args.classes, 256
     else:
         raise UserError("umt-cache build --dry-run needs --data (a packed shard set) or --clips and --classes")
-    teachers = len(args.teacher) or args.teachers
+    teachers = parse_assignments(args.teacher, "--teacher")
+    dims = (tuple(load_model(path)[0].encoders[m].out_dim for m, path in sorted(teachers.items())) if teachers
+            else (args.teacher_dim,) * args.teachers)
     cluster = Cluster(args.num_nodes, args.processes_per_node, args.cores_per_node)
-    plan = cache_plan(clips, classes, cluster, args.views, teachers, args.teacher_dim, shard_size,
-                      args.cache_budget_gb, KINDS[args.targets])
+    plan = cache_plan(clips, classes, cluster, args.views, dims, shard_size, args.cache_budget_gb, KINDS[args.targets])
     how = "streamed" if plan["streamed"] else "resident"
-    print(f"umt-cache build --dry-run: {clips} clips x {args.views} views, {teachers} teacher(s) of "
-          f"{args.teacher_dim}-d, {classes} classes, on {cluster.nodes} node(s) x {cluster.processes_per_node} "
-          f"process(es) ({cluster.world} ranks)")
+    print(f"umt-cache build --dry-run: {clips} clips x {args.views} views, teachers of "
+          f"{', '.join(f'{d}-d' for d in dims)}, {classes} classes, on {cluster.nodes} node(s) x "
+          f"{cluster.processes_per_node} process(es) ({cluster.world} ranks)")
     print(f"cache on disk      {store.size_text(plan['disk_bytes'])} of float16 features and logits (uncompressed)")
     print(f"each rank holds    {store.size_text(plan['rank_bytes'])} on its device: the cache is {how} (training reads "
           f"{store.size_text(plan['read_bytes'])} of {args.targets}; cache_budget_gb {args.cache_budget_gb:g})")
@@ -65,8 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--clips", type=int, help="samples, when there is no --data yet")
     d.add_argument("--classes", type=int, help="classes, when there is no --data yet")
     d.add_argument("--teachers", type=int, default=2, help="teachers, when no --teacher is given (default 2)")
-    d.add_argument("--teacher-dim", type=int, default=TEACHER_DIM,
-                   help=f"a teacher's feature width (default {TEACHER_DIM}, ResNet-18 width)")
+    d.add_argument("--teacher-dim", type=int, default=TEACHER_DIM, help="a teacher's feature width, when no "
+                   f"--teacher is given (default {TEACHER_DIM}, ResNet-18 width)")
     d.add_argument("--num-nodes", type=int, default=1, help="nodes (default 1)")
     d.add_argument("--processes-per-node", type=int, default=8, help="training ranks (GPUs) per node (default 8)")
     d.add_argument("--cores-per-node", type=int, default=100, help="CPU cores per node (default 100)")

@@ -14,14 +14,16 @@ from . import store
 from .reader import rank_bytes, streams
 
 
-def cache_plan(clips: int, classes: int, cluster: Cluster, views: int = 4, teachers: int = 2,
-               dim: int = TEACHER_DIM, shard_size: int = 256, budget_gb: float = TrainConfig.cache_budget_gb,
+def cache_plan(clips: int, classes: int, cluster: Cluster, views: int = 4, dims: tuple[int, ...] = (TEACHER_DIM,) * 2,
+               shard_size: int = 256, budget_gb: float = TrainConfig.cache_budget_gb,
                kinds: tuple[str, ...] = KINDS[TrainConfig.distill_targets]) -> dict:
-    """Disk, per-rank memory (resident or streamed) and build hours of a cache of `clips` clips."""
-    width = {"features": dim, "logits": classes}
-    disk = store.payload_bytes(clips, views, [dim + classes] * teachers)
-    read = store.payload_bytes(clips, views, [width[k] for k in kinds] * teachers)
-    shard = store.payload_bytes(min(shard_size, clips), views, [width[k] for k in kinds] * teachers)
+    """Disk, per-rank memory (resident or streamed) and build hours of a cache of `clips` clips, one teacher
+    of each feature width in `dims`."""
+    read_widths = [width for dim in dims for width in ((dim,) if "features" in kinds else ()) +
+                   ((classes,) if "logits" in kinds else ())]
+    disk = store.payload_bytes(clips, views, [dim + classes for dim in dims])
+    read = store.payload_bytes(clips, views, read_widths)
+    shard = store.payload_bytes(min(shard_size, clips), views, read_widths)
     budget = int(budget_gb * 2**30)
     return {"clips": clips, "views": views, "disk_bytes": disk, "read_bytes": read,
             "streamed": streams(read, budget), "rank_bytes": rank_bytes(read, shard, budget),

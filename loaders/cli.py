@@ -100,13 +100,13 @@ def _pack_parser(sub) -> None:
     p.add_argument("--num-nodes", type=int, help="share the transcoding out over this many machines that see --out "
                    "(a shared file system): each runs the command with its --node-rank, then one runs it without "
                    "--node-rank to write the shards and manifest, identical to a one-machine pack's")
+    p.add_argument("--node-rank", type=int, help="with --num-nodes: this machine's share, 0 to N-1 (e.g. "
+                   "$SLURM_ARRAY_TASK_ID); a node rerun after it stopped redoes only its unfinished part")
     p.add_argument("--dry-run", action="store_true", help="print the plan (clips, disk, hours on --num-nodes x "
                    "--workers cores, memory per process) from the per-clip cost model, and pack nothing")
     p.add_argument("--source", choices=tuple(PACK_CORE_S_PER_SOURCE_S), default="720p",
                    help="with --dry-run: the source videos' resolution, for their measured transcoding cost "
                         "(default 720p)")
-    p.add_argument("--node-rank", type=int, help="with --num-nodes: this machine's share, 0 to N-1 (e.g. "
-                   "$SLURM_ARRAY_TASK_ID); a node rerun after it stopped redoes only its unfinished part")
 
 
 def _pack_arrays_parser(sub) -> None:

@@ -7,6 +7,8 @@ import torch
 from umt.cache import store
 from umt.cache.cli import main as cache_main
 from umt.cache.reader import FeatureTable
+from umt.engine.checkpoint import save_model
+from umt.engine.models import LateFusionNet, ModelConfig
 from umt.loaders.cli import main as data_main
 from umt.loaders.making.costs import PACK_CORE_S_PER_SOURCE_S, SHARD_BYTES_PER_S
 
@@ -57,3 +59,13 @@ def test_pack_dry_run_counts_the_clips_and_packs_nothing(tmp_path, capsys):
     assert f"{core_hours / 8:.2f} h on 2 node(s) x 4 workers" in said
     assert f"{4 * 5 * SHARD_BYTES_PER_S / 2**30:.1f} GiB" in said
     assert not out.exists()
+
+
+def test_cache_dry_run_reads_the_teachers_widths(tmp_path, capsys):
+    for m, width in (("video", 4), ("audio", 6)):
+        save_model(tmp_path / f"{m}.pt", LateFusionNet(ModelConfig(modalities=(m,), num_classes=5, width=width)))
+    cache_main(["build", "--dry-run", "--clips", "1000", "--classes", "5", "--views", "1", "--targets", "features",
+                "--teacher", f"video={tmp_path / 'video.pt'}", "--teacher", f"audio={tmp_path / 'audio.pt'}"])
+    said = capsys.readouterr().out
+    assert "teachers of 48-d, 32-d" in said  # sorted by modality: audio (width 6), video (width 4)
+    assert f"training reads {store.size_text(1000 * (48 + 32) * 2)} of features" in said

@@ -14,10 +14,22 @@ import torch
 import zarr
 
 Targets = dict[str, dict[str, torch.Tensor]]  # kind (features, logits) → modality → [B, ...] float32
+RESIDENT_SHARDS = 4  # Zarr shards a streaming rank keeps in memory
+
+
+def streams(nbytes: int, budget_bytes: int) -> bool:
+    """The trainer's rule: a cache whose read arrays exceed the budget is streamed, else held whole."""
+    return nbytes > budget_bytes
+
+
+def rank_bytes(nbytes: int, shard_bytes: int, budget_bytes: int, resident_shards: int = RESIDENT_SHARDS) -> int:
+    """What one rank holds of a cache of `nbytes` read bytes, `shard_bytes` per Zarr shard."""
+    return resident_shards * shard_bytes if streams(nbytes, budget_bytes) else nbytes
 
 
 class FeatureTable:
-    def __init__(self, group: zarr.Group, device: torch.device, budget_bytes: int, resident_shards: int = 4,
+    def __init__(self, group: zarr.Group, device: torch.device, budget_bytes: int,
+                 resident_shards: int = RESIDENT_SHARDS,
                  kinds: tuple[str, ...] = ("features",)):
         self.group, self.device = group, device
         self.modalities = sorted(group.attrs["teachers"])
@@ -25,7 +37,7 @@ class FeatureTable:
         self.arrays = {(k, m): group[f"{k}/{m}"] for k, m in self.names}
         self.shard_rows = self.arrays[self.names[0]].shards[0]
         self.nbytes = sum(a.nbytes for a in self.arrays.values())
-        self.streaming = self.nbytes > budget_bytes
+        self.streaming = streams(self.nbytes, budget_bytes)
         self.resident_shards = resident_shards
         self._blocks: OrderedDict[int, dict[tuple[str, str], torch.Tensor]] = OrderedDict()
         if not self.streaming:

@@ -13,6 +13,8 @@ from .making.arrays import pack_arrays
 from .errors import UserError, parse_assignments, run_cli
 from .making.image_pack import add_pack_images_parser, pack_images_command
 from .making.inputs import FORMATS, read_annotation_files
+from .making.costs import CLIP_SECONDS, PACK_CORE_S_PER_SOURCE_S, Cluster, pack_plan, pack_worker_bytes
+from .making.nodes import assemble, pack_share
 from .making.pack import pack
 from .stored.integrity import verify_shards
 from .stored.shards import PACK_SEED, is_remote, load_manifest
@@ -95,6 +97,16 @@ def _pack_parser(sub) -> None:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="transcoding processes")
     p.add_argument("--seed", type=int, default=PACK_SEED, help="seed of the order in which each split's clips are "
                    f"written (default {PACK_SEED}): shards of a class-sorted list mix classes")
+    p.add_argument("--num-nodes", type=int, help="share the transcoding out over this many machines that see --out "
+                   "(a shared file system): each runs the command with its --node-rank, then one runs it without "
+                   "--node-rank to write the shards and manifest, identical to a one-machine pack's")
+    p.add_argument("--node-rank", type=int, help="with --num-nodes: this machine's share, 0 to N-1 (e.g. "
+                   "$SLURM_ARRAY_TASK_ID); a node rerun after it stopped redoes only its unfinished part")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (clips, disk, hours on --num-nodes x "
+                   "--workers cores, memory per process) from the per-clip cost model, and pack nothing")
+    p.add_argument("--source", choices=tuple(PACK_CORE_S_PER_SOURCE_S), default="720p",
+                   help="with --dry-run: the source videos' resolution, for their measured transcoding cost "
+                        "(default 720p)")
 
 
 def _pack_arrays_parser(sub) -> None:
@@ -130,11 +142,54 @@ def _pack(args) -> None:
     clips = read_annotation_files(args.annotations, args.format, args.root, args.split, args.flow_root, args.classes)
     opts = PackOptions(args.short_side, args.fps, args.gop, args.crf, args.sample_rate, args.max_seconds,
                        flow=args.flow_root is not None)
-    pack(clips, args.out, opts, args.shard_size, args.workers,
-         {"annotations": args.annotations, "format": args.format,
-          **({"classes": str(args.classes)} if args.classes else {})}, seed=args.seed)
+    source = {"annotations": args.annotations, "format": args.format,
+              **({"classes": str(args.classes)} if args.classes else {})}
+    if args.num_nodes is not None and args.num_nodes < 1:
+        raise UserError(f"--num-nodes must be at least 1, got {args.num_nodes}")
+    if args.dry_run:
+        _pack_dry_run(args, clips)
+        return
+    if args.node_rank is not None:
+        if args.num_nodes is None:
+            raise UserError("--node-rank needs --num-nodes")
+        parts = pack_share(clips, args.out, opts, args.shard_size, args.num_nodes, args.node_rank, args.workers,
+                           args.seed)
+        print(f"umt-data: node {args.node_rank} of {args.num_nodes} has its {len(parts)} part(s); when every node "
+              "has, run the same command without --node-rank" if parts is not None else
+              f"umt-data: {args.out} is packed already")
+        return
+    if args.num_nodes is not None:
+        assemble(clips, args.out, opts, args.shard_size, args.num_nodes, source, args.seed)
+    else:
+        pack(clips, args.out, opts, args.shard_size, args.workers, source, seed=args.seed)
     print(f"umt-data: packed into {args.out}")
     _info(args.out)
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.1f} GiB"
+
+
+def _pack_dry_run(args, clips: list) -> None:
+    """The pack's plan on this cluster shape, from the per-clip cost model (loaders/making/costs.py)."""
+    nodes = args.num_nodes or 1
+    seconds = min(args.max_seconds or CLIP_SECONDS, CLIP_SECONDS)
+    plan = pack_plan(len(clips), Cluster(nodes, 1, args.workers), args.source, seconds)
+    splits = Counter(c.split for c in clips)
+    missing = sum(c.path is None for c in clips)
+    print(f"umt-data pack --dry-run: {len(clips)} clips ({', '.join(f'{s} {n}' for s, n in splits.items())}; "
+          f"{missing} file(s) not found, to be rejected), {seconds:g} s each from {args.source} sources")
+    print(f"shards on disk     {_gib(plan['shard_bytes'])} in {-(-len(clips) // args.shard_size)} shards of "
+          f"{args.shard_size}" + (f", plus {_gib(plan['parts_bytes'])} of node parts until the final step"
+                                  if nodes > 1 else ""))
+    print(f"hours              {plan['hours']:.2f} h on {nodes} node(s) x {args.workers} workers "
+          f"({plan['core_hours']:.0f} core-hours)" + (f"; then the final step copies {_gib(plan['parts_bytes'])}"
+                                                       if nodes > 1 else ""))
+    print(f"memory             about {pack_worker_bytes(seconds, args.fps, args.short_side) / 2**20:.0f} MiB per "
+          f"worker process (a clip's frames at short side {args.short_side}, estimated), "
+          f"{args.workers} per node")
+    print("the per-clip costs are CPU measurements (benchmarks/RESULTS.md, \"Kinetics on a cluster\"); packed "
+          "bytes were measured on generated clips, camera video compresses less")
 
 
 def _info(data: str) -> None:

@@ -5,9 +5,13 @@ manifest), so the shards of a class-sorted annotation file (Kinetics, UCF101) mi
 transcoded in parallel worker processes but written in that order, so the same inputs, options and
 seed always give the same shards. Each split's accepted clips fill shards of exactly
 `shard_size` samples (the last may be smaller; equal sizes keep one data shard per cache shard).
-A shard is written to a temporary name and renamed when complete; `pack-state.json` records each
+A shard is written to a temporary name and renamed when complete; `pack-state.jsonl` records each
 finished shard's sha256 and the inputs it consumed, so a rerun verifies the finished shards by
 checksum and continues after the last good one.
+
+Across nodes (`nodes.py`) the transcoding is shared out and this module's shard writing reads the
+nodes' transcoded clips instead of transcoding them: the same writer in the same order, so the
+same shards.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import os
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from tqdm import tqdm
 
@@ -27,7 +31,8 @@ from ..stored.shards import (FORMAT, PACK_SEED, SPLITS, ShardWriter, class_order
                      written_order)
 from .transcode import PackOptions, Rejected, sample_json, transcode
 
-STATE = "pack-state.json"
+STATE = "pack-state.jsonl"
+WHOLE_STATE = "pack-state.json"  # the state as one JSON document, as packs wrote it before: converted on resume
 
 
 def _work(job: tuple[int, ClipInput, PackOptions]) -> tuple[int, object]:
@@ -40,17 +45,32 @@ def _work(job: tuple[int, ClipInput, PackOptions]) -> tuple[int, object]:
         return index, f"unexpected error: {type(err).__name__}: {err}"
 
 
-def _fingerprint(clips: list[ClipInput], opts: PackOptions, shard_size: int, seed: int) -> str:
+def pack_fingerprint(clips: list[ClipInput], opts: PackOptions, shard_size: int, seed: int) -> str:
+    """What a pack's output depends on: a changed input, option, shard size or seed starts afresh."""
     text = json.dumps([[asdict(c) for c in clips], opts.to_dict(), shard_size, seed], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _load_state(out: Path, fingerprint: str) -> dict:
-    """Finished shards that still verify; anything after the first bad one is redone."""
+def load_state(out: Path, fingerprint: str) -> dict:
+    """Finished shards that still verify; anything after the first bad one is redone.
+
+    The state is a JSON-lines file: the fingerprint, then one line per finished shard appended as it
+    closes (rewriting the whole state per shard would cost the square of the shard count); a line
+    cut short by a kill is dropped."""
     path = out / STATE
-    state = json.loads(path.read_text()) if path.is_file() else {}
-    if state.get("fingerprint") != fingerprint:
-        return {"fingerprint": fingerprint, "splits": {}}
+    if not path.is_file() and (out / WHOLE_STATE).is_file():
+        _rewrite_state(out, json.loads((out / WHOLE_STATE).read_text()))
+        (out / WHOLE_STATE).unlink()
+    lines = path.read_text().splitlines() if path.is_file() else []
+    if not lines or _parse(lines[0]).get("fingerprint") != fingerprint:
+        state = {"fingerprint": fingerprint, "splits": {}}
+        _rewrite_state(out, state)
+        return state
+    state, records = {"fingerprint": fingerprint, "splits": {}}, [_parse(line) for line in lines[1:]]
+    for record in records:
+        if record:
+            state["splits"].setdefault(record.pop("split"), []).append(record)
+    kept = sum(map(len, state["splits"].values()))
     for split, shards in state["splits"].items():
         for n, shard in enumerate(shards):
             if shard["name"] is None:  # rejects after the split's last shard
@@ -59,44 +79,86 @@ def _load_state(out: Path, fingerprint: str) -> dict:
             if not file.is_file() or sha256_file(file) != shard["sha256"]:
                 del shards[n:]
                 break
+    if sum(map(len, state["splits"].values())) != kept or kept != len(records):
+        _rewrite_state(out, state)
     return state
 
 
-def _save_state(out: Path, state: dict) -> None:
+def _parse(line: str) -> dict:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return {}
+
+
+def state_fingerprint(out: Path) -> str | None:
+    """The fingerprint of the pack whose state is in `out`, if any."""
+    path = out / STATE
+    if not path.is_file():
+        return None
+    with open(path) as handle:
+        return _parse(handle.readline()).get("fingerprint")
+
+
+def _rewrite_state(out: Path, state: dict) -> None:
     tmp = out / (STATE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
+    lines = [json.dumps({"fingerprint": state["fingerprint"]})]
+    lines += [json.dumps({"split": split, **shard}, sort_keys=True) for split, shards in state["splits"].items()
+              for shard in shards]
+    tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, out / STATE)
 
 
-def _pool(workers: int):
+def record_shard(out: Path, state: dict, split: str, shard: dict) -> None:
+    """Add a finished shard to the state, in memory and on disk (one appended line)."""
+    state["splits"].setdefault(split, []).append(shard)
+    with open(out / STATE, "a") as handle:
+        handle.write(json.dumps({"split": split, **shard}, sort_keys=True) + "\n")
+
+
+def transcoding_pool(workers: int):
     """One pool of transcoding processes for the whole pack (None: transcode in this process)."""
     return multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
 
 
-def _results(pool, clips: list[ClipInput], indices: list[int], opts: PackOptions) -> Iterator[tuple[int, object]]:
+def transcoded(pool, clips: list[ClipInput], indices: list[int], opts: PackOptions) -> Iterator[tuple[int, object]]:
     """(input index, transcoded clip or reject reason), in input order."""
     jobs = [(i, clips[i], opts) for i in indices]
     return pool.imap(_work, jobs) if pool is not None else map(_work, jobs)
 
 
-def pack(clips: list[ClipInput], out: str | Path, opts: PackOptions, shard_size: int = 256,
-         workers: int = 1, source: dict | None = None, progress: bool = True, seed: int = PACK_SEED) -> dict:
-    """Pack `clips` into `out`, each split in a `seed`ed random order; returns the manifest."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    state = _load_state(out, _fingerprint(clips, opts, shard_size, seed))
-    classes = class_order(c.label for c in clips)
-    label_of = {name: i for i, name in enumerate(classes)}
+def split_orders(clips: list[ClipInput], seed: int) -> dict[str, list[int]]:
+    """Each split's input indices in the order its clips are written."""
     by_split = {}
     for split in SPLITS:
         indices = [i for i, c in enumerate(clips) if c.split == split]
         by_split[split] = [indices[j] for j in written_order(len(indices), seed)]
+    return by_split
+
+
+# A source of transcoded clips: (split, that split's written order, first position) →
+# (input index, transcoded clip or reject reason) from that position on.
+Results = Callable[[str, list[int], int], Iterator[tuple[int, object]]]
+
+
+def pack(clips: list[ClipInput], out: str | Path, opts: PackOptions, shard_size: int = 256,
+         workers: int = 1, source: dict | None = None, progress: bool = True, seed: int = PACK_SEED,
+         results: Results | None = None) -> dict:
+    """Pack `clips` into `out`, each split in a `seed`ed random order; returns the manifest.
+
+    `results`: where transcoded clips come from (default: transcode them here, in `workers` processes)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = load_state(out, pack_fingerprint(clips, opts, shard_size, seed))
+    classes = class_order(c.label for c in clips)
+    label_of = {name: i for i, name in enumerate(classes)}
     done_inputs = sum(shards[-1]["consumed"] if shards else 0 for shards in state["splits"].values())
     bar = tqdm(total=len(clips), initial=done_inputs, unit="clip", desc="pack", disable=not progress)
-    pool = _pool(workers)
+    pool = transcoding_pool(workers) if results is None else None
     try:
-        for split, indices in by_split.items():
-            _pack_split(pool, clips, split, indices, state, out, opts, shard_size, label_of, bar)
+        for split, indices in split_orders(clips, seed).items():
+            _pack_split(results or (lambda _, order, start: transcoded(pool, clips, order[start:], opts)),
+                        clips, split, indices, state, out, shard_size, label_of, bar)
     finally:
         if pool is not None:
             pool.terminate()
@@ -104,14 +166,14 @@ def pack(clips: list[ClipInput], out: str | Path, opts: PackOptions, shard_size:
     return _write_manifest(out, state, classes, opts, shard_size, {**(source or {}), "seed": seed})
 
 
-def _pack_split(pool, clips: list[ClipInput], split: str, indices: list[int], state: dict, out: Path,
-                opts: PackOptions, shard_size: int, label_of: dict[str, int], bar) -> None:
+def _pack_split(results: Results, clips: list[ClipInput], split: str, indices: list[int], state: dict, out: Path,
+                shard_size: int, label_of: dict[str, int], bar) -> None:
     """Write one split's remaining inputs as shards, recording each finished shard in the state."""
     shards = state["splits"].setdefault(split, [])
     start = shards[-1]["consumed"] if shards else 0
     row = sum(s["count"] for s in shards)
     writer, rejected = None, []
-    for position, (index, result) in enumerate(_results(pool, clips, indices[start:], opts), start=start):
+    for position, (index, result) in enumerate(results(split, indices, start), start=start):
         bar.update()
         clip = clips[index]
         if isinstance(result, str):
@@ -129,13 +191,11 @@ def _pack_split(pool, clips: list[ClipInput], split: str, indices: list[int], st
             row += 1
         last = position == len(indices) - 1
         if writer is not None and (writer.count == shard_size or last):
-            shards.append({**writer.close(), "consumed": position + 1, "rejected": rejected,
-                           "flags": dict(flag_counts), "seconds": round(seconds, 3)})
+            record_shard(out, state, split, {**writer.close(), "consumed": position + 1, "rejected": rejected,
+                                        "flags": dict(flag_counts), "seconds": round(seconds, 3)})
             writer, rejected = None, []
-            _save_state(out, state)
     if rejected:  # rejects after the last shard: keep them in the state too
-        shards.append({"name": None, "consumed": len(indices), "rejected": rejected, "flags": {}})
-        _save_state(out, state)
+        record_shard(out, state, split, {"name": None, "consumed": len(indices), "rejected": rejected, "flags": {}})
 
 
 def _write_manifest(out: Path, state: dict, classes: list[str], opts: PackOptions, shard_size: int,

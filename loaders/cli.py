@@ -18,6 +18,7 @@ from .making.nodes import assemble, pack_share
 from .making.pack import pack
 from .stored.integrity import verify_shards
 from .stored.shards import PACK_SEED, is_remote, load_manifest
+from .making.realav import CLASSES, DEBIAN_PACKAGE, STAMPS, RealAVConfig, write_realav
 from .making.synth import SynthConfig, write_synth
 from .making.synth_vectors import VectorSynthConfig, write_raw
 from .making.transcode import PackOptions
@@ -61,6 +62,30 @@ def _synth_arrays_parser(sub) -> None:
         "audio_noise": "noise std of the audio symbol's vector",
         "video_encoding": "prototype (noise makes it unreliable) or product (symbol only in coordinate products: "
                           "slow to learn)", "audio_encoding": "as --video-encoding, for the audio symbol"})
+
+
+def _realav_parser(sub) -> None:
+    p = sub.add_parser("realav", help="write the real audio-visual benchmark's clips + CSV for `umt-data pack`",
+                       description=f"Clips of {len(CLASSES)} classes ({', '.join(CLASSES)}) made from the real "
+                                   f"photographs and recordings of Tux Paint's stamps (Debian {DEBIAN_PACKAGE}): "
+                                   "a camera pan and zoom over a photo of the class, the class's recording at a "
+                                   "random offset in a babble of real voices at a random SNR. Each photo, "
+                                   "recording and voice belongs to one split. Writes clips/<split>/*.mkv, "
+                                   "realav.csv (path,label,split: pack it with `umt-data pack --format generic`), "
+                                   "sources.csv and provenance.csv; the same settings give the same bytes, and "
+                                   "a rerun keeps the clips already written. Recipe: configs/realav.yaml.")
+    p.add_argument("out", help="output directory")
+    p.add_argument("--stamps", default=STAMPS, help=f"Tux Paint's stamps folder (default {STAMPS}, from "
+                   f"`apt-get install {DEBIAN_PACKAGE}`)")
+    _config_arguments(p, RealAVConfig, {
+        "train": "training clips", "val": "validation clips", "test": "test clips",
+        "size": "frame height and width (even)", "frames": "frames per clip", "fps": "frame rate (clip length "
+        "= frames / fps)", "scale_min": "smallest share of the frame side the photo's long side fills at the "
+        "first frame", "scale_max": "largest such share", "zoom": "the camera zooms by a factor in "
+        "[1/zoom, zoom] over the clip", "pan": "largest offset of the photo's centre from the frame's, as a "
+        "share of the side", "snr_min": "lowest recording-to-babble ratio, dB", "snr_max": "highest such "
+        "ratio, dB", "talkers": "voices in the babble", "val_share": "share of each class's sources held "
+        "out for val", "test_share": "share held out for test", "crf": "x264 quality of the written clips"})
 
 
 def _pack_parser(sub) -> None:
@@ -241,6 +266,7 @@ def main(argv: list[str] | None = None) -> None:
                                      "(WebDataset tars of H.264 video, FLAC audio and JSON labels).")
     sub = parser.add_subparsers(dest="command", required=True)
     _synth_parser(sub)
+    _realav_parser(sub)
     _pack_parser(sub)
     _synth_arrays_parser(sub)
     _pack_arrays_parser(sub)
@@ -254,6 +280,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "synth":
             cfg = SynthConfig(**{f.name: getattr(args, f.name) for f in fields(SynthConfig)})
             print(f"umt-data: wrote {write_synth(args.out, cfg)}")
+        elif args.command == "realav":
+            cfg = RealAVConfig(**{f.name: getattr(args, f.name) for f in fields(RealAVConfig)})
+            print(f"umt-data: wrote {write_realav(args.out, cfg, args.stamps)}")
         elif args.command == "synth-arrays":
             cfg = VectorSynthConfig(**{f.name: getattr(args, f.name) for f in fields(VectorSynthConfig)})
             print(f"umt-data: wrote {', '.join(str(p) for p in write_raw(args.out, cfg).values())}")

@@ -191,6 +191,8 @@ def _train(cfg: TrainConfig, method: Method, num_classes: int, inputs: dict[str,
         epoch, size = state.epoch, epoch_batches[state.epoch]
         first_step = sum(math.ceil(n / cfg.grad_accum) for n in epoch_batches[:epoch])
         method.begin_epoch(epoch, range(first_step, first_step + math.ceil(size / cfg.grad_accum)))
+        if state.batch == 0 and method.fresh_optimizer(epoch):
+            optimizer.optimizer.state.clear()
         model.train()
         batches = loader(epoch, state.batch)
         # the bar is closed (cleared) on an error too, so the error's one line stands alone

@@ -96,7 +96,7 @@ def test_opm_loss_drops_the_leading_modality_and_rescales_by_hand():
         net.head.bias.zero_()
     feats = {"a": torch.cat([5 * torch.eye(3)[labels], torch.zeros(6, 5)], 1), "b": torch.ones(6, 8)}
     logits = net.fuse(feats)
-    method = method_for(config("opm", seed=seed, opm_p_exe=1.0))
+    method = method_for(config("opm", seed=seed, opm_p_exe=1.0, opm_q_base=0.4))
     loss, parts = method.loss(net, {"label": labels, "row": torch.arange(6)}, logits, feats)
     # shares: a's true-class softmax e^5 / (e^5 + 2) per sample; b's shares are b/2 = 0: 1/3 each
     s_a, s_b = 6 * math.exp(5) / (math.exp(5) + 2), 6 / 3
@@ -170,9 +170,26 @@ def test_cml_loss_removes_a_modality_and_penalises_gained_confidence_by_hand():
         assert gain > 0 and parts["cml_penalty"].item() == pytest.approx(gain, rel=1e-6)
     assert orders == {("a", "b"), ("b", "a")}  # a random order per epoch
     more, fewer = torch.tensor([[1.0, 0.0]]), torch.tensor([[3.0, 0.0]])
-    assert confidence_penalty(more, fewer).item() == 0.0  # less confident without: no penalty
-    # clamped after the batch's sum (the official max(0, Σ)), not per sample: +0.22 and −0.49 give 0
-    assert confidence_penalty(torch.tensor([[3.0, 0.0], [0.0, 0.0]]), torch.tensor([[1.0, 0.0], [5.0, 0.0]])) == 0
+    assert confidence_penalty(more, fewer, torch.tensor([0]), False).item() == 0.0  # less confident without
+
+
+def test_cml_penalty_is_clamped_per_sample_and_masked_as_the_authors():
+    """The authors' rank_loss on a hand-computed batch: each sample's gain clamped at 0, summed; a sample whose
+    prediction the removal turned from wrong to right adds nothing (trick 1). BalanceBenchmark's clamps the sum."""
+    sure = lambda a, b: 1 / (1 + math.exp(-abs(a - b)))  # max softmax of two logits
+    # sample 0: without the modality surer of the same right class (+0.222); sample 1: much less sure (−0.493);
+    # sample 2: wrong with it (class 1 at 0.731), right without it (class 0 at 0.953): masked
+    fewer = torch.tensor([[3.0, 0.0], [0.0, 0.0], [3.0, 0.0]])
+    more = torch.tensor([[1.0, 0.0], [5.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 0, 0])
+    gains = [sure(3, 0) - sure(1, 0), sure(0, 0) - sure(5, 0), sure(3, 0) - sure(0, 1)]
+    assert gains[0] > 0 > gains[1] and gains[2] > 0
+    authors = confidence_penalty(fewer, more, labels, batch_clamp=False).item()
+    assert authors == pytest.approx(gains[0], rel=1e-6)  # gains[1] clamped alone, gains[2] masked
+    assert confidence_penalty(fewer, more, torch.tensor([0, 0, 1]), False).item() == \
+        pytest.approx(gains[0] + gains[2], rel=1e-6)  # sample 2 wrong without too: penalised
+    assert confidence_penalty(fewer, more, labels, batch_clamp=True).item() == \
+        pytest.approx(max(0.0, sum(gains)), rel=1e-6)
 
 
 # --- MBSD -----------------------------------------------------------------------------------------
@@ -370,7 +387,7 @@ def test_lfm_alpha_gradient_is_the_first_tensors_block_of_the_hessian_vector_pro
 # --- ReconBoost -----------------------------------------------------------------------------------
 
 def test_reconboost_phases_and_boosting_loss_by_hand():
-    method = method_for(config("reconboost", fusion="shared"))
+    method = method_for(config("reconboost", fusion="shared", reconboost_epochs=1, reconboost_head="linear"))
     assert [method.phase(e) for e in range(6)] == [("a", "b", 0), (None, "b", 0), ("b", "a", 0), (None, "a", 0),
                                                    ("a", "b", 1), (None, "b", 1)]
     net = two_dim_net(fusion="shared", **method.model_options())

@@ -37,13 +37,25 @@ def run_optimizer(method: str, named: str | None) -> str | None:
     return named or (cls.optimizer if cls else None)
 
 
+ADAMW_LR = 2e-3  # AdamW's default learning rate, every method alike
+
+
+def default_lr(method: str, optimizer: str, batch: int) -> float:
+    """The learning rate of a run that names none. AdamW: ADAMW_LR. SGD: the method's `sgd_lr` (a rate for a
+    batch of 64) scaled linearly with the optimiser step's batch (Goyal et al. 2017's linear scaling rule)."""
+    return REGISTRY[method].sgd_lr * batch / 64 if optimizer == "sgd" else ADAMW_LR
+
+
 def resolved(cfg: TrainConfig) -> TrainConfig:
-    """`cfg` with the settings it leaves to its method (None: fusion, optimiser) set to the method's."""
+    """`cfg` with the settings it leaves to its method (None: fusion, optimiser, learning rate) set to the
+    method's. The batch of the learning-rate rule is the global batch (one process's when --global-batch is
+    unset) times the gradient-accumulation steps."""
     cls = REGISTRY.get(cfg.method)
     if cls is None:  # ume evaluates members: no fusion head, no optimiser
         return cfg
-    return dataclasses.replace(cfg, fusion=cfg.fusion or cls.fusions[0],
-                               optimizer=run_optimizer(cfg.method, cfg.optimizer))
+    optimizer = run_optimizer(cfg.method, cfg.optimizer)
+    lr = cfg.lr or default_lr(cfg.method, optimizer, (cfg.global_batch or cfg.batch_size) * cfg.grad_accum)
+    return dataclasses.replace(cfg, fusion=cfg.fusion or cls.fusions[0], optimizer=optimizer, lr=lr)
 
 
 def method_for(cfg: TrainConfig) -> Method:

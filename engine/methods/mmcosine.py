@@ -33,6 +33,8 @@ class MMCosine(Method):
                "            modality normalised (Xu et al., ICASSP 2023; needs --fusion linear)")
     fusions = ("linear",)
     fusion_needs = "normalises each modality's block of a linear head"
+    optimizer = "sgd"
+
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
         super().check(cfg)

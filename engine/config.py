@@ -43,7 +43,7 @@ class TrainConfig:
     batch_size: int = 64
     global_batch: int | None = None  # training samples per micro-batch over all processes (each: global / processes);
                                      # None: batch_size per process. Fixed, it lets a run resume on another process count
-    lr: float | None = None          # None: the optimiser's default for the method (engine/methods `default_lr`)
+    lr: float | None = None          # None: the optimiser's default (engine/methods `default_lr`)
     weight_decay: float = 1e-4
     optimizer: str | None = None     # "adamw" or "sgd"; None: the optimiser of the method's official code
     momentum: float = 0.9            # SGD's momentum (the official OGM-GE, MMPareto, PMR and MLA use 0.9)
@@ -107,8 +107,9 @@ class TrainConfig:
     reconboost_alpha: float = 0.5    # ReconBoost: weight of the (gradient-free) ga term (BalanceBenchmark: alpha 0.5)
     reconboost_w1: float = 5.0       # ReconBoost: weight of the boosted learner's own log-likelihood (weight1 5)
     reconboost_w2: float = 1.0       # ReconBoost: weight of the term against the others' ensemble (weight2 1)
-    reconboost_epochs: int = 4       # ReconBoost: epochs per phase, T (the authors' epochs_per_stage and
-                                     # correct_epoch 4; BalanceBenchmark: T_epochs 1)
+    reconboost_epochs: int | None = None  # ReconBoost: epochs per phase, T; None: the authors' 4 (epochs_per_stage,
+                                          # correct_epoch), fewer when the run is shorter than one cycle of
+                                          # 4-epoch phases (BalanceBenchmark: T_epochs 1)
     reconboost_rate: float = 1.0     # ReconBoost: the learned rate ρ's start (the authors' boost_rate 1.0; BB: 0.01)
     reconboost_head: str = "mlp"     # ReconBoost: the shared head, "mlp" D→D/2→C (the authors' 512→256→C) or
                                      # "linear" (BalanceBenchmark's)

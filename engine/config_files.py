@@ -10,7 +10,7 @@ knobs have their own section, read only by that method:
             precision, and each optimiser's own block:
             adamw: {lr, weight_decay}
             sgd:   {lr, momentum, weight_decay, nesterov}
-            (lr null: the optimiser's default for the method, engine/methods `default_lr`)
+            (lr null: the optimiser's default, engine/methods `default_lr`)
     method: name
     umt:    lambda, distill, projector, cache, cache_budget_gb, teachers, targets, temperature, logit_weight
     ogm_ge: alpha, start, end, ge

@@ -39,12 +39,6 @@ class Method:
     fusions: tuple[str, ...] = ("linear", "mlp", "sum", "shared")  # the heads it trains; the first when none is named
     fusion_needs = ""      # why it trains only those heads (the refusal says it)
     optimizer = "adamw"    # the optimiser when the run names none: the official code's
-    sgd_lr = 0.025         # SGD's learning rate at a batch of 64 when the run names none: the linear scaling
-                           # rule's 0.1 per 256 samples. A method sets its authors' where they train at batch
-                           # 64 with a rate of this order (ReconBoost, LFM: 0.01); the 1e-4-2e-3 of OGM-GE,
-                           # MLA, MMPareto, PMR, MMCosine and Re-learning come with 70-200 epochs of step
-                           # decay, and at umt's few epochs barely train (docs/methods.md)
-
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
 

@@ -57,8 +57,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--nesterov", action="store_true", help="SGD with Nesterov momentum")
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate, cosine decay (default: AdamW "
                    f"{ADAMW_LR:g}; SGD {SGD_LR_PER_64:g} per 64 samples of an optimiser step's batch, the linear "
-                   "scaling rule's 0.1 per 256: the batch is the global batch, or one process's without "
-                   "--global-batch, times --grad-accum; every method alike, as the authors' own rates at batch 64 "
+                   "scaling rule's 0.1 per 256, the batch being the global batch (batch size x processes without "
+                   "--global-batch) times --grad-accum; every method alike, as the authors' own rates at batch 64 "
                    "— reconboost and lfm 0.01, ogm-ge, mla and mmcosine 1e-3, mmpareto and relearning 2e-3, pmr "
                    "1e-4 — come with 70-800 epochs of step decay and barely train in a few epochs)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)

@@ -31,7 +31,7 @@ class ModelConfig:
     logit_map: bool = False  # AMCo: a learned C×C linear map after the fusion head (its `linear_star`)
     logit_map_scored: bool = True  # AMCo: the prediction is the map's output (False: the fused logits before it)
     boost_rate: float = 0.0  # ReconBoost: > 0 makes fusion "shared" give ρ·Σ_m head(f_m), ρ learned from this
-    shared_hidden: int = 0   # ReconBoost: > 0 makes the shared head an MLP D → this → C
+    shared_mlp: bool = False  # ReconBoost: the shared head an MLP D → D/2 → C (the authors' 512 → 256 → C)
     mmtm: bool = False       # Greedy: a multimodal transfer module rescales the pooled features before the head
     inputs: dict = field(default_factory=dict)  # modality → {"kind", "dim"}; absent: kind = name (video, audio)
 
@@ -223,8 +223,8 @@ class LateFusionNet(nn.Module):
             if len(set(dims.values())) != 1:
                 raise ValueError(f"fusion 'shared' needs equal feature dims, got {dims}")
             dim = next(iter(dims.values()))
-            self.head = nn.Sequential(nn.Linear(dim, cfg.shared_hidden), nn.ReLU(inplace=True),
-                                      nn.Linear(cfg.shared_hidden, cfg.num_classes)) if cfg.shared_hidden else \
+            self.head = nn.Sequential(nn.Linear(dim, dim // 2), nn.ReLU(inplace=True),
+                                      nn.Linear(dim // 2, cfg.num_classes)) if cfg.shared_mlp else \
                 nn.Linear(dim, cfg.num_classes)
         else:
             raise ValueError(f"fusion must be 'linear', 'mlp', 'sum' or 'shared', got {cfg.fusion!r}")

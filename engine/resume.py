@@ -27,7 +27,8 @@ LAST = "last.pt"
 # Settings a resumed run may change without changing what it computes.
 FREE = {"resume", "log_every", "probe", "probe_every", "log_with"}
 # What runs did before a setting existed, where that is not the setting's default.
-BEFORE = {"optimizer": "adamw"}
+BEFORE = {"optimizer": "adamw", "cml_batch_clamp": True, "amco_score_sum": False, "lfm_alpha": 0.05,
+          "reconboost_rate": 0.01, "reconboost_head": "linear"}
 
 
 def checkpoint_path(out: str | Path) -> Path:

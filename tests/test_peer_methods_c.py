@@ -18,7 +18,7 @@ from umt.engine.methods.cml import confidence_penalty
 from umt.engine.methods.lfm import Lfm, alignment, alpha_gradient
 from umt.engine.methods.opm import drop_probabilities, keep_masks
 from umt.engine.evaluate import collect
-from umt.engine.methods.relearning import kmeans, minmax_scaled, purity
+from umt.engine.methods.relearning import Relearning, kmeans, minmax_scaled, purity
 from umt.engine.models import LateFusionNet, ModelConfig
 from umt.loaders.stored.shards import load_manifest, modality_inputs
 
@@ -239,6 +239,17 @@ def test_relearning_purity_kmeans_and_scaling_by_hand():
     assert purity(labels, clusters) == 1.0 and len(clusters.unique()) == 3
 
 
+def test_relearning_schedule_is_the_authors_scaled_to_the_run():
+    """The authors re-initialise after epochs 20, 40 and 60 of 90: scaled, a 30-epoch run re-initialises 3 times,
+    a 10-epoch run too; never after the last epoch. --relearn-every keeps absolute epochs (BalanceBenchmark's 15)."""
+    fired = lambda epochs, **kw: [e for e in range(epochs) if Relearning(config("relearning", epochs=epochs, **kw)).due(e)]
+    assert fired(90) == [20, 40, 60]
+    assert fired(30) == [7, 14, 21]
+    assert fired(10) == [2, 4, 6]
+    assert fired(3) == [1]  # every epoch, but none after the last
+    assert fired(30, relearn_every=15, relearn_times=2) == [15]
+
+
 def test_relearning_moves_each_encoder_toward_its_initial_weights(strong_weak):
     mods = ("strong", "weak")
     cfg = TrainConfig(data=str(strong_weak), out="unused", method="relearning", modalities=mods, width=2,
@@ -341,6 +352,15 @@ def test_lfm_alignment_and_loss_by_hand():
     assert loss.item() == pytest.approx(2 * (0.75 * ce + 0.25 * total / 2), rel=1e-6)
 
 
+def test_lfm_alignment_weight_starts_where_the_authors_does():
+    """Crema_epoch_learnable.py: cls_k = [0.05, 0.95], the alignment term weighted 0.95 before the first update;
+    BalanceBenchmark swaps the two (0.05), offered as lfm.alpha."""
+    assert Lfm(config("lfm")).alpha == 0.95
+    assert Lfm(config("lfm", lfm_alpha=0.05)).alpha == 0.05
+    with pytest.raises(ConfigError, match="lfm alpha must lie in"):
+        method_for(config("lfm", lfm_alpha=0.98))  # outside the update's clip: it would jump at the first update
+
+
 def test_lfm_alpha_gradient_is_the_first_tensors_block_of_the_hessian_vector_product():
     torch.manual_seed(0)  # a 1-d input for a: the first parameter tensor is 8 × 1 (8 Hessian rows to compute)
     net = LateFusionNet(ModelConfig(MODS, 2, width=1, inputs={"a": {"kind": "vector", "dim": 1},
@@ -385,6 +405,21 @@ def test_lfm_alpha_gradient_is_the_first_tensors_block_of_the_hessian_vector_pro
 
 
 # --- ReconBoost -----------------------------------------------------------------------------------
+
+def test_reconboost_model_and_schedule_are_the_authors():
+    """dynamic_net.py's Head (512 → 256 → C) scaled to the width, ρ from 1.0, 4-epoch phases (shortened when a run
+    is too short for one cycle), and a fresh optimiser state at each phase's start."""
+    method = method_for(config("reconboost", epochs=30))
+    net = two_dim_net(fusion="shared", **method.model_options())  # width 1: 8-d features
+    assert [tuple(m.weight.shape) for m in net.head if isinstance(m, torch.nn.Linear)] == [(4, 8), (2, 4)]
+    assert net.rate.item() == 1.0
+    assert [method.phase(e)[0] for e in range(17)] == ["a"] * 4 + [None] * 4 + ["b"] * 4 + [None] * 4 + ["a"]
+    assert [e for e in range(17) if method.fresh_optimizer(e)] == [0, 4, 8, 12, 16]
+    assert [method_for(config("reconboost", epochs=e)).phase_epochs for e in (3, 10, 16, 90)] == [1, 2, 4, 4]
+    bb = method_for(config("reconboost", reconboost_rate=0.01, reconboost_epochs=1, reconboost_head="linear"))
+    net = two_dim_net(fusion="shared", **bb.model_options())
+    assert isinstance(net.head, torch.nn.Linear) and net.rate.item() == pytest.approx(0.01)
+
 
 def test_reconboost_phases_and_boosting_loss_by_hand():
     method = method_for(config("reconboost", fusion="shared", reconboost_epochs=1, reconboost_head="linear"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..config import METHODS, ConfigError, TrainConfig
+from ..resume import global_batch
 from .agm import Agm
 from .amco import Amco
 from .base import Method, Unimodal
@@ -51,15 +52,15 @@ def default_lr(optimizer: str, batch: int) -> float:
     return SGD_LR_PER_64 * batch / 64 if optimizer == "sgd" else ADAMW_LR
 
 
-def resolved(cfg: TrainConfig) -> TrainConfig:
+def resolved(cfg: TrainConfig, world: int = 1) -> TrainConfig:
     """`cfg` with the settings it leaves to its method (None: fusion, optimiser, learning rate) set to the
-    method's. The batch of the learning-rate rule is the global batch (one process's when --global-batch is
-    unset) times the gradient-accumulation steps."""
+    method's, for a run on `world` processes: the learning-rate rule's batch is an optimiser step's samples,
+    the global batch times the gradient-accumulation steps."""
     cls = REGISTRY.get(cfg.method)
     if cls is None:  # ume evaluates members: no fusion head, no optimiser
         return cfg
     optimizer = run_optimizer(cfg.method, cfg.optimizer)
-    lr = cfg.lr or default_lr(optimizer, (cfg.global_batch or cfg.batch_size) * cfg.grad_accum)
+    lr = cfg.lr or default_lr(optimizer, global_batch(cfg, world) * cfg.grad_accum)
     return dataclasses.replace(cfg, fusion=cfg.fusion or cls.fusions[0], optimizer=optimizer, lr=lr)
 
 

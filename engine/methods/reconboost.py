@@ -4,7 +4,7 @@ the others' ensemble, with global fine-tuning of the whole ensemble between.
 
 The model is an ensemble z = ρ · Σ_m h(f_m): one head h shared by every modality (`--fusion shared`), an
 MLP D → D/2 → C (the authors' 512 → 256 → C for 512-d ResNet-18 features, scaled to this run's encoder
-width D = 8 × --width), and a learned rate ρ (from 1.0; ModelConfig.boost_rate, shared_hidden). Training
+width D = 8 × --width), and a learned rate ρ (from 1.0; ModelConfig.boost_rate, shared_mlp). Training
 cycles through phases of T = 4 epochs each: for every modality m in turn, a boosting phase, then a global
 (correction) phase (T shortened to epochs // (2·M), at least 1, in a run shorter than one cycle of such
 phases, so that every phase acts: 10 epochs, 2 modalities: T = 2). In modality m's boosting phase, with
@@ -73,7 +73,7 @@ class ReconBoost(Method):
 
     def model_options(self) -> dict[str, Any]:
         return {"boost_rate": self.cfg.reconboost_rate,
-                "shared_hidden": 4 * self.cfg.width if self.cfg.reconboost_head == "mlp" else 0}
+                "shared_mlp": self.cfg.reconboost_head == "mlp"}
 
     @property
     def phase_epochs(self) -> int:

@@ -58,9 +58,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate, cosine decay (default: AdamW "
                    f"{ADAMW_LR:g}; SGD {SGD_LR_PER_64:g} per 64 samples of an optimiser step's batch, the linear "
                    "scaling rule's 0.1 per 256, the batch being the global batch (batch size x processes without "
-                   "--global-batch) times --grad-accum; every method alike, as the authors' own rates at batch 64 "
-                   "— reconboost and lfm 0.01, ogm-ge, mla and mmcosine 1e-3, mmpareto and relearning 2e-3, pmr "
-                   "1e-4 — come with 70-800 epochs of step decay and barely train in a few epochs)")
+                   "--global-batch) times --grad-accum; every method alike, as the authors' own rates — reconboost "
+                   "and lfm 0.01, mmpareto and relearning 2e-3, ogm-ge, mla and mmcosine 1e-3, pmr 1e-4 — come "
+                   "with 70-800 epochs of step decay and barely train in a few epochs)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--width", type=int, default=d.width, help="ResNet-18 base width; features are 8x this "
                    "(64 gives the paper's 512-d)")
@@ -133,7 +133,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--mla-projection", action="store_true", help="MLA: project the shared head's gradient by "
                    "textbook OWM (the paper's gradient modification; the official code's results had none)")
     p.add_argument("--mmcosine-scale", type=float, default=d.mmcosine_scale, help="MMCosine: scale s of the "
-                   "summed per-modality cosine logits")
+                   "summed per-modality cosine logits (the authors'; BalanceBenchmark: 15)")
     p.add_argument("--opm-alpha", type=float, default=d.opm_alpha, help="OPM: α, growth of the dominant "
                    "modality's drop probability with its lead")
     p.add_argument("--opm-p-exe", type=float, default=d.opm_p_exe, help="OPM: probability that a batch is modulated")

@@ -83,7 +83,7 @@ class TrainConfig:
     dropout_p: float = 0.5           # modality dropout: probability that a training sample loses one modality
     mla_projection: bool = False     # MLA: project the shared head's gradient by textbook OWM (the official
                                      # results had no projection: engine/methods/mla.py)
-    mmcosine_scale: float = 15.0     # MMCosine's s (BalanceBenchmark trainer_config.yaml, MMCosine: scaling 15)
+    mmcosine_scale: float = 10.0     # MMCosine's s (the authors' README: --scaling 10; BalanceBenchmark: 15)
     opm_alpha: float = 0.5           # OPM's α (BalanceBenchmark trainer_config.yaml, OPM: alpha 0.5)
     opm_p_exe: float = 0.7           # OPM: probability that a batch is modulated (p_exe 0.7)
     opm_q_base: float = 0.5          # OPM: base drop probability of the dominant modality (the authors'

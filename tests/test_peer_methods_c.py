@@ -242,7 +242,10 @@ def test_relearning_purity_kmeans_and_scaling_by_hand():
 def test_relearning_schedule_is_the_authors_scaled_to_the_run():
     """The authors re-initialise after epochs 20, 40 and 60 of 90: scaled, a 30-epoch run re-initialises 3 times,
     a 10-epoch run too; never after the last epoch. --relearn-every keeps absolute epochs (BalanceBenchmark's 15)."""
-    fired = lambda epochs, **kw: [e for e in range(epochs) if Relearning(config("relearning", epochs=epochs, **kw)).due(e)]
+    def fired(epochs: int, **settings) -> list[int]:
+        method = Relearning(config("relearning", epochs=epochs, **settings))
+        return [e for e in range(epochs) if method.due(e)]
+
     assert fired(90) == [20, 40, 60]
     assert fired(30) == [7, 14, 21]
     assert fired(10) == [2, 4, 6]

@@ -40,10 +40,10 @@ def run_optimizer(method: str, named: str | None) -> str | None:
 
 ADAMW_LR = 2e-3       # AdamW's default learning rate, every method alike
 SGD_LR_PER_64 = 0.025  # SGD's, per 64 samples of an optimiser step: the linear scaling rule's 0.1 per 256, every
-                       # method alike. The authors' own rates at batch 64 (ReconBoost, LFM 0.01; OGM-GE, MLA,
-                       # MMCosine 1e-3; MMPareto, Re-learning 2e-3; PMR 1e-4) come with long step-decay schedules
-                       # (OGM-GE's StepLR at epoch 70, ReconBoost's hundreds of 8-epoch stages) and barely train
-                       # in a few epochs (tests/test_default_lr.py)
+                       # method alike. The authors' own rates (ReconBoost, LFM 0.01; MMPareto, Re-learning 2e-3;
+                       # OGM-GE, MLA, MMCosine 1e-3; PMR 1e-4) come with long step-decay schedules (OGM-GE's
+                       # StepLR at epoch 70, ReconBoost's hundreds of 8-epoch stages) and barely train in a few
+                       # epochs (docs/methods.md, tests/test_default_lr.py)
 
 
 def default_lr(optimizer: str, batch: int) -> float:

@@ -34,7 +34,8 @@ from ..config import TrainConfig
 from .base import ZEROING_FUSIONS, ZEROING_NEEDS, Method, Parts
 
 
-def confidence_penalty(fewer: torch.Tensor, more: torch.Tensor, labels: torch.Tensor, batch_clamp: bool) -> torch.Tensor:
+def confidence_penalty(fewer: torch.Tensor, more: torch.Tensor, labels: torch.Tensor,
+                       batch_clamp: bool) -> torch.Tensor:
     """The batch's confidence gained by removing modalities: per sample max(0, s·(conf(fewer) − conf(more))), s the
     trick-1 mask, summed (the authors'); or, with `batch_clamp`, max(0, Σ_i conf(fewer)_i − conf(more)_i)."""
     gain = fewer.softmax(1).max(1).values - more.softmax(1).max(1).values

@@ -29,6 +29,7 @@ import torch
 from umt.cache.builder import ShardViews, batched_by_shard, build
 from umt.engine.checkpoint import load_teachers
 from umt.engine.config import TrainConfig
+from umt.engine.interleave import ratio_spread, rotated
 from umt.engine.train import run
 from umt.loaders.loading.pipeline import shard_loader
 from umt.loaders.making.synth import SynthConfig, write_synth
@@ -140,19 +141,17 @@ def main() -> None:
     speeds = {w: {name: [] for name in configs[w]} for w in widths}
     for r in range(args.repeats):
         for width in widths:
-            names = list(configs[width])
-            for name in names[r % 3:] + names[:r % 3]:  # rotate so no method always runs first
+            for name in rotated(list(configs[width]), r):
                 speeds[width][name].append(run_once(width, name, str(r))["train_samples_per_s"])
                 print(f"repeat {r} width {width} {name}: {speeds[width][name][-1]} samples/s", flush=True)
     phases["training_runs"] = round(time.perf_counter() - clock - sum(phases.values()))
     figures = {}
     for width in widths:
         s = speeds[width]
-        paired = [c / j for c, j in zip(s["umt_cached"], s["joint"])]  # same repeat, back to back
         figures[f"width_{width}"] = {
             **{f"{k}_samples_per_s": median(v) for k, v in s.items()},
             "ratio_cached_vs_joint": round(median(s["umt_cached"]) / median(s["joint"]), 3),
-            "ratio_cached_vs_joint_per_repeat": spread(paired),
+            "ratio_cached_vs_joint_per_repeat": ratio_spread(s["umt_cached"], s["joint"]),
             "ratio_cached_vs_online": round(median(s["umt_cached"]) / median(s["umt_online"]), 3),
             "samples_per_s_runs": s, "cache_build": builds[width]}
     if args.profile:

@@ -49,17 +49,24 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    "stay inside an epoch; the effective batch is batch size x grad accum x processes)")
     p.add_argument("--precision", choices=CHOICES["precision"], default=d.precision,
                    help="mixed precision (auto: bf16 on GPU, fp32 on CPU)")
+    from .methods import ADAMW_LR, REGISTRY, SGD_LR_PER_64  # the methods' own choices, from the method classes
+    sgd = [name for name, cls in REGISTRY.items() if cls.optimizer == "sgd"]
     p.add_argument("--optim", dest="optimizer", choices=CHOICES["optimizer"], help="optimiser (default: the one "
-                   "of the method's official code: sgd for ogm-ge, mmpareto, pmr, mla and greedy, adamw for the "
-                   "others)")
+                   f"of the method's official code: sgd for {', '.join(sgd)}; adamw for the others)")
     p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
     p.add_argument("--nesterov", action="store_true", help="SGD with Nesterov momentum")
-    p.add_argument("--lr", type=float, default=d.lr, help="learning rate (AdamW or SGD), cosine decay")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate, cosine decay (default: AdamW "
+                   f"{ADAMW_LR:g}; SGD {SGD_LR_PER_64:g} per 64 samples of an optimiser step's batch, the linear "
+                   "scaling rule's 0.1 per 256, the batch being the global batch (batch size x processes without "
+                   "--global-batch) times --grad-accum; every method alike, as the authors' own rates — reconboost "
+                   "and lfm 0.01, mmpareto and relearning 2e-3, ogm-ge, mla and mmcosine 1e-3, pmr 1e-4 — come "
+                   "with 70-800 epochs of step decay and barely train in a few epochs)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--width", type=int, default=d.width, help="ResNet-18 base width; features are 8x this "
                    "(64 gives the paper's 512-d)")
+    own_head = ", ".join(f"{name}: {cls.fusions[0]}" for name, cls in REGISTRY.items() if cls.fusions[0] != "linear")
     p.add_argument("--fusion", choices=CHOICES["fusion"], help="fusion head (default: the method's; linear but "
-                   "for mla, which needs shared): linear or "
+                   f"{own_head}): linear or "
                    "mlp on the concatenated features (linear: the paper's; mlp can read paired cues), sum of "
                    "per-modality linear heads' logits, or shared: one linear head for every modality, their "
                    "logits weighted per sample by exp(-entropy) (MLA's; needs equal feature dims)")
@@ -126,24 +133,34 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--mla-projection", action="store_true", help="MLA: project the shared head's gradient by "
                    "textbook OWM (the paper's gradient modification; the official code's results had none)")
     p.add_argument("--mmcosine-scale", type=float, default=d.mmcosine_scale, help="MMCosine: scale s of the "
-                   "summed per-modality cosine logits")
+                   "summed per-modality cosine logits (the authors'; BalanceBenchmark: 15)")
     p.add_argument("--opm-alpha", type=float, default=d.opm_alpha, help="OPM: α, growth of the dominant "
                    "modality's drop probability with its lead")
     p.add_argument("--opm-p-exe", type=float, default=d.opm_p_exe, help="OPM: probability that a batch is modulated")
-    p.add_argument("--opm-q-base", type=float, default=d.opm_q_base, help="OPM: base drop probability q_base")
+    p.add_argument("--opm-q-base", type=float, default=d.opm_q_base, help="OPM: base drop probability q_base (the "
+                   "authors' script's; BalanceBenchmark: 0.4)")
     p.add_argument("--opm-start", type=int, default=d.opm_start, help="OPM: first modulated epoch")
     p.add_argument("--cml-lambda", type=float, default=d.cml_lambda, help="CML: weight λ of the penalty on "
                    "confidence gained by removing modalities")
+    p.add_argument("--cml-batch-clamp", action="store_true", help="CML: BalanceBenchmark's penalty, the batch's "
+                   "summed confidence gain clamped at 0 (default: the authors', each sample's gain clamped, "
+                   "samples whose removal turned a wrong prediction right left out)")
     p.add_argument("--relearn-lambda", type=float, default=d.relearn_lambda, help="Re-learning: λ in the "
                    "re-initialisation strength tanh(λ·|train − val purity|)")
     p.add_argument("--relearn-every", type=int, default=d.relearn_every, help="Re-learning: epochs between "
-                   "re-initialisations")
-    p.add_argument("--relearn-times", type=int, default=d.relearn_times, help="Re-learning: most re-initialisations")
+                   "re-initialisations (default: the authors' 20 of 90 epochs scaled to --epochs, "
+                   "max(1, round(20 x epochs / 90)): every 7 of 30; BalanceBenchmark: 15)")
+    p.add_argument("--relearn-times", type=int, default=d.relearn_times, help="Re-learning: most "
+                   "re-initialisations (the authors' 3; BalanceBenchmark: 2)")
     p.add_argument("--amco-sigma", type=float, default=d.amco_sigma, help="AMCo: share of the softmax mass above "
                    "which a modality counts as depended on (and is masked in the next batch)")
     p.add_argument("--amco-eps", type=float, default=d.amco_eps, help="AMCo: ε of the mask ratio's sine ramp")
+    p.add_argument("--amco-score-sum", action="store_true", help="AMCo: evaluate the fused logits Σu, as "
+                   "BalanceBenchmark's validation step (default: A(Σu), the map the fused loss trains)")
     p.add_argument("--lfm-lr-alpha", type=float, default=d.lfm_lr_alpha, help="LFM: step size of the per-epoch "
                    "update of the alignment weight (halved every 20 epochs)")
+    p.add_argument("--lfm-alpha", type=float, default=d.lfm_alpha, help="LFM: the alignment weight's start "
+                   "(the authors'; BalanceBenchmark: 0.05)")
     p.add_argument("--reconboost-alpha", type=float, default=d.reconboost_alpha, help="ReconBoost: weight of "
                    "the official ga term (gradient-free as written)")
     p.add_argument("--reconboost-w1", type=float, default=d.reconboost_w1, help="ReconBoost: weight of the boosted "
@@ -151,7 +168,13 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--reconboost-w2", type=float, default=d.reconboost_w2, help="ReconBoost: weight of the term "
                    "against the other modalities' ensemble")
     p.add_argument("--reconboost-epochs", type=int, default=d.reconboost_epochs, help="ReconBoost: epochs per "
-                   "phase (boosting one modality, then global fine-tuning)")
+                   "phase (boosting one modality, then global fine-tuning; default the authors' 4, shortened to "
+                   "epochs // (2 x modalities) in a shorter run; BalanceBenchmark's 1)")
+    p.add_argument("--reconboost-rate", type=float, default=d.reconboost_rate, help="ReconBoost: start of the "
+                   "learned rate ρ of the ensemble ρ·Σ h(f_m) (the authors' 1.0; BalanceBenchmark: 0.01)")
+    p.add_argument("--reconboost-head", choices=CHOICES["reconboost_head"], default=d.reconboost_head,
+                   help="ReconBoost: the shared head h, an MLP D→D/2→C (the authors' 512→256→C, scaled to the "
+                        "encoders' width D) or linear (BalanceBenchmark's)")
     p.add_argument("--greedy-epsilon", type=float, default=d.greedy_epsilon, help="Greedy: threshold on |d_BDR|, "
                    "the gap between the modalities' conditional learning speeds, that starts re-balancing")
     p.add_argument("--greedy-window", type=int, default=d.greedy_window, help="Greedy: optimiser steps of each "

@@ -21,6 +21,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "finish": ("auto", "workers", "device"),
     "select": ("last", "best_val"),
     "ume_combine": ("logits", "probs"),
+    "reconboost_head": ("mlp", "linear"),
     "distill_targets": ("features", "logits", "both"),
     "bad_samples": BAD_SAMPLE_POLICIES,
     "log_with": ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "none"),
@@ -42,7 +43,7 @@ class TrainConfig:
     batch_size: int = 64
     global_batch: int | None = None  # training samples per micro-batch over all processes (each: global / processes);
                                      # None: batch_size per process. Fixed, it lets a run resume on another process count
-    lr: float = 2e-3
+    lr: float | None = None          # None: the optimiser's default (engine/methods `default_lr`)
     weight_decay: float = 1e-4
     optimizer: str | None = None     # "adamw" or "sgd"; None: the optimiser of the method's official code
     momentum: float = 0.9            # SGD's momentum (the official OGM-GE, MMPareto, PMR and MLA use 0.9)
@@ -82,22 +83,36 @@ class TrainConfig:
     dropout_p: float = 0.5           # modality dropout: probability that a training sample loses one modality
     mla_projection: bool = False     # MLA: project the shared head's gradient by textbook OWM (the official
                                      # results had no projection: engine/methods/mla.py)
-    mmcosine_scale: float = 15.0     # MMCosine's s (BalanceBenchmark trainer_config.yaml, MMCosine: scaling 15)
+    mmcosine_scale: float = 10.0     # MMCosine's s (the authors' README: --scaling 10; BalanceBenchmark: 15)
     opm_alpha: float = 0.5           # OPM's α (BalanceBenchmark trainer_config.yaml, OPM: alpha 0.5)
     opm_p_exe: float = 0.7           # OPM: probability that a batch is modulated (p_exe 0.7)
-    opm_q_base: float = 0.4          # OPM: base drop probability of the dominant modality (q_base 0.4)
+    opm_q_base: float = 0.5          # OPM: base drop probability of the dominant modality (the authors'
+                                     # scripts/train_opm.sh: 0.5; their config.py and BalanceBenchmark: 0.4)
     opm_start: int = 0               # OPM: first modulated epoch (BalanceBenchmark 0; BML_TPAMI2024 warms up 6)
     cml_lambda: float = 0.1          # CML's λ, weight of the confidence penalty (BalanceBenchmark, CML: lam 0.1)
+    cml_batch_clamp: bool = False    # CML: BalanceBenchmark's penalty, the batch sum clamped at 0 without the
+                                     # trick-1 mask (default: the authors', clamped per sample and masked)
     relearn_lambda: float = 3.0      # Re-learning's λ in tanh(λ·purity gap) (BalanceBenchmark: move_lambda 3)
-    relearn_every: int = 15          # Re-learning: epochs between re-initialisations (reinit_epoch 15)
-    relearn_times: int = 2           # Re-learning: how many re-initialisations at most (reinit_num 2)
+    relearn_every: int | None = None  # Re-learning: epochs between re-initialisations; None: the authors' 20 of
+                                      # 90 epochs scaled to the run, round(20 · epochs / 90) (BalanceBenchmark: 15)
+    relearn_times: int = 3           # Re-learning: how many re-initialisations at most (the authors' reinit_num 3;
+                                     # BalanceBenchmark: 2)
     amco_sigma: float = 0.5          # AMCo: softmax-mass share above which a modality counts as depended on (sigma 0.5)
     amco_eps: float = 0.3            # AMCo: ε of the mask ratio's sine ramp (eps 0.3)
-    lfm_lr_alpha: float = 1e-4       # LFM: step size of the alignment weight's update (BalanceBenchmark, LFM: lr_alpha)
+    amco_score_sum: bool = False     # AMCo: evaluate the fused logits Σu, as BalanceBenchmark's validation_step
+                                     # (default: A(Σu), the prediction the fused loss trains)
+    lfm_lr_alpha: float = 1e-4       # LFM: step size of the alignment weight's update (the authors' lr_alpha)
+    lfm_alpha: float = 0.95          # LFM: the alignment weight's start (the authors' cls_k [0.05, 0.95];
+                                     # BalanceBenchmark: 0.05)
     reconboost_alpha: float = 0.5    # ReconBoost: weight of the (gradient-free) ga term (BalanceBenchmark: alpha 0.5)
     reconboost_w1: float = 5.0       # ReconBoost: weight of the boosted learner's own log-likelihood (weight1 5)
     reconboost_w2: float = 1.0       # ReconBoost: weight of the term against the others' ensemble (weight2 1)
-    reconboost_epochs: int = 1       # ReconBoost: epochs per phase, T (T_epochs 1)
+    reconboost_epochs: int | None = None  # ReconBoost: epochs per phase, T; None: the authors' 4 (epochs_per_stage,
+                                          # correct_epoch), fewer when the run is shorter than one cycle of
+                                          # 4-epoch phases (BalanceBenchmark: T_epochs 1)
+    reconboost_rate: float = 1.0     # ReconBoost: the learned rate ρ's start (the authors' boost_rate 1.0; BB: 0.01)
+    reconboost_head: str = "mlp"     # ReconBoost: the shared head, "mlp" D→D/2→C (the authors' 512→256→C) or
+                                     # "linear" (BalanceBenchmark's)
     greedy_epsilon: float = 0.01     # Greedy: |d_BDR| above which re-balancing steps start (the authors'
                                      # Bias_Mitigation_Strong.epsilon 0.01; BalanceBenchmark's alpha 0.001)
     greedy_window: int = 5           # Greedy: optimiser steps of each re-balancing window (curation_windowsize 5)
@@ -131,6 +146,8 @@ class TrainConfig:
             raise ConfigError("grad_accum and bad_samples_limit must be >= 1")
         if set(self.distill) - set(self.modalities):
             raise ConfigError(f"distilled modalities {list(self.distill)} are not all among {list(self.modalities)}")
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.logit_temperature <= 0:
             raise ConfigError(f"logit temperature must be > 0, got {self.logit_temperature}")
         if not 0 <= self.momentum < 1 or (self.nesterov and self.momentum == 0):

@@ -10,6 +10,7 @@ knobs have their own section, read only by that method:
             precision, and each optimiser's own block:
             adamw: {lr, weight_decay}
             sgd:   {lr, momentum, weight_decay, nesterov}
+            (lr null: the optimiser's default, engine/methods `default_lr`)
     method: name
     umt:    lambda, distill, projector, cache, cache_budget_gb, teachers, targets, temperature, logit_weight
     ogm_ge: alpha, start, end, ge
@@ -20,11 +21,11 @@ knobs have their own section, read only by that method:
     mla:    projection
     mmcosine: scale
     opm:    alpha, p_exe, q_base, start
-    cml:    lambda
-    relearning: lambda, every, times
-    amco:   sigma, eps
-    lfm:    lr_alpha
-    reconboost: alpha, w1, w2, epochs
+    cml:    lambda, batch_clamp
+    relearning: lambda, every (null: scaled to the run), times
+    amco:   sigma, eps, score_sum
+    lfm:    lr_alpha, alpha
+    reconboost: alpha, w1, w2, epochs, rate, head
     greedy: epsilon, window, start
     valuation: warmup
     ume:    members, combine, fit_weights
@@ -75,12 +76,12 @@ SECTIONS: dict[str, dict[str, str]] = {
     "mla": {"projection": "mla_projection"},
     "mmcosine": {"scale": "mmcosine_scale"},
     "opm": {"alpha": "opm_alpha", "p_exe": "opm_p_exe", "q_base": "opm_q_base", "start": "opm_start"},
-    "cml": {"lambda": "cml_lambda"},
+    "cml": {"lambda": "cml_lambda", "batch_clamp": "cml_batch_clamp"},
     "relearning": {"lambda": "relearn_lambda", "every": "relearn_every", "times": "relearn_times"},
-    "amco": {"sigma": "amco_sigma", "eps": "amco_eps"},
-    "lfm": {"lr_alpha": "lfm_lr_alpha"},
+    "amco": {"sigma": "amco_sigma", "eps": "amco_eps", "score_sum": "amco_score_sum"},
+    "lfm": {"lr_alpha": "lfm_lr_alpha", "alpha": "lfm_alpha"},
     "reconboost": {"alpha": "reconboost_alpha", "w1": "reconboost_w1", "w2": "reconboost_w2",
-                   "epochs": "reconboost_epochs"},
+                   "epochs": "reconboost_epochs", "rate": "reconboost_rate", "head": "reconboost_head"},
     "greedy": {"epsilon": "greedy_epsilon", "window": "greedy_window", "start": "greedy_start"},
     "valuation": {"warmup": "valuation_warmup"},
     "ume": {"members": "members", "combine": "ume_combine", "fit_weights": "ume_fit_weights"},

@@ -29,7 +29,9 @@ class ModelConfig:
     aux_heads: bool = False  # G-Blending: one auxiliary linear classifier per modality
     cosine_scale: float = 0.0  # MMCosine: > 0 makes the linear head a bias-free cosine classifier per modality
     logit_map: bool = False  # AMCo: a learned C×C linear map after the fusion head (its `linear_star`)
-    boost_rate: bool = False  # ReconBoost: with fusion "shared", logits ρ·Σ_m head(f_m), ρ learned (from 0.01)
+    logit_map_scored: bool = True  # AMCo: the prediction is the map's output (False: the fused logits before it)
+    boost_rate: float = 0.0  # ReconBoost: > 0 makes fusion "shared" give ρ·Σ_m head(f_m), ρ learned from this
+    shared_mlp: bool = False  # ReconBoost: the shared head an MLP D → D/2 → C (the authors' 512 → 256 → C)
     mmtm: bool = False       # Greedy: a multimodal transfer module rescales the pooled features before the head
     inputs: dict = field(default_factory=dict)  # modality → {"kind", "dim"}; absent: kind = name (video, audio)
 
@@ -220,7 +222,10 @@ class LateFusionNet(nn.Module):
             dims = {m: enc.out_dim for m, enc in self.encoders.items()}
             if len(set(dims.values())) != 1:
                 raise ValueError(f"fusion 'shared' needs equal feature dims, got {dims}")
-            self.head = nn.Linear(next(iter(dims.values())), cfg.num_classes)
+            dim = next(iter(dims.values()))
+            self.head = nn.Sequential(nn.Linear(dim, dim // 2), nn.ReLU(inplace=True),
+                                      nn.Linear(dim // 2, cfg.num_classes)) if cfg.shared_mlp else \
+                nn.Linear(dim, cfg.num_classes)
         else:
             raise ValueError(f"fusion must be 'linear', 'mlp', 'sum' or 'shared', got {cfg.fusion!r}")
         self.aux_heads = nn.ModuleDict({m: nn.Linear(enc.out_dim, cfg.num_classes) for m, enc in self.encoders.items()}
@@ -228,7 +233,7 @@ class LateFusionNet(nn.Module):
         self.projectors = nn.ModuleDict({m: nn.Linear(self.encoders[m].out_dim, self.encoders[m].out_dim)
                                          for m in cfg.projector})
         self.logit_map = nn.Linear(cfg.num_classes, cfg.num_classes) if cfg.logit_map else None
-        self.rate = nn.Parameter(torch.tensor(0.01)) if cfg.boost_rate else None
+        self.rate = nn.Parameter(torch.tensor(float(cfg.boost_rate))) if cfg.boost_rate else None
         self.mmtm = MMTM({m: enc.out_dim for m, enc in self.encoders.items()}) if cfg.mmtm else None
 
     def features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -238,7 +243,7 @@ class LateFusionNet(nn.Module):
         """Fused logits and each modality's pooled feature (the UMT distillation point)."""
         feats = self.features(batch)
         logits = self.fuse(feats)
-        return (self.logit_map(logits) if self.logit_map is not None else logits), feats
+        return (self.logit_map(logits) if self.logit_map is not None and self.cfg.logit_map_scored else logits), feats
 
     def fuse(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         """The fusion head's logits from each modality's feature (a uni-modal model: its classifier's logits;

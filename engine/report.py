@@ -5,16 +5,21 @@ from pathlib import Path
 
 from .config import TrainConfig
 
-def results_table(rows: list[tuple[str, dict]]) -> str:
-    """Markdown table: name, test top-1, per-modality probe accuracy, training samples/s."""
+def results_table(rows: list[tuple[str, dict]], speed: tuple[str, dict[str, str]] | None = None) -> str:
+    """Markdown table: name, test top-1, per-modality probe accuracy, and the speed column: each run's training
+    samples/s, or `speed` = (its heading, the text per row name; "—" where it has none)."""
     modalities = sorted({m for _, r in rows for m in r["modalities"]}, key=lambda m: (m != "video", m))
-    head = ["method", "fusion", "test top-1"] + [f"probe {m}" for m in modalities] + ["train samples/s"]
+    head = ["method", "fusion", "test top-1"] + [f"probe {m}" for m in modalities] + [speed[0] if speed else
+                                                                                      "train samples/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in rows:
         probes = [f"{r['probe'][m]:.3f}" if m in r.get("probe", {}) else "—" for m in modalities]
-        speed = f"{r['train_samples_per_s']:.0f}" if "train_samples_per_s" in r else "— (no training)"
+        if speed:
+            pace = speed[1].get(name, "—")
+        else:
+            pace = f"{r['train_samples_per_s']:.0f}" if "train_samples_per_s" in r else "— (no training)"
         fusion = "logit mean" if r["method"] == "ume" else (r["fusion"] if len(r["modalities"]) > 1 else "—")
-        lines.append("| " + " | ".join([name, fusion, f"{r['test_top1']:.3f}", *probes, speed]) + " |")
+        lines.append("| " + " | ".join([name, fusion, f"{r['test_top1']:.3f}", *probes, pace]) + " |")
     return "\n".join(lines)
 
 

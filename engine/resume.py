@@ -21,13 +21,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import config_files
 from .config import ConfigError, TrainConfig
 
 LAST = "last.pt"
 # Settings a resumed run may change without changing what it computes.
 FREE = {"resume", "log_every", "probe", "probe_every", "log_with"}
 # What runs did before a setting existed, where that is not the setting's default.
-BEFORE = {"optimizer": "adamw"}
+# (for the runs that read it: a CML run from before `cml_batch_clamp` clamped the batch's sum; a joint run, nothing)
+BEFORE = {"optimizer": "adamw", "cml_batch_clamp": True, "lfm_alpha": 0.05, "reconboost_rate": 0.01,
+          "reconboost_head": "linear"}
 
 
 def checkpoint_path(out: str | Path) -> Path:
@@ -58,7 +61,9 @@ def load(cfg: TrainConfig, world: int = 1) -> dict[str, Any] | None:
         raise ConfigError(f"checkpoint {path} does not exist")
     state = torch.load(path, map_location="cpu", weights_only=False)
     # a setting added since the checkpoint was saved counts as what runs did before it (its default, or BEFORE's)
-    saved, now, default = state["config"], cfg.to_dict(), {**TrainConfig(data="", out="").to_dict(), **BEFORE}
+    read = config_files.settings_read(cfg.method)
+    before = {k: v for k, v in BEFORE.items() if k in read}
+    saved, now, default = state["config"], cfg.to_dict(), {**TrainConfig(data="", out="").to_dict(), **before}
     changed = sorted(k for k in now if k not in FREE | {"global_batch"} and saved.get(k, default[k]) != now[k])
     if changed:
         raise ConfigError(f"{path} was saved by a run with other settings ({', '.join(changed)}); "

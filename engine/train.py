@@ -104,17 +104,17 @@ class LoopState:
 def run(cfg: TrainConfig) -> dict:
     """Train (or, for UME, evaluate) as `cfg` says; writes the run directory; returns the final metrics."""
     cfg.validate()
-    cfg = resolved(cfg)
+    gpu = torch.cuda.is_available()
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if gpu else "no")
+    out = Path(cfg.out)
+    trackers = None if cfg.log_with == "none" or cfg.method == "ume" else cfg.log_with
+    accelerator = Accelerator(cpu=not gpu, mixed_precision=precision, log_with=trackers, project_dir=str(out))
+    cfg = resolved(cfg, accelerator.num_processes)
     method = None if cfg.method == "ume" else method_for(cfg)
     if method is None:
         ume.check(cfg)
     manifest = load_manifest(cfg.data)
     modalities = sorted(cfg.members) if method is None else list(cfg.modalities)
-    gpu = torch.cuda.is_available()
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if gpu else "no")
-    out = Path(cfg.out)
-    trackers = None if cfg.log_with == "none" or method is None else cfg.log_with
-    accelerator = Accelerator(cpu=not gpu, mixed_precision=precision, log_with=trackers, project_dir=str(out))
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(config_files.to_yaml(cfg))
@@ -198,6 +198,8 @@ def _train(cfg: TrainConfig, method: Method, num_classes: int, inputs: dict[str,
         epoch, size = state.epoch, epoch_batches[state.epoch]
         first_step = sum(math.ceil(n / cfg.grad_accum) for n in epoch_batches[:epoch])
         method.begin_epoch(epoch, range(first_step, first_step + math.ceil(size / cfg.grad_accum)))
+        if state.batch == 0 and method.fresh_optimizer(epoch):
+            optimizer.optimizer.state.clear()
         model.train()
         batches = loader(epoch, state.batch)
         # the bar is closed (cleared) on an error too, so the error's one line stands alone

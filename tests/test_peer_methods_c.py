@@ -18,7 +18,7 @@ from umt.engine.methods.cml import confidence_penalty
 from umt.engine.methods.lfm import Lfm, alignment, alpha_gradient
 from umt.engine.methods.opm import drop_probabilities, keep_masks
 from umt.engine.evaluate import collect
-from umt.engine.methods.relearning import kmeans, minmax_scaled, purity
+from umt.engine.methods.relearning import Relearning, kmeans, minmax_scaled, purity
 from umt.engine.models import LateFusionNet, ModelConfig
 from umt.loaders.stored.shards import load_manifest, modality_inputs
 
@@ -96,7 +96,7 @@ def test_opm_loss_drops_the_leading_modality_and_rescales_by_hand():
         net.head.bias.zero_()
     feats = {"a": torch.cat([5 * torch.eye(3)[labels], torch.zeros(6, 5)], 1), "b": torch.ones(6, 8)}
     logits = net.fuse(feats)
-    method = method_for(config("opm", seed=seed, opm_p_exe=1.0))
+    method = method_for(config("opm", seed=seed, opm_p_exe=1.0, opm_q_base=0.4))
     loss, parts = method.loss(net, {"label": labels, "row": torch.arange(6)}, logits, feats)
     # shares: a's true-class softmax e^5 / (e^5 + 2) per sample; b's shares are b/2 = 0: 1/3 each
     s_a, s_b = 6 * math.exp(5) / (math.exp(5) + 2), 6 / 3
@@ -170,9 +170,26 @@ def test_cml_loss_removes_a_modality_and_penalises_gained_confidence_by_hand():
         assert gain > 0 and parts["cml_penalty"].item() == pytest.approx(gain, rel=1e-6)
     assert orders == {("a", "b"), ("b", "a")}  # a random order per epoch
     more, fewer = torch.tensor([[1.0, 0.0]]), torch.tensor([[3.0, 0.0]])
-    assert confidence_penalty(more, fewer).item() == 0.0  # less confident without: no penalty
-    # clamped after the batch's sum (the official max(0, Σ)), not per sample: +0.22 and −0.49 give 0
-    assert confidence_penalty(torch.tensor([[3.0, 0.0], [0.0, 0.0]]), torch.tensor([[1.0, 0.0], [5.0, 0.0]])) == 0
+    assert confidence_penalty(more, fewer, torch.tensor([0]), False).item() == 0.0  # less confident without
+
+
+def test_cml_penalty_is_clamped_per_sample_and_masked_as_the_authors():
+    """The authors' rank_loss on a hand-computed batch: each sample's gain clamped at 0, summed; a sample whose
+    prediction the removal turned from wrong to right adds nothing (trick 1). BalanceBenchmark's clamps the sum."""
+    sure = lambda a, b: 1 / (1 + math.exp(-abs(a - b)))  # max softmax of two logits
+    # sample 0: without the modality surer of the same right class (+0.222); sample 1: much less sure (−0.493);
+    # sample 2: wrong with it (class 1 at 0.731), right without it (class 0 at 0.953): masked
+    fewer = torch.tensor([[3.0, 0.0], [0.0, 0.0], [3.0, 0.0]])
+    more = torch.tensor([[1.0, 0.0], [5.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 0, 0])
+    gains = [sure(3, 0) - sure(1, 0), sure(0, 0) - sure(5, 0), sure(3, 0) - sure(0, 1)]
+    assert gains[0] > 0 > gains[1] and gains[2] > 0
+    authors = confidence_penalty(fewer, more, labels, batch_clamp=False).item()
+    assert authors == pytest.approx(gains[0], rel=1e-6)  # gains[1] clamped alone, gains[2] masked
+    assert confidence_penalty(fewer, more, torch.tensor([0, 0, 1]), False).item() == \
+        pytest.approx(gains[0] + gains[2], rel=1e-6)  # sample 2 wrong without too: penalised
+    assert confidence_penalty(fewer, more, labels, batch_clamp=True).item() == \
+        pytest.approx(max(0.0, sum(gains)), rel=1e-6)
 
 
 # --- MBSD -----------------------------------------------------------------------------------------
@@ -220,6 +237,20 @@ def test_relearning_purity_kmeans_and_scaling_by_hand():
     points = centres[labels] + torch.rand(60, 2, generator=g)  # three well-separated blobs
     clusters = kmeans(points, 3, torch.Generator().manual_seed(1))
     assert purity(labels, clusters) == 1.0 and len(clusters.unique()) == 3
+
+
+def test_relearning_schedule_is_the_authors_scaled_to_the_run():
+    """The authors re-initialise after epochs 20, 40 and 60 of 90: scaled, a 30-epoch run re-initialises 3 times,
+    a 10-epoch run too; never after the last epoch. --relearn-every keeps absolute epochs (BalanceBenchmark's 15)."""
+    def fired(epochs: int, **settings) -> list[int]:
+        method = Relearning(config("relearning", epochs=epochs, **settings))
+        return [e for e in range(epochs) if method.due(e)]
+
+    assert fired(90) == [20, 40, 60]
+    assert fired(30) == [7, 14, 21]
+    assert fired(10) == [2, 4, 6]
+    assert fired(3) == [1]  # every epoch, but none after the last
+    assert fired(30, relearn_every=15, relearn_times=2) == [15]
 
 
 def test_relearning_moves_each_encoder_toward_its_initial_weights(strong_weak):
@@ -324,6 +355,15 @@ def test_lfm_alignment_and_loss_by_hand():
     assert loss.item() == pytest.approx(2 * (0.75 * ce + 0.25 * total / 2), rel=1e-6)
 
 
+def test_lfm_alignment_weight_starts_where_the_authors_does():
+    """Crema_epoch_learnable.py: cls_k = [0.05, 0.95], the alignment term weighted 0.95 before the first update;
+    BalanceBenchmark swaps the two (0.05), offered as lfm.alpha."""
+    assert Lfm(config("lfm")).alpha == 0.95
+    assert Lfm(config("lfm", lfm_alpha=0.05)).alpha == 0.05
+    with pytest.raises(ConfigError, match="lfm alpha must lie in"):
+        method_for(config("lfm", lfm_alpha=0.98))  # outside the update's clip: it would jump at the first update
+
+
 def test_lfm_alpha_gradient_is_the_first_tensors_block_of_the_hessian_vector_product():
     torch.manual_seed(0)  # a 1-d input for a: the first parameter tensor is 8 × 1 (8 Hessian rows to compute)
     net = LateFusionNet(ModelConfig(MODS, 2, width=1, inputs={"a": {"kind": "vector", "dim": 1},
@@ -369,8 +409,23 @@ def test_lfm_alpha_gradient_is_the_first_tensors_block_of_the_hessian_vector_pro
 
 # --- ReconBoost -----------------------------------------------------------------------------------
 
+def test_reconboost_model_and_schedule_are_the_authors():
+    """dynamic_net.py's Head (512 → 256 → C) scaled to the width, ρ from 1.0, 4-epoch phases (shortened when a run
+    is too short for one cycle), and a fresh optimiser state at each phase's start."""
+    method = method_for(config("reconboost", epochs=30))
+    net = two_dim_net(fusion="shared", **method.model_options())  # width 1: 8-d features
+    assert [tuple(m.weight.shape) for m in net.head if isinstance(m, torch.nn.Linear)] == [(4, 8), (2, 4)]
+    assert net.rate.item() == 1.0
+    assert [method.phase(e)[0] for e in range(17)] == ["a"] * 4 + [None] * 4 + ["b"] * 4 + [None] * 4 + ["a"]
+    assert [e for e in range(17) if method.fresh_optimizer(e)] == [0, 4, 8, 12, 16]
+    assert [method_for(config("reconboost", epochs=e)).phase_epochs for e in (3, 10, 16, 90)] == [1, 2, 4, 4]
+    bb = method_for(config("reconboost", reconboost_rate=0.01, reconboost_epochs=1, reconboost_head="linear"))
+    net = two_dim_net(fusion="shared", **bb.model_options())
+    assert isinstance(net.head, torch.nn.Linear) and net.rate.item() == pytest.approx(0.01)
+
+
 def test_reconboost_phases_and_boosting_loss_by_hand():
-    method = method_for(config("reconboost", fusion="shared"))
+    method = method_for(config("reconboost", fusion="shared", reconboost_epochs=1, reconboost_head="linear"))
     assert [method.phase(e) for e in range(6)] == [("a", "b", 0), (None, "b", 0), ("b", "a", 0), (None, "a", 0),
                                                    ("a", "b", 1), (None, "b", 1)]
     net = two_dim_net(fusion="shared", **method.model_options())

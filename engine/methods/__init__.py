@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..config import METHODS, ConfigError, TrainConfig
+from ..resume import global_batch
 from .agm import Agm
 from .amco import Amco
 from .base import Method, Unimodal
@@ -37,13 +38,30 @@ def run_optimizer(method: str, named: str | None) -> str | None:
     return named or (cls.optimizer if cls else None)
 
 
-def resolved(cfg: TrainConfig) -> TrainConfig:
-    """`cfg` with the settings it leaves to its method (None: fusion, optimiser) set to the method's."""
+ADAMW_LR = 2e-3       # AdamW's default learning rate, every method alike
+SGD_LR_PER_64 = 0.025  # SGD's, per 64 samples of an optimiser step: the linear scaling rule's 0.1 per 256, every
+                       # method alike. The authors' own rates (ReconBoost, LFM 0.01; MMPareto, Re-learning 2e-3;
+                       # OGM-GE, MLA, MMCosine 1e-3; PMR 1e-4) come with long step-decay schedules (OGM-GE's
+                       # StepLR at epoch 70, ReconBoost's hundreds of 8-epoch stages) and barely train in a few
+                       # epochs (docs/methods.md, tests/test_default_lr.py)
+
+
+def default_lr(optimizer: str, batch: int) -> float:
+    """The learning rate of a run that names none: AdamW's ADAMW_LR, or SGD's SGD_LR_PER_64 scaled linearly with
+    the optimiser step's batch (Goyal et al. 2017's linear scaling rule)."""
+    return SGD_LR_PER_64 * batch / 64 if optimizer == "sgd" else ADAMW_LR
+
+
+def resolved(cfg: TrainConfig, world: int = 1) -> TrainConfig:
+    """`cfg` with the settings it leaves to its method (None: fusion, optimiser, learning rate) set to the
+    method's, for a run on `world` processes: the learning-rate rule's batch is an optimiser step's samples,
+    the global batch times the gradient-accumulation steps."""
     cls = REGISTRY.get(cfg.method)
     if cls is None:  # ume evaluates members: no fusion head, no optimiser
         return cfg
-    return dataclasses.replace(cfg, fusion=cfg.fusion or cls.fusions[0],
-                               optimizer=run_optimizer(cfg.method, cfg.optimizer))
+    optimizer = run_optimizer(cfg.method, cfg.optimizer)
+    lr = cfg.lr or default_lr(optimizer, global_batch(cfg, world) * cfg.grad_accum)
+    return dataclasses.replace(cfg, fusion=cfg.fusion or cls.fusions[0], optimizer=optimizer, lr=lr)
 
 
 def method_for(cfg: TrainConfig) -> Method:

@@ -11,14 +11,19 @@ epoch's micro-batch j (from 0):
     L = CE(A(Σ_m ũ_m), y) + Σ_m CE(ũ_m, y),
 and after the batch, with q the softmax over the concatenated shares [ũ_1, ..., ũ_M] (M·C entries),
 modality m is dependent for the next batch when (1/B) Σ_i Σ_{c in m's block} q_i,c > σ. No modality is
-dependent at an epoch's start; at evaluation nothing is masked: the prediction is A(fused logits).
+dependent at an epoch's start; at evaluation nothing is masked: the prediction is A(fused logits), the
+map the fused loss trains (`--amco-score-sum`, `amco.score_sum`: the fused logits Σ_m u_m without A, as
+BalanceBenchmark's validation scores: its `validation_step`, avclassify_model.py:302-324, re-runs
+`unimodality_calculate` after the forward, which overwrites `linear_star`'s output with Σ_m u_m).
 ε = 0.3, σ = 0.5 (BalanceBenchmark configs/trainer_config.yaml; its `alpha` 0.1 and `U` 512 are read but
 never used by its trainer, so they are not knobs here).
 
 Source: GeWu-Lab/BalanceBenchmark, balancemm/trainer/AMCo_trainer.py (`train_loop`: p, N, the mask and
 l_t += epoch/10; `training_step`: the losses and the dependence test) and
-balancemm/models/avclassify_model.py (`BaseClassifierAMCoModel`: the masked shares and `linear_star`);
-the authors' own code is not in our reference index.
+balancemm/models/avclassify_model.py (`BaseClassifierAMCoModel` 326-372: the masked shares and `linear_star`).
+No code of the authors (Zhou et al.) turned up in a search of public repositories, so
+BalanceBenchmark's is the reference; its scoring of Σu instead of A(Σu) reads as a side effect, not a
+choice, hence the default.
 Deviations: the official mask has shape [2, C] (`mask_t.unsqueeze(0).expand(2, -1)`) and is multiplied
 with shares of shape [B, C], which broadcasts only for a batch of 2; here the one class mask applies to
 every sample of the batch, which is what its construction (one shuffled vector per batch) describes.
@@ -71,7 +76,7 @@ class Amco(Method):
             raise ConfigError(f"amco eps must be > 0, got {cfg.amco_eps}")
 
     def model_options(self) -> dict[str, Any]:
-        return {"logit_map": True}
+        return {"logit_map": True, "logit_map_scored": not self.cfg.amco_score_sum}
 
     def begin_epoch(self, epoch: int, steps: range) -> None:
         if epoch != self.epoch:  # a new epoch (a resumed one keeps its restored position and flags)

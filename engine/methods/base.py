@@ -39,7 +39,6 @@ class Method:
     fusions: tuple[str, ...] = ("linear", "mlp", "sum", "shared")  # the heads it trains; the first when none is named
     fusion_needs = ""      # why it trains only those heads (the refusal says it)
     optimizer = "adamw"    # the optimiser when the run names none: the official code's
-
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
 
@@ -65,6 +64,11 @@ class Method:
     def begin_epoch(self, epoch: int, steps: range) -> None:
         """Before an epoch (or its resumed rest): the optimiser steps it spans, for a loss or schedule that
         depends on them (PMR, modality dropout, MLA's alternation)."""
+
+    def fresh_optimizer(self, epoch: int) -> bool:
+        """Whether the optimiser starts epoch `epoch` with no state (momenta), as if rebuilt (ReconBoost's stages);
+        asked only at an epoch's first batch, so a run resumed mid-epoch keeps its restored state."""
+        return False
 
     def loss(self, net: LateFusionNet, batch: dict[str, torch.Tensor], logits: torch.Tensor,
              feats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Parts]:

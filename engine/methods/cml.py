@@ -6,13 +6,17 @@ Per epoch the modalities are put in a random order r_1, ..., r_M; with z^0 the f
 fused logits once r_1..r_k are removed (their features zeroed before the fusion head: for the linear
 head, z^k = z^(k−1) − W_{r_k} f_{r_k}, the official `out_s − unimodal_result[removed] + bias/M`),
 for k = 1 .. M − 1,
-    conf(z)_i = max_c softmax(z_i)_c,
-    L = (CE(z^0) + Σ_k CE(z^k)) / M + λ · Σ_k max(0, Σ_i (conf(z^k)_i − conf(z^(k−1))_i)),   λ = 0.1,
-the confidence penalty summed (not averaged) over the batch's samples, as in the official code.
+    conf(z)_i = max_c softmax(z_i)_c,   ŷ(z)_i = argmax_c z_i,c,
+    s^k_i = 0 if ŷ(z^k)_i = y_i ≠ ŷ(z^(k−1))_i else 1     ("trick 1": no penalty where the removal
+                                                          turned a wrong prediction right),
+    L = (CE(z^0) + Σ_k CE(z^k)) / M + λ · Σ_k Σ_i max(0, s^k_i · (conf(z^k)_i − conf(z^(k−1))_i)),   λ = 0.1,
+the confidence penalty clamped per sample and summed (not averaged) over the batch's samples.
 
-Source: GeWu-Lab/BalanceBenchmark, balancemm/trainer/CML_trainer.py (`conf_loss`, whose second output,
-the sign of "trick 1", is unused; `lam` 0.1 in configs/trainer_config.yaml); the authors' own code is
-not in our reference index.
+Source: the authors' QingyangZhang/CML, cpm/CPM_Nets.py (`rank_loss` 98-124: the mask at 122, the per-sample
+ReLU summed over the batch at 123); GeWu-Lab/BalanceBenchmark, balancemm/trainer/CML_trainer.py (`conf_loss`,
+`lam` 0.1 in configs/trainer_config.yaml; λ as BalanceBenchmark, the authors' `belta` being their data
+sets' own). BalanceBenchmark differs: it clamps the batch's summed gain, max(0, Σ_i (conf(z^k)_i −
+conf(z^(k−1))_i)), and computes but never applies the trick-1 sign: `--cml-batch-clamp` (`cml.batch_clamp`).
 Deviations: the order is drawn per epoch from (seed, epoch), the same on every rank and on resume
 (BalanceBenchmark: Python's `random.shuffle` at each epoch's start); a removed modality's feature is
 zeroed before the fusion head, which for a linear or sum head equals the official subtraction of its
@@ -30,10 +34,16 @@ from ..config import TrainConfig
 from .base import ZEROING_FUSIONS, ZEROING_NEEDS, Method, Parts
 
 
-def confidence_penalty(fewer: torch.Tensor, more: torch.Tensor) -> torch.Tensor:
-    """max(0, Σ_i conf(fewer)_i − conf(more)_i): the batch's summed gain in confidence from removing modalities."""
-    gain = (fewer.softmax(1).max(1).values - more.softmax(1).max(1).values).sum()
-    return gain.clamp(min=0)
+def confidence_penalty(fewer: torch.Tensor, more: torch.Tensor, labels: torch.Tensor,
+                       batch_clamp: bool) -> torch.Tensor:
+    """The batch's confidence gained by removing modalities: per sample max(0, s·(conf(fewer) − conf(more))), s the
+    trick-1 mask, summed (the authors'); or, with `batch_clamp`, max(0, Σ_i conf(fewer)_i − conf(more)_i)."""
+    gain = fewer.softmax(1).max(1).values - more.softmax(1).max(1).values
+    if batch_clamp:
+        return gain.sum().clamp(min=0)
+    with torch.no_grad():
+        kept = ~((fewer.argmax(1) == labels) & (more.argmax(1) != labels))
+    return (gain * kept).clamp(min=0).sum()
 
 
 class Cml(Method):
@@ -59,7 +69,7 @@ class Cml(Method):
             present[removed] = torch.zeros_like(feats[removed])
             fewer = net.fuse(present)
             ce = ce + F.cross_entropy(fewer, labels)
-            penalty = penalty + confidence_penalty(fewer, more)
+            penalty = penalty + confidence_penalty(fewer, more, labels, self.cfg.cml_batch_clamp)
             more = fewer
         loss = ce / len(self.order) + self.cfg.cml_lambda * penalty
         return loss, {"ce": ce.detach() / len(self.order), "cml_penalty": penalty.detach()}

@@ -1,12 +1,12 @@
 """LFM (Yang et al., NeurIPS 2024, "Facilitating Multimodal Classification via Dynamically Learning Modality
-Gap"), as GeWu-Lab/BalanceBenchmark implements it: the fused cross-entropy and an alignment term between
-the modalities' predictions, traded off by a weight learnt once per epoch from a hypergradient.
+Gap"), as its authors' code: the fused cross-entropy and an alignment term between the modalities'
+predictions, traded off by a weight learnt once per epoch from a hypergradient.
 
 With u_m = W_m f_m + b/M modality m's additive share of the fused logits (balancing.modality_logits),
 p_m = softmax(u_m), and for a pair (a, b), n = (p_a + p_b)/2,
     J(a, b) = ½ (KL(n ‖ p_a) + KL(n ‖ p_b))      (batch means; the official `Alignment`, whose
                                                   kl_div(p.log(), n) is KL(n ‖ p), not KL(p ‖ n))
-    L = 2 (α_0 · CE(fused logits, y) + α_1 · mean over pairs J),   α_0 = 1 − α_1, α_1 = 0.05 at the start.
+    L = 2 (α_0 · CE(fused logits, y) + α_1 · mean over pairs J),   α_0 = 1 − α_1, α_1 = 0.95 at the start.
 Before each epoch, on one fixed batch (the first quarter of the validation split's first batch, model
 in training mode), with L_α = α_0 CE + α_1 · mean J and g = ∇_θ CE over all parameters θ:
     h = ∇_θ (∇_θ L_α · g)  (the Hessian of L_α times g, g held fixed),
@@ -15,11 +15,20 @@ h_first being h's block for the model's first parameter tensor only (the officia
 `hessian_vector_prod[0].mean()`), and η_α (1e-4) halved before the update of every epoch e > 0 with
 e mod 20 = 0.
 
-Source: GeWu-Lab/BalanceBenchmark, balancemm/trainer/LFM_trainer.py (`Alignment`, `getAlpha_Learnable`,
-`training_step`; lr_alpha 0.0001 in configs/trainer_config.yaml, α starting at {0: 0.95, 1: 0.05};
-its `alpha: 1` is overwritten before use); the authors' own code is not in our reference index.
-Deviations: the fixed batch is the validation split's first batch as this run's evaluation reads it
-(batch size --batch-size, centre views), the same on every rank, and the new α is rank 0's, broadcast.
+Source: the authors' MohammedRakib/LFM, Crema_epoch_learnable.py at its latest commit ad44fa0 (`Alignment`
+37-44; `getAlpha_Learnable` 55-97: mean of the first block, lr_alpha halved at every 20th epoch, clip [0.05,
+0.95]; 236-257: SGD lr 1e-2, momentum 0.9, weight decay 1e-4 from data/crema.json, batch 64, cls_k = [0.05,
+0.95], i.e. α_1 = 0.95 — an earlier commit, 1b96e26, started at 0.98 with the clip [0.1, 0.9], lr_alpha 1e-7
+and the sum of the block); GeWu-Lab/BalanceBenchmark, balancemm/trainer/LFM_trainer.py (the same update;
+lr_alpha 0.0001 in configs/trainer_config.yaml). BalanceBenchmark differs in the start, α = {0: 0.95, 1:
+0.05} (LFM_trainer.py:146), the roles of the authors' two weights swapped, so its loss stays close to
+joint's: `--lfm-alpha 0.05` (`lfm.alpha`).
+Deviations: the fixed batch is a quarter of the validation split's first batch as this run's evaluation
+reads it (batch size --batch-size, centre views; the authors hold out 16 random training samples and use
+half of them, BalanceBenchmark a quarter of its first validation batch), the same on every rank, and the
+new α is rank 0's, broadcast. The learning rate is umt's SGD default with its cosine schedule (the authors':
+0.01, ×0.1 at epoch 70; with α_1 = 0.95 the cross-entropy weighs 0.1, and 3 epochs at 0.01 reach 0.23
+top-1 on 10-class vectors, chance 0.10).
 Cost: two extra backward passes (one of second order) through the whole model on a quarter batch per
 epoch.
 """
@@ -73,12 +82,19 @@ class Lfm(Method):
                "            from a hypergradient (Yang et al., NeurIPS 2024; needs --fusion linear or sum)")
     fusions = ("linear", "sum")
     fusion_needs = "aligns each modality's share of the fused logits"
+    optimizer = "sgd"
 
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)
-        self.alpha = 0.05             # α_1, the alignment weight
+        self.alpha = cfg.lfm_alpha    # α_1, the alignment weight
         self.lr_alpha = cfg.lfm_lr_alpha
         self.epoch = 0
+
+    @classmethod
+    def check(cls, cfg: TrainConfig) -> None:
+        super().check(cfg)
+        if not 0.05 <= cfg.lfm_alpha <= 0.95:
+            raise ConfigError(f"lfm alpha must lie in the update's range [0.05, 0.95], got {cfg.lfm_alpha}")
 
     def prepare(self, net, device) -> tuple[int, int | None]:
         cfg = self.cfg

@@ -5,14 +5,16 @@ or of its block of the head.
 
 With W_m the [C, D_m] block of the linear fusion head that reads modality m's feature f_m, and
 ŵ_m,c = W_m,c / ‖W_m,c‖ (each class's row), f̂_m = f_m / ‖f_m‖:
-    z_c = s · Σ_m f̂_m · ŵ_m,c,       L = CE(z, y),       s = 15,
+    z_c = s · Σ_m f̂_m · ŵ_m,c,       L = CE(z, y),       s = 10,
 at training and at evaluation alike (the head has no bias): ModelConfig.cosine_scale, models.py
 `LateFusionNet.cosine_logits`.
 
-Source: GeWu-Lab/MMCosine_ICASSP23, main_CD.py (`--mmcosine`: F.normalize(feature, dim=1) against
-F.normalize(fc_out.weight[:, block].T, dim=0), times `--scaling`, default 10); GeWu-Lab/BalanceBenchmark,
-balancemm/trainer/MMCosine_trainer.py (the same logits at training and validation; scaling 15 in
-configs/trainer_config.yaml, whose default this module takes).
+Source: the authors' GeWu-Lab/MMCosine_ICASSP23, main_CD.py (`--mmcosine`: F.normalize(feature, dim=1)
+against F.normalize(fc_out.weight[:, block].T, dim=0), times `--scaling`, 10 by default and in the
+README's command; SGD, momentum 0.9, weight decay 1e-4 at 261-262, lr 1e-3 and batch 32 at 60-64 with
+200 epochs and a step decay at 100); GeWu-Lab/BalanceBenchmark, balancemm/trainer/MMCosine_trainer.py
+(the same logits at training and validation) differs in the scale: 15 in configs/trainer_config.yaml,
+`--mmcosine-scale 15` (`mmcosine.scale`). The learning rate is umt's SGD default (docs/methods.md).
 Deviations: the head is built without a bias (the official heads keep an unused one); the cosine logits
 hold from the first epoch to the last (BalanceBenchmark's modulation window, epochs 0-80, covers its
 30 epochs); the official main_CD.py scores its fused accuracy on the plain linear output
@@ -33,6 +35,8 @@ class MMCosine(Method):
                "            modality normalised (Xu et al., ICASSP 2023; needs --fusion linear)")
     fusions = ("linear",)
     fusion_needs = "normalises each modality's block of a linear head"
+    optimizer = "sgd"
+
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
         super().check(cfg)

@@ -1,26 +1,36 @@
 """ReconBoost (Hua, Xu, Wu, Zhang, Wang, ICML 2024, "ReconBoost: Boosting Can Achieve Modality
-Reconcilement"), as GeWu-Lab/BalanceBenchmark implements it: the modalities' learners are trained in
-turn, each boosted against the others' ensemble, with global fine-tuning of the whole ensemble between.
+Reconcilement"), as its authors' code: the modalities' learners are trained in turn, each boosted against
+the others' ensemble, with global fine-tuning of the whole ensemble between.
 
-The model is an ensemble z = ρ · Σ_m h(f_m): one linear head h shared by every modality (`--fusion shared`)
-and a learned rate ρ (from 0.01; ModelConfig.boost_rate). Training cycles through phases of T epochs
-each: for every modality m in turn, a boosting phase, then a global phase. In modality m's boosting
-phase, with o = h(f_m) (m's learner), e = ρ · Σ_{k≠m} h(f_k) the others' ensemble (no gradient) and t
-the one-hot label, per sample
+The model is an ensemble z = ρ · Σ_m h(f_m): one head h shared by every modality (`--fusion shared`), an
+MLP D → D/2 → C (the authors' 512 → 256 → C for 512-d ResNet-18 features, scaled to this run's encoder
+width D = 8 × --width), and a learned rate ρ (from 1.0; ModelConfig.boost_rate, shared_mlp). Training
+cycles through phases of T = 4 epochs each: for every modality m in turn, a boosting phase, then a global
+(correction) phase (T shortened to epochs // (2·M), at least 1, in a run shorter than one cycle of such
+phases, so that every phase acts: 10 epochs, 2 modalities: T = 2). In modality m's boosting phase, with
+o = h(f_m) (m's learner), e = ρ · Σ_{k≠m} h(f_k) the others' ensemble (no gradient) and t the one-hot
+label, per sample
     L_i = −w_1 · mean_c(t · log softmax(o)) + w_2 · mean_c(t · softmax(e) · log softmax(o)),
 plus, after the first cycle, α · MSE(softmax(o), softmax(h(f_p))) with p the modality before m (both
 detached in the official code, so this term is logged but moves nothing); only m's encoder and the
-head learn (the others' gradients are set to None, so AdamW leaves them). In a global phase,
-L = CE(z, y) over everything. Evaluation predicts z. w_1 = 5, w_2 = 1, α = 0.5, T = 1.
+head learn (the others' gradients are set to None, so the optimiser leaves them). In a global phase,
+L = CE(z, y) over everything. Each phase starts with a fresh optimiser state (the authors build a new
+SGD for each phase). Evaluation predicts z. w_1 = 5, w_2 = 1, α = 0.5; SGD, momentum 0.9.
 
-Source: GeWu-Lab/BalanceBenchmark, balancemm/trainer/ReconBoost_trainer.py (`fit`: the modality order and
-its predecessor; `train_loop`: T epochs of `training_step1` then T of `training_step2` per modality;
-alpha 0.5, T_epochs 1, weight1 5, weight2 1 in configs/trainer_config.yaml) and
-balancemm/models/avclassify_model.py (`BaseClassifierReconBoostModel`: `modality_model`, `boost_rate`;
-fusion "shared" in configs/model_config.yaml); the authors' own code is not in our reference index.
-Deviations: one BalanceBenchmark epoch is 2·M·T passes over the data (with one validation); here each
-pass is an epoch of its own (train 2·M·T times the epochs for the official count); the loss adds
-0·(fused logits) so DDP reduces a zero gradient for every parameter in a boosting phase (as MLA).
+Source: the authors' huacong/ReconBoost, train.py (arguments 53-77: batch 64, boost_rate 1.0,
+epochs_per_stage 4, correct_epoch 4, m_lr = e_lr 0.01, weight1 5, weight2 1, alpha 0.5; the boosting phase
+296-357 with its SGD(momentum 0.9, weight decay 5e-4) built at 296; the correction phase 370-402 with a
+new SGD at 371) and models/dynamic_net.py (`Head` 5-15: Linear(512, 256), ReLU, Linear(256, C);
+`boost_rate` a learned parameter from --boost_rate, 33). GeWu-Lab/BalanceBenchmark,
+balancemm/trainer/ReconBoost_trainer.py and models/avclassify_model.py differ: ρ from 0.01, T 1, a linear
+shared head, one optimiser throughout: `--reconboost-rate 0.01 --reconboost-epochs 1
+--reconboost-head linear` (`reconboost.rate`, `epochs`, `head`).
+Deviations: one authors' stage (a boosting and a correction phase of T epochs each) is 2·T epochs here;
+the learning rate is umt's SGD default with its cosine schedule (the authors': 0.01 at batch 64,
+constant, ×0.1 every 30 stages on CREMA-D, over about a hundred 8-epoch stages; 3 epochs at 0.01 leave
+10-class vectors at chance); weight decay is the run's (--weight-decay, 1e-4; the authors' 5e-4); the ga
+term starts with the second cycle (the authors': the second stage); the loss adds 0·(fused logits) so DDP
+reduces a zero gradient for every parameter in a boosting phase (as MLA).
 """
 from __future__ import annotations
 
@@ -31,6 +41,8 @@ import torch.nn.functional as F
 
 from ..config import ConfigError, TrainConfig
 from .base import Method, Parts
+
+AUTHORS_PHASE = 4  # train.py: --epochs_per_stage 4, --correct_epoch 4
 
 
 def boosting_loss(own: torch.Tensor, others: torch.Tensor, labels: torch.Tensor, w1: float, w2: float) -> torch.Tensor:
@@ -43,9 +55,10 @@ def boosting_loss(own: torch.Tensor, others: torch.Tensor, labels: torch.Tensor,
 class ReconBoost(Method):
     name = "reconboost"
     summary = ("modalities' learners boosted in turn against the others' ensemble, with global fine-tuning\n"
-               "            between (Hua et al., ICML 2024; picks --fusion shared; one pass per epoch)")
+               "            between (Hua et al., ICML 2024; picks --fusion shared, an MLP head; one pass per epoch)")
     fusions = ("shared",)
-    fusion_needs = "boosts learners that share one linear head"
+    fusion_needs = "boosts learners that share one head"
+    optimizer = "sgd"
 
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)
@@ -54,21 +67,35 @@ class ReconBoost(Method):
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
         super().check(cfg)
-        if cfg.reconboost_epochs < 1:
-            raise ConfigError(f"reconboost needs T >= 1 epochs per phase, got {cfg.reconboost_epochs}")
+        if (cfg.reconboost_epochs is not None and cfg.reconboost_epochs < 1) or cfg.reconboost_rate <= 0:
+            raise ConfigError(f"reconboost needs T >= 1 epochs per phase and a rate > 0, got "
+                              f"{cfg.reconboost_epochs} and {cfg.reconboost_rate}")
 
     def model_options(self) -> dict[str, Any]:
-        return {"boost_rate": True}
+        return {"boost_rate": self.cfg.reconboost_rate,
+                "shared_mlp": self.cfg.reconboost_head == "mlp"}
+
+    @property
+    def phase_epochs(self) -> int:
+        """T: --reconboost-epochs, or the authors' 4 shortened to epochs // (2·M), at least 1, when a run is too
+        short for one cycle of 4-epoch phases (so that a global phase acts: 3 epochs, 2 modalities: T = 1)."""
+        cfg = self.cfg
+        if cfg.reconboost_epochs is not None:
+            return cfg.reconboost_epochs
+        return max(1, min(AUTHORS_PHASE, cfg.epochs // (2 * len(cfg.modalities))))
 
     def phase(self, epoch: int) -> tuple[str | None, str, int]:
         """(the boosted modality, or None in a global phase; its predecessor; the cycle) of an epoch."""
-        mods, t = list(self.cfg.modalities), self.cfg.reconboost_epochs
+        mods, t = list(self.cfg.modalities), self.phase_epochs
         cycle, within = divmod(epoch, 2 * t * len(mods))
         i = within // (2 * t)
         return (mods[i] if within % (2 * t) < t else None), mods[i - 1], cycle
 
     def begin_epoch(self, epoch: int, steps: range) -> None:
         self.epoch = epoch
+
+    def fresh_optimizer(self, epoch: int) -> bool:
+        return epoch % self.phase_epochs == 0  # each phase's first epoch
 
     def loss(self, net, batch, logits, feats) -> tuple[torch.Tensor, Parts]:
         cfg, labels = self.cfg, batch["label"]
@@ -97,6 +124,6 @@ class ReconBoost(Method):
         return {}
 
     def describe(self) -> str:
-        t = self.cfg.reconboost_epochs
+        t = self.phase_epochs
         return (f"- ReconBoost: phases of {t} epoch(s): boost each of {', '.join(self.cfg.modalities)} in turn, "
                 "each followed by global fine-tuning\n")

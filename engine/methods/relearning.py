@@ -3,7 +3,9 @@ Learning"): joint training in which, every few epochs, each encoder is moved bac
 weights by as much as its features' clustering quality differs between the training and validation
 splits (a modality that learnt training-specific features is partly re-learnt).
 
-After training epoch e (counted from 0) with e > 0, e mod `every` = 0 and e / `every` ≤ `times`,
+After training epoch e (counted from 0) with 0 < e < E − 1 (E the run's epochs), e mod `every` = 0 and
+e / `every` ≤ `times` (3), with `every` the authors' 20 of their 90 epochs scaled to the run,
+max(1, round(20 · E / 90)) (30 epochs: 7, 14, 21; 10 epochs: 2, 4, 6), or --relearn-every's epochs,
 for each modality m, on the pooled features of the training and the validation split (centre views,
 eval mode), each min-max scaled per unit to [−1, 1]:
     purity_m(split) = (1/N) Σ_clusters max_c |{i in cluster : y_i = c}|     (k-means with k = C classes)
@@ -13,9 +15,15 @@ with θ^init the weights before the first step (a resumed run rebuilds the same 
 before loading its checkpoint, so they need no checkpoint of their own). The loss is the fused
 cross-entropy throughout.
 
-Source: GeWu-Lab/BalanceBenchmark, balancemm/trainer/ReLearning_trainer.py (`get_feature`, `reinit_score`,
-`purity_score`, `reinit`; move_lambda 3, reinit_epoch 15, reinit_num 2 in configs/trainer_config.yaml);
-the authors' own code is not in our reference index.
+Source: the authors' GeWu-Lab/Diagnosing_Relearning_ECCV2024, code/ours.py (`purity_score` 63-96, `reinit_score`
+99-137, `reinit` 139-169, the schedule 415-427: after epoch e > 0 with e mod reinit_epoch = 0, at most
+reinit_num times; SGD momentum 0.9, weight decay 1e-4 at 368; --move_lambda 3, --reinit_epoch 20, --reinit_num 3
+at 53-56) and code/script/ours.sh (--reinit_epoch 20 --reinit_num 3 --epochs 90); GeWu-Lab/BalanceBenchmark,
+balancemm/trainer/ReLearning_trainer.py (the same rule; reinit_epoch 15, reinit_num 2 in
+configs/trainer_config.yaml: `--relearn-every 15 --relearn-times 2`). In epochs as given, the authors'
+schedule never acts in a run under 21 epochs, hence the scaling; no re-initialisation follows the last
+epoch (the authors' last, at 60 of 90, leaves 30 epochs of training after it). Optimiser: SGD (the authors'
+lr 2e-3 with 90 epochs and a step decay at 30; here the SGD default of engine/methods/base.py).
 Deviations: k-means is this module's (k-means++ seeding from a generator seeded by (seed, epoch,
 modality), then Lloyd iterations until the assignment stops changing, at most 300, in float64; the
 official uses scikit-learn's KMeans(random_state=0), not a dependency here); the training split's
@@ -35,6 +43,8 @@ from accelerate.utils import broadcast_object_list
 from ..config import ConfigError, TrainConfig
 from ..evaluate import collect
 from .base import Method
+
+AUTHORS_EVERY, AUTHORS_EPOCHS = 20, 90  # code/script/ours.sh: --reinit_epoch 20 --reinit_num 3 --epochs 90
 
 
 def minmax_scaled(x: torch.Tensor) -> torch.Tensor:
@@ -63,6 +73,13 @@ def kmeans(x: torch.Tensor, k: int, generator: torch.Generator, iterations: int 
     return assign
 
 
+def period(every: int | None, epochs: int) -> int:
+    """Epochs between re-initialisations: `every`, or (None) the authors' 20 of their 90 epochs scaled to a run
+    of `epochs`, max(1, round(20 · epochs / 90)), so their 3 re-initialisations fall within any run of 5 or
+    more epochs (30 epochs: every 7th)."""
+    return every if every is not None else max(1, round(AUTHORS_EVERY * epochs / AUTHORS_EPOCHS))
+
+
 def purity(labels: torch.Tensor, clusters: torch.Tensor) -> float:
     """Share of samples whose label is their cluster's most frequent one."""
     return sum(int(torch.bincount(labels[clusters == c]).max()) for c in clusters.unique()) / len(labels)
@@ -72,6 +89,7 @@ class Relearning(Method):
     name = "relearning"
     summary = ("joint; every few epochs each encoder moved toward its initial weights by tanh(λ·|train − val\n"
                "            k-means purity of its features|) (Wei, Li, Hu, ECCV 2024)")
+    optimizer = "sgd"
 
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)
@@ -81,7 +99,7 @@ class Relearning(Method):
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
         super().check(cfg)
-        if cfg.relearn_every < 1 or cfg.relearn_times < 0:
+        if (cfg.relearn_every is not None and cfg.relearn_every < 1) or cfg.relearn_times < 0:
             raise ConfigError(f"relearning needs every >= 1 and times >= 0, got {cfg.relearn_every}, "
                               f"{cfg.relearn_times}")
 
@@ -93,8 +111,8 @@ class Relearning(Method):
         self.epoch = epoch
 
     def due(self, epoch: int) -> bool:
-        every = self.cfg.relearn_every
-        return epoch > 0 and epoch % every == 0 and epoch // every <= self.cfg.relearn_times
+        every = period(self.cfg.relearn_every, self.cfg.epochs)
+        return 0 < epoch < self.cfg.epochs - 1 and epoch % every == 0 and epoch // every <= self.cfg.relearn_times
 
     @torch.no_grad()
     def end_of_epoch(self, net, val, accelerator) -> dict[str, Any]:

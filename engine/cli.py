@@ -84,13 +84,13 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                         "without stopping; every method alike)")
     p.add_argument("--backend", choices=CHOICES["backend"], default=d.backend,
                    help="training-loader decoding of video/audio: cpu (PyAV workers), dali (NVDEC on the GPU; "
-                        "untested on GPU as of 2026-11), auto (dali when a GPU and DALI are present)")
+                        "not yet run on a GPU: README, Status), auto (dali when a GPU and DALI are present)")
     p.add_argument("--finish", choices=CHOICES["finish"], default=d.finish,
                    help="cpu backend: where each view is resized, colour-converted and turned into a log-mel: in the "
                         "decoding workers (CPU), or on the training device, batched (the workers only decode: at "
                         "224 px / 16 frames / 10 s audio they ship 1.5x the clips a second; same views to the bit, "
                         "log-mels to float rounding; on a CPU it is slow, about 100 ms a view: for checks); auto: "
-                        "device when training on a GPU (GPU path untested as of 2026-12)")
+                        "device when training on a GPU (not yet run on a GPU: README, Status)")
     p.add_argument("--workers", dest="num_workers", type=int, default=d.num_workers, help="decoding processes")
     p.add_argument("--bad-samples", choices=CHOICES["bad_samples"], default=d.bad_samples,
                    help="a training sample that fails to decode: skip (another sample of its batch takes its place, "

@@ -31,12 +31,9 @@ knobs have their own section, read only by that method:
     ume:    members, combine, fit_weights
     run:    out, seed, log_every, checkpoint_every, resume, select, probe, probe_every, log_with
 
-(Before this layout, every method's knobs sat in `method:`, e.g. `method.cache`; now `umt.cache`.)
-
 A config serves either optimiser: a run reads the block of its optimiser (optim.name, or the method's
 official one when that is null) and ignores the other; an AdamW run keeps SGD's momentum and nesterov
-at their defaults. (Before, one `optim.lr` and `optim.weight_decay` served both; now `optim.adamw.lr`
-or `optim.sgd.lr`.) A saved config.yaml holds the block of the optimiser the run trained with.
+at their defaults; `optim.lr` and `optim.weight_decay` are refused with the per-optimiser spelling. A saved config.yaml holds the block of the optimiser the run trained with.
 
 `umt-train --config configs/kinetics400.yaml optim.adamw.lr=0.01 run.out=runs/k400-umt` merges defaults,
 then the file, then the overrides (values parsed as YAML). An unknown key or a value of the wrong

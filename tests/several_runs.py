@@ -1,5 +1,5 @@
 """`umt-train` (or `umt-cache`) several times in one process: under `accelerate launch`, several 2-process
-runs for the cost of one launch (tests/test_peer_methods_a.py). Each argument is one run's command line,
+runs for the cost of one launch (tests/test_mmpareto_agm_pmr_dropout.py). Each argument is one run's command line,
 quoted; one that starts with "umt-cache " runs the cache CLI, any other the trainer.
 
 Each run ends with Accelerator.end_training, which destroys the process group; a second group would

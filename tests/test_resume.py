@@ -34,7 +34,7 @@ def test_loader_resumed_mid_epoch_continues_with_the_next_unseen_batch(data, wor
 
 # 8 optimiser steps per epoch, 2 epochs; each run is killed after its checkpoint at `kill_at` (mid-epoch),
 # resumed, and compared with an uninterrupted run. G-Blending's resume is tested on 2 processes on vectors
-# (tests/test_peer_methods_a.py): it holds no mid-epoch state any more.
+# (tests/test_mmpareto_agm_pmr_dropout.py): it holds no mid-epoch state any more.
 RESUMED = {"joint": (["--workers", "2", "--width", "8"], 4),
            "umt-cached": (["--method", "umt", "--cache", "{cache}"], 3),
            "umt-online": (["--method", "umt", "--teacher=video={video}", "--teacher=audio={audio}"], 3),

@@ -1,4 +1,4 @@
-"""Issue 12, part B: UMT's logit targets (cache format umt-cache/3, KL distillation) and MLA."""
+"""UMT's logit targets (cached beside the features, KL distillation) and MLA."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,6 +1,5 @@
-"""BalanceBenchmark's last two methods (issue 21, part 3), Greedy and Modality-valuation: each one's defining
-quantity on a constructed case, computed here by hand. Their 2-process runs and kill-and-resume tests share
-test_peer_methods_a.py's."""
+"""Greedy and Modality-valuation: each one's defining quantity on a constructed case, computed here by hand.
+Their 2-process runs and kill-and-resume tests share test_mmpareto_agm_pmr_dropout.py's."""
 from __future__ import annotations
 
 import itertools

@@ -1,5 +1,5 @@
-"""BalanceBenchmark's other methods (issue 21, part 2): each one's defining quantity on a constructed case,
-computed here by hand. Their 2-process runs and kill-and-resume tests share test_peer_methods_a.py's."""
+"""BalanceBenchmark's other methods (MMCosine, OPM, CML, MBSD, Re-learning, AMCo, LFM, ReconBoost): each one's
+defining quantity on a constructed case, computed here by hand. Their 2-process runs and kill-and-resume tests share test_mmpareto_agm_pmr_dropout.py's."""
 from __future__ import annotations
 
 import math

@@ -309,7 +309,7 @@ def test_gblend_killed_on_two_processes_resumes_bit_for_bit(strong_weak, two_pro
 
 
 # prototypes per epoch; AGM's running scores per step; pmr: SGD (its default) with Nesterov momentum; the
-# BalanceBenchmark methods (test_peer_methods_c.py, _d.py), Re-learning re-initialising after the kill; Greedy
+# BalanceBenchmark methods (test_balancebenchmark_methods.py, test_greedy_valuation.py), Re-learning re-initialising after the kill; Greedy
 # (SGD, its default) with BalanceBenchmark's ε 0.001, whose re-balancing windows (one branch's gate a running
 # mean) then run from step 22 on, so the kill lands in or near one; Modality-valuation copying in epoch 2
 @pytest.mark.parametrize("method, extra", [pytest.param(m, extra, id=m) for m, extra in (

@@ -39,6 +39,7 @@ class Method:
     fusions: tuple[str, ...] = ("linear", "mlp", "sum", "shared")  # the heads it trains; the first when none is named
     fusion_needs = ""      # why it trains only those heads (the refusal says it)
     optimizer = "adamw"    # the optimiser when the run names none: the official code's
+
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
 

@@ -98,6 +98,15 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
         return top1(head(xt), test_y)
 
 
+def evaluate_split(cfg, forward: Forward, split: str, device: torch.device, accelerator=None,
+                   modalities: Sequence[str] | None = None, views: Sequence[int] = (CENTRE,)) -> dict:
+    """The run's evaluation entry: `collect` over a split with the run's data, views, batch size, workers and
+    --finish (cfg: a TrainConfig). Every method, UME and the trainer's validation read a split through it, so
+    none of them drops a run setting."""
+    return collect(forward, cfg.data, split, cfg.view, list(modalities or cfg.modalities), cfg.batch_size,
+                   cfg.num_workers, device, accelerator, views=views, finish_on=finish_device(cfg.finish, device))
+
+
 def final_evaluation(forward: Forward, cfg, device: torch.device, modalities: tuple[str, ...] | None = None,
                      scores: Callable[[torch.Tensor], torch.Tensor] = lambda logits: logits, accelerator=None) -> dict:
     """Test top-1 / top-5 / per-class accuracy under the run's test protocol (cfg.test_clips x
@@ -107,16 +116,14 @@ def final_evaluation(forward: Forward, cfg, device: torch.device, modalities: tu
     `scores` turns what `forward` returns as logits into class scores (UME combines its members here).
     """
     modalities = modalities or cfg.modalities
-    args = (cfg.view, list(modalities), cfg.batch_size, cfg.num_workers, device, accelerator)
-    finish_on = finish_device(cfg.finish, device)
-    test = collect(forward, cfg.data, "test", *args, views=eval_views(cfg.test_clips, cfg.test_crops),
-                   finish_on=finish_on)
+    test = evaluate_split(cfg, forward, "test", device, accelerator, modalities,
+                          eval_views(cfg.test_clips, cfg.test_crops))
     scored = accuracies(scores(test["logits"]), test["labels"])
     out = {"test_top1": scored.pop("top1"), "test_top5": scored.pop("top5"), **scored, "probe": {},
            "test_protocol": {"clips": cfg.test_clips, "crops": cfg.test_crops, "views": cfg.test_clips * cfg.test_crops,
                              "crop_mode": cfg.view.crop_mode, "combine": "mean of logits"}}
     if cfg.probe:
-        train = collect(forward, cfg.data, "train", *args, finish_on=finish_on)
+        train = evaluate_split(cfg, forward, "train", device, accelerator, modalities)
         if accelerator is not None and not accelerator.is_main_process:
             return out  # the probes are fit once, on the main process
         classes = out["num_classes"]

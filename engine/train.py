@@ -37,7 +37,7 @@ from umt.loaders.stored.shards import load_manifest, modality_inputs
 from . import config_files, plots, resume, ume
 from .checkpoint import save_model
 from .config import ConfigError, TrainConfig
-from .evaluate import accuracies, collect, final_evaluation, linear_probe
+from .evaluate import accuracies, evaluate_split, final_evaluation, linear_probe
 from .methods import Method, method_for, resolved
 from .models import LateFusionNet, ModelConfig
 from .trace import SampleTrace
@@ -290,14 +290,11 @@ def _end_of_epoch(cfg: TrainConfig, method: Method, state: LoopState, net: LateF
               "bad_samples": skipped_summary(state.skipped, state.epoch)["per_shard"]}
     net.eval()  # every rank evaluates its share of the split
     device = accelerator.device
-    finish_on = finish_device(cfg.finish, device)
-    val = collect(net, cfg.data, "val", cfg.view, list(cfg.modalities), cfg.batch_size,
-                  cfg.num_workers, device, accelerator, finish_on=finish_on)
+    val = evaluate_split(cfg, net, "val", device, accelerator)
     scores = accuracies(val["logits"], val["labels"])
     record.update(val_top1=scores["top1"], val_top5=scores["top5"], val_per_class_top1=scores["per_class_top1"])
     if cfg.probe_every and (state.epoch + 1) % cfg.probe_every == 0:
-        train_feats = collect(net, cfg.data, "train", cfg.view, list(cfg.modalities),
-                              cfg.batch_size, cfg.num_workers, device, accelerator, finish_on=finish_on)
+        train_feats = evaluate_split(cfg, net, "train", device, accelerator)
         if accelerator.is_main_process:
             record["val_probe"] = {m: linear_probe(train_feats["features"][m], train_feats["labels"],
                                                    val["features"][m], val["labels"], num_classes)

@@ -10,12 +10,11 @@ import itertools
 
 import torch
 
-from umt.loaders.loading.loader import finish_device
 from umt.loaders.stored.views import ViewSpec
 
 from .checkpoint import check_views, load_model
 from .config import ConfigError, TrainConfig
-from .evaluate import collect, final_evaluation, top1
+from .evaluate import evaluate_split, final_evaluation, top1
 from .models import LateFusionNet
 
 
@@ -75,8 +74,7 @@ def evaluate(cfg: TrainConfig, num_classes: int, device: torch.device) -> dict:
     forward = forward_fn(members)
     weights = torch.full((len(names),), 1 / len(names))
     if cfg.ume_fit_weights:
-        val = collect(forward, cfg.data, "val", cfg.view, names, cfg.batch_size, cfg.num_workers, device,
-                      finish_on=finish_device(cfg.finish, device))
+        val = evaluate_split(cfg, forward, "val", device, modalities=names)
         weights = fit_weights(val["logits"], val["labels"], cfg.ume_combine)
     results = final_evaluation(forward, cfg, device, tuple(names),
                                scores=lambda stacked: combine(stacked, cfg.ume_combine, weights))

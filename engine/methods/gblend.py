@@ -19,7 +19,7 @@ import torch
 from accelerate.utils import broadcast_object_list
 
 from .. import balancing
-from ..evaluate import collect
+from ..evaluate import evaluate_split
 from .base import Method, Parts
 
 
@@ -45,8 +45,7 @@ class GBlend(Method):
         """The next epoch's weights from this and the previous epoch's (train, val) head losses."""
         cfg, device = self.cfg, accelerator.device
         net.eval()
-        train = collect(net, cfg.data, "train", cfg.view, list(cfg.modalities), cfg.batch_size, cfg.num_workers,
-                        device, accelerator)
+        train = evaluate_split(cfg, net, "train", device, accelerator)
         net.train()
 
         def losses(split: dict) -> dict[str, float]:

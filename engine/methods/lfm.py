@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import broadcast_object_list
 
-from umt.loaders.loading.loader import make_loader
+from umt.loaders.loading.loader import finish_device, make_loader
 from umt.loaders.stored.views import ViewPolicy
 
 from .. import balancing
@@ -99,7 +99,8 @@ class Lfm(Method):
     def prepare(self, net, device) -> tuple[int, int | None]:
         cfg = self.cfg
         first = next(iter(make_loader(cfg.data, "val", spec=cfg.view, modalities=cfg.modalities, policy=ViewPolicy(0),
-                                      batch_size=cfg.batch_size, num_workers=0)))
+                                      batch_size=cfg.batch_size, num_workers=0,
+                                      finish_on=finish_device(cfg.finish, device))))
         quarter = len(first["label"]) // 4
         if quarter == 0:
             raise ConfigError(f"lfm learns its weight on a quarter of the first validation batch: {cfg.data}'s holds "

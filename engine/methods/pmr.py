@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from accelerate.utils import reduce
 
 from ..config import ConfigError, TrainConfig
-from ..evaluate import collect
+from ..evaluate import evaluate_split
 from ..models import LateFusionNet
 from .base import Method, Parts
 
@@ -89,8 +89,7 @@ class Pmr(Method):
         """Prototypes from the training split's features (every rank gets the same gathered features)."""
         cfg = self.cfg
         net.eval()
-        train = collect(net, cfg.data, "train", cfg.view, list(cfg.modalities), cfg.batch_size, cfg.num_workers,
-                        device, accelerator)
+        train = evaluate_split(cfg, net, "train", device, accelerator)
         net.train()
         for m in cfg.modalities:
             means, present = class_means(train["features"][m], train["labels"], net.cfg.num_classes)

@@ -41,7 +41,7 @@ import torch
 from accelerate.utils import broadcast_object_list
 
 from ..config import ConfigError, TrainConfig
-from ..evaluate import collect
+from ..evaluate import evaluate_split
 from .base import Method
 
 AUTHORS_EVERY, AUTHORS_EPOCHS = 20, 90  # code/script/ours.sh: --reinit_epoch 20 --reinit_num 3 --epochs 90
@@ -120,8 +120,7 @@ class Relearning(Method):
             return {}
         cfg = self.cfg
         net.eval()
-        train = collect(net, cfg.data, "train", cfg.view, list(cfg.modalities), cfg.batch_size, cfg.num_workers,
-                        accelerator.device, accelerator)
+        train = evaluate_split(cfg, net, "train", accelerator.device, accelerator)
         net.train()
         scores = None
         if accelerator.is_main_process:

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from accelerate.utils import broadcast_object_list
 
 from ..config import ConfigError, TrainConfig
-from ..evaluate import collect
+from ..evaluate import evaluate_split
 from ..models import LateFusionNet
 from .base import ZEROING_FUSIONS, ZEROING_NEEDS, Method, Parts
 
@@ -141,8 +141,7 @@ class Valuation(Method):
             return {}
         mods = list(cfg.modalities)
         net.eval()
-        train = collect(net, cfg.data, "train", cfg.view, mods, cfg.batch_size, cfg.num_workers,
-                        accelerator.device, accelerator)
+        train = evaluate_split(cfg, net, "train", accelerator.device, accelerator, mods)
         result = None
         if accelerator.is_main_process:
             values = shapley_values(subset_correctness(net, train["features"], train["labels"]), mods)

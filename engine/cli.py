@@ -5,7 +5,9 @@ Single process: `umt-train ...`. Several processes or GPUs: `accelerate launch [
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import fields
+from typing import Any
 
 from umt.loaders.errors import parse_assignments, run_cli
 from umt.loaders.stored.views import ViewSpec
@@ -28,6 +30,12 @@ EXAMPLES = """examples:
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """The run configuration of a command line (flags the method does not read dropped: `parse_run`)."""
+    return parse_run(argv)[0]
+
+
+def parse_run(argv: list[str] | None = None) -> tuple[TrainConfig, list[str]]:
+    """The run configuration, and a warning for each given flag the method does not read."""
     p = argparse.ArgumentParser(prog="umt-train", description="Train multi-modal classifiers with UMT, UME and "
                                 "their baselines; writes config.yaml, metrics.jsonl, model.pt, results.json "
                                 "and report.md to --out.", epilog=_epilog(),
@@ -214,23 +222,26 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         if changed or not config:
             raise ConfigError("use either --config FILE with KEY=VALUE overrides, or option flags, not both "
                               f"(flags given: {', '.join(changed) or 'none'}; overrides need --config)")
-        return config_files.load(config, overrides)
+        return config_files.load(config, overrides), []
     if not a["data"] or not a["out"]:
         raise ConfigError("--data and --out are required (or use --config FILE)")
-    _refuse_unread(p, a)
+    ignored = _unread(p, a)
     view = ViewSpec(**{f.name: a.pop(f.name) for f in fields(ViewSpec)})
     a["modalities"] = tuple(a.pop("modality") or d.modalities)
     a["teachers"] = parse_assignments(a.pop("teacher"), "--teacher")
     a["members"] = parse_assignments(a.pop("member"), "--member")
     a["distill"] = tuple(a.pop("distill") or ())
-    return TrainConfig(view=view, **a)
+    return TrainConfig(view=view, **a), ignored
 
 
 def main(argv: list[str] | None = None) -> None:
     from .train import run
 
     def body() -> None:
-        results = run(parse_args(argv))
+        cfg, ignored = parse_run(argv)
+        for line in ignored:
+            print(f"umt-train: warning: {line}", file=sys.stderr)
+        results = run(cfg, ignored)
         if results:
             print(f"umt-train: test top-1 {results['test_top1']:.3f}  probes {results['probe']}")
 
@@ -238,20 +249,43 @@ def main(argv: list[str] | None = None) -> None:
 
 
 
-def _refuse_unread(parser: argparse.ArgumentParser, given: dict) -> None:
-    """A flag the chosen method does not read is an error, never silently ignored (`config_files.settings_read`)."""
+def _unread(parser: argparse.ArgumentParser, given: dict) -> list[str]:
+    """Flags given that the chosen method does not read (`config_files.settings_read`): one whose value equals what
+    the method uses anyway passes (UME's --modality and --width, equal to its members'); one that conflicts with it
+    is refused, naming both values; the others are returned as one-line warnings (the run ignores them)."""
     view = {f.name for f in fields(ViewSpec)}
     field = {"modality": "modalities", "teacher": "teachers", "member": "members"}
-    read = config_files.settings_read(given["method"])
-    unread = [(action.option_strings[0], field.get(action.dest, "view" if action.dest in view else action.dest))
+    method = given["method"]
+    read = config_files.settings_read(method)
+    unread = [(action.option_strings[0], action.dest, field.get(action.dest, "view" if action.dest in view
+                                                                 else action.dest))
               for action in parser._actions if action.option_strings and action.dest in given
               and given[action.dest] != action.default]
-    unread = [(flag, name) for flag, name in unread if name not in read]
-    if unread:
-        what = "; it evaluates --member checkpoints and trains nothing" if given["method"] == "ume" else ""
-        raise ConfigError(f"--method {given['method']} does not read "
-                          + ", ".join(f"{flag} (read by {config_files.reader(name)})" for flag, name in unread)
-                          + f"{what}: leave them out")
+    warnings = []
+    for flag, dest, name in unread:
+        if name in read:
+            continue
+        uses = _ume_uses(given, name) if method == "ume" else None
+        if uses is not None:
+            ours = sorted(given[dest]) if isinstance(given[dest], list) else given[dest]
+            if ours != uses:
+                raise ConfigError(f"--method ume uses its members' {name}, {uses}, not {flag} {ours}: leave it out "
+                                  "or give members that match")
+            continue
+        warnings.append(f"--method {method} does not read {flag} (read by {config_files.reader(name)}); ignored")
+    return warnings
+
+
+def _ume_uses(given: dict, name: str) -> Any:
+    """What UME uses for a setting it takes from its --member checkpoints (modalities, width), else None."""
+    members = parse_assignments(given["member"], "--member")
+    if name == "modalities":
+        return sorted(members)
+    if name == "width" and members:
+        from .checkpoint import load_checkpoint  # torch: only when a width is to be checked
+        widths = {load_checkpoint(path)["model_config"]["width"] for path in members.values()}
+        return widths.pop() if len(widths) == 1 else sorted(widths)
+    return None
 
 
 if __name__ == "__main__":

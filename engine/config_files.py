@@ -99,7 +99,7 @@ assert sorted([*_FIELD_OF.values(), *_OPTIMISER_FIELDS]) == sorted(f.name for f 
     "every setting in one section"
 # Who reads what, declared once: every trainable method reads the shared sections, a method's own section
 # (named after it, "-" as "_") is read by that method alone, and `ume`, which evaluates and never trains,
-# reads only EVALUATION of the shared sections. umt-train refuses a flag the chosen method does not read.
+# reads only EVALUATION of the shared sections. umt-train warns of a flag the chosen method does not read (engine/cli.py `_unread`).
 SHARED = ("data", "model", "optim", "method", "run")
 EVALUATION = frozenset({"data", "out", "method", "view", "batch_size", "num_workers", "probe"})
 

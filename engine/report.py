@@ -32,6 +32,7 @@ def write_report(path: Path, cfg: TrainConfig, results: dict, curves: Path | Non
         f"- test protocol: {cfg.test_clips} clip(s) x {cfg.test_crops} crop(s) per sample, logits averaged "
         f"({cfg.view.crop_mode} crops)\n"
         f"- data: `{cfg.data}`\n- processes: {results['processes']}, wall time {results['wall_s']} s\n"
+        + "".join(f"- **warning:** {line}\n" for line in results.get("ignored_flags", []))
         + details + _damaged(results.get("bad_samples"))
         + "- probe: a fresh linear classifier on the frozen encoder's pooled features (train split, centre "
           "view), scored on the test split\n- resolved configuration: `config.yaml`; curves: `metrics.jsonl`, "

@@ -22,7 +22,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from accelerate import Accelerator
@@ -101,8 +101,9 @@ class LoopState:
         self.skipped = [(int(f[0]), Skipped(*f[1:])) if len(f) == 4 else (f[0], Skipped(*f[1])) for f in fields_of]
 
 
-def run(cfg: TrainConfig) -> dict:
-    """Train (or, for UME, evaluate) as `cfg` says; writes the run directory; returns the final metrics."""
+def run(cfg: TrainConfig, ignored: Sequence[str] = ()) -> dict:
+    """Train (or, for UME, evaluate) as `cfg` says; writes the run directory; returns the final metrics.
+    `ignored`: one line for each flag given that the method does not read (results.json and report.md say them)."""
     cfg.validate()
     gpu = torch.cuda.is_available()
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if gpu else "no")
@@ -132,7 +133,8 @@ def run(cfg: TrainConfig) -> dict:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         results.update(method=cfg.method, modalities=modalities, fusion=cfg.fusion,
-                       wall_s=round(time.perf_counter() - start, 2), processes=accelerator.num_processes)
+                       wall_s=round(time.perf_counter() - start, 2), processes=accelerator.num_processes,
+                       **({"ignored_flags": list(ignored)} if ignored else {}))
         (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
         curves = plots.training_curves(out / "metrics.jsonl", out / "curves.png") if method else None
         write_report(out / "report.md", cfg, results, curves, method.describe() if method else "")

@@ -3,9 +3,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from umt.engine.cli import main as train_main, parse_args
+from umt.engine.checkpoint import save_model
+from umt.engine.cli import main as train_main, parse_args, parse_run
 from umt.engine.config import ConfigError
 from umt.engine.config_files import load
+from umt.engine.models import LateFusionNet, ModelConfig
 from umt.loaders.errors import UserError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -71,26 +73,39 @@ def test_demo_config_file_matches_the_demo():
     assert (cfg.view, cfg.width, cfg.fusion, cfg.epochs, cfg.batch_size) == (VIEW, 8, "mlp", 6, 32)
 
 
-def test_flags_the_method_does_not_read_are_refused():
+def test_flags_the_method_does_not_read_are_ignored_with_a_warning(tmp_path):
     base = ["--data", "d", "--out", "o"]
     members = ["--member=video=v.pt", "--member=audio=a.pt"]
-    with pytest.raises(ConfigError) as refused:
-        parse_args([*base, "--method", "ume", *members, "--epochs", "3", "--lr", "0.1", "--fusion", "mlp"])
-    assert str(refused.value) == (
-        "--method ume does not read --epochs (read by the trainable methods), --lr (read by the trainable methods), "
-        "--fusion (read by the trainable methods); it evaluates --member checkpoints and trains nothing: leave them out")
-    with pytest.raises(ConfigError, match=r"^--method joint does not read --lambda \(read by umt\), "
-                                          r"--no-ogm-ge \(read by ogm-ge\): leave them out$"):
-        parse_args([*base, "--method", "joint", "--epochs", "2", "--lambda", "3", "--no-ogm-ge"])
-    with pytest.raises(ConfigError, match=r"--method gblend does not read --dropout-p \(read by dropout\)"):
-        parse_args([*base, "--method", "gblend", "--dropout-p", "0.2"])
+    cfg, ignored = parse_run([*base, "--method", "ume", *members, "--epochs", "3", "--lr", "0.1", "--fusion", "mlp"])
+    assert ignored == [f"--method ume does not read {flag} (read by the trainable methods); ignored"
+                       for flag in ("--epochs", "--lr", "--fusion")]
+    _, ignored = parse_run([*base, "--method", "joint", "--epochs", "2", "--lambda", "3", "--no-ogm-ge"])
+    assert ignored == ["--method joint does not read --lambda (read by umt); ignored",
+                       "--method joint does not read --no-ogm-ge (read by ogm-ge); ignored"]
+    assert parse_run([*base, "--method", "gblend", "--dropout-p", "0.2"])[1] == \
+        ["--method gblend does not read --dropout-p (read by dropout); ignored"]
     # what each method reads passes: UME's evaluation settings and its own, a method's own section
-    cfg = parse_args([*base, "--method", "ume", *members, "--batch-size", "8", "--workers", "0", "--crop", "16",
-                      "--ume-combine", "probs", "--no-probe"])
-    assert (cfg.batch_size, cfg.view.crop, cfg.ume_combine, cfg.probe) == (8, 16, "probs", False)
-    cfg = parse_args([*base, "--method", "ogm-ge", "--ogm-alpha", "0.8", "--epochs", "2", "--fusion", "mlp"])
-    assert (cfg.ogm_alpha, cfg.epochs, cfg.fusion) == (0.8, 2, "mlp")
+    cfg, ignored = parse_run([*base, "--method", "ume", *members, "--batch-size", "8", "--workers", "0",
+                              "--crop", "16", "--ume-combine", "probs", "--no-probe"])
+    assert (cfg.batch_size, cfg.view.crop, cfg.ume_combine, cfg.probe, ignored) == (8, 16, "probs", False, [])
+    cfg, ignored = parse_run([*base, "--method", "ogm-ge", "--ogm-alpha", "0.8", "--epochs", "2", "--fusion", "mlp"])
+    assert (cfg.ogm_alpha, cfg.epochs, cfg.fusion, ignored) == (0.8, 2, "mlp", [])
     assert parse_args([*base, "--method", "umt", "--lambda", "3", "--teacher=video=v.pt"]).distill_weight == 3.0
+
+
+def test_ume_takes_flags_equal_to_its_members_and_refuses_conflicting_ones(tmp_path):
+    """A loop over methods with shared flags: UME's --modality and --width, equal to its members', pass silently."""
+    paths = {}
+    for m in ("video", "audio"):
+        paths[m] = tmp_path / f"{m}.pt"
+        save_model(paths[m], LateFusionNet(ModelConfig((m,), 3, width=4)))
+    shared = ["--data", "d", "--out", "o", "--method", "ume", *[f"--member={m}={p}" for m, p in paths.items()]]
+    assert parse_run([*shared, "--modality", "video", "--modality", "audio", "--width", "4"])[1] == []
+    with pytest.raises(ConfigError, match=r"^--method ume uses its members' width, 4, not --width 8"):
+        parse_run([*shared, "--width", "8"])
+    with pytest.raises(ConfigError, match=r"^--method ume uses its members' modalities, \['audio', 'video'\], "
+                                          r"not --modality \['video'\]"):
+        parse_run([*shared, "--modality", "video"])
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))

@@ -47,6 +47,16 @@ def test_umt_variants_and_ume_options_run(data, teachers, cache, tmp_path):
     assert 0 <= res["test_top1"] <= res["test_top5"] <= 1 and len(res["per_class_top1"]) == 4
 
 
+def test_a_loop_over_methods_with_shared_flags_runs_ume_and_warns_of_what_it_ignores(data, teachers, tmp_path,
+                                                                                     capsys):
+    ume = run_ume(data, tmp_path / "ume", teachers, "--modality", "video", "--modality", "audio", *MODEL_ARGS[:2],
+                  "--epochs", "3")
+    warning = "--method ume does not read --epochs (read by the trainable methods); ignored"
+    assert f"umt-train: warning: {warning}" in capsys.readouterr().err.splitlines()
+    assert json.loads((ume / "results.json").read_text())["ignored_flags"] == [warning]
+    assert f"- **warning:** {warning}" in (ume / "report.md").read_text().splitlines()
+
+
 def test_guide_reports_evidence_and_a_choice(data, teachers, tmp_path, capsys):
     joint = train(data, tmp_path / "joint", "--method", "joint", "--max-steps", "4", "--no-probe") / "model.pt"
     members = [f"--member={m}={p}" for m, p in teachers.items()]

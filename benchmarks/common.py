@@ -21,11 +21,6 @@ def median(values: list[float]) -> float:
     return round(statistics.median(values), 2)
 
 
-def spread(values: list[float]) -> dict:
-    """Per-repeat figures (each measured side by side in one repeat): median, min, max."""
-    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
-
-
 def write_json(path: str | Path, record: dict) -> None:
     record = {**record, "command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine()}
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -66,6 +66,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from umt.engine.interleave import ratio_spread, rotated
 from umt.loaders.loading.audio import log_mel
 from umt.loaders.loading.dali import dali_available
 from umt.loaders.loading.kernels import load as load_kernels
@@ -80,7 +81,7 @@ from umt.loaders.stored.media import decode_flac, h264_frames
 from umt.loaders.stored.shards import member
 from umt.loaders.stored.views import Geometry, ViewPolicy, ViewSpec, audio_window, make_view
 
-from common import median, spread, write_json
+from common import median, write_json
 
 @dataclass(frozen=True)
 class Setting:
@@ -468,26 +469,24 @@ def main() -> None:
                                                             args.workers)))] if spdl else []),
                 *[(v, lambda v=v: variant_pass(work / "packed", DECODERS[v], spec, policy, args.batch_size,
                                                args.workers)) for v in variants]]
-        for key, fn in runs[r % len(runs):] + runs[:r % len(runs)]:  # rotate the order between repeats
+        for key, fn in rotated(runs, r):
             rates[key].append(fn())
         print(f"repeat {r}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()) + " clips/s", flush=True)
     ours, theirs, limit = rates["umt"], rates["naive"], rates["limit"]
-    paired = [u / b for u, b in zip(ours, limit)]  # umt against the bound within each repeat
-    shipped = [u / b for u, b in zip(rates["umt_shipped"], limit)]
     write_json(out, {"clips_per_s": median(ours), "naive_clips_per_s": median(theirs),
                      "ratio_vs_naive": round(median(ours) / median(theirs), 2),
                      "limit_clips_per_s": median(limit), "ratio_vs_limit": round(median(ours) / median(limit), 3),
-                     "ratio_vs_limit_per_repeat": spread(paired),
+                     "ratio_vs_limit_per_repeat": ratio_spread(ours, limit),
                      "shipped_clips_per_s": median(rates["umt_shipped"]),
                      "shipped_ratio_vs_limit": round(median(rates["umt_shipped"]) / median(limit), 3),
-                     "shipped_ratio_vs_limit_per_repeat": spread(shipped),
+                     "shipped_ratio_vs_limit_per_repeat": ratio_spread(rates["umt_shipped"], limit),
                      **({"gpu_finished_clips_per_s": median(rates["umt_gpu_finished"]),
                          "gpu_finished_ratio_vs_limit": round(median(rates["umt_gpu_finished"]) / median(limit), 3)}
                         if cuda else {}),
                      "peer_clips_per_s": {p: median(rates[p]) for p in [*variants, *(["spdl"] if spdl else [])]
                                           if p != "limit"},
                      **({"ratio_vs_spdl": round(median(ours) / median(rates["spdl"]), 3),
-                         "ratio_vs_spdl_per_repeat": spread([u / b for u, b in zip(ours, rates["spdl"])]),
+                         "ratio_vs_spdl_per_repeat": ratio_spread(ours, rates["spdl"]),
                          "spdl_ratio_vs_limit": round(median(rates["spdl"]) / median(limit), 3),
                          "spdl_views_vs_umt": agreement, "spdl_version": version("spdl")} if spdl else {}),
                      "peer_status": peers,

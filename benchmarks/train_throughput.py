@@ -36,7 +36,7 @@ from umt.loaders.making.synth import SynthConfig, write_synth
 from umt.loaders.stored.shards import split_files
 from umt.loaders.stored.views import ViewSpec
 
-from common import median, spread, write_json
+from common import median, write_json
 
 VIEW = ViewSpec(frames=4, stride=2, crop=32, audio_seconds=1.0, mel_bins=40)
 

@@ -41,14 +41,14 @@ def share(all_blocks: list[tuple[str, int]], num_nodes: int, node_rank: int) -> 
     return all_blocks[node_rank::num_nodes]
 
 
-def parts_dir(out: Path, clips: list[ClipInput], opts: PackOptions, shard_size: int, seed: int) -> Path:
+def parts_dir(out: Path, fingerprint: str) -> Path:
     """Where the nodes' parts go: named by the pack's fingerprint, so changed inputs never mix."""
-    return Path(out) / f"parts-{pack_fingerprint(clips, opts, shard_size, seed)[:16]}"
+    return out / f"parts-{fingerprint[:16]}"
 
 
-def _assembled(out: Path, clips: list[ClipInput], opts: PackOptions, shard_size: int, seed: int) -> bool:
+def _assembled(out: Path, fingerprint: str) -> bool:
     """The manifest of this very pack is written (its parts are gone: nothing is left to do)."""
-    return (out / MANIFEST).is_file() and state_fingerprint(out) == pack_fingerprint(clips, opts, shard_size, seed)
+    return (out / MANIFEST).is_file() and state_fingerprint(out) == fingerprint
 
 
 def _part(parts: Path, split: str, block: int) -> Path:
@@ -61,8 +61,9 @@ def pack_share(clips: list[ClipInput], out: str | Path, opts: PackOptions, shard
     when the shards are written already (the parts are gone)."""
     if not 0 <= node_rank < num_nodes:
         raise UserError(f"--node-rank {node_rank} is not in [0, --num-nodes {num_nodes})")
-    parts = parts_dir(Path(out), clips, opts, shard_size, seed)
-    if _assembled(Path(out), clips, opts, shard_size, seed):
+    out, fingerprint = Path(out), pack_fingerprint(clips, opts, shard_size, seed)
+    parts = parts_dir(out, fingerprint)
+    if _assembled(out, fingerprint):
         return None
     parts.mkdir(parents=True, exist_ok=True)
     orders = split_orders(clips, seed)
@@ -95,10 +96,9 @@ def pack_share(clips: list[ClipInput], out: str | Path, opts: PackOptions, shard
     return [_part(parts, split, b) for split, b in mine]
 
 
-def missing_parts(clips: list[ClipInput], out: str | Path, opts: PackOptions, shard_size: int, num_nodes: int,
+def missing_parts(clips: list[ClipInput], parts: Path, shard_size: int, num_nodes: int,
                   seed: int = 0) -> dict[int, list[str]]:
-    """Node rank → names of its parts not yet written (empty when every node has finished)."""
-    parts = parts_dir(Path(out), clips, opts, shard_size, seed)
+    """Node rank → names of its parts in `parts` not yet written (empty when every node has finished)."""
     missing: dict[int, list[str]] = {}
     for n, (split, b) in enumerate(blocks(clips, seed, shard_size)):
         if not _part(parts, split, b).is_file():
@@ -118,17 +118,17 @@ def _read_part(path: Path) -> Iterator[tuple[int, object]]:
 def assemble(clips: list[ClipInput], out: str | Path, opts: PackOptions, shard_size: int, num_nodes: int,
              source: dict | None = None, seed: int = 0, progress: bool = True) -> dict:
     """Write the shards and manifest from every node's parts; a UserError names unfinished nodes' parts."""
-    out = Path(out)
-    if _assembled(out, clips, opts, shard_size, seed):
+    out, fingerprint = Path(out), pack_fingerprint(clips, opts, shard_size, seed)
+    if _assembled(out, fingerprint):
         return load_manifest(out)
-    missing = missing_parts(clips, out, opts, shard_size, num_nodes, seed)
+    parts = parts_dir(out, fingerprint)
+    missing = missing_parts(clips, parts, shard_size, num_nodes, seed)
     if missing:
         lines = [f"  node {r}: {len(names)} part(s) missing, e.g. {', '.join(names[:3])}"
                  for r, names in sorted(missing.items())]
-        raise UserError(f"{parts_dir(out, clips, opts, shard_size, seed)}: the pack's share of "
+        raise UserError(f"{parts}: the pack's share of "
                         f"{len(missing)} node(s) is not finished; run `umt-data pack ... --num-nodes {num_nodes} "
                         f"--node-rank R` for each R below, then this command again:\n" + "\n".join(lines))
-    parts = parts_dir(out, clips, opts, shard_size, seed)
 
     def results(split: str, order: list[int], start: int) -> Iterator[tuple[int, object]]:
         for b in range(start // shard_size, -(-len(order) // shard_size)):

@@ -97,8 +97,8 @@ class LoopState:
 
     def __post_init__(self) -> None:
         """A checkpoint may hold the damaged samples as "epoch<TAB>shard<TAB>key<TAB>reason" strings."""
-        fields_of = [e.split("\t") if isinstance(e, str) else e for e in self.skipped]
-        self.skipped = [(int(f[0]), Skipped(*f[1:])) if len(f) == 4 else (f[0], Skipped(*f[1])) for f in fields_of]
+        self.skipped = [(int(e.split("\t")[0]), Skipped(*e.split("\t")[1:])) if isinstance(e, str) else e
+                        for e in self.skipped]
 
 
 def run(cfg: TrainConfig, ignored: Sequence[str] = ()) -> dict:

@@ -20,7 +20,6 @@ import csv
 import io
 import os
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
 
@@ -30,11 +29,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import UserError
-from ..stored.media import BITEXACT, FULL_SCALE
+from ..stored.media import BITEXACT, FULL_SCALE, add_h264, mux_rgb
+from ..stored.shards import SPLITS
 
 DEBIAN_PACKAGE = "tuxpaint-stamps-default"
 STAMPS = "/usr/share/tuxpaint/stamps"
-SPLITS = ("train", "val", "test")
 
 # Stamp paths (relative to the stamps folder, without extension) of each class: a folder, or one stamp.
 CLASSES: dict[str, tuple[str, ...]] = {
@@ -274,19 +273,10 @@ def write_clip(path: Path, frames: np.ndarray, audio: np.ndarray, cfg: RealAVCon
     """An ordinary Matroska file (H.264 video, FLAC audio), written whole or not at all."""
     buf = io.BytesIO()
     with av.open(buf, "w", format="matroska", options=BITEXACT) as container:
-        video = container.add_stream("libx264", rate=cfg.fps)
-        video.height, video.width = frames.shape[1:3]
-        video.pix_fmt = "yuv420p"
-        video.codec_context.thread_count = 1
-        video.options = {"crf": str(cfg.crf), "bf": "0", "threads": "1", "preset": "veryfast",
-                         "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0:weightp=0:mbtree=0:rc-lookahead=0"}
+        video = add_h264(container, cfg.fps, frames.shape[1:3], cfg.crf)
         sound = container.add_stream("flac", rate=cfg.sample_rate, layout="mono")
         sound.format = "s16"
-        for index, rgb in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts, frame.time_base = index, Fraction(1, cfg.fps)
-            container.mux(video.encode(frame))
-        container.mux(video.encode())
+        mux_rgb(container, video, frames, cfg.fps)
         chunk = av.AudioFrame.from_ndarray(audio[None, :], format="s16", layout="mono")
         chunk.sample_rate, chunk.pts = cfg.sample_rate, 0
         container.mux(sound.encode(chunk))

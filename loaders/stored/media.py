@@ -28,22 +28,35 @@ def encode_h264(frames: np.ndarray, fps: int, gop: int, crf: int = 18) -> bytes:
         raise ValueError(f"expected uint8 frames [T, H, W, 3], got {frames.dtype} {frames.shape}")
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4", options=BITEXACT) as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        # Reproducible bitstreams: one thread, and no lookahead-driven rate control (mbtree, weightp),
-        # which gave run-to-run differences on the same frames when other codecs ran in the process.
-        stream.codec_context.thread_count = 1
-        stream.options = {"crf": str(crf), "g": str(gop), "keyint_min": str(gop), "bf": "0",
-                          "threads": "1", "preset": "veryfast", "sc_threshold": "0",
-                          "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0:weightp=0:mbtree=0:rc-lookahead=0"}
-        for index, rgb in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts = index
-            frame.time_base = Fraction(1, fps)
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
+        mux_rgb(container, add_h264(container, fps, frames.shape[1:3], crf, gop), frames, fps)
     return buf.getvalue()
+
+
+def add_h264(container: av.container.OutputContainer, fps: int, size: tuple[int, int], crf: int,
+             gop: int | None = None) -> av.video.stream.VideoStream:
+    """A new H.264 stream of `container` for frames of `size` (H, W) whose bitstream is reproducible: one thread,
+    and no lookahead-driven rate control (mbtree, weightp), which gave run-to-run differences on the same frames
+    when other codecs ran in the process. `gop`: a fixed GOP (no scene-cut keyframes); None: x264's own."""
+    stream = container.add_stream("libx264", rate=fps)
+    stream.height, stream.width = size
+    stream.pix_fmt = "yuv420p"
+    stream.codec_context.thread_count = 1
+    fixed = {"g": str(gop), "keyint_min": str(gop)} if gop else {}
+    stream.options = {"crf": str(crf), **fixed, "bf": "0", "threads": "1", "preset": "veryfast",
+                      **({"sc_threshold": "0"} if gop else {}),
+                      "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0:weightp=0:mbtree=0:rc-lookahead=0"}
+    return stream
+
+
+def mux_rgb(container: av.container.OutputContainer, stream: av.video.stream.VideoStream, frames: np.ndarray,
+            fps: int) -> None:
+    """Encode uint8 RGB frames [T, H, W, 3] into `stream`, frame i at time i / fps, and flush it."""
+    for index, rgb in enumerate(frames):
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        frame.pts = index
+        frame.time_base = Fraction(1, fps)
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode())
 
 
 def h264_frames(data: bytes, start: int, stop: int, threads: bool = False) -> Iterator[av.VideoFrame]:

@@ -23,7 +23,7 @@ balancemm/trainer/ReLearning_trainer.py (the same rule; reinit_epoch 15, reinit_
 configs/trainer_config.yaml: `--relearn-every 15 --relearn-times 2`). In epochs as given, the authors'
 schedule never acts in a run under 21 epochs, hence the scaling; no re-initialisation follows the last
 epoch (the authors' last, at 60 of 90, leaves 30 epochs of training after it). Optimiser: SGD (the authors'
-lr 2e-3 with 90 epochs and a step decay at 30; here the SGD default of engine/methods/base.py).
+lr 2e-3 with 90 epochs and a step decay at 30; here the SGD default of engine/methods/__init__.py, `default_lr`).
 Deviations: k-means is this module's (k-means++ seeding from a generator seeded by (seed, epoch,
 modality), then Lloyd iterations until the assignment stops changing, at most 300, in float64; the
 official uses scikit-learn's KMeans(random_state=0), not a dependency here); the training split's

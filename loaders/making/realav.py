@@ -1,6 +1,6 @@
 """`umt-data realav`: a real audio-visual benchmark set from Tux Paint's stamps (Debian tuxpaint-stamps-default).
 
-Four classes of stamps (CLASSES): birds, hoofed mammals, other mammals and man-made objects. A clip's
+Three classes of stamps (CLASSES): birds, mammals and man-made objects. A clip's
 video is a real photograph of a stamp of its class (cut out by Tux Paint on a transparent background,
 here laid on a plain grey card) filmed by a moving camera: a pan and a zoom over FRAMES frames. Its audio
 is a real recording of a stamp of its class (the stamp's sound effect: a call, a moo, a kettle on the
@@ -38,12 +38,10 @@ STAMPS = "/usr/share/tuxpaint/stamps"
 # Stamp paths (relative to the stamps folder, without extension) of each class: a folder, or one stamp.
 CLASSES: dict[str, tuple[str, ...]] = {
     "bird": ("animals/birds",),
-    "hoofed_mammal": tuple(f"animals/mammals/{n}" for n in (
+    "mammal": (*(f"animals/mammals/{n}" for n in (
         "bovines", "equines", "deer", "camel", "pig", "pig_golden", "pig_golden2", "wildboar", "giraffe",
-        "hippopotamus", "rhino_black")),
-    "other_mammal": (*(f"animals/mammals/{n}" for n in (
-        "apes", "aquatic", "bears", "cats", "dogs", "rodents", "badger", "echidna", "elephant", "ferret",
-        "hedgehog", "rabbit_little")), "animals/marsupials"),
+        "hippopotamus", "rhino_black", "apes", "aquatic", "bears", "cats", "dogs", "rodents", "badger", "echidna",
+        "elephant", "ferret", "hedgehog", "rabbit_little")), "animals/marsupials"),
     "object": ("household", "hobbies/music", "vehicles"),
 }
 EXCLUDED_FOLDERS = {"cartoon", "toys"}    # Tux Paint's drawings and toy animals

@@ -37,6 +37,7 @@ import argparse
 import contextlib
 import importlib.util
 import json
+import math
 import os
 import statistics
 import sys
@@ -65,6 +66,11 @@ PRESENCE_GRID = tuple({"video_present": qv, "audio_present": qa, "paired": p} fo
 # 0.2, with the recipe the calibration on seeds 100/101 chose (12 epochs, lambda 1): RESULTS.md, fixed before the run
 DEMO_PRESENCE = {"data": dict(test=1000, label_model="presence", video_present=0.9, audio_present=0.5, paired=0.2),
                  "recipe": dict(epochs=12, distill_weight=1.0)}
+# `--realav DATA`: configs/realav.yaml's data, model and UMT settings, with the protocol of the set's own check
+# (benchmarks/RESULTS.md): 6 epochs, each run's last epoch; every method's fusion, optimiser and learning rate its
+# own defaults; UMT's cache holds one view per epoch. Registered in RESULTS.md before the run.
+REALAV_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "realav.yaml"
+REALAV = dict(epochs=6, lr=None, fusion=None, select="last", workers=1, cache_views=6)
 MFEAT_VIEWS = {"fou": "mfeat-fou.csv", "pix": "mfeat-pix.csv"}   # weak (76 Fourier coeffs), strong (240 pixels)
 OPTIMISERS = ("adamw", "sgd")  # --optim both: every trained model with each (engine/config.py CHOICES["optimizer"])
 
@@ -80,8 +86,9 @@ class Recipe:
 
     epochs: int = 30
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float | None = 2e-3  # None: each method's default for its optimiser (engine/methods default_lr)
     width: int = 16          # vector encoders: 128-d features
+    fusion: str | None = "mlp"  # every method's head when it accepts it; None: each method's own (its authors')
     distill_weight: float = 10.0
     select: str = "best_val"  # final model of every run: its best validation epoch ("last": the first sweep)
     workers: int = 0          # decoding processes (vector sets: none needed)
@@ -109,11 +116,14 @@ def peers() -> tuple[str, ...]:
     return tuple(m for m in REGISTRY if m not in CORE)
 
 
-def fusion_for(method: str, views: list[str]) -> str:
-    """The sweep's MLP fusion head if `method` accepts it, else the first fusion it accepts."""
+def fusion_for(method: str, views: list[str], preferred: str | None = "mlp") -> str:
+    """The sweep's `preferred` fusion head if `method` accepts it, else the first fusion it accepts (None: the
+    method's own, the first it accepts)."""
     from umt.engine.config import CHOICES, ConfigError, TrainConfig
     from umt.engine.methods import REGISTRY
-    for fusion in ("mlp", *(f for f in CHOICES["fusion"] if f != "mlp")):
+    if preferred is None:
+        return REGISTRY[method].fusions[0]
+    for fusion in (preferred, *(f for f in CHOICES["fusion"] if f != preferred)):
         try:
             REGISTRY[method].check(TrainConfig(data="", out="", method=method, modalities=tuple(views), fusion=fusion))
             return fusion
@@ -153,10 +163,11 @@ def _run_arm(cell: Cell, work: Path, data: Path, views: list[str], optim: str | 
     r = cell.recipe
     lr = sgd_lr(r.batch_size) if optim == "sgd" else r.lr
     evaluation = ["--data", str(data), "--batch-size", str(r.batch_size), "--workers", str(r.workers), *r.view]
-    training = ["--epochs", str(r.epochs), "--lr", str(lr), "--width", str(r.width), "--seed", str(cell.seed),
-                "--select", r.select, *(["--optim", optim] if optim else [])]
+    training = ["--epochs", str(r.epochs), *(["--lr", str(lr)] if lr else []), "--width", str(r.width),
+                "--seed", str(cell.seed), "--select", r.select, *(["--optim", optim] if optim else [])]
+    head = r.fusion or "linear"  # the core runs' head (joint's own: linear)
 
-    def train(name: str, *args: str, fusion: str | None = "mlp") -> dict:
+    def train(name: str, *args: str, fusion: str | None = head) -> dict:
         """One run (fusion None: UME's, which trains nothing and takes no training flags); a run whose
         results.json exists is read, not repeated (a sweep resumes where it stopped)."""
         folder = work / f"{name}{at}"
@@ -185,8 +196,8 @@ def _run_arm(cell: Cell, work: Path, data: Path, views: list[str], optim: str | 
     fused = {"joint": joint, "umt": umt, "umt_projector": umt_projector, "umt_both": umt_both}
     fusions = {}
     for method in cell.peers:  # keyed like the run folders, with "_" for "-" (ogm-ge → ogm_ge)
-        fusion = fusions[method.replace("-", "_")] = fusion_for(method, views)
-        if fusion != "mlp" and f"joint_{fusion}" not in fused:
+        fusion = fusions[method.replace("-", "_")] = fusion_for(method, views, r.fusion)
+        if fusion != head and f"joint_{fusion}" not in fused:
             fused[f"joint_{fusion}"] = train(f"joint-{fusion}", "--method", "joint", *both, fusion=fusion)
         fused[method.replace("-", "_")] = train(method, "--method", method, *both, fusion=fusion)
     recorded = {**fused, "ume": ume, **{f"unimodal_{v}": uni[v] for v in views}}
@@ -195,7 +206,14 @@ def _run_arm(cell: Cell, work: Path, data: Path, views: list[str], optim: str | 
     if cell.groups:  # each test row's group: from a clip set's JSON members, or the generator's labels file
         groups = presence.groups_of_test(data, cell.raw.get("labels"))
         by_group = presence.per_group(work, data, groups, views, recorded, fused_runs)
+    if r.fusion is None:  # each method on its own head: joint on every head, the references of all of them
+        from umt.engine.config import CHOICES
+        for fusion in CHOICES["fusion"]:
+            if fusion != head and f"joint_{fusion}" not in fused:
+                fused[f"joint_{fusion}"] = recorded[f"joint_{fusion}"] = train(f"joint-{fusion}", "--method", "joint",
+                                                                               *both, fusion=fusion)
     test = {k: res["test_top1"] for k, res in recorded.items()}
+    speed = {k: res["train_samples_per_s"] for k, res in recorded.items() if "train_samples_per_s" in res}
     probe = {"unimodal": {v: uni[v]["probe"][v] for v in views}, **{k: res["probe"] for k, res in fused.items()}}
     if "data" in cell.raw:  # a clip set: its generator's settings are in the manifest
         from umt.loaders.stored.shards import load_manifest
@@ -207,7 +225,7 @@ def _run_arm(cell: Cell, work: Path, data: Path, views: list[str], optim: str | 
             "generator": settings,
             "test_top1": _round(test), "probe": _round(probe), "guide": {"choice": choice["choice"],
             "recommendation": choice["recommendation"], "evidence": _round(choice["evidence"])},
-            "recipe": asdict(cell.recipe), "peer_fusion": fusions,
+            "recipe": asdict(cell.recipe), "peer_fusion": fusions, "train_samples_per_s": _round(speed),
             **({"optim": optim, "lr": lr} if optim else {}),
             "val_top1": _round({"ume": choice["evidence"]["ume"], **{m: res["selected_val_top1"] for m, res in fused.items()
                                                                        if "selected_val_top1" in res}}),
@@ -343,12 +361,93 @@ def demo_cells(out: Path, quick: bool, data_config: SynthConfig | None = None,
     elif load_manifest(data)["source"]["config"] != asdict(config):  # made once per folder, then reused
         raise SystemExit(f"phenomena: {data} holds clips made with other generator settings; remove it or choose "
                          "another --out")
-    view = tuple(a for f, v in VIEW.to_dict().items()
-                 for a in ([f"--{'' if v else 'no-'}{f}"] if isinstance(v, bool) else [f"--{f.replace('_', '-')}", str(v)]))
-    recipe = Recipe(epochs=2 if quick else 6, batch_size=32, width=8, workers=1, cache_views=VIEWS, view=view)
+    recipe = Recipe(epochs=2 if quick else 6, batch_size=32, width=8, workers=1, cache_views=VIEWS,
+                    view=view_flags(VIEW.to_dict()))
     return [Cell("demo", seed, {"data": str(data)}, recipe, config.paired, groups=config.label_model == "presence",
                  modalities=("video", "audio"), weak="video")
             for seed in ((seeds[0],) if quick else seeds)]
+
+
+def view_flags(view: dict) -> tuple[str, ...]:
+    """umt-train's flags for a view record (ViewSpec's fields: --frames 4, --no-flip ...)."""
+    return tuple(a for f, v in view.items()
+                 for a in ([f"--{'' if v else 'no-'}{f}"] if isinstance(v, bool) else [f"--{f.replace('_', '-')}", str(v)]))
+
+
+def realav_cells(data: Path, quick: bool) -> list[Cell]:
+    """The real audio-visual set (`make realav`) at configs/realav.yaml's settings and REALAV's protocol, every
+    method at its own defaults (fusion, optimiser, learning rate), one cell per training seed."""
+    import yaml
+
+    from umt.loaders.stored.shards import MANIFEST
+    from umt.loaders.stored.views import ViewSpec
+    if not (data / MANIFEST).is_file():
+        raise SystemExit(f"phenomena: {data} holds no packed set ({MANIFEST} missing): run `make realav` first")
+    config = yaml.safe_load(REALAV_CONFIG.read_text())
+    view = {**ViewSpec().to_dict(), **config["data"]["view"]}
+    recipe = Recipe(batch_size=config["optim"]["batch_size"], width=config["model"]["width"],
+                    distill_weight=config["umt"]["lambda"], view=view_flags(view), **REALAV)
+    if quick:
+        recipe = replace(recipe, epochs=1, cache_views=1)
+    return [Cell("realav", seed, {"data": str(data)}, recipe, modalities=("video", "audio"), weak="video")
+            for seed in ((0,) if quick else SEEDS)]
+
+
+def methods_summary(records: list[dict], reference: str = "joint") -> dict:
+    """Per method over the seeds: test top-1 median, mean and standard error, the probes' medians and the
+    training time per epoch relative to `reference`'s (same seed); how far apart the methods are; and which
+    beat `reference` by two standard errors of the difference."""
+    def se(xs: list[float]) -> float:
+        return statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else math.nan
+
+    methods = {}
+    for m in records[0]["test_top1"]:
+        top1 = [r["test_top1"][m] for r in records]
+        probe = (lambda r: r["probe"]["unimodal"]) if m.startswith("unimodal_") else (lambda r: r["probe"].get(m, {}))
+        modal = {v: [probe(r)[v] for r in records if v in probe(r)] for v in records[0]["views"]}
+        per_epoch = [r["train_samples_per_s"][reference] / r["train_samples_per_s"][m] for r in records
+                     if m in r.get("train_samples_per_s", {})]
+        methods[m] = {"top1_median": round(statistics.median(top1), 4), "top1_mean": round(statistics.fmean(top1), 4),
+                      "top1_se": round(se(top1), 4), "seeds": [r["seed"] for r in records], "top1": top1,
+                      "probe_median": {v: round(statistics.median(x), 4) for v, x in modal.items()
+                                       if x and not (m.startswith("unimodal_") and not m.endswith(v))},
+                      **({"epoch_time_vs_joint": round(statistics.median(per_epoch), 3)} if per_epoch else {})}
+    fused = {m: s for m, s in methods.items() if not m.startswith("unimodal_")}
+    medians = [s["top1_median"] for s in fused.values()]
+    pooled = math.sqrt(statistics.fmean(s["top1_se"] ** 2 for s in fused.values()))
+    ref = methods[reference]
+
+    def margin(m: str) -> float:  # difference of medians over the standard error of the difference
+        return (fused[m]["top1_median"] - ref["top1_median"]) / math.hypot(fused[m]["top1_se"], ref["top1_se"])
+    others = [m for m in fused if m != reference]
+    return {"methods": methods, "spread_over_se": round((max(medians) - min(medians)) / pooled, 2),
+            "pooled_se": round(pooled, 4),
+            "beat_joint_by_2se": [m for m in others if margin(m) >= 2],
+            "below_joint_by_2se": [m for m in others if margin(m) <= -2],
+            "equal_to_joint_run_for_run": [m for m in others if fused[m]["top1"] == ref["top1"]],
+            "definitions": {
+                "top1_se": "sample standard deviation over seeds / sqrt(seeds)",
+                "spread_over_se": "(best - worst median test top-1 over the multi-modal methods, UME included, the "
+                                  "uni-modal models not) / pooled_se, the root mean square of those methods' top1_se",
+                "beat_joint_by_2se": "median - joint's median >= 2 x sqrt(se^2 + joint's se^2)",
+                "epoch_time_vs_joint": "median over seeds of joint's training samples/s / the method's (training "
+                                       "only, runs of one seed side by side in time order, on a shared machine)",
+                "probe_median": "median over seeds of the test linear probe of each encoder"}}
+
+
+def methods_table(summary: dict) -> str:
+    """The methods table: median [mean ± SE] test top-1, probes and epoch time relative to joint's."""
+    views = sorted({v for s in summary["methods"].values() for v in s["probe_median"]})
+    rows = ["| method | test top-1 median [mean ± SE] | " + " | ".join(f"probe {v}" for v in views)
+            + " | epoch time vs joint |", "|---|---|" + "---|" * len(views) + "---|"]
+    for m, s in sorted(summary["methods"].items(), key=lambda kv: -kv[1]["top1_median"]):
+        probes = " | ".join(f"{s['probe_median'][v]:.3f}" if v in s["probe_median"] else "" for v in views)
+        rows.append(f"| {m} | {s['top1_median']:.3f} [{s['top1_mean']:.3f} ± {s['top1_se']:.3f}] | {probes} | "
+                    f"{s.get('epoch_time_vs_joint', '')} |")
+    return "\n".join([*rows, "", f"spread_over_se {summary['spread_over_se']}; beat joint by 2 SE: "
+                       f"{', '.join(summary['beat_joint_by_2se']) or 'none'}; below joint by 2 SE: "
+                       f"{', '.join(summary['below_joint_by_2se']) or 'none'}; equal to joint run for run: "
+                       f"{', '.join(summary['equal_to_joint_run_for_run']) or 'none'}"])
 
 
 def generator_overrides(items: list[str]) -> dict:
@@ -486,6 +585,8 @@ def main() -> None:
                        "table; minutes per run on a CPU)")
     which.add_argument("--demo-presence", action="store_true", help="make demo's clips under the presence label model "
                        "(DEMO_PRESENCE), every method scored per kind of clip; video is the weak modality")
+    which.add_argument("--realav", metavar="DATA", help="the real audio-visual set packed by `make realav` (e.g. "
+                       "data/realav): the methods table, every method at its own defaults, 3 seeds")
     parser.add_argument("--out", required=True, help="work directory; results go to OUT/phenomena.json and .png")
     parser.add_argument("--quick", action="store_true", help="1 seed, small data, 4 epochs, 2 strengths (--synthetic) or 1 condition "
                         "(--presence): for tests")
@@ -514,6 +615,8 @@ def main() -> None:
         raise SystemExit("phenomena: --condition applies to --presence only")
     if args.presence:
         cells = presence_cells(out, args.quick, recipe, overrides, args.condition)
+    elif args.realav:
+        cells = realav_cells(Path(args.realav), args.quick)
     elif args.demo or args.demo_presence:
         from umt.engine.demo import DATA
         data = replace(DATA, **DEMO_PRESENCE["data"]) if args.demo_presence else None
@@ -522,8 +625,8 @@ def main() -> None:
     else:
         cells = (synthetic_cells if args.synthetic else mfeat_cells)(out, args.quick, recipe, overrides)
     optims = {"official": (), "both": OPTIMISERS}.get(args.optim, (args.optim,))
-    if optims and (args.presence or args.demo_presence):
-        raise SystemExit("phenomena: --optim applies to the methods tables (--synthetic, --mfeat, --demo)")
+    if optims and (args.presence or args.demo_presence or args.realav):
+        raise SystemExit("phenomena: --optim applies to --synthetic, --mfeat and --demo (--realav: each method's own)")
     cells = [replace(c, peers=chosen, optims=optims) for c in cells]
     with ProcessPoolExecutor(args.jobs) as pool:
         records = [r for rs in pool.map(run_cell, cells, [out] * len(cells)) for r in rs]
@@ -546,6 +649,12 @@ def main() -> None:
                                                 o: summarise([r for r in records if r["optim"] == o]) for o in optims}},
                                             "cells": records})
         print(text)
+        return
+    if args.realav:
+        summary = {**methods_summary(records), "phenomena": summarise(records)}
+        (out / "table.md").write_text(methods_table(summary) + "\n")
+        write_json(out / "phenomena.json", {"dataset": "realav", "summary": summary, "cells": records})
+        print(methods_table(summary))
         return
     summary = summarise(records)
     if args.synthetic:

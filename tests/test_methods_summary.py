@@ -1,0 +1,37 @@
+"""The methods table's summary (benchmarks/phenomena.py methods_summary): medians, standard errors, the spread in
+standard errors and the verdict against joint, on hand-made cells whose answers are known."""
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from phenomena import methods_summary  # noqa: E402
+
+TOP1 = {  # three seeds each: joint is beaten clearly by a, equalled by b run for run, c sits in its noise
+    "joint": [0.50, 0.52, 0.54], "a": [0.60, 0.61, 0.62], "b": [0.50, 0.52, 0.54], "c": [0.49, 0.55, 0.53],
+    "unimodal_video": [0.10, 0.10, 0.10]}
+
+
+def cells() -> list[dict]:
+    return [{"seed": s, "views": ["video"], "test_top1": {m: v[i] for m, v in TOP1.items()},
+             "probe": {"unimodal": {"video": 0.4}, **{m: {"video": 0.3 + i / 10} for m in TOP1 if m[0] != "u"}},
+             "train_samples_per_s": {"joint": 100.0, "a": 50.0, "b": 100.0, "c": 200.0, "unimodal_video": 100.0}}
+            for i, s in enumerate((0, 1, 2))]
+
+
+def test_summary_states_each_method_over_its_seeds():
+    s = methods_summary(cells())
+    a = s["methods"]["a"]
+    assert a["top1_median"] == 0.61 and a["seeds"] == [0, 1, 2]
+    assert math.isclose(a["top1_se"], 0.01 / math.sqrt(3), abs_tol=1e-4)   # stdev 0.01 over 3 seeds
+    assert a["epoch_time_vs_joint"] == 2.0 and s["methods"]["c"]["epoch_time_vs_joint"] == 0.5
+    assert a["probe_median"] == {"video": 0.4}
+
+
+def test_spread_leaves_out_the_unimodal_models_and_the_verdict_needs_two_se():
+    s = methods_summary(cells())
+    ses = [s["methods"][m]["top1_se"] for m in ("joint", "a", "b", "c")]
+    pooled = math.sqrt(sum(x * x for x in ses) / 4)
+    assert math.isclose(s["spread_over_se"], (0.61 - 0.52) / pooled, abs_tol=0.02)   # not down to video's 0.10
+    assert s["beat_joint_by_2se"] == ["a"] and s["below_joint_by_2se"] == []
+    assert s["equal_to_joint_run_for_run"] == ["b"]

@@ -394,45 +394,68 @@ def realav_cells(data: Path, quick: bool) -> list[Cell]:
 
 
 def methods_summary(records: list[dict], reference: str = "joint") -> dict:
-    """Per method over the seeds: test top-1 median, mean and standard error, the probes' medians and the
+    """Per method over its seeds: test top-1 median, mean and standard error, the probes' medians and the
     training time per epoch relative to `reference`'s (same seed); how far apart the methods are; and which
-    beat `reference` by two standard errors of the difference."""
+    beat `reference` by two standard errors of the difference. A method finished on fewer seeds than others
+    (a sweep read before its end: `--collect`) is summarised over the seeds it has, and compared only with two
+    or more."""
     def se(xs: list[float]) -> float:
         return statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else math.nan
 
     methods = {}
-    for m in records[0]["test_top1"]:
-        top1 = [r["test_top1"][m] for r in records]
+    for m in dict.fromkeys(k for r in records for k in r["test_top1"]):
+        runs = [r for r in records if m in r["test_top1"]]
+        top1 = [r["test_top1"][m] for r in runs]
         probe = (lambda r: r["probe"]["unimodal"]) if m.startswith("unimodal_") else (lambda r: r["probe"].get(m, {}))
-        modal = {v: [probe(r)[v] for r in records if v in probe(r)] for v in records[0]["views"]}
-        per_epoch = [r["train_samples_per_s"][reference] / r["train_samples_per_s"][m] for r in records
-                     if m in r.get("train_samples_per_s", {})]
+        modal = {v: [probe(r)[v] for r in runs if v in probe(r)] for v in records[0]["views"]}
+        per_epoch = [r["train_samples_per_s"][reference] / r["train_samples_per_s"][m] for r in runs
+                     if {m, reference} <= set(r.get("train_samples_per_s", {}))]
         methods[m] = {"top1_median": round(statistics.median(top1), 4), "top1_mean": round(statistics.fmean(top1), 4),
-                      "top1_se": round(se(top1), 4), "seeds": [r["seed"] for r in records], "top1": top1,
+                      "top1_se": round(se(top1), 4), "seeds": [r["seed"] for r in runs], "top1": top1,
                       "probe_median": {v: round(statistics.median(x), 4) for v, x in modal.items()
                                        if x and not (m.startswith("unimodal_") and not m.endswith(v))},
                       **({"epoch_time_vs_joint": round(statistics.median(per_epoch), 3)} if per_epoch else {})}
-    fused = {m: s for m, s in methods.items() if not m.startswith("unimodal_")}
+    fused = {m: s for m, s in methods.items() if not m.startswith("unimodal_") and len(s["top1"]) > 1}
     medians = [s["top1_median"] for s in fused.values()]
-    pooled = math.sqrt(statistics.fmean(s["top1_se"] ** 2 for s in fused.values()))
-    ref = methods[reference]
+    pooled = math.sqrt(statistics.fmean(s["top1_se"] ** 2 for s in fused.values())) if fused else math.nan
+    ref = methods.get(reference, {"top1_median": math.nan, "top1_se": math.nan, "seeds": [], "top1": []})
 
     def margin(m: str) -> float:  # difference of medians over the standard error of the difference
         return (fused[m]["top1_median"] - ref["top1_median"]) / math.hypot(fused[m]["top1_se"], ref["top1_se"])
     others = [m for m in fused if m != reference]
-    return {"methods": methods, "spread_over_se": round((max(medians) - min(medians)) / pooled, 2),
+    return {"methods": methods,
+            "spread_over_se": round((max(medians) - min(medians)) / pooled, 2) if fused else math.nan,
             "pooled_se": round(pooled, 4),
             "beat_joint_by_2se": [m for m in others if margin(m) >= 2],
             "below_joint_by_2se": [m for m in others if margin(m) <= -2],
-            "equal_to_joint_run_for_run": [m for m in others if fused[m]["top1"] == ref["top1"]],
+            "equal_to_joint_run_for_run": [m for m in others if fused[m]["seeds"] == ref["seeds"]
+                                           and fused[m]["top1"] == ref["top1"]],
             "definitions": {
                 "top1_se": "sample standard deviation over seeds / sqrt(seeds)",
-                "spread_over_se": "(best - worst median test top-1 over the multi-modal methods, UME included, the "
-                                  "uni-modal models not) / pooled_se, the root mean square of those methods' top1_se",
+                "spread_over_se": "(best - worst median test top-1 over the multi-modal methods with 2+ seeds, UME "
+                                  "included, the uni-modal models not) / pooled_se, the root mean square of those "
+                                  "methods' top1_se",
                 "beat_joint_by_2se": "median - joint's median >= 2 x sqrt(se^2 + joint's se^2)",
                 "epoch_time_vs_joint": "median over seeds of joint's training samples/s / the method's (training "
                                        "only, runs of one seed side by side in time order, on a shared machine)",
                 "probe_median": "median over seeds of the test linear probe of each encoder"}}
+
+
+def collected(cell: Cell, out: Path) -> dict:
+    """The record of a cell's runs that finished (their results.json), training nothing: a sweep read before
+    its end. Keys as the sweep's (run folder, "-" as "_")."""
+    work = out / f"{cell.name}-seed{cell.seed}"
+    results = {d.name.replace("-", "_"): json.loads((d / "results.json").read_text())
+               for d in sorted(work.iterdir()) if (d / "results.json").is_file()}
+    views = list(cell.modalities)
+    return {"cell": cell.name, "seed": cell.seed, "views": views, "collected": True,
+            "test_top1": _round({k: r["test_top1"] for k, r in results.items()}),
+            "probe": _round({"unimodal": {v: results[f"unimodal_{v}"]["probe"][v] for v in views
+                                         if f"unimodal_{v}" in results},
+                             **{k: r["probe"] for k, r in results.items() if r.get("probe") and
+                                not k.startswith("unimodal_")}}),
+            "train_samples_per_s": _round({k: r["train_samples_per_s"] for k, r in results.items()
+                                           if "train_samples_per_s" in r})}
 
 
 def methods_table(summary: dict) -> str:
@@ -601,6 +624,8 @@ def main() -> None:
                         help="optimiser of every trained model: each method's official one at the recipe's lr "
                              "(default), adamw (recipe lr), sgd (lr 0.1 x batch / 256), or both in turn (run folders "
                              "and result keys METHOD@OPTIMISER)")
+    parser.add_argument("--collect", action="store_true", help="--realav: summarise the runs already finished under "
+                        "--out and train nothing (a sweep stopped before its end; rerun without it to finish)")
     parser.add_argument("--peers", default="all", metavar="LIST",
                         help="the other registered methods to run beside the core ones: 'all' (default), 'none', or "
                              f"a comma list of {', '.join(peers())}")
@@ -628,8 +653,13 @@ def main() -> None:
     if optims and (args.presence or args.demo_presence or args.realav):
         raise SystemExit("phenomena: --optim applies to --synthetic, --mfeat and --demo (--realav: each method's own)")
     cells = [replace(c, peers=chosen, optims=optims) for c in cells]
-    with ProcessPoolExecutor(args.jobs) as pool:
-        records = [r for rs in pool.map(run_cell, cells, [out] * len(cells)) for r in rs]
+    if args.collect and not args.realav:
+        raise SystemExit("phenomena: --collect applies to --realav")
+    if args.collect:
+        records = [collected(c, out) for c in cells if (out / f"{c.name}-seed{c.seed}").is_dir()]
+    else:
+        with ProcessPoolExecutor(args.jobs) as pool:
+            records = [r for rs in pool.map(run_cell, cells, [out] * len(cells)) for r in rs]
     if all(c.groups for c in cells):  # presence label model: per-group figures
         summary = presence.summarise(records)
         presence.plot(summary, out / "phenomena.png")
@@ -651,7 +681,7 @@ def main() -> None:
         print(text)
         return
     if args.realav:
-        summary = {**methods_summary(records), "phenomena": summarise(records)}
+        summary = {**methods_summary(records), **({} if args.collect else {"phenomena": summarise(records)})}
         (out / "table.md").write_text(methods_table(summary) + "\n")
         write_json(out / "phenomena.json", {"dataset": "realav", "summary": summary, "cells": records})
         print(methods_table(summary))

@@ -657,6 +657,8 @@ def main() -> None:
         raise SystemExit("phenomena: --collect applies to --realav")
     if args.collect:
         records = [collected(c, out) for c in cells if (out / f"{c.name}-seed{c.seed}").is_dir()]
+        if not records:
+            raise SystemExit(f"phenomena: --collect: no sweep's runs under {out}")
     else:
         with ProcessPoolExecutor(args.jobs) as pool:
             records = [r for rs in pool.map(run_cell, cells, [out] * len(cells)) for r in rs]

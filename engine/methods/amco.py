@@ -34,7 +34,8 @@ masks the same modality. j counts micro-batches (with gradient accumulation, eac
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -42,8 +43,11 @@ import torch.nn.functional as F
 from accelerate.utils import reduce
 
 from .. import balancing
-from ..config import ConfigError, TrainConfig
+from ..options import ConfigError, option
 from .base import Method, Parts
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
 
 
 def class_mask(seed: int, epoch: int, batch: int, num_classes: int, eps: float) -> torch.Tensor:
@@ -62,6 +66,15 @@ class Amco(Method):
                "            or sum)")
     fusions = ("linear", "sum")
     fusion_needs = "masks each modality's share of the fused logits"
+    prefix = "amco"
+
+    @dataclass(frozen=True)
+    class Options:
+        sigma: float = option(0.5, "AMCo: share of the softmax mass above which a modality counts as depended on "
+                              "(and is masked in the next batch)")
+        eps: float = option(0.3, "AMCo: ε of the mask ratio's sine ramp")
+        score_sum: bool = option(False, "AMCo: evaluate the fused logits Σu, as BalanceBenchmark's validation step "
+                                 "(default: A(Σu), the map the fused loss trains)")
 
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)

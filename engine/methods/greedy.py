@@ -43,15 +43,19 @@ fp16, whose loss scale would weight the summed speeds step by step.
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from accelerate.utils import reduce
 
-from ..config import ConfigError, TrainConfig
+from ..options import ConfigError, option
 from ..models import MMTM, LateFusionNet
 from .base import Method, Parts
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
 
 
 def learning_speed(params: list[torch.nn.Parameter]) -> float:
@@ -80,6 +84,16 @@ class Greedy(Method):
     fusions = ("sum",)
     fusion_needs = "trains one classifier per branch and sums their logits, as the paper's model"
     optimizer = "sgd"
+    prefix = "greedy"
+
+    @dataclass(frozen=True)
+    class Options:
+        epsilon: float = option(0.01, "Greedy: threshold on |d_BDR|, the gap between the modalities' conditional "
+                                "learning speeds, that starts re-balancing (the authors' 0.01; BalanceBenchmark's "
+                                "0.001)")
+        window: int = option(5, "Greedy: optimiser steps of each re-balancing window (curation_windowsize 5)")
+        start: int = option(1, "Greedy: first epoch (from 0) that may re-balance (the authors' starting_epoch 2, "
+                            "counted from 1)")
 
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)

@@ -35,7 +35,8 @@ epoch.
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -45,9 +46,12 @@ from umt.loaders.loading.loader import finish_device, make_loader
 from umt.loaders.stored.views import ViewPolicy
 
 from .. import balancing
-from ..config import ConfigError, TrainConfig
+from ..options import ConfigError, option
 from ..models import LateFusionNet
 from .base import Method, Parts
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
 
 
 def alignment(u_a: torch.Tensor, u_b: torch.Tensor) -> torch.Tensor:
@@ -83,6 +87,15 @@ class Lfm(Method):
     fusions = ("linear", "sum")
     fusion_needs = "aligns each modality's share of the fused logits"
     optimizer = "sgd"
+    prefix = "lfm"
+    authors_lr = 0.01
+
+    @dataclass(frozen=True)
+    class Options:
+        lr_alpha: float = option(1e-4, "LFM: step size of the per-epoch update of the alignment weight (halved "
+                                 "every 20 epochs; the authors' lr_alpha)")
+        alpha: float = option(0.95, "LFM: the alignment weight's start (the authors' cls_k [0.05, 0.95]; "
+                              "BalanceBenchmark: 0.05)", before=0.05)
 
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)

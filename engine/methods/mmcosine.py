@@ -23,10 +23,14 @@ of the paper's supplement (`--lam`, default 0) is not carried over.
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from ..config import ConfigError, TrainConfig
+from ..options import ConfigError, option
 from .base import Method
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
 
 
 class MMCosine(Method):
@@ -36,6 +40,13 @@ class MMCosine(Method):
     fusions = ("linear",)
     fusion_needs = "normalises each modality's block of a linear head"
     optimizer = "sgd"
+    prefix = "mmcosine"
+    authors_lr = 0.001
+
+    @dataclass(frozen=True)
+    class Options:
+        scale: float = option(10.0, "MMCosine: scale s of the summed per-modality cosine logits (the authors' "
+                              "README: --scaling 10; BalanceBenchmark: 15)")
 
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:

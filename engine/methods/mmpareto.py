@@ -28,13 +28,17 @@ SGD is the method's default here (with umt's cosine schedule). Under Adam, γ is
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .. import balancing
-from ..config import ConfigError, TrainConfig
+from ..options import ConfigError, option
 from .base import Method, Parts
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
 
 
 def pareto_weights(gg: float, gh: float, hh: float) -> tuple[float, float]:
@@ -74,6 +78,13 @@ class MMPareto(Method):
                "            (equal weights when they agree, min-norm when they conflict; Wei & Hu, ICML 2024);\n"
                "            SGD by default")
     optimizer = "sgd"
+    prefix = "pareto"
+    authors_lr = 0.002
+
+    @dataclass(frozen=True)
+    class Options:
+        gamma: float = option(1.5, "MMPareto: factor on each encoder's combined gradient after its rescaling to "
+                              "the summed gradient's norm (MMPareto.py: gamma=1.5)")
 
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:

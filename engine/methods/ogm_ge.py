@@ -7,12 +7,17 @@ coefficient k is largely normalised away (engine/methods/base.py).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from .. import balancing
-from ..config import ConfigError, TrainConfig
+from ..options import ConfigError, option
 from .base import Method, Parts
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
 
 
 class OgmGe(Method):
@@ -23,6 +28,18 @@ class OgmGe(Method):
     fusions = ("linear", "sum")
     fusion_needs = "modulates each modality's share of the fused logits"
     optimizer = "sgd"
+    prefix = "ogm"
+    authors_lr = 0.001
+
+    @dataclass(frozen=True)
+    class Options:
+        alpha: float = option(0.1, "OGM-GE modulation strength α (the authors': 0.1 VGGSound, 0.8 CREMA-D); k "
+                              "scales the conv-weight gradients (MLP encoders of vector views: their Linear weight "
+                              "matrices) and GE adds noise of the unmodulated gradient's std to them")
+        start: int = option(0, "OGM-GE: first modulated epoch")
+        end: int | None = option(None, "OGM-GE: epoch at which modulation stops (default: never)")
+        ge: bool = option(True, "OGM-GE: add the generalisation-enhancement noise (--no-ogm-ge: OGM without "
+                           "it)")
 
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:

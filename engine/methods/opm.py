@@ -26,7 +26,8 @@ q > 0, so θ < 1).
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,8 +35,11 @@ import torch.nn.functional as F
 from accelerate.utils import reduce
 
 from .. import balancing
-from ..config import ConfigError, TrainConfig
+from ..options import ConfigError, option
 from .base import Method, Parts
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
 
 
 def drop_probabilities(scores: dict[str, float], q_base: float, alpha: float) -> dict[str, float]:
@@ -59,6 +63,16 @@ class Opm(Method):
                "            modality's features dropped per sample with probability q (needs --fusion linear or sum)")
     fusions = ("linear", "sum")
     fusion_needs = "scores each modality by its share of the fused logits"
+    prefix = "opm"
+
+    @dataclass(frozen=True)
+    class Options:
+        alpha: float = option(0.5, "OPM: α, growth of the dominant modality's drop probability with its lead "
+                              "(BalanceBenchmark: 0.5)")
+        p_exe: float = option(0.7, "OPM: probability that a batch is modulated")
+        q_base: float = option(0.5, "OPM: base drop probability q_base (the authors' scripts/train_opm.sh; their "
+                               "config.py and BalanceBenchmark: 0.4)")
+        start: int = option(0, "OPM: first modulated epoch (BalanceBenchmark 0; BML_TPAMI2024 warms up 6)")
 
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)

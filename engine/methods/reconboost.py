@@ -34,13 +34,17 @@ reduces a zero gradient for every parameter in a boosting phase (as MLA).
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, TrainConfig
+from ..options import ConfigError, option
 from .base import Method, Parts
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
 
 AUTHORS_PHASE = 4  # train.py: --epochs_per_stage 4, --correct_epoch 4
 
@@ -59,6 +63,24 @@ class ReconBoost(Method):
     fusions = ("shared",)
     fusion_needs = "boosts learners that share one head"
     optimizer = "sgd"
+    prefix = "reconboost"
+    authors_lr = 0.01
+
+    @dataclass(frozen=True)
+    class Options:
+        alpha: float = option(0.5, "ReconBoost: weight of the official ga term (gradient-free as written; "
+                              "BalanceBenchmark: 0.5)")
+        w1: float = option(5.0, "ReconBoost: weight of the boosted learner's own log-likelihood (weight1 5)")
+        w2: float = option(1.0, "ReconBoost: weight of the term against the other modalities' ensemble "
+                           "(weight2 1)")
+        epochs: int | None = option(None, "ReconBoost: epochs per phase (boosting one modality, then global "
+                                    "fine-tuning; default the authors' 4, shortened to epochs // (2 x modalities) in "
+                                    "a shorter run; BalanceBenchmark's 1)")
+        rate: float = option(1.0, "ReconBoost: start of the learned rate ρ of the ensemble ρ·Σ h(f_m) (the "
+                             "authors' 1.0; BalanceBenchmark: 0.01)", before=0.01)
+        head: str = option("mlp", "ReconBoost: the shared head h, an MLP D→D/2→C (the authors' 512→256→C, scaled "
+                           "to the encoders' width D) or linear (BalanceBenchmark's)", choices=("mlp", "linear"),
+                           before="linear")
 
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)

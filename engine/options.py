@@ -1,0 +1,91 @@
+"""A method's settings, declared once beside the method: `option()` fields of its `Options` dataclass.
+
+Each field holds a default and a help text; its YAML key is the field name in the method's own section
+(the method's name, "-" as "_"), its TrainConfig field is `prefix_key` (or `attr`), and its flag is that
+field's name as a flag (or `flag`): `--ogm-alpha`, `ogm_ge.alpha`, `TrainConfig.ogm_alpha`. The CLI
+(engine/cli.py), the config files (engine/config_files.py), the run configuration (engine/config.py) and the
+methods table of docs/methods.md are generated from these declarations (`Setting`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from umt.loaders.errors import UserError
+
+class ConfigError(UserError):
+    """A run configuration is inconsistent."""
+
+
+def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, attr: str | None = None,
+           flag: str | None = None, metavar: str | None = None, before: Any = None) -> Any:
+    """A field of a method's `Options`. `before`: what runs did before the setting existed, where that is not its
+    default (a checkpoint saved without the setting is compared as if it held this value, engine/resume.py)."""
+    meta = {"help": help, "choices": choices, "attr": attr, "flag": flag, "metavar": metavar, "before": before}
+    if isinstance(default, (dict, list)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One method setting, as every layer names it."""
+
+    method: str        # the method that reads it
+    key: str           # its key in the method's YAML section
+    attr: str          # its TrainConfig field
+    type: Any          # its type hint
+    field: dataclasses.Field
+    help: str
+    flag: str          # its command-line flag
+    choices: tuple[str, ...] | None
+    metavar: str | None
+    before: Any        # None, or what runs did before it existed (`option`)
+
+    @property
+    def section(self) -> str:
+        return section_of(self.method)
+
+    @property
+    def default(self) -> Any:
+        f = self.field
+        return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+    def new_field(self) -> dataclasses.Field:
+        """A fresh field of the same default, for another dataclass (engine/config.py's TrainConfig)."""
+        if self.field.default is dataclasses.MISSING:
+            return dataclasses.field(default_factory=self.field.default_factory)
+        return dataclasses.field(default=self.field.default)
+
+    @property
+    def base_type(self) -> Any:
+        """The type hint without its None (an int | None setting: int)."""
+        args = [a for a in typing.get_args(self.type) if a is not type(None)]
+        return args[0] if typing.get_origin(self.type) in (typing.Union, _UnionType) and args else self.type
+
+
+_UnionType = type(int | None)
+
+
+def section_of(method: str) -> str:
+    """A method's YAML section: its name, "-" as "_"."""
+    return method.replace("-", "_")
+
+
+def settings(method: str, options: type | None, prefix: str) -> list[Setting]:
+    """The settings an `Options` dataclass declares for `method` (none when it has none)."""
+    if options is None:
+        return []
+    hints = typing.get_type_hints(options)
+    out = []
+    for f in dataclasses.fields(options):
+        meta = f.metadata
+        key = f.name.rstrip("_")  # lambda_: the YAML key `lambda`
+        attr = meta.get("attr") or (f"{prefix}_{key}" if prefix else key)
+        default = f.default
+        flag = meta.get("flag") or ("--no-" if default is True else "--") + attr.replace("_", "-")
+        out.append(Setting(method, key, attr, hints[f.name], f, meta["help"], flag, meta.get("choices"),
+                           meta.get("metavar"), meta.get("before")))
+    return out

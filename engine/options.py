@@ -1,8 +1,8 @@
-"""A method's settings, declared once beside the method: `option()` fields of its `Options` dataclass.
+"""A method's settings, declared once beside the method: the `option()` fields of its `Options` class.
 
 Each field holds a default and a help text; its YAML key is the field name in the method's own section
 (the method's name, "-" as "_"), its TrainConfig field is `prefix_key` (or `attr`), and its flag is that
-field's name as a flag (or `flag`): `--ogm-alpha`, `ogm_ge.alpha`, `TrainConfig.ogm_alpha`. The CLI
+field's name as a flag (or `flag`): OGM-GE's `alpha` is `ogm_ge.alpha`, `TrainConfig.ogm_alpha`, `--ogm-alpha`. The CLI
 (engine/cli.py), the config files (engine/config_files.py), the run configuration (engine/config.py) and the
 methods table of docs/methods.md are generated from these declarations (`Setting`).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from umt.loaders.errors import UserError
 
@@ -27,6 +27,18 @@ def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, a
     if isinstance(default, (dict, list)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+class MethodOptions:
+    """The base of a method's `Options`: each subclass becomes a frozen dataclass whose TrainConfig fields are
+    named `prefix_key`."""
+
+    prefix: ClassVar[str] = ""
+
+    def __init_subclass__(cls, prefix: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.prefix = prefix
+        dataclass(frozen=True)(cls)
 
 
 @dataclass(frozen=True)
@@ -74,8 +86,8 @@ def section_of(method: str) -> str:
     return method.replace("-", "_")
 
 
-def settings(method: str, options: type | None, prefix: str) -> list[Setting]:
-    """The settings an `Options` dataclass declares for `method` (none when it has none)."""
+def settings(method: str, options: type[MethodOptions] | None) -> list[Setting]:
+    """The settings an `Options` class declares for `method` (none when it has none)."""
     if options is None:
         return []
     hints = typing.get_type_hints(options)
@@ -83,7 +95,7 @@ def settings(method: str, options: type | None, prefix: str) -> list[Setting]:
     for f in dataclasses.fields(options):
         meta = f.metadata
         key = f.name.rstrip("_")  # lambda_: the YAML key `lambda`
-        attr = meta.get("attr") or (f"{prefix}_{key}" if prefix else key)
+        attr = meta.get("attr") or (f"{options.prefix}_{key}" if options.prefix else key)
         default = f.default
         flag = meta.get("flag") or ("--no-" if default is True else "--") + attr.replace("_", "-")
         out.append(Setting(method, key, attr, hints[f.name], f, meta["help"], flag, meta.get("choices"),

@@ -7,7 +7,6 @@ members). No joint training at all.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -17,17 +16,15 @@ from umt.loaders.stored.views import ViewSpec
 from .checkpoint import check_views, load_model
 from .evaluate import evaluate_split, final_evaluation, top1
 from .models import LateFusionNet
-from .options import ConfigError, option
+from .options import ConfigError, MethodOptions, option
 
 if TYPE_CHECKING:
     from .config import TrainConfig
 
-PREFIX = "ume"  # its settings' TrainConfig fields: ume_combine, ume_fit_weights (and members)
 SUMMARY = "evaluation only (never trains): average the logits of uni-modal --member checkpoints"
 
 
-@dataclass(frozen=True)
-class Options:
+class Options(MethodOptions, prefix="ume"):
     members: dict[str, str] = option({}, "UME member", attr="members", flag="--member", metavar="MODALITY=CKPT")
     combine: str = option("logits", "UME: average logits or probabilities", choices=("logits", "probs"))
     fit_weights: bool = option(False, "UME: fit member weights on the validation split")

@@ -26,8 +26,8 @@ REGISTRY: dict[str, type[Method]] = _discovered()
 METHODS: tuple[str, ...] = (*REGISTRY, "ume")  # ume evaluates, the others train
 # Every method's own settings, declared in its module (`Options`), in the order of METHODS.
 SETTINGS: tuple[Setting, ...] = tuple(
-    [s for name, cls in REGISTRY.items() for s in settings(name, cls.__dict__.get("Options"), cls.prefix)]
-    + settings("ume", ume.Options, ume.PREFIX))
+    [s for name, cls in REGISTRY.items() for s in settings(name, cls.__dict__.get("Options"))]
+    + settings("ume", ume.Options))
 
 
 def run_optimizer(method: str, named: str | None) -> str | None:

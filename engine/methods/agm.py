@@ -31,13 +31,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
-from ..options import ConfigError, option
+from ..options import ConfigError, MethodOptions, option
 from ..models import LateFusionNet
 from .base import Method, Parts
 
@@ -79,10 +78,8 @@ class Agm(Method):
     name = "agm"
     summary = ("joint + adaptive gradient modulation (Li et al., ICCV 2023): each encoder's weight gradients\n"
                "            scaled by exp(α·(η_m − r_m)) from its Shapley mono-modal response's cross-entropy")
-    prefix = "agm"
 
-    @dataclass(frozen=True)
-    class Options:
+    class Options(MethodOptions, prefix="agm"):
         alpha: float = option(0.1, "AGM modulation strength α (BalanceBenchmark: 0.1)")
         start: int = option(0, "AGM: first modulated epoch")
         end: int | None = option(None, "AGM: epoch at which modulation stops (default: never)")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from ..options import ConfigError
+from ..options import ConfigError, MethodOptions
 from ..models import LateFusionNet
 
 if TYPE_CHECKING:
@@ -43,8 +43,7 @@ class Method:
     fusion_needs = ""      # why it trains only those heads (the refusal says it)
     optimizer = "adamw"    # the optimiser when the run names none: the official code's
     authors_lr: float | None = None  # the official code's learning rate (listed in --help and docs/methods.md)
-    Options: type | None = None  # its own settings: a dataclass of engine/options.py `option` fields
-    prefix = ""            # its settings' TrainConfig fields are prefix_key (OGM-GE's alpha: ogm_alpha)
+    Options: type[MethodOptions] | None = None  # its own settings (engine/options.py)
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg

@@ -26,14 +26,13 @@ official single-process batch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..options import option
+from ..options import MethodOptions, option
 from .base import ZEROING_FUSIONS, ZEROING_NEEDS, Method, Parts
 
 if TYPE_CHECKING:
@@ -58,10 +57,8 @@ class Cml(Method):
                "            penalty when removing one makes the prediction more confident (Ma et al., ICML 2023)")
     fusions = ZEROING_FUSIONS
     fusion_needs = ZEROING_NEEDS
-    prefix = "cml"
 
-    @dataclass(frozen=True)
-    class Options:
+    class Options(MethodOptions, prefix="cml"):
         lambda_: float = option(0.1, "CML: weight λ of the penalty on confidence gained by removing modalities "
                                 "(BalanceBenchmark: 0.1)")
         batch_clamp: bool = option(False, "CML: BalanceBenchmark's penalty, the batch's summed confidence gain "

@@ -14,14 +14,13 @@ No official code: p = 0.5 is this module's default.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..options import ConfigError, option
+from ..options import ConfigError, MethodOptions, option
 from .base import Method, Parts
 
 if TYPE_CHECKING:
@@ -42,10 +41,8 @@ class ModalityDropout(Method):
     name = "dropout"
     summary = ("joint training with modality dropout: with probability p a sample's feature of one modality\n"
                "            (chosen uniformly) is zeroed before fusion, seeded by (seed, epoch, sample row)")
-    prefix = "dropout"
 
-    @dataclass(frozen=True)
-    class Options:
+    class Options(MethodOptions, prefix="dropout"):
         p: float = option(0.5, "modality dropout: probability that a training sample loses one modality (chosen "
                           "uniformly; its feature zeroed, not rescaled)")
 

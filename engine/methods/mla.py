@@ -42,13 +42,12 @@ weight decay untouched.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
-from ..options import option
+from ..options import MethodOptions, option
 from .base import Method, Parts
 
 if TYPE_CHECKING:
@@ -69,11 +68,9 @@ class Mla(Method):
     fusions = ("shared",)
     fusion_needs = "trains one linear head shared by every modality and fuses by entropy at test time"
     optimizer = "sgd"
-    prefix = "mla"
     authors_lr = 0.001
 
-    @dataclass(frozen=True)
-    class Options:
+    class Options(MethodOptions, prefix="mla"):
         projection: bool = option(False, "MLA: project the shared head's gradient by textbook OWM (the paper's "
                                   "gradient modification; the official code's results had none)")
 

@@ -27,14 +27,13 @@ the split as evaluation does, so a damaged training sample stops a PMR run even 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from accelerate.utils import reduce
 
-from ..options import ConfigError, option
+from ..options import ConfigError, MethodOptions, option
 from ..evaluate import evaluate_split
 from ..models import LateFusionNet
 from .base import Method, Parts
@@ -72,11 +71,9 @@ class Pmr(Method):
     summary = ("joint + prototypical cross-entropy on the weaker modality (Fan et al., CVPR 2023):\n"
                "            class prototypes per modality, updated with momentum each epoch; SGD by default")
     optimizer = "sgd"
-    prefix = "pmr"
     authors_lr = 0.0001
 
-    @dataclass(frozen=True)
-    class Options:
+    class Options(MethodOptions, prefix="pmr"):
         alpha: float = option(1.0, "PMR: weight α of the weaker modality's prototypical cross-entropy "
                               "(main_Prototype_grad.py: --alpha 1.0)")
         momentum: float = option(0.2, "PMR: share of the previous prototypes kept at each epoch's update "

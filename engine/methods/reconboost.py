@@ -34,19 +34,46 @@ reduces a zero gradient for every parameter in a boosting phase (as MLA).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from ..options import ConfigError, option
+from ..models import PARTS, LateFusionNet, ModelPart
+from ..options import ConfigError, MethodOptions, option
 from .base import Method, Parts
 
 if TYPE_CHECKING:
     from ..config import TrainConfig
 
 AUTHORS_PHASE = 4  # train.py: --epochs_per_stage 4, --correct_epoch 4
+
+
+class MlpSharedHead(ModelPart):
+    """ModelConfig.shared_mlp: the shared head an MLP D → D/2 → C (the authors' 512 → 256 → C)."""
+
+    def head(self, net: LateFusionNet, dim: int) -> nn.Module | None:
+        if net.cfg.fusion != "shared":
+            return None
+        return nn.Sequential(nn.Linear(dim, dim // 2), nn.ReLU(inplace=True), nn.Linear(dim // 2, net.cfg.num_classes))
+
+
+class BoostedSum(ModelPart):
+    """ModelConfig.boost_rate > 0: the shared head's logits summed over the modalities, ρ·Σ_m head(f_m), the rate
+    ρ a learned parameter from boost_rate."""
+
+    fusion = "shared"
+
+    def build(self, net: LateFusionNet) -> None:
+        net.rate = nn.Parameter(torch.tensor(float(net.cfg.boost_rate)))
+
+    def fuse(self, net: LateFusionNet, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        return net.rate * sum(net.head(feats[m]) for m in net.cfg.modalities)
+
+
+PARTS["shared_mlp"] = MlpSharedHead()
+PARTS["boost_rate"] = BoostedSum()
 
 
 def boosting_loss(own: torch.Tensor, others: torch.Tensor, labels: torch.Tensor, w1: float, w2: float) -> torch.Tensor:
@@ -63,11 +90,9 @@ class ReconBoost(Method):
     fusions = ("shared",)
     fusion_needs = "boosts learners that share one head"
     optimizer = "sgd"
-    prefix = "reconboost"
     authors_lr = 0.01
 
-    @dataclass(frozen=True)
-    class Options:
+    class Options(MethodOptions, prefix="reconboost"):
         alpha: float = option(0.5, "ReconBoost: weight of the official ga term (gradient-free as written; "
                               "BalanceBenchmark: 0.5)")
         w1: float = option(5.0, "ReconBoost: weight of the boosted learner's own log-likelihood (weight1 5)")

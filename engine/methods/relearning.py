@@ -35,13 +35,12 @@ broadcast, so every replica moves its weights alike.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate.utils import broadcast_object_list
 
-from ..options import ConfigError, option
+from ..options import ConfigError, MethodOptions, option
 from ..evaluate import evaluate_split
 from .base import Method
 
@@ -94,11 +93,9 @@ class Relearning(Method):
     summary = ("joint; every few epochs each encoder moved toward its initial weights by tanh(λ·|train − val\n"
                "            k-means purity of its features|) (Wei, Li, Hu, ECCV 2024)")
     optimizer = "sgd"
-    prefix = "relearn"
     authors_lr = 0.002
 
-    @dataclass(frozen=True)
-    class Options:
+    class Options(MethodOptions, prefix="relearn"):
         lambda_: float = option(3.0, "Re-learning: λ in the re-initialisation strength tanh(λ·|train − val "
                                 "purity|) (BalanceBenchmark: move_lambda 3)")
         every: int | None = option(None, "Re-learning: epochs between re-initialisations (default: the authors' "

@@ -17,13 +17,12 @@ w = 1 are common KD settings (Hinton et al. use T in 2…20), not tuned.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
-from ..options import ConfigError, option
+from ..options import ConfigError, MethodOptions, option
 from ..targets import CachedTargets, OnlineTeachers
 from .base import Method, Parts
 
@@ -46,8 +45,7 @@ class Umt(Method):
                "            targets from --cache (umt-cache build) or online from --teacher checkpoints;\n"
                "            --distill-targets logits|both: T²·KL(teacher logits ‖ auxiliary head) too")
 
-    @dataclass(frozen=True)
-    class Options:
+    class Options(MethodOptions):
         lambda_: float = option(10.0, "UMT weight λ of the feature distillation (BalanceMM uses 10 with mean-reduced "
                                 "MSE)", attr="distill_weight", flag="--lambda")
         distill: tuple[str, ...] = option((), "UMT: distil only these modalities (repeatable; default all)",

@@ -37,14 +37,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from accelerate.utils import broadcast_object_list
 
-from ..options import ConfigError, option
+from ..options import ConfigError, MethodOptions, option
 from ..evaluate import evaluate_split
 from ..models import LateFusionNet
 from .base import ZEROING_FUSIONS, ZEROING_NEEDS, Method, Parts
@@ -107,10 +106,8 @@ class Valuation(Method):
                "            (Wei et al., CVPR 2024)")
     fusions = ZEROING_FUSIONS
     fusion_needs = ZEROING_NEEDS
-    prefix = "valuation"
 
-    @dataclass(frozen=True)
-    class Options:
+    class Options(MethodOptions, prefix="valuation"):
         warmup: int = option(5, "Modality-valuation: epochs of plain joint training before samples are valued "
                              "and copied (the authors' --warmup 5)")
 

@@ -36,24 +36,14 @@ import yaml
 
 from umt.loaders.stored.views import ViewSpec
 
-from .config import ConfigError, TrainConfig
+from .config import SHARED_SETTINGS, ConfigError, TrainConfig
 from .methods import SETTINGS, run_optimizer
 
+SHARED = ("data", "model", "optim", "method", "run")  # the sections every trainable method reads
+# section → {key: TrainConfig field}: the shared sections, then each method's own (named after it), then `run`
 SECTIONS: dict[str, dict[str, str]] = {
-    "data": {"path": "data", "backend": "backend", "finish": "finish", "workers": "num_workers", "bad_samples": "bad_samples",
-             "bad_samples_limit": "bad_samples_limit",
-             "view_seed": "view_seed", "num_views": "num_views", "view": "view", "test_clips": "test_clips",
-             "test_crops": "test_crops"},
-    "model": {"modalities": "modalities", "width": "width", "fusion": "fusion"},
-    "optim": {"name": "optimizer", "epochs": "epochs", "batch_size": "batch_size", "global_batch": "global_batch",
-              "grad_accum": "grad_accum", "max_steps": "max_steps", "precision": "precision"},
-    "method": {"name": "method"},
-    **{section: {s.key: s.attr for s in SETTINGS if s.section == section}
-       for section in dict.fromkeys(s.section for s in SETTINGS)},
-    "run": {"out": "out", "seed": "seed", "log_every": "log_every", "checkpoint_every": "checkpoint_every",
-            "resume": "resume", "select": "select", "probe": "probe", "probe_every": "probe_every",
-            "log_with": "log_with"},
-}
+    section: {s.key: s.attr for s in (*SHARED_SETTINGS, *SETTINGS) if s.section == section and s.key}
+    for section in dict.fromkeys([*SHARED[:-1], *(s.section for s in SETTINGS), SHARED[-1]])}
 # Each optimiser's settings, in its block of `optim` (optim.adamw.lr, optim.sgd.momentum, ...).
 OPTIMISERS: dict[str, dict[str, str]] = {
     "adamw": {"lr": "lr", "weight_decay": "weight_decay"},
@@ -68,7 +58,6 @@ assert sorted([*_FIELD_OF.values(), *_OPTIMISER_FIELDS]) == sorted(f.name for f 
 # Who reads what, declared once: every trainable method reads the shared sections, a method's own section
 # (named after it, "-" as "_") is read by that method alone, and `ume`, which evaluates and never trains,
 # reads only EVALUATION of the shared sections. umt-train warns of a flag the chosen method does not read (engine/cli.py `_unread`).
-SHARED = ("data", "model", "optim", "method", "run")
 EVALUATION = frozenset({"data", "out", "method", "view", "batch_size", "num_workers", "probe"})
 
 

@@ -20,10 +20,15 @@ class ConfigError(UserError):
 
 
 def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, attr: str | None = None,
-           flag: str | None = None, metavar: str | None = None, before: Any = None) -> Any:
-    """A field of a method's `Options`. `before`: what runs did before the setting existed, where that is not its
-    default (a checkpoint saved without the setting is compared as if it held this value, engine/resume.py)."""
-    meta = {"help": help, "choices": choices, "attr": attr, "flag": flag, "metavar": metavar, "before": before}
+           flag: str | None = None, metavar: str | None = None, before: Any = None, section: str | None = None,
+           key: str | None = None) -> Any:
+    """A field of a method's `Options` (or of the shared settings, engine/config.py, which name their `section` and
+    `key`; `flag=""`: none). `before`: what runs did before the setting existed, where that is not its default (a
+    checkpoint saved without the setting is compared as if it held this value, engine/resume.py)."""
+    meta = {"help": help, "choices": choices, "attr": attr, "flag": flag, "metavar": metavar, "before": before,
+            "section": section, "key": key}
+    if default is dataclasses.MISSING:
+        return dataclasses.field(metadata=meta)
     if isinstance(default, (dict, list)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -43,27 +48,27 @@ class MethodOptions:
 
 @dataclass(frozen=True)
 class Setting:
-    """One method setting, as every layer names it."""
+    """One setting, as every layer names it."""
 
-    method: str        # the method that reads it
-    key: str           # its key in the method's YAML section
+    method: str        # the method that reads it ("": every trainable method)
+    section: str       # its YAML section
+    key: str           # its key in that section (None: in each optimiser's block, engine/config_files.py)
     attr: str          # its TrainConfig field
     type: Any          # its type hint
     field: dataclasses.Field
     help: str
-    flag: str          # its command-line flag
+    flag: str          # its command-line flag ("": none)
     choices: tuple[str, ...] | None
     metavar: str | None
     before: Any        # None, or what runs did before it existed (`option`)
 
     @property
-    def section(self) -> str:
-        return section_of(self.method)
-
-    @property
     def default(self) -> Any:
+        """Its default (None for a setting without one, the run's data and out)."""
         f = self.field
-        return f.default_factory() if f.default is dataclasses.MISSING else f.default
+        if f.default is dataclasses.MISSING:
+            return None if f.default_factory is dataclasses.MISSING else f.default_factory()
+        return f.default
 
     def new_field(self) -> dataclasses.Field:
         """A fresh field of the same default, for another dataclass (engine/config.py's TrainConfig)."""
@@ -86,18 +91,20 @@ def section_of(method: str) -> str:
     return method.replace("-", "_")
 
 
-def settings(method: str, options: type[MethodOptions] | None) -> list[Setting]:
-    """The settings an `Options` class declares for `method` (none when it has none)."""
+def settings(method: str, options: type | None) -> list[Setting]:
+    """The settings a dataclass of `option` fields declares for `method` (a method's `Options`, or with method ""
+    the shared settings); none for None."""
     if options is None:
         return []
     hints = typing.get_type_hints(options)
+    prefix = getattr(options, "prefix", "")
     out = []
     for f in dataclasses.fields(options):
         meta = f.metadata
-        key = f.name.rstrip("_")  # lambda_: the YAML key `lambda`
-        attr = meta.get("attr") or (f"{options.prefix}_{key}" if options.prefix else key)
-        default = f.default
-        flag = meta.get("flag") or ("--no-" if default is True else "--") + attr.replace("_", "-")
-        out.append(Setting(method, key, attr, hints[f.name], f, meta["help"], flag, meta.get("choices"),
-                           meta.get("metavar"), meta.get("before")))
+        key = f.name.rstrip("_") if meta.get("section") is None else meta["key"]  # lambda_: the YAML key `lambda`
+        attr = meta.get("attr") or (f"{prefix}_{key}" if prefix else f.name)
+        flag = meta["flag"] if meta.get("flag") is not None else \
+            ("--no-" if f.default is True else "--") + attr.replace("_", "-")
+        out.append(Setting(method, meta.get("section") or section_of(method), key, attr, hints[f.name], f,
+                           meta["help"], flag, meta.get("choices"), meta.get("metavar"), meta.get("before")))
     return out

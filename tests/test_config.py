@@ -141,7 +141,7 @@ def _other_value(setting):
         return None, str(not setting.default).lower(), not setting.default
     if setting.choices:
         value = next(c for c in setting.choices if c != setting.default)
-        return value, value, value
+        return value, f"'{value}'", value  # quoted: YAML reads a bare `no` (precision) as false
     if setting.type == tuple[str, ...]:
         return "video", "[video]", ("video",)
     if setting.type == dict[str, str]:
@@ -150,17 +150,25 @@ def _other_value(setting):
     return str(value), str(value), value
 
 
-def test_each_method_setting_is_one_flag_and_one_yaml_key_read_by_its_method_alone():
-    """The CLI, the YAML sections and who reads what all come from each method's declaration (engine/options.py)."""
+def test_each_setting_is_one_flag_and_one_yaml_key_and_a_methods_own_is_read_by_it_alone():
+    """The CLI, the YAML sections and who reads what all come from each setting's declaration (engine/options.py):
+    the shared ones' in engine/config.py, each method's in its module."""
+    from umt.engine.config import SHARED_SETTINGS
     from umt.engine.config_files import settings_read
     from umt.engine.methods import METHODS, SETTINGS
-    assert len({s.attr for s in SETTINGS}) == len({s.flag for s in SETTINGS}) == len(SETTINGS)
-    for s in SETTINGS:
+    flagged = [s for s in (*SHARED_SETTINGS, *SETTINGS) if s.flag]
+    assert len({s.attr for s in flagged}) == len({s.flag for s in flagged}) == len(flagged)
+    for s in flagged:
+        if s.attr in ("data", "out", "method"):
+            continue
         arg, text, value = _other_value(s)
-        cfg, ignored = parse_run(["--data", "d", "--out", "o", "--method", s.method, s.flag, *([arg] if arg else [])])
+        method = s.method or "joint"
+        cfg, ignored = parse_run(["--data", "d", "--out", "o", "--method", method, s.flag, *([arg] if arg else [])])
         assert (getattr(cfg, s.attr), ignored) == (value, []), s.flag
-        assert getattr(load(None, ["data.path=d", "run.out=o", f"{s.section}.{s.key}={text}"]), s.attr) == value
-        assert [m for m in METHODS if s.attr in settings_read(m)] == [s.method]
+        key = f"{s.section}.{s.key}" if s.key else f"optim.sgd.{s.attr}"  # an optimiser's: in its block
+        assert getattr(load(None, ["data.path=d", "run.out=o", "optim.name=sgd", f"{key}={text}"]), s.attr) == value
+        if s.method:
+            assert [m for m in METHODS if s.attr in settings_read(m)] == [s.method]
 
 
 def test_the_methods_tables_of_the_docs_are_generated_from_the_registry():

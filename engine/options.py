@@ -1,8 +1,8 @@
 """A method's settings, declared once beside the method: the `option()` fields of its `Options` class.
 
 Each field holds a default and a help text; its YAML key is the field name in the method's own section
-(the method's name, "-" as "_"), its TrainConfig field is `prefix_key` (or `attr`), and its flag is that
-field's name as a flag (or `flag`): OGM-GE's `alpha` is `ogm_ge.alpha`, `TrainConfig.ogm_alpha`, `--ogm-alpha`. The CLI
+(the method's name, "-" as "_"), its TrainConfig field is `prefix_key` (or `attr`; the prefix is the section
+unless the class names another), and its flag is that field's name as a flag (or `flag`): OGM-GE's `alpha` is `ogm_ge.alpha`, `TrainConfig.ogm_alpha`, `--ogm-alpha`. The CLI
 (engine/cli.py), the config files (engine/config_files.py), the run configuration (engine/config.py) and the
 methods table of docs/methods.md are generated from these declarations (`Setting`).
 """
@@ -36,11 +36,11 @@ def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, a
 
 class MethodOptions:
     """The base of a method's `Options`: each subclass becomes a frozen dataclass whose TrainConfig fields are
-    named `prefix_key`."""
+    named `prefix_key`, the prefix by default the method's section (AMCo's sigma: amco_sigma)."""
 
-    prefix: ClassVar[str] = ""
+    prefix: ClassVar[str | None] = None
 
-    def __init_subclass__(cls, prefix: str = "", **kwargs: Any) -> None:
+    def __init_subclass__(cls, prefix: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.prefix = prefix
         dataclass(frozen=True)(cls)
@@ -97,7 +97,8 @@ def settings(method: str, options: type | None) -> list[Setting]:
     if options is None:
         return []
     hints = typing.get_type_hints(options)
-    prefix = getattr(options, "prefix", "")
+    prefix = getattr(options, "prefix", "")  # the shared settings: none
+    prefix = section_of(method) if prefix is None else prefix
     out = []
     for f in dataclasses.fields(options):
         meta = f.metadata

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 SUMMARY = "evaluation only (never trains): average the logits of uni-modal --member checkpoints"
 
 
-class Options(MethodOptions, prefix="ume"):
+class Options(MethodOptions):
     members: dict[str, str] = option({}, "UME member", attr="members", flag="--member", metavar="MODALITY=CKPT")
     combine: str = option("logits", "UME: average logits or probabilities", choices=("logits", "probs"))
     fit_weights: bool = option(False, "UME: fit member weights on the validation split")

@@ -79,7 +79,7 @@ class Agm(Method):
     summary = ("joint + adaptive gradient modulation (Li et al., ICCV 2023): each encoder's weight gradients\n"
                "            scaled by exp(α·(η_m − r_m)) from its Shapley mono-modal response's cross-entropy")
 
-    class Options(MethodOptions, prefix="agm"):
+    class Options(MethodOptions):
         alpha: float = option(0.1, "AGM modulation strength α (BalanceBenchmark: 0.1)")
         start: int = option(0, "AGM: first modulated epoch")
         end: int | None = option(None, "AGM: epoch at which modulation stops (default: never)")

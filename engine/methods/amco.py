@@ -81,7 +81,7 @@ class Amco(Method):
     fusions = ("linear", "sum")
     fusion_needs = "masks each modality's share of the fused logits"
 
-    class Options(MethodOptions, prefix="amco"):
+    class Options(MethodOptions):
         sigma: float = option(0.5, "AMCo: share of the softmax mass above which a modality counts as depended on "
                               "(and is masked in the next batch)")
         eps: float = option(0.3, "AMCo: ε of the mask ratio's sine ramp")

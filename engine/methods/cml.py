@@ -58,7 +58,7 @@ class Cml(Method):
     fusions = ZEROING_FUSIONS
     fusion_needs = ZEROING_NEEDS
 
-    class Options(MethodOptions, prefix="cml"):
+    class Options(MethodOptions):
         lambda_: float = option(0.1, "CML: weight λ of the penalty on confidence gained by removing modalities "
                                 "(BalanceBenchmark: 0.1)")
         batch_clamp: bool = option(False, "CML: BalanceBenchmark's penalty, the batch's summed confidence gain "

@@ -42,7 +42,7 @@ class ModalityDropout(Method):
     summary = ("joint training with modality dropout: with probability p a sample's feature of one modality\n"
                "            (chosen uniformly) is zeroed before fusion, seeded by (seed, epoch, sample row)")
 
-    class Options(MethodOptions, prefix="dropout"):
+    class Options(MethodOptions):
         p: float = option(0.5, "modality dropout: probability that a training sample loses one modality (chosen "
                           "uniformly; its feature zeroed, not rescaled)")
 

@@ -148,7 +148,7 @@ class Greedy(Method):
     fusion_needs = "trains one classifier per branch and sums their logits, as the paper's model"
     optimizer = "sgd"
 
-    class Options(MethodOptions, prefix="greedy"):
+    class Options(MethodOptions):
         epsilon: float = option(0.01, "Greedy: threshold on |d_BDR|, the gap between the modalities' conditional "
                                 "learning speeds, that starts re-balancing (the authors' 0.01; BalanceBenchmark's "
                                 "0.001)")

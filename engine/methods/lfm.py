@@ -87,7 +87,7 @@ class Lfm(Method):
     optimizer = "sgd"
     authors_lr = 0.01
 
-    class Options(MethodOptions, prefix="lfm"):
+    class Options(MethodOptions):
         lr_alpha: float = option(1e-4, "LFM: step size of the per-epoch update of the alignment weight (halved "
                                  "every 20 epochs; the authors' lr_alpha)")
         alpha: float = option(0.95, "LFM: the alignment weight's start (the authors' cls_k [0.05, 0.95]; "

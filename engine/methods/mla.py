@@ -70,7 +70,7 @@ class Mla(Method):
     optimizer = "sgd"
     authors_lr = 0.001
 
-    class Options(MethodOptions, prefix="mla"):
+    class Options(MethodOptions):
         projection: bool = option(False, "MLA: project the shared head's gradient by textbook OWM (the paper's "
                                   "gradient modification; the official code's results had none)")
 

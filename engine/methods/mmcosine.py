@@ -73,7 +73,7 @@ class MMCosine(Method):
     optimizer = "sgd"
     authors_lr = 0.001
 
-    class Options(MethodOptions, prefix="mmcosine"):
+    class Options(MethodOptions):
         scale: float = option(10.0, "MMCosine: scale s of the summed per-modality cosine logits (the authors' "
                               "README: --scaling 10; BalanceBenchmark: 15)")
 

@@ -62,7 +62,7 @@ class Opm(Method):
     fusions = ("linear", "sum")
     fusion_needs = "scores each modality by its share of the fused logits"
 
-    class Options(MethodOptions, prefix="opm"):
+    class Options(MethodOptions):
         alpha: float = option(0.5, "OPM: α, growth of the dominant modality's drop probability with its lead "
                               "(BalanceBenchmark: 0.5)")
         p_exe: float = option(0.7, "OPM: probability that a batch is modulated")

@@ -73,7 +73,7 @@ class Pmr(Method):
     optimizer = "sgd"
     authors_lr = 0.0001
 
-    class Options(MethodOptions, prefix="pmr"):
+    class Options(MethodOptions):
         alpha: float = option(1.0, "PMR: weight α of the weaker modality's prototypical cross-entropy "
                               "(main_Prototype_grad.py: --alpha 1.0)")
         momentum: float = option(0.2, "PMR: share of the previous prototypes kept at each epoch's update "

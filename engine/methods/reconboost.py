@@ -92,7 +92,7 @@ class ReconBoost(Method):
     optimizer = "sgd"
     authors_lr = 0.01
 
-    class Options(MethodOptions, prefix="reconboost"):
+    class Options(MethodOptions):
         alpha: float = option(0.5, "ReconBoost: weight of the official ga term (gradient-free as written; "
                               "BalanceBenchmark: 0.5)")
         w1: float = option(5.0, "ReconBoost: weight of the boosted learner's own log-likelihood (weight1 5)")

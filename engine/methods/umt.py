@@ -45,7 +45,7 @@ class Umt(Method):
                "            targets from --cache (umt-cache build) or online from --teacher checkpoints;\n"
                "            --distill-targets logits|both: T²·KL(teacher logits ‖ auxiliary head) too")
 
-    class Options(MethodOptions):
+    class Options(MethodOptions, prefix=""):
         lambda_: float = option(10.0, "UMT weight λ of the feature distillation (BalanceMM uses 10 with mean-reduced "
                                 "MSE)", attr="distill_weight", flag="--lambda")
         distill: tuple[str, ...] = option((), "UMT: distil only these modalities (repeatable; default all)",

@@ -107,7 +107,7 @@ class Valuation(Method):
     fusions = ZEROING_FUSIONS
     fusion_needs = ZEROING_NEEDS
 
-    class Options(MethodOptions, prefix="valuation"):
+    class Options(MethodOptions):
         warmup: int = option(5, "Modality-valuation: epochs of plain joint training before samples are valued "
                              "and copied (the authors' --warmup 5)")
 

@@ -40,7 +40,7 @@ realav: $(STAMP) realav-media
 	  --out data/realav --fps 4 --short-side 64 --gop 4
 
 demo: $(STAMP)
-	$(BIN)/python -m umt.engine.demo --out runs/demo
+	$(BIN)/python -m umt.cache.demo --out runs/demo
 
 clean:
 	rm -rf $(VENV) runs

@@ -31,8 +31,8 @@ from accelerate import Accelerator
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median, write_json  # noqa: E402
 
-from umt.cache import store  # noqa: E402
-from umt.cache.reader import FeatureTable  # noqa: E402
+from umt.loaders.stored import cache_store as store  # noqa: E402
+from umt.loaders.stored.cache_reader import FeatureTable  # noqa: E402
 from umt.engine.checkpoint import save_model  # noqa: E402
 from umt.engine.config import TrainConfig  # noqa: E402
 from umt.engine.methods import Method  # noqa: E402

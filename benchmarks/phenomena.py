@@ -346,10 +346,10 @@ def mfeat_cells(out: Path, quick: bool, recipe: Recipe, overrides: dict) -> list
 
 def demo_cells(out: Path, quick: bool, data_config: SynthConfig | None = None,
                seeds: tuple[int, ...] = SEEDS) -> list[Cell]:
-    """`make demo`'s settings (engine/demo.py) on its dataset (or `data_config`), every method, one cell per
+    """`make demo`'s settings (cache/demo.py) on its dataset (or `data_config`), every method, one cell per
     training seed. Under the presence label model each method is also scored per kind of clip; video is the
     demo's weak modality (its uni-modal model learns slowly)."""
-    from umt.engine.demo import DATA, VIEW, VIEWS
+    from umt.cache.demo import DATA, VIEW, VIEWS
     from umt.loaders.making.synth import write_synth
     from umt.loaders.stored.shards import MANIFEST, load_manifest
     config = data_config or DATA
@@ -643,7 +643,7 @@ def main() -> None:
     elif args.realav:
         cells = realav_cells(Path(args.realav), args.quick)
     elif args.demo or args.demo_presence:
-        from umt.engine.demo import DATA
+        from umt.cache.demo import DATA
         data = replace(DATA, **DEMO_PRESENCE["data"]) if args.demo_presence else None
         tweaks = DEMO_PRESENCE["recipe"] if args.demo_presence and not args.quick else {}
         cells = [replace(c, recipe=replace(c.recipe, select=args.select, **tweaks)) for c in demo_cells(out, args.quick, data)]

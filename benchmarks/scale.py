@@ -24,9 +24,9 @@ import numpy as np
 import psutil
 import torch
 
-from umt.cache import store
+from umt.loaders.stored import cache_store as store
 from umt.cache.plan import cache_plan
-from umt.cache.reader import FeatureTable
+from umt.loaders.stored.cache_reader import FeatureTable
 from umt.engine import resume
 from umt.engine.config import TrainConfig
 from umt.engine.train import LoopState

@@ -31,7 +31,7 @@ from umt.loaders.stored.integrity import damaged_shards
 from umt.loaders.stored.shards import is_image_set, is_remote, load_manifest, locate, manifest_fingerprint, split_shards
 from umt.loaders.stored.views import VIEW_FIELDS, ViewPolicy, ViewSpec
 
-from . import store
+from umt.loaders.stored import cache_store as store
 
 
 class ShardViews:

@@ -10,7 +10,7 @@ from umt.loaders.errors import UserError, parse_assignments, run_cli
 from umt.loaders.making.costs import TEACHER_DIM, Cluster
 from umt.loaders.stored.shards import load_manifest, split_shards
 
-from . import store
+from umt.loaders.stored import cache_store as store
 from .builder import build
 from .plan import cache_plan
 from .verify import verify

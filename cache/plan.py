@@ -10,8 +10,8 @@ from umt.engine.config import TrainConfig
 from umt.engine.methods.umt import KINDS
 from umt.loaders.making.costs import TEACHER_DIM, Cluster, build_hours
 
-from . import store
-from .reader import rank_bytes, streams
+from umt.loaders.stored import cache_store as store
+from umt.loaders.stored.cache_reader import rank_bytes, streams
 
 
 def cache_plan(clips: int, classes: int, cluster: Cluster, views: int = 4, dims: tuple[int, ...] = (TEACHER_DIM,) * 2,

@@ -21,7 +21,7 @@ from umt.loaders.loading.pipeline import decode_views
 from umt.loaders.stored.shards import is_image_set, load_manifest, locate, manifest_fingerprint
 from umt.loaders.stored.views import ViewPolicy, ViewSpec
 
-from . import store
+from umt.loaders.stored import cache_store as store
 
 
 def verify(path: str, data_dir: str, recompute: int = 0, teachers: dict[str, str] | None = None,

@@ -1,141 +1,116 @@
-"""Training run configuration: one dataclass, saved resolved as config.yaml in every run."""
+"""Training run configuration: one dataclass, saved resolved as config.yaml in every run.
+
+TrainConfig holds the settings every method shares (declared here, SharedConfig) and each method's own (declared in
+its module's `Options`), flat: OGM-GE's `alpha` is `TrainConfig.ogm_alpha`. Each declaration (engine/options.py
+`option`) holds the default, the help and the names, from which the flags (engine/cli.py) and the YAML sections
+(engine/config_files.py) are made.
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import dataclasses
+from dataclasses import asdict, dataclass
 
-from umt.loaders.errors import UserError
 from umt.loaders.loading.bad import BAD_SAMPLE_POLICIES
 from umt.loaders.stored.views import MAX_TEST_CLIPS, MAX_TEST_CROPS, ViewSpec
 
-METHODS = ("unimodal", "joint", "umt", "ume", "ogm-ge", "gblend",
-           "mmpareto", "agm", "pmr", "dropout", "mla",
-           "mmcosine", "opm", "cml", "mbsd", "relearning", "amco", "lfm",
-           "reconboost", "greedy", "valuation")  # ume evaluates, the others train
-# The allowed values of every choice setting, declared once (the CLI's choices come from here).
-CHOICES: dict[str, tuple[str, ...]] = {
-    "method": METHODS,
-    "fusion": ("linear", "mlp", "sum", "shared"),
-    "optimizer": ("adamw", "sgd"),
-    "precision": ("auto", "no", "bf16", "fp16"),
-    "backend": ("auto", "cpu", "dali"),
-    "finish": ("auto", "workers", "device"),
-    "select": ("last", "best_val"),
-    "ume_combine": ("logits", "probs"),
-    "reconboost_head": ("mlp", "linear"),
-    "distill_targets": ("features", "logits", "both"),
-    "bad_samples": BAD_SAMPLE_POLICIES,
-    "log_with": ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "none"),
-}
-METHOD_CHOICES = ("fusion", "optimizer")  # None: the method's choice (engine/methods `resolved`)
+from .methods import ADAMW_LR, METHODS, REGISTRY, SETTINGS, SGD_LR_PER_64, authors_rates
+from .options import ConfigError, Setting, option, settings
 
-
-class ConfigError(UserError):
-    """A run configuration is inconsistent."""
+_SGD = ", ".join(name for name, cls in REGISTRY.items() if cls.optimizer == "sgd")
+_OWN_HEADS = ", ".join(f"{name}: {cls.fusions[0]}" for name, cls in REGISTRY.items() if cls.fusions[0] != "linear")
 
 
 @dataclass
-class TrainConfig:
-    data: str
-    out: str
-    method: str = "joint"
-    modalities: tuple[str, ...] = ("video", "audio")
-    epochs: int = 10
-    batch_size: int = 64
-    global_batch: int | None = None  # training samples per micro-batch over all processes (each: global / processes);
-                                     # None: batch_size per process. Fixed, it lets a run resume on another process count
-    lr: float | None = None          # None: the optimiser's default (engine/methods `default_lr`)
-    weight_decay: float = 1e-4
-    optimizer: str | None = None     # "adamw" or "sgd"; None: the optimiser of the method's official code
-    momentum: float = 0.9            # SGD's momentum (the official OGM-GE, MMPareto, PMR and MLA use 0.9)
-    nesterov: bool = False           # SGD: Nesterov momentum
-    width: int = 16
-    fusion: str | None = None        # None: the method's fusion (MLA: shared; every other method: linear)
-    seed: int = 0
-    view_seed: int | None = None     # None: `seed`, or the cache's seed when a cache is used
-    num_views: int | None = None     # training views per sample; None: a fresh view every epoch
-    view: ViewSpec = field(default_factory=ViewSpec)
-    test_clips: int = 1              # test views per sample: temporal windows (and aligned audio windows) ...
-    test_crops: int = 1              # ... x spatial crops along the long side, logits averaged (Kinetics: 10 x 3)
-    backend: str = "auto"            # video/audio decoding: "cpu" (PyAV), "dali" (NVDEC), "auto" (dali with a GPU and DALI)
-    finish: str = "auto"             # cpu backend: views resized/converted/log-mel'd in the "workers" or on the
-                                     # training "device" (workers only decode); "auto": device when it is a GPU
-    num_workers: int = 1
-    bad_samples: str = "skip"         # a training sample that fails to decode: "skip" (replaced, counted) or "error"
-    bad_samples_limit: int = 16      # with skip: stop after this many damaged samples in a row
-    distill_weight: float = 10.0     # UMT's λ (BalanceMM uses 10 with mean-reduced MSE)
-    distill: tuple[str, ...] = ()    # UMT: modalities distilled (empty: every modality with a teacher)
-    projector: bool = False          # UMT: distil through a learned linear projector (FitNets)
-    distill_targets: str = "features"  # UMT: distil teacher "features" (the paper's), "logits" or "both"
-    logit_temperature: float = 4.0   # UMT logit KL temperature T (Hinton et al. 2015's KD; T² keeps gradients' scale)
-    logit_weight: float = 1.0        # UMT: weight of T²·KL(teacher ‖ student) per modality
-    ogm_alpha: float = 0.1           # OGM-GE's α (OGM-GE repo: 0.1 VGGSound, 0.8 CREMA-D)
-    ogm_start: int = 0               # OGM-GE: first epoch of modulation
-    ogm_end: int | None = None       # OGM-GE: epoch at which modulation stops (None: never)
-    ogm_ge: bool = True              # OGM-GE: add the generalisation-enhancement noise
-    pareto_gamma: float = 1.5        # MMPareto: enlargement of the combined encoder gradient (MMPareto.py: gamma=1.5)
-    agm_alpha: float = 0.1           # AGM's α (BalanceBenchmark configs/trainer_config.yaml, AGM: alpha 0.1)
-    agm_start: int = 0               # AGM: first epoch of modulation
-    agm_end: int | None = None       # AGM: epoch at which modulation stops (None: never)
-    pmr_alpha: float = 1.0           # PMR's α, weight of the prototypical loss (main_Prototype_grad.py: --alpha 1.0)
-    pmr_momentum: float = 0.2        # PMR: share of the old prototype kept per epoch (--momentum_coef 0.2)
-    pmr_start: int = 0               # PMR: first epoch of rebalancing (--modulation_starts 0)
-    pmr_end: int | None = None       # PMR: epoch at which rebalancing stops (None: never)
-    dropout_p: float = 0.5           # modality dropout: probability that a training sample loses one modality
-    mla_projection: bool = False     # MLA: project the shared head's gradient by textbook OWM (the official
-                                     # results had no projection: engine/methods/mla.py)
-    mmcosine_scale: float = 10.0     # MMCosine's s (the authors' README: --scaling 10; BalanceBenchmark: 15)
-    opm_alpha: float = 0.5           # OPM's α (BalanceBenchmark trainer_config.yaml, OPM: alpha 0.5)
-    opm_p_exe: float = 0.7           # OPM: probability that a batch is modulated (p_exe 0.7)
-    opm_q_base: float = 0.5          # OPM: base drop probability of the dominant modality (the authors'
-                                     # scripts/train_opm.sh: 0.5; their config.py and BalanceBenchmark: 0.4)
-    opm_start: int = 0               # OPM: first modulated epoch (BalanceBenchmark 0; BML_TPAMI2024 warms up 6)
-    cml_lambda: float = 0.1          # CML's λ, weight of the confidence penalty (BalanceBenchmark, CML: lam 0.1)
-    cml_batch_clamp: bool = False    # CML: BalanceBenchmark's penalty, the batch sum clamped at 0 without the
-                                     # trick-1 mask (default: the authors', clamped per sample and masked)
-    relearn_lambda: float = 3.0      # Re-learning's λ in tanh(λ·purity gap) (BalanceBenchmark: move_lambda 3)
-    relearn_every: int | None = None  # Re-learning: epochs between re-initialisations; None: the authors' 20 of
-                                      # 90 epochs scaled to the run, round(20 · epochs / 90) (BalanceBenchmark: 15)
-    relearn_times: int = 3           # Re-learning: how many re-initialisations at most (the authors' reinit_num 3;
-                                     # BalanceBenchmark: 2)
-    amco_sigma: float = 0.5          # AMCo: softmax-mass share above which a modality counts as depended on (sigma 0.5)
-    amco_eps: float = 0.3            # AMCo: ε of the mask ratio's sine ramp (eps 0.3)
-    amco_score_sum: bool = False     # AMCo: evaluate the fused logits Σu, as BalanceBenchmark's validation_step
-                                     # (default: A(Σu), the prediction the fused loss trains)
-    lfm_lr_alpha: float = 1e-4       # LFM: step size of the alignment weight's update (the authors' lr_alpha)
-    lfm_alpha: float = 0.95          # LFM: the alignment weight's start (the authors' cls_k [0.05, 0.95];
-                                     # BalanceBenchmark: 0.05)
-    reconboost_alpha: float = 0.5    # ReconBoost: weight of the (gradient-free) ga term (BalanceBenchmark: alpha 0.5)
-    reconboost_w1: float = 5.0       # ReconBoost: weight of the boosted learner's own log-likelihood (weight1 5)
-    reconboost_w2: float = 1.0       # ReconBoost: weight of the term against the others' ensemble (weight2 1)
-    reconboost_epochs: int | None = None  # ReconBoost: epochs per phase, T; None: the authors' 4 (epochs_per_stage,
-                                          # correct_epoch), fewer when the run is shorter than one cycle of
-                                          # 4-epoch phases (BalanceBenchmark: T_epochs 1)
-    reconboost_rate: float = 1.0     # ReconBoost: the learned rate ρ's start (the authors' boost_rate 1.0; BB: 0.01)
-    reconboost_head: str = "mlp"     # ReconBoost: the shared head, "mlp" D→D/2→C (the authors' 512→256→C) or
-                                     # "linear" (BalanceBenchmark's)
-    greedy_epsilon: float = 0.01     # Greedy: |d_BDR| above which re-balancing steps start (the authors'
-                                     # Bias_Mitigation_Strong.epsilon 0.01; BalanceBenchmark's alpha 0.001)
-    greedy_window: int = 5           # Greedy: optimiser steps of each re-balancing window (curation_windowsize 5)
-    greedy_start: int = 1            # Greedy: first epoch (from 0) that may re-balance (the authors' starting_epoch
-                                     # 2, counted from 1)
-    valuation_warmup: int = 5        # Modality-valuation: epochs of plain joint training before sample
-                                     # valuation starts (the authors' --warmup 5)
-    ume_combine: str = "logits"      # UME: average "logits" or "probs"
-    ume_fit_weights: bool = False    # UME: fit per-member weights on the validation split
-    cache: str | None = None         # UMT targets from `umt-cache build`
-    cache_budget_gb: float = 8.0     # hold the cache whole in memory up to this size, else stream shards
-    teachers: dict[str, str] = field(default_factory=dict)  # modality → uni-modal checkpoint
-    members: dict[str, str] = field(default_factory=dict)   # UME: modality → uni-modal checkpoint
-    max_steps: int | None = None     # stop after this many optimiser steps
-    grad_accum: int = 1              # micro-batches per optimiser step
-    precision: str = "auto"          # "auto" (bf16 on GPU, fp32 on CPU), "no", "bf16" or "fp16"
-    checkpoint_every: int = 0        # steps between training-state checkpoints (0: end of each epoch only)
-    resume: str | None = None        # "latest" (this run directory's last checkpoint) or a checkpoint path
-    log_every: int = 10
-    probe: bool = True               # linear probes of each encoder at the end (test split)
-    select: str = "last"             # final model: "last" epoch, or "best_val" (the epoch of best validation top-1)
-    probe_every: int = 0             # also probe on the validation split every N epochs (0: never)
-    log_with: str = "tensorboard"    # Accelerate tracker for metrics (metrics.jsonl is always written)
+class SharedConfig:
+    """The settings every method shares, each declared once: its default, help (the flag's), YAML section and key
+    (engine/config_files.py) and flag (engine/cli.py). TrainConfig adds each method's own."""
+
+    data: str = option(dataclasses.MISSING, "shard directory (umt-data synth / pack)", section="data", key="path")
+    out: str = option(dataclasses.MISSING, "run directory", section="run", key="out")
+    method: str = option("joint", "the method (the list below)", choices=METHODS, section="method", key="name")
+    backend: str = option("auto", "training-loader decoding of video/audio: cpu (PyAV workers), dali (NVDEC on the "
+                          "GPU; not yet run on a GPU: README, Status), auto (dali when a GPU and DALI are present)",
+                          choices=("auto", "cpu", "dali"), section="data", key="backend")
+    finish: str = option("auto", "cpu backend: where each view is resized, colour-converted and turned into a "
+                         "log-mel: in the decoding workers (CPU), or on the training device, batched (the workers "
+                         "only decode: at 224 px / 16 frames / 10 s audio they ship 1.5x the clips a second; same "
+                         "views to the bit, log-mels to float rounding; on a CPU it is slow, about 100 ms a view: for "
+                         "checks); auto: device when training on a GPU (not yet run on a GPU: README, Status)",
+                         choices=("auto", "workers", "device"), section="data", key="finish")
+    num_workers: int = option(1, "decoding processes", flag="--workers", section="data", key="workers")
+    bad_samples: str = option("skip", "a training sample that fails to decode: skip (another sample of its batch "
+                              "takes its place, so every rank runs the planned batches; each is named in a warning "
+                              "and counted in metrics.jsonl, results.json and report.md) or error (stop, naming shard "
+                              "and sample). cpu backend; dali, image and vector sets stop at one. Evaluation always "
+                              "stops", choices=BAD_SAMPLE_POLICIES, section="data", key="bad_samples")
+    bad_samples_limit: int = option(16, "with skip: stop after this many damaged samples in a row (the data is "
+                                    "plainly broken)", section="data", key="bad_samples_limit")
+    view_seed: int | None = option(None, "seed of the augmented views (default: --seed, or the cache's)",
+                                   section="data", key="view_seed")
+    num_views: int | None = option(None, "train on views 0..V-1 only (default: fresh views each epoch, or the "
+                                   "cache's V)", section="data", key="num_views")
+    view: ViewSpec = option(ViewSpec(), "the view spec (its flags: one per field)", flag="", section="data",
+                            key="view")
+    test_clips: int = option(1, "test protocol: T temporal windows per sample, evenly spaced from the clip's start "
+                             "to its end (audio windows aligned), logits averaged over T x C views (Kinetics "
+                             "literature: 10 x 3; default one centre view)", section="data", key="test_clips")
+    test_crops: int = option(1, "test protocol: C spatial crops per window, along the frame's long side (3: "
+                             "left/centre/right; 1: centre)", section="data", key="test_crops")
+    modalities: tuple[str, ...] = option(("video", "audio"), "modality to use, repeatable (default: video and "
+                                         "audio)", flag="--modality", metavar="MODALITY", section="model",
+                                         key="modalities")
+    width: int = option(16, "ResNet-18 base width; features are 8x this (64 gives the paper's 512-d)",
+                        section="model", key="width")
+    fusion: str | None = option(None, f"fusion head (default: the method's; linear but {_OWN_HEADS}): linear or mlp "
+                                "on the concatenated features (linear: the paper's; mlp can read paired cues), sum of "
+                                "per-modality linear heads' logits, or shared: one linear head for every modality, "
+                                "their logits weighted per sample by exp(-entropy) (MLA's; needs equal feature dims)",
+                                choices=("linear", "mlp", "sum", "shared"), section="model", key="fusion")
+    optimizer: str | None = option(None, f"optimiser (default: the one of the method's official code: sgd for "
+                                   f"{_SGD}; adamw for the others)", choices=("adamw", "sgd"), flag="--optim",
+                                   section="optim", key="name")
+    epochs: int = option(10, "training epochs", section="optim", key="epochs")
+    batch_size: int = option(64, "per process (evaluation always; training unless --global-batch is set)",
+                             section="optim", key="batch_size")
+    global_batch: int | None = option(None, "training samples per micro-batch over all processes, each taking "
+                                      "global / processes: the run can then resume on another number of processes",
+                                      section="optim", key="global_batch")
+    grad_accum: int = option(1, "micro-batches per optimiser step (windows stay inside an epoch; the effective batch "
+                             "is batch size x grad accum x processes)", section="optim", key="grad_accum")
+    max_steps: int | None = option(None, "stop after this many optimiser steps (each of --grad-accum "
+                                   "micro-batches)", section="optim", key="max_steps")
+    precision: str = option("auto", "mixed precision (auto: bf16 on GPU, fp32 on CPU)",
+                            choices=("auto", "no", "bf16", "fp16"), section="optim", key="precision")
+    # each optimiser's own, in its block of `optim` (engine/config_files.py OPTIMISERS)
+    lr: float | None = option(None, f"peak learning rate, cosine decay (default: AdamW {ADAMW_LR:g}; SGD "
+                              f"{SGD_LR_PER_64:g} per 64 samples of an optimiser step's batch, the linear scaling "
+                              "rule's 0.1 per 256, the batch being the global batch (batch size x processes without "
+                              "--global-batch) times --grad-accum; every method alike, as the authors' own rates — "
+                              f"{authors_rates()} — come with 70-800 epochs of step decay and barely train in a few "
+                              "epochs)", section="optim")
+    weight_decay: float = option(1e-4, "weight decay (AdamW's decoupled, SGD's L2)", section="optim")
+    momentum: float = option(0.9, "SGD momentum (the official OGM-GE, MMPareto, PMR and MLA use 0.9)",
+                             section="optim")
+    nesterov: bool = option(False, "SGD with Nesterov momentum", section="optim")
+    seed: int = option(0, "seed of the model's initialisation and the data's order", section="run", key="seed")
+    log_every: int = option(10, "optimiser steps between loss records", section="run", key="log_every")
+    checkpoint_every: int = option(0, "optimiser steps between training-state checkpoints in "
+                                   "OUT/checkpoints/last.pt (default: end of each epoch)", section="run",
+                                   key="checkpoint_every")
+    resume: str | None = option(None, "continue a killed run: 'latest' resumes OUT's last checkpoint (and starts "
+                                "fresh if there is none); the configuration must be the same", metavar="latest|PATH",
+                                section="run", key="resume")
+    select: str = option("last", "final model: the last epoch's, or the epoch with the best validation top-1 (early "
+                         "stopping without stopping; every method alike)", choices=("last", "best_val"),
+                         section="run", key="select")
+    probe: bool = option(True, "linear probes of each encoder at the end (test split); --no-probe skips them",
+                         section="run", key="probe")
+    probe_every: int = option(0, "also probe each encoder on the validation split every N epochs (costs one pass "
+                              "over the training split)", section="run", key="probe_every")
+    log_with: str = option("tensorboard", "Accelerate tracker that also receives the metrics (default tensorboard, "
+                           "in OUT/tensorboard; metrics.jsonl is always written; others need their package "
+                           "installed)", choices=("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml",
+                                                  "dvclive", "none"), section="run", key="log_with")
 
     def validate(self) -> None:
         """Settings every method shares; each method checks its own (engine/methods, engine/ume.py)."""
@@ -168,3 +143,14 @@ class TrainConfig:
         data["modalities"] = list(self.modalities)
         data["distill"] = list(self.distill)
         return data
+
+
+SHARED_SETTINGS: tuple[Setting, ...] = tuple(settings("", SharedConfig))
+# The allowed values of every choice setting (the CLI's choices come from here).
+CHOICES: dict[str, tuple[str, ...]] = {s.attr: s.choices for s in (*SHARED_SETTINGS, *SETTINGS) if s.choices}
+METHOD_CHOICES = ("fusion", "optimizer")  # None: the method's choice (engine/methods `resolved`)
+
+TrainConfig = dataclasses.make_dataclass(
+    "TrainConfig", [(s.attr, s.type, s.new_field()) for s in SETTINGS], bases=(SharedConfig,),
+    namespace={"__doc__": "A run's configuration: the shared settings and every method's own (engine/options.py)."})
+TrainConfig.__module__ = __name__

@@ -1,7 +1,8 @@
 """YAML run configs: small files over built-in defaults, dotted overrides, strict checking.
 
 A config file groups TrainConfig's settings in sections (the names users edit); each method's
-knobs have their own section, read only by that method:
+knobs have their own section, named after the method ("-" as "_"), read only by that method and declared in
+its module (`Options`, engine/options.py; `umt-train --print-config` shows them all):
 
     data:   path, backend, finish, workers, bad_samples, bad_samples_limit, view_seed, num_views, view: {frames, ...},
             test_clips, test_crops
@@ -12,23 +13,7 @@ knobs have their own section, read only by that method:
             sgd:   {lr, momentum, weight_decay, nesterov}
             (lr null: the optimiser's default, engine/methods `default_lr`)
     method: name
-    umt:    lambda, distill, projector, cache, cache_budget_gb, teachers, targets, temperature, logit_weight
-    ogm_ge: alpha, start, end, ge
-    mmpareto: gamma
-    agm:    alpha, start, end
-    pmr:    alpha, momentum, start, end
-    dropout: p
-    mla:    projection
-    mmcosine: scale
-    opm:    alpha, p_exe, q_base, start
-    cml:    lambda, batch_clamp
-    relearning: lambda, every (null: scaled to the run), times
-    amco:   sigma, eps, score_sum
-    lfm:    lr_alpha, alpha
-    reconboost: alpha, w1, w2, epochs, rate, head
-    greedy: epsilon, window, start
-    valuation: warmup
-    ume:    members, combine, fit_weights
+    umt, ogm_ge, mmpareto, ...: each method's own settings (umt: lambda, distill, projector, cache, ...)
     run:    out, seed, log_every, checkpoint_every, resume, select, probe, probe_every, log_with
 
 A config serves either optimiser: a run reads the block of its optimiser (optim.name, or the method's
@@ -51,41 +36,14 @@ import yaml
 
 from umt.loaders.stored.views import ViewSpec
 
-from .config import ConfigError, TrainConfig
+from .config import SHARED_SETTINGS, ConfigError, TrainConfig
+from .methods import SETTINGS, run_optimizer
 
+SHARED = ("data", "model", "optim", "method", "run")  # the sections every trainable method reads
+# section → {key: TrainConfig field}: the shared sections, then each method's own (named after it), then `run`
 SECTIONS: dict[str, dict[str, str]] = {
-    "data": {"path": "data", "backend": "backend", "finish": "finish", "workers": "num_workers", "bad_samples": "bad_samples",
-             "bad_samples_limit": "bad_samples_limit",
-             "view_seed": "view_seed", "num_views": "num_views", "view": "view", "test_clips": "test_clips",
-             "test_crops": "test_crops"},
-    "model": {"modalities": "modalities", "width": "width", "fusion": "fusion"},
-    "optim": {"name": "optimizer", "epochs": "epochs", "batch_size": "batch_size", "global_batch": "global_batch",
-              "grad_accum": "grad_accum", "max_steps": "max_steps", "precision": "precision"},
-    "method": {"name": "method"},
-    "umt": {"lambda": "distill_weight", "distill": "distill", "projector": "projector", "cache": "cache",
-            "cache_budget_gb": "cache_budget_gb", "teachers": "teachers", "targets": "distill_targets",
-            "temperature": "logit_temperature", "logit_weight": "logit_weight"},
-    "ogm_ge": {"alpha": "ogm_alpha", "start": "ogm_start", "end": "ogm_end", "ge": "ogm_ge"},
-    "mmpareto": {"gamma": "pareto_gamma"},
-    "agm": {"alpha": "agm_alpha", "start": "agm_start", "end": "agm_end"},
-    "pmr": {"alpha": "pmr_alpha", "momentum": "pmr_momentum", "start": "pmr_start", "end": "pmr_end"},
-    "dropout": {"p": "dropout_p"},
-    "mla": {"projection": "mla_projection"},
-    "mmcosine": {"scale": "mmcosine_scale"},
-    "opm": {"alpha": "opm_alpha", "p_exe": "opm_p_exe", "q_base": "opm_q_base", "start": "opm_start"},
-    "cml": {"lambda": "cml_lambda", "batch_clamp": "cml_batch_clamp"},
-    "relearning": {"lambda": "relearn_lambda", "every": "relearn_every", "times": "relearn_times"},
-    "amco": {"sigma": "amco_sigma", "eps": "amco_eps", "score_sum": "amco_score_sum"},
-    "lfm": {"lr_alpha": "lfm_lr_alpha", "alpha": "lfm_alpha"},
-    "reconboost": {"alpha": "reconboost_alpha", "w1": "reconboost_w1", "w2": "reconboost_w2",
-                   "epochs": "reconboost_epochs", "rate": "reconboost_rate", "head": "reconboost_head"},
-    "greedy": {"epsilon": "greedy_epsilon", "window": "greedy_window", "start": "greedy_start"},
-    "valuation": {"warmup": "valuation_warmup"},
-    "ume": {"members": "members", "combine": "ume_combine", "fit_weights": "ume_fit_weights"},
-    "run": {"out": "out", "seed": "seed", "log_every": "log_every", "checkpoint_every": "checkpoint_every",
-            "resume": "resume", "select": "select", "probe": "probe", "probe_every": "probe_every",
-            "log_with": "log_with"},
-}
+    section: {s.key: s.attr for s in (*SHARED_SETTINGS, *SETTINGS) if s.section == section and s.key}
+    for section in dict.fromkeys([*SHARED[:-1], *(s.section for s in SETTINGS), SHARED[-1]])}
 # Each optimiser's settings, in its block of `optim` (optim.adamw.lr, optim.sgd.momentum, ...).
 OPTIMISERS: dict[str, dict[str, str]] = {
     "adamw": {"lr": "lr", "weight_decay": "weight_decay"},
@@ -100,7 +58,6 @@ assert sorted([*_FIELD_OF.values(), *_OPTIMISER_FIELDS]) == sorted(f.name for f 
 # Who reads what, declared once: every trainable method reads the shared sections, a method's own section
 # (named after it, "-" as "_") is read by that method alone, and `ume`, which evaluates and never trains,
 # reads only EVALUATION of the shared sections. umt-train warns of a flag the chosen method does not read (engine/cli.py `_unread`).
-SHARED = ("data", "model", "optim", "method", "run")
 EVALUATION = frozenset({"data", "out", "method", "view", "batch_size", "num_workers", "probe"})
 
 
@@ -207,7 +164,6 @@ def load(path: str | None, overrides: list[str]) -> TrainConfig:
                   for key, name in keys.items()} for o, keys in OPTIMISERS.items()}
     # the run's optimiser's block (an AdamW run keeps SGD's momentum and nesterov at their defaults); an unknown
     # optimiser name reads none, and validate() refuses it
-    from .methods import run_optimizer  # not at import: the methods import the config
     values.update(blocks.get(run_optimizer(values["method"], values["optimizer"]) or "adamw", {}))  # ume: adamw's
     if not values["data"] or not values["out"]:
         raise ConfigError("data.path and run.out must be set (in the file or as overrides)")

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 VIDEO_MEAN = (0.45, 0.45, 0.45)
@@ -151,54 +150,43 @@ def entropy_weights(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(-entropy, dim=0)
 
 
-class MMTM(nn.Module):
-    """Multimodal transfer module (Joze et al., CVPR 2020) on pooled features: each modality's feature is
-    rescaled unit by unit by a sigmoid gate computed from every modality's feature,
-        h = ReLU(W_s [f_1, ..., f_M] + b_s),   g_m = σ(W_m h + b_m),   f'_m = g_m ⊙ f_m,
-    with h of 2·Σ_m D_m / ratio units. The gates are how one modality's information reaches another's
-    branch (Greedy's "bypass"). While training with `caring` set to a modality, that modality's gate is
-    the running mean of its past gates instead (one constant vector for every sample), which cuts the
-    other modalities out of its branch; evaluation always uses the computed gates. The running means
-    (buffers, so they are checkpointed with the model) are updated by the method that trains the
-    module (Greedy, engine/methods/greedy.py), from the gates of all ranks.
-    """
+class ModelPart:
+    """What one method adds to the late-fusion model, switched on by a ModelConfig field: the method's module
+    registers it in PARTS under that field, so its checkpoints are rebuilt alike wherever they are loaded."""
 
-    def __init__(self, dims: dict[str, int], ratio: int = 4):
-        super().__init__()
-        self.dims = dict(dims)
-        total = sum(dims.values())
-        self.squeeze = nn.Linear(total, int(2 * total / ratio))
-        self.excite = nn.ModuleDict({m: nn.Linear(self.squeeze.out_features, d) for m, d in dims.items()})
-        self.register_buffer("running", torch.zeros(total))     # per modality, concatenated in `dims` order
-        self.register_buffer("seen", torch.zeros((), dtype=torch.long))  # micro-batches averaged into it
-        self.caring: str | None = None
+    fusion: str | None = None  # the fusion head it works on (None: any)
 
-    def gates(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """g_m for each modality, [B, D_m]."""
-        hidden = torch.relu(self.squeeze(torch.cat([feats[m] for m in self.dims], dim=1)))
-        return {m: torch.sigmoid(excite(hidden)) for m, excite in self.excite.items()}
+    def head(self, net: LateFusionNet, dim: int) -> nn.Module | None:
+        """The fusion head in place of the plain one (None: the plain one)."""
+        return None
 
-    def running_gates(self) -> dict[str, torch.Tensor]:
-        """The running mean of each modality's gate, [D_m]."""
-        return dict(zip(self.dims, self.running.split(list(self.dims.values()))))
+    def build(self, net: LateFusionNet) -> None:
+        """Add the part's modules and parameters to `net`, after its heads."""
 
-    @torch.no_grad()
-    def remember(self, mean_gates: torch.Tensor) -> None:
-        """Fold one micro-batch's mean gates (concatenated in `dims` order) into the running means."""
-        self.running.copy_((mean_gates + self.running * self.seen) / (self.seen + 1))
-        self.seen += 1
+    def features(self, net: LateFusionNet, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The features the fusion head reads."""
+        return feats
 
-    def forward(self, feats: dict[str, torch.Tensor],
-                gates: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """The rescaled features; `gates`: this batch's `gates(feats)` when the caller has them already."""
-        gates = dict(self.gates(feats) if gates is None else gates)
-        if self.training and self.caring is not None:
-            # a copy: the buffer is updated in place after this forward, before its backward pass; plus 0 × the
-            # computed gate, so its parameters take part in the backward pass (DDP expects every parameter's
-            # gradient; Greedy drops these zeros before the optimiser step, as the branch's gate was never used)
-            computed = gates[self.caring]
-            gates[self.caring] = self.running_gates()[self.caring].clone().expand_as(computed) + 0 * computed
-        return {m: feats[m] * gates[m] for m in self.dims}
+    def fuse(self, net: LateFusionNet, feats: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The fused logits in place of the head's (None: the head's)."""
+        return None
+
+    def scored(self, net: LateFusionNet, logits: torch.Tensor) -> torch.Tensor:
+        """The model's prediction from the fused logits."""
+        return logits
+
+
+PARTS: dict[str, ModelPart] = {}  # ModelConfig field → the part it switches on (filled by engine/methods modules)
+
+
+def _parts(cfg: ModelConfig) -> list[ModelPart]:
+    """The parts `cfg` switches on."""
+    from . import methods  # noqa: F401  (importing the methods registers their parts)
+    on = {name: part for name, part in PARTS.items() if getattr(cfg, name)}
+    for name, part in on.items():
+        if part.fusion not in (None, cfg.fusion):
+            raise ValueError(f"{name} needs fusion {part.fusion!r}, got {cfg.fusion!r}")
+    return list(on.values())
 
 
 class LateFusionNet(nn.Module):
@@ -207,69 +195,72 @@ class LateFusionNet(nn.Module):
         self.cfg = cfg
         self.encoders = nn.ModuleDict({m: cfg.encoder(m) for m in cfg.modalities})
         dim = sum(enc.out_dim for enc in self.encoders.values())
-        if cfg.cosine_scale and cfg.fusion != "linear":
-            raise ValueError(f"a cosine head (cosine_scale) needs fusion 'linear', got {cfg.fusion!r}")
-        if cfg.boost_rate and cfg.fusion != "shared":
-            raise ValueError(f"a boosted sum (boost_rate) needs fusion 'shared', got {cfg.fusion!r}")
-        if cfg.fusion == "linear":
-            self.head = nn.Linear(dim, cfg.num_classes, bias=not cfg.cosine_scale)
+        self.parts = _parts(cfg)
+        if cfg.fusion == "shared":
+            dims = {m: enc.out_dim for m, enc in self.encoders.items()}
+            if len(set(dims.values())) != 1:
+                raise ValueError(f"fusion 'shared' needs equal feature dims, got {dims}")
+            dim = next(iter(dims.values()))
+        own = [head for part in self.parts if (head := part.head(self, dim)) is not None]
+        if own:
+            self.head = own[0]
+        elif cfg.fusion in ("linear", "shared"):
+            self.head = nn.Linear(dim, cfg.num_classes)
         elif cfg.fusion == "mlp":
             self.head = nn.Sequential(nn.Linear(dim, cfg.hidden), nn.ReLU(inplace=True),
                                       nn.Linear(cfg.hidden, cfg.num_classes))
         elif cfg.fusion == "sum":
             self.head = nn.ModuleDict({m: nn.Linear(enc.out_dim, cfg.num_classes) for m, enc in self.encoders.items()})
-        elif cfg.fusion == "shared":
-            dims = {m: enc.out_dim for m, enc in self.encoders.items()}
-            if len(set(dims.values())) != 1:
-                raise ValueError(f"fusion 'shared' needs equal feature dims, got {dims}")
-            dim = next(iter(dims.values()))
-            self.head = nn.Sequential(nn.Linear(dim, dim // 2), nn.ReLU(inplace=True),
-                                      nn.Linear(dim // 2, cfg.num_classes)) if cfg.shared_mlp else \
-                nn.Linear(dim, cfg.num_classes)
         else:
             raise ValueError(f"fusion must be 'linear', 'mlp', 'sum' or 'shared', got {cfg.fusion!r}")
         self.aux_heads = nn.ModuleDict({m: nn.Linear(enc.out_dim, cfg.num_classes) for m, enc in self.encoders.items()}
                                        if cfg.aux_heads else {})
         self.projectors = nn.ModuleDict({m: nn.Linear(self.encoders[m].out_dim, self.encoders[m].out_dim)
                                          for m in cfg.projector})
-        self.logit_map = nn.Linear(cfg.num_classes, cfg.num_classes) if cfg.logit_map else None
-        self.rate = nn.Parameter(torch.tensor(float(cfg.boost_rate))) if cfg.boost_rate else None
-        self.mmtm = MMTM({m: enc.out_dim for m, enc in self.encoders.items()}) if cfg.mmtm else None
+        for part in self.parts:
+            part.build(self)
 
     def features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {m: enc(batch[m]) for m, enc in self.encoders.items()}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Fused logits and each modality's pooled feature (the UMT distillation point)."""
+        """The model's prediction (the fused logits, or what a method's part makes of them) and each modality's
+        pooled feature (the UMT distillation point)."""
         feats = self.features(batch)
         logits = self.fuse(feats)
-        return (self.logit_map(logits) if self.logit_map is not None and self.cfg.logit_map_scored else logits), feats
+        for part in self.parts:
+            logits = part.scored(self, logits)
+        return logits, feats
 
     def fuse(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         """The fusion head's logits from each modality's feature (a uni-modal model: its classifier's logits;
-        methods that change features before fusion, e.g. modality dropout, call it on their own). With an
-        MMTM (Greedy), the features are rescaled by it first."""
-        if self.mmtm is not None:
-            feats = self.mmtm(feats)
-        if self.cfg.cosine_scale:
-            return sum(self.cosine_logits(feats).values())
+        methods that change features before fusion, e.g. modality dropout, call it on their own), through the
+        parts of the method's model (Greedy's MMTM rescales the features first, MMCosine's head replaces the
+        logits)."""
+        for part in self.parts:
+            feats = part.features(self, feats)
+        for part in self.parts:
+            if (logits := part.fuse(self, feats)) is not None:
+                return logits
         if self.cfg.fusion == "sum":
             return sum(self.head[m](feats[m]) for m in self.cfg.modalities)
-        if self.rate is not None:
-            return self.rate * sum(self.head(feats[m]) for m in self.cfg.modalities)
         if self.cfg.fusion == "shared":
             logits = torch.stack([self.head(feats[m]) for m in self.cfg.modalities])  # [M, B, C]
             return (entropy_weights(logits)[..., None] * logits).sum(0)
         return self.head(torch.cat([feats[m] for m in self.cfg.modalities], dim=1))
 
-    def cosine_logits(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """MMCosine's per-modality logits s·cos(f_m, W_m,c): the feature and each class's row of the head's
-        block for modality m, both L2-normalised, so no modality wins by the norm of its features or weights."""
+    def modality_logits(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each modality's additive share of the fused logits, W_m f_m + b/M (linear or sum fusion only): what
+        OGM-GE, OPM, LFM, AMCo and MBSD weigh the modalities by."""
+        mods = self.cfg.modalities
+        if self.cfg.fusion == "sum":
+            return {m: self.head[m](feats[m]) for m in mods}
+        if self.cfg.fusion != "linear":
+            raise ValueError("modality logits need fusion 'linear' or 'sum', whose logits split by modality")
         out, start = {}, 0
-        for m in self.cfg.modalities:
+        for m in mods:
             dim = feats[m].shape[1]
-            weight = F.normalize(self.head.weight[:, start:start + dim], dim=1)
-            out[m] = self.cfg.cosine_scale * F.normalize(feats[m], dim=1) @ weight.T
+            out[m] = feats[m] @ self.head.weight[:, start:start + dim].T + self.head.bias / len(mods)
             start += dim
         return out
 

@@ -23,14 +23,15 @@ import torch
 
 from . import config_files
 from .config import ConfigError, TrainConfig
+from .methods import SETTINGS
 
 LAST = "last.pt"
 # Settings a resumed run may change without changing what it computes.
 FREE = {"resume", "log_every", "probe", "probe_every", "log_with"}
-# What runs did before a setting existed, where that is not the setting's default.
-# (for the runs that read it: a CML run from before `cml_batch_clamp` clamped the batch's sum; a joint run, nothing)
-BEFORE = {"optimizer": "adamw", "cml_batch_clamp": True, "lfm_alpha": 0.05, "reconboost_rate": 0.01,
-          "reconboost_head": "linear"}
+# What runs did before a setting existed, where that is not the setting's default (for the runs that read it: a
+# CML run from before `cml_batch_clamp` clamped the batch's sum; a joint run, nothing). A method's own settings
+# declare theirs (engine/options.py `option(before=...)`).
+BEFORE = {"optimizer": "adamw", **{s.attr: s.before for s in SETTINGS if s.before is not None}}
 
 
 def checkpoint_path(out: str | Path) -> Path:

@@ -3,14 +3,14 @@ batch's exact views.
 
 Two sources give the same signal (up to float16 rounding): `CachedTargets` gathers rows of a table
 built by `umt-cache build`; `OnlineTeachers` runs the teachers on the batch. Both return
-{kind: {modality: [B, ...] float32}} for the asked kinds ("features", "logits"; cache/store.KINDS).
+{kind: {modality: [B, ...] float32}} for the asked kinds ("features", "logits"; loaders/stored/cache_store.py KINDS).
 """
 from __future__ import annotations
 
 import torch
 
-from umt.cache import store
-from umt.cache.reader import FeatureTable, Targets
+from umt.loaders.stored import cache_store as store
+from umt.loaders.stored.cache_reader import FeatureTable, Targets
 from umt.loaders.stored.shards import load_manifest, manifest_fingerprint
 from umt.loaders.stored.views import ViewSpec
 

@@ -7,15 +7,27 @@ members). No joint training at all.
 from __future__ import annotations
 
 import itertools
+from typing import TYPE_CHECKING
 
 import torch
 
 from umt.loaders.stored.views import ViewSpec
 
 from .checkpoint import check_views, load_model
-from .config import ConfigError, TrainConfig
 from .evaluate import evaluate_split, final_evaluation, top1
 from .models import LateFusionNet
+from .options import ConfigError, MethodOptions, option
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
+
+SUMMARY = "evaluation only (never trains): average the logits of uni-modal --member checkpoints"
+
+
+class Options(MethodOptions):
+    members: dict[str, str] = option({}, "UME member", attr="members", flag="--member", metavar="MODALITY=CKPT")
+    combine: str = option("logits", "UME: average logits or probabilities", choices=("logits", "probs"))
+    fit_weights: bool = option(False, "UME: fit member weights on the validation split")
 
 
 def check(cfg: TrainConfig) -> None:

@@ -10,8 +10,8 @@ import zarr
 
 from umt.cache.builder import _check_room
 from umt.cache.cli import main as cache_main
-from umt.cache.reader import FeatureTable
-from umt.cache.store import CacheError, open_group
+from umt.loaders.stored.cache_reader import FeatureTable
+from umt.loaders.stored.cache_store import CacheError, open_group
 from umt.engine.cli import main as train_main
 
 from conftest import MODEL_ARGS, accelerate_launch, kill_when, synth

@@ -68,7 +68,7 @@ def test_config_run_saves_the_resolved_config(data, tmp_path):
 
 
 def test_demo_config_file_matches_the_demo():
-    from umt.engine.demo import VIEW
+    from umt.cache.demo import VIEW
     cfg = load(str(CONFIGS / "synth-demo.yaml"), [])
     assert (cfg.view, cfg.width, cfg.fusion, cfg.epochs, cfg.batch_size) == (VIEW, 8, "mlp", 6, 32)
 
@@ -132,3 +132,45 @@ def test_every_method_trains_from_every_shipped_config(name):
             block = text["optim"][resolved(cfg).optimizer]
             assert (cfg.lr, cfg.weight_decay) == (block["lr"], block["weight_decay"]), (method, optimiser)
     assert text["model"].get("fusion") == PINS_FUSION.get(name)
+
+
+def _other_value(setting):
+    """A value of `setting` other than its default, as a flag's argument and as a YAML value (None: a switch)."""
+    kind = setting.base_type
+    if kind is bool:
+        return None, str(not setting.default).lower(), not setting.default
+    if setting.choices:
+        value = next(c for c in setting.choices if c != setting.default)
+        return value, f"'{value}'", value  # quoted: YAML reads a bare `no` (precision) as false
+    if setting.type == tuple[str, ...]:
+        return "video", "[video]", ("video",)
+    if setting.type == dict[str, str]:
+        return "video=v.pt", "{video: v.pt}", {"video": "v.pt"}
+    value = {int: 7, float: 0.25, str: "x"}[kind]
+    return str(value), str(value), value
+
+
+def test_each_setting_is_one_flag_and_one_yaml_key_and_a_methods_own_is_read_by_it_alone():
+    """The CLI, the YAML sections and who reads what all come from each setting's declaration (engine/options.py):
+    the shared ones' in engine/config.py, each method's in its module."""
+    from umt.engine.config import SHARED_SETTINGS
+    from umt.engine.config_files import settings_read
+    from umt.engine.methods import METHODS, SETTINGS
+    flagged = [s for s in (*SHARED_SETTINGS, *SETTINGS) if s.flag]
+    assert len({s.attr for s in flagged}) == len({s.flag for s in flagged}) == len(flagged)
+    for s in flagged:
+        if s.attr in ("data", "out", "method"):
+            continue
+        arg, text, value = _other_value(s)
+        method = s.method or "joint"
+        cfg, ignored = parse_run(["--data", "d", "--out", "o", "--method", method, s.flag, *([arg] if arg else [])])
+        assert (getattr(cfg, s.attr), ignored) == (value, []), s.flag
+        key = f"{s.section}.{s.key}" if s.key else f"optim.sgd.{s.attr}"  # an optimiser's: in its block
+        assert getattr(load(None, ["data.path=d", "run.out=o", "optim.name=sgd", f"{key}={text}"]), s.attr) == value
+        if s.method:
+            assert [m for m in METHODS if s.attr in settings_read(m)] == [s.method]
+
+
+def test_the_methods_tables_of_the_docs_are_generated_from_the_registry():
+    from umt.engine.method_docs import DOC, rewritten
+    assert DOC.read_text() == rewritten(DOC.read_text()), "run: python -m umt.engine.method_docs"

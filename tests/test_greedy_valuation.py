@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from umt.engine.config import ConfigError, TrainConfig
 from umt.engine.evaluate import collect
 from umt.engine.methods import method_for, resolved
-from umt.engine.methods.greedy import bdr_gap, learning_speed
+from umt.engine.methods.greedy import MMTM, bdr_gap, learning_speed
 from umt.engine.methods.valuation import copies, shapley_values
-from umt.engine.models import MMTM, LateFusionNet, ModelConfig
+from umt.engine.models import LateFusionNet, ModelConfig
 from umt.loaders.stored.shards import load_manifest, modality_inputs
 
 MODS = ("a", "b")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from umt.cache.cli import main as cache_main
-from umt.engine.balancing import modality_logits, modulate_gradients, ogm_coefficients
+from umt.engine.methods.ogm_ge import modulate_gradients, ogm_coefficients
 from umt.engine.cli import main as train_main
 from umt.engine.evaluate import linear_probe
 from umt.engine.guide import main as guide_main
@@ -83,7 +83,7 @@ def test_ogm_coefficient_is_the_papers_k_on_fused_logit_shares():
     net, batch, labels = _ogm_net()
     with torch.no_grad():
         _, feats = net(batch)
-        shares = modality_logits(net, feats)
+        shares = net.modality_logits(feats)
     score = {m: s.softmax(1)[torch.arange(12), labels].sum().item() for m, s in shares.items()}
     strong, weak = sorted(score, key=score.get, reverse=True)
     k = ogm_coefficients(shares, labels, alpha=0.8)

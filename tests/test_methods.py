@@ -95,7 +95,7 @@ def test_bf16_mixed_precision_on_cpu(data, cache, tmp_path, method):
 
 
 def test_ogm_coefficients_on_a_constructed_batch():
-    from umt.engine.balancing import modality_logits, ogm_coefficients
+    from umt.engine.methods.ogm_ge import ogm_coefficients
     labels = torch.tensor([0, 1])
     confident = torch.tensor([[4.0, 0.0], [0.0, 4.0]])   # p(y) = 0.982 on both samples
     unsure = torch.zeros(2, 2)                            # p(y) = 0.5
@@ -105,12 +105,12 @@ def test_ogm_coefficients_on_a_constructed_batch():
     assert k["video"] == 1.0
     net = LateFusionNet(ModelConfig(("video", "audio"), 2, width=4, fusion="linear"))
     feats = {"video": torch.randn(3, 32), "audio": torch.randn(3, 32)}
-    shares = modality_logits(net, feats)
+    shares = net.modality_logits(feats)
     assert torch.allclose(shares["video"] + shares["audio"], net.head(torch.cat([feats["video"], feats["audio"]], 1)), atol=1e-6)
 
 
 def test_gradient_blending_weights_follow_g_over_o_squared():
-    from umt.engine.balancing import blend_weights
+    from umt.engine.methods.gblend import blend_weights
     prev = {"fused": (2.0, 2.0), "audio": (2.0, 2.0), "video": (2.0, 2.0)}
     now = {"fused": (1.0, 1.5),    # G = 0.5, O = 0.5  → 2.0
            "audio": (0.5, 1.9),    # G = 0.1, O = 1.4  → 0.051

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from umt.cache import store
+from umt.loaders.stored import cache_store as store
 from umt.engine.cli import main as train_main
 
 from conftest import LAUNCH_ENV, free_port, kill_when, launch_command

@@ -2,6 +2,7 @@
 session, it holds every file of engine/ loaders/ cache/ as umt.*, and its console scripts run from it."""
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -98,3 +99,26 @@ def test_console_scripts_run_from_the_installed_copy_and_train_as_the_source_tre
     assert installed_state.keys() == source_state.keys()
     for name in source_state:
         assert torch.equal(installed_state[name], source_state[name]), name
+
+
+def _imported_packages(path: Path) -> set[str]:
+    """The umt packages (engine, loaders, cache) a module imports, at the top or inside a function."""
+    top = path.relative_to(REPO).parts[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [f"umt.{top}" if node.level else node.module or ""]  # relative: its own package (no umt.x above)
+        else:
+            continue
+        found |= {name.split(".")[1] for name in names if name.startswith("umt.") and name.count(".") >= 1}
+    return found
+
+
+def test_the_packages_import_one_way_loaders_then_engine_then_cache():
+    """loaders ← engine ← cache: no module of loaders imports engine or cache, none of engine imports cache."""
+    below = {"loaders": set(), "engine": {"loaders"}, "cache": {"loaders", "engine"}}
+    wrong = {f"{path.relative_to(REPO)} imports umt.{used}" for top, allowed in below.items()
+             for path in (REPO / top).rglob("*.py") for used in _imported_packages(path) - allowed - {top}}
+    assert not wrong

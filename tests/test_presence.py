@@ -181,7 +181,7 @@ def test_phenomena_presence_quick_scores_every_method_per_group(tmp_path):
 def test_demo_cells_refuse_a_clip_set_made_with_other_settings(tmp_path):
     """A clip set is made once per out folder and reused: one made with other generator settings is refused."""
     import phenomena
-    from umt.engine.demo import DATA
+    from umt.cache.demo import DATA
     made = replace(DATA, seed=7, train=8, val=4, test=4, shard_size=8, frames=3, audio_seconds=0.25)
     phenomena.demo_cells(tmp_path, False, made)
     assert len(phenomena.demo_cells(tmp_path, False, made)) == 3  # the same settings: reused

@@ -4,9 +4,9 @@ import csv
 import numpy as np
 import torch
 
-from umt.cache import store
+from umt.loaders.stored import cache_store as store
 from umt.cache.cli import main as cache_main
-from umt.cache.reader import FeatureTable
+from umt.loaders.stored.cache_reader import FeatureTable
 from umt.engine.checkpoint import save_model
 from umt.engine.models import LateFusionNet, ModelConfig
 from umt.loaders.cli import main as data_main

@@ -16,7 +16,7 @@ import zarr
 from hypothesis import given, settings, strategies as st
 
 from umt.cache.builder import ShardViews
-from umt.cache.store import CacheError
+from umt.loaders.stored.cache_store import CacheError
 from umt.engine import config_files, resume
 from umt.engine.checkpoint import load_model
 from umt.engine.cli import main as train_main

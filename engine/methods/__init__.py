@@ -2,33 +2,32 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import pkgutil
+from typing import TYPE_CHECKING
 
-from ..config import METHODS, ConfigError, TrainConfig
-from ..resume import global_batch
-from .agm import Agm
-from .amco import Amco
-from .base import Method, Unimodal
-from .cml import Cml
-from .dropout import ModalityDropout
-from .gblend import GBlend
-from .greedy import Greedy
-from .lfm import Lfm
-from .mbsd import Mbsd
-from .mmpareto import MMPareto
-from .mla import Mla
-from .mmcosine import MMCosine
-from .ogm_ge import OgmGe
-from .opm import Opm
-from .pmr import Pmr
-from .reconboost import ReconBoost
-from .relearning import Relearning
-from .umt import Umt
-from .valuation import Valuation
+from .. import ume
+from ..options import ConfigError, Setting, settings
+from .base import Method
 
-REGISTRY: dict[str, type[Method]] = {m.name: m for m in (Unimodal, Method, Umt, OgmGe, GBlend, MMPareto, Agm, Pmr,
-                                                         ModalityDropout, Mla,
-                                                         MMCosine, Opm, Cml, Mbsd, Relearning, Amco, Lfm,
-                                                         ReconBoost, Greedy, Valuation)}
+if TYPE_CHECKING:
+    from ..config import TrainConfig
+
+
+def _discovered() -> dict[str, type[Method]]:
+    """Every Method class defined in this package's modules, by name: base's first, then by module name (adding
+    a method is adding its module)."""
+    names = sorted((m.name for m in pkgutil.iter_modules(__path__)), key=lambda n: (n != "base", n))
+    return {cls.name: cls for n in names for cls in vars(importlib.import_module(f"{__name__}.{n}")).values()
+            if isinstance(cls, type) and issubclass(cls, Method) and cls.__module__ == f"{__name__}.{n}"}
+
+
+REGISTRY: dict[str, type[Method]] = _discovered()
+METHODS: tuple[str, ...] = (*REGISTRY, "ume")  # ume evaluates, the others train
+# Every method's own settings, declared in its module (`Options`), in the order of METHODS.
+SETTINGS: tuple[Setting, ...] = tuple(
+    [s for name, cls in REGISTRY.items() for s in settings(name, cls.__dict__.get("Options"))]
+    + settings("ume", ume.Options))
 
 
 def run_optimizer(method: str, named: str | None) -> str | None:
@@ -40,10 +39,19 @@ def run_optimizer(method: str, named: str | None) -> str | None:
 
 ADAMW_LR = 2e-3       # AdamW's default learning rate, every method alike
 SGD_LR_PER_64 = 0.025  # SGD's, per 64 samples of an optimiser step: the linear scaling rule's 0.1 per 256, every
-                       # method alike. The authors' own rates (ReconBoost, LFM 0.01; MMPareto, Re-learning 2e-3;
-                       # OGM-GE, MLA, MMCosine 1e-3; PMR 1e-4) come with long step-decay schedules (OGM-GE's
-                       # StepLR at epoch 70, ReconBoost's hundreds of 8-epoch stages) and barely train in a few
-                       # epochs (docs/methods.md, tests/test_default_lr.py)
+                       # method alike. The authors' own rates (`authors_lr`, `authors_rates`) come with long
+                       # step-decay schedules (OGM-GE's StepLR at epoch 70, ReconBoost's hundreds of 8-epoch
+                       # stages) and barely train in a few epochs (docs/methods.md, tests/test_default_lr.py)
+
+
+def authors_rates() -> str:
+    """The official codes' learning rates, highest first: 'reconboost and lfm 0.01, ...'."""
+    rates: dict[float, list[str]] = {}
+    for name, cls in REGISTRY.items():
+        if cls.authors_lr is not None:
+            rates.setdefault(cls.authors_lr, []).append(name)
+    return ", ".join(" and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names) + f" {lr:g}"
+                     for lr, names in sorted(rates.items(), reverse=True))
 
 
 def default_lr(optimizer: str, batch: int) -> float:
@@ -60,6 +68,7 @@ def resolved(cfg: TrainConfig, world: int = 1) -> TrainConfig:
     if cls is None:  # ume evaluates members: no fusion head, no optimiser
         return cfg
     optimizer = run_optimizer(cfg.method, cfg.optimizer)
+    from ..resume import global_batch  # resume reads the config, which is built from this registry
     lr = cfg.lr or default_lr(optimizer, global_batch(cfg, world) * cfg.grad_accum)
     return dataclasses.replace(cfg, fusion=cfg.fusion or cls.fusions[0], optimizer=optimizer, lr=lr)
 
@@ -72,4 +81,3 @@ def method_for(cfg: TrainConfig) -> Method:
     REGISTRY[cfg.method].check(cfg)
     return REGISTRY[cfg.method](cfg)
 
-assert set(REGISTRY) | {"ume"} == set(METHODS), "config.METHODS names each method once: the trainable ones here"

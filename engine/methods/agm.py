@@ -31,14 +31,17 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, TrainConfig
+from ..options import ConfigError, MethodOptions, option
 from ..models import LateFusionNet
 from .base import Method, Parts
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
 
 
 def mono_responses(net: LateFusionNet, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -75,6 +78,11 @@ class Agm(Method):
     name = "agm"
     summary = ("joint + adaptive gradient modulation (Li et al., ICCV 2023): each encoder's weight gradients\n"
                "            scaled by exp(α·(η_m − r_m)) from its Shapley mono-modal response's cross-entropy")
+
+    class Options(MethodOptions):
+        alpha: float = option(0.1, "AGM modulation strength α (BalanceBenchmark: 0.1)")
+        start: int = option(0, "AGM: first modulated epoch")
+        end: int | None = option(None, "AGM: epoch at which modulation stops (default: never)")
 
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)

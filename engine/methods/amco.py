@@ -3,7 +3,7 @@ Dependence in Multimodal Learning"), as GeWu-Lab/BalanceBenchmark implements it:
 depends on has a growing share of its logit classes masked out of the fused prediction, and every
 modality's share is also trained on its own.
 
-With u_m = W_m f_m + b/M modality m's additive share of the fused logits (balancing.modality_logits) and a
+With u_m = W_m f_m + b/M modality m's additive share of the fused logits (LateFusionNet.modality_logits) and a
 learned C×C map A after fusion (ModelConfig.logit_map, the official `linear_star`), in epoch e at the
 epoch's micro-batch j (from 0):
     p = sin(π/2 · min(ε, j·e/10) / ε),   N = ⌊p·C⌋,   mask: N of the C classes (drawn per batch) set to 0,
@@ -34,16 +34,34 @@ masks the same modality. j counts micro-batches (with gradient accumulation, eac
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate.utils import reduce
+from torch import nn
 
-from .. import balancing
-from ..config import ConfigError, TrainConfig
+from ..models import PARTS, LateFusionNet, ModelPart
+from ..options import ConfigError, MethodOptions, option
 from .base import Method, Parts
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
+
+
+class LogitMap(ModelPart):
+    """ModelConfig.logit_map: the learned C×C map A after the fusion head (the official `linear_star`), whose
+    output is the prediction unless ModelConfig.logit_map_scored is off."""
+
+    def build(self, net: LateFusionNet) -> None:
+        net.logit_map = nn.Linear(net.cfg.num_classes, net.cfg.num_classes)
+
+    def scored(self, net: LateFusionNet, logits: torch.Tensor) -> torch.Tensor:
+        return net.logit_map(logits) if net.cfg.logit_map_scored else logits
+
+
+PARTS["logit_map"] = LogitMap()
 
 
 def class_mask(seed: int, epoch: int, batch: int, num_classes: int, eps: float) -> torch.Tensor:
@@ -62,6 +80,13 @@ class Amco(Method):
                "            or sum)")
     fusions = ("linear", "sum")
     fusion_needs = "masks each modality's share of the fused logits"
+
+    class Options(MethodOptions):
+        sigma: float = option(0.5, "AMCo: share of the softmax mass above which a modality counts as depended on "
+                              "(and is masked in the next batch)")
+        eps: float = option(0.3, "AMCo: ε of the mask ratio's sine ramp")
+        score_sum: bool = option(False, "AMCo: evaluate the fused logits Σu, as BalanceBenchmark's validation step "
+                                 "(default: A(Σu), the map the fused loss trains)")
 
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)
@@ -87,7 +112,7 @@ class Amco(Method):
         cfg, labels, mods = self.cfg, batch["label"], list(net.cfg.modalities)
         num_classes = net.cfg.num_classes
         mask = class_mask(cfg.seed, self.epoch, self.batch, num_classes, cfg.amco_eps).to(labels.device)
-        shares = balancing.modality_logits(net, feats)
+        shares = net.modality_logits(feats)
         shares = {m: u * mask if self.dependent[m] else u for m, u in shares.items()}
         ce = F.cross_entropy(net.logit_map(sum(shares.values())), labels)
         uni = sum(F.cross_entropy(u, labels) for u in shares.values())

@@ -15,13 +15,16 @@ mostly their step-to-step variation and OGM's GE noise).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, TrainConfig
+from ..options import ConfigError, MethodOptions
 from ..models import LateFusionNet
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
 
 Parts = dict[str, torch.Tensor]
 # The heads, and why only those, of methods that remove a modality by zeroing its feature (CML, Modality-valuation)
@@ -39,6 +42,8 @@ class Method:
     fusions: tuple[str, ...] = ("linear", "mlp", "sum", "shared")  # the heads it trains; the first when none is named
     fusion_needs = ""      # why it trains only those heads (the refusal says it)
     optimizer = "adamw"    # the optimiser when the run names none: the official code's
+    authors_lr: float | None = None  # the official code's learning rate (listed in --help and docs/methods.md)
+    Options: type[MethodOptions] | None = None  # its own settings (engine/options.py)
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg

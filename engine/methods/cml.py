@@ -26,12 +26,17 @@ official single-process batch.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import TrainConfig
+from ..options import MethodOptions, option
 from .base import ZEROING_FUSIONS, ZEROING_NEEDS, Method, Parts
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
 
 
 def confidence_penalty(fewer: torch.Tensor, more: torch.Tensor, labels: torch.Tensor,
@@ -52,6 +57,13 @@ class Cml(Method):
                "            penalty when removing one makes the prediction more confident (Ma et al., ICML 2023)")
     fusions = ZEROING_FUSIONS
     fusion_needs = ZEROING_NEEDS
+
+    class Options(MethodOptions):
+        lambda_: float = option(0.1, "CML: weight λ of the penalty on confidence gained by removing modalities "
+                                "(BalanceBenchmark: 0.1)")
+        batch_clamp: bool = option(False, "CML: BalanceBenchmark's penalty, the batch's summed confidence gain "
+                                   "clamped at 0 (default: the authors', each sample's gain clamped, samples whose "
+                                   "removal turned a wrong prediction right left out)", before=True)
 
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)

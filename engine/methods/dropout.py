@@ -14,12 +14,17 @@ No official code: p = 0.5 is this module's default.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, TrainConfig
+from ..options import ConfigError, MethodOptions, option
 from .base import Method, Parts
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
 
 
 def dropped_modality(seed: int, epoch: int, rows: torch.Tensor, num_modalities: int, p: float) -> torch.Tensor:
@@ -36,6 +41,10 @@ class ModalityDropout(Method):
     name = "dropout"
     summary = ("joint training with modality dropout: with probability p a sample's feature of one modality\n"
                "            (chosen uniformly) is zeroed before fusion, seeded by (seed, epoch, sample row)")
+
+    class Options(MethodOptions):
+        p: float = option(0.5, "modality dropout: probability that a training sample loses one modality (chosen "
+                          "uniformly; its feature zeroed, not rescaled)")
 
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:

@@ -5,7 +5,7 @@ use the other only through that module; the training alternates regular steps wi
 that cut the cross-modal route into the branch that relies on it most, so that branch has to learn from
 its own modality.
 
-The model (ModelConfig.mmtm, models.MMTM): for modalities m ∈ {0, 1} with pooled features f_m,
+The model (ModelConfig.mmtm, `MMTM` below): for modalities m ∈ {0, 1} with pooled features f_m,
     h = ReLU(W_s [f_0, f_1] + b_s),   g_m = σ(W_m h + b_m),   u_m = head_m(g_m ⊙ f_m)   (fusion `sum`),
 the prediction Σ_m u_m (the authors average the two branches' logits: the same argmax), and the loss
     L = Σ_m CE(u_m, y)          (the authors' `blend_loss`; BalanceBenchmark's trainer: CE of the fused output).
@@ -43,15 +43,82 @@ fp16, whose loss scale would weight the summed speeds step by step.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from accelerate.utils import reduce
+from torch import nn
 
-from ..config import ConfigError, TrainConfig
-from ..models import MMTM, LateFusionNet
+from ..models import PARTS, LateFusionNet, ModelPart
+from ..options import ConfigError, MethodOptions, option
 from .base import Method, Parts
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
+
+
+class MMTM(nn.Module):
+    """Multimodal transfer module (Joze et al., CVPR 2020) on pooled features: each modality's feature is
+    rescaled unit by unit by a sigmoid gate computed from every modality's feature,
+        h = ReLU(W_s [f_1, ..., f_M] + b_s),   g_m = σ(W_m h + b_m),   f'_m = g_m ⊙ f_m,
+    with h of 2·Σ_m D_m / ratio units. The gates are how one modality's information reaches another's
+    branch (Greedy's "bypass"). While training with `caring` set to a modality, that modality's gate is
+    the running mean of its past gates instead (one constant vector for every sample), which cuts the
+    other modalities out of its branch; evaluation always uses the computed gates. The running means
+    (buffers, so they are checkpointed with the model) are updated by the method that trains the
+    module (Greedy, below), from the gates of all ranks.
+    """
+
+    def __init__(self, dims: dict[str, int], ratio: int = 4):
+        super().__init__()
+        self.dims = dict(dims)
+        total = sum(dims.values())
+        self.squeeze = nn.Linear(total, int(2 * total / ratio))
+        self.excite = nn.ModuleDict({m: nn.Linear(self.squeeze.out_features, d) for m, d in dims.items()})
+        self.register_buffer("running", torch.zeros(total))     # per modality, concatenated in `dims` order
+        self.register_buffer("seen", torch.zeros((), dtype=torch.long))  # micro-batches averaged into it
+        self.caring: str | None = None
+
+    def gates(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """g_m for each modality, [B, D_m]."""
+        hidden = torch.relu(self.squeeze(torch.cat([feats[m] for m in self.dims], dim=1)))
+        return {m: torch.sigmoid(excite(hidden)) for m, excite in self.excite.items()}
+
+    def running_gates(self) -> dict[str, torch.Tensor]:
+        """The running mean of each modality's gate, [D_m]."""
+        return dict(zip(self.dims, self.running.split(list(self.dims.values()))))
+
+    @torch.no_grad()
+    def remember(self, mean_gates: torch.Tensor) -> None:
+        """Fold one micro-batch's mean gates (concatenated in `dims` order) into the running means."""
+        self.running.copy_((mean_gates + self.running * self.seen) / (self.seen + 1))
+        self.seen += 1
+
+    def forward(self, feats: dict[str, torch.Tensor],
+                gates: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The rescaled features; `gates`: this batch's `gates(feats)` when the caller has them already."""
+        gates = dict(self.gates(feats) if gates is None else gates)
+        if self.training and self.caring is not None:
+            # a copy: the buffer is updated in place after this forward, before its backward pass; plus 0 × the
+            # computed gate, so its parameters take part in the backward pass (DDP expects every parameter's
+            # gradient; Greedy drops these zeros before the optimiser step, as the branch's gate was never used)
+            computed = gates[self.caring]
+            gates[self.caring] = self.running_gates()[self.caring].clone().expand_as(computed) + 0 * computed
+        return {m: feats[m] * gates[m] for m in self.dims}
+
+
+class MmtmPart(ModelPart):
+    """ModelConfig.mmtm: one MMTM between the encoders and the head, rescaling the pooled features."""
+
+    def build(self, net: LateFusionNet) -> None:
+        net.mmtm = MMTM({m: enc.out_dim for m, enc in net.encoders.items()})
+
+    def features(self, net: LateFusionNet, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return net.mmtm(feats)
+
+
+PARTS["mmtm"] = MmtmPart()
 
 
 def learning_speed(params: list[torch.nn.Parameter]) -> float:
@@ -80,6 +147,14 @@ class Greedy(Method):
     fusions = ("sum",)
     fusion_needs = "trains one classifier per branch and sums their logits, as the paper's model"
     optimizer = "sgd"
+
+    class Options(MethodOptions):
+        epsilon: float = option(0.01, "Greedy: threshold on |d_BDR|, the gap between the modalities' conditional "
+                                "learning speeds, that starts re-balancing (the authors' 0.01; BalanceBenchmark's "
+                                "0.001)")
+        window: int = option(5, "Greedy: optimiser steps of each re-balancing window (curation_windowsize 5)")
+        start: int = option(1, "Greedy: first epoch (from 0) that may re-balance (the authors' starting_epoch 2, "
+                            "counted from 1)")
 
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)

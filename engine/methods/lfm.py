@@ -2,7 +2,7 @@
 Gap"), as its authors' code: the fused cross-entropy and an alignment term between the modalities'
 predictions, traded off by a weight learnt once per epoch from a hypergradient.
 
-With u_m = W_m f_m + b/M modality m's additive share of the fused logits (balancing.modality_logits),
+With u_m = W_m f_m + b/M modality m's additive share of the fused logits (LateFusionNet.modality_logits),
 p_m = softmax(u_m), and for a pair (a, b), n = (p_a + p_b)/2,
     J(a, b) = ½ (KL(n ‖ p_a) + KL(n ‖ p_b))      (batch means; the official `Alignment`, whose
                                                   kl_div(p.log(), n) is KL(n ‖ p), not KL(p ‖ n))
@@ -35,7 +35,7 @@ epoch.
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -44,10 +44,12 @@ from accelerate.utils import broadcast_object_list
 from umt.loaders.loading.loader import finish_device, make_loader
 from umt.loaders.stored.views import ViewPolicy
 
-from .. import balancing
-from ..config import ConfigError, TrainConfig
+from ..options import ConfigError, MethodOptions, option
 from ..models import LateFusionNet
 from .base import Method, Parts
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
 
 
 def alignment(u_a: torch.Tensor, u_b: torch.Tensor) -> torch.Tensor:
@@ -60,7 +62,7 @@ def alignment(u_a: torch.Tensor, u_b: torch.Tensor) -> torch.Tensor:
 def lfm_terms(net: LateFusionNet, logits: torch.Tensor, feats: dict[str, torch.Tensor],
               labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(CE of the fused logits, mean alignment over the pairs of modalities)."""
-    shares = balancing.modality_logits(net, feats)
+    shares = net.modality_logits(feats)
     pairs = list(itertools.combinations(net.cfg.modalities, 2))
     return F.cross_entropy(logits, labels), sum(alignment(shares[a], shares[b]) for a, b in pairs) / len(pairs)
 
@@ -83,6 +85,13 @@ class Lfm(Method):
     fusions = ("linear", "sum")
     fusion_needs = "aligns each modality's share of the fused logits"
     optimizer = "sgd"
+    authors_lr = 0.01
+
+    class Options(MethodOptions):
+        lr_alpha: float = option(1e-4, "LFM: step size of the per-epoch update of the alignment weight (halved "
+                                 "every 20 epochs; the authors' lr_alpha)")
+        alpha: float = option(0.95, "LFM: the alignment weight's start (the authors' cls_k [0.05, 0.95]; "
+                              "BalanceBenchmark: 0.05)", before=0.05)
 
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)

@@ -2,7 +2,7 @@
 training plus each modality's own cross-entropy and, on the samples one of two modalities already gets
 right, terms that pull the two modalities' predictions together, weighted by how far apart they are.
 
-With u_m = W_m f_m + b/M modality m's additive share of the fused logits (balancing.modality_logits),
+With u_m = W_m f_m + b/M modality m's additive share of the fused logits (LateFusionNet.modality_logits),
 p_m = softmax(u_m), and for a pair (a, b) of modalities and sample i of a batch of B, C classes,
     w_i  = |p_a,i,y − p_b,i,y|  if argmax p_a,i = y or argmax p_b,i = y, else 0,
     s_i  = max(p_a,i,y, p_b,i,y),   v_i = min(p_a,i,y, p_b,i,y)      (the stronger and weaker true-class probability)
@@ -29,7 +29,6 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from .. import balancing
 from .base import Method, Parts
 
 
@@ -54,7 +53,7 @@ class Mbsd(Method):
 
     def loss(self, net, batch, logits, feats) -> tuple[torch.Tensor, Parts]:
         labels = batch["label"]
-        shares = balancing.modality_logits(net, feats)
+        shares = net.modality_logits(feats)
         ce = F.cross_entropy(logits, labels)
         uni = sum(F.cross_entropy(u, labels) for u in shares.values())
         pairs = [pair_terms(shares[a], shares[b], labels) for a, b in itertools.combinations(net.cfg.modalities, 2)]

@@ -42,13 +42,16 @@ weight decay untouched.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
-from ..config import TrainConfig
+from ..options import MethodOptions, option
 from .base import Method, Parts
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
 
 
 def owm_update(projector: torch.Tensor, mean_feature: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -65,6 +68,11 @@ class Mla(Method):
     fusions = ("shared",)
     fusion_needs = "trains one linear head shared by every modality and fuses by entropy at test time"
     optimizer = "sgd"
+    authors_lr = 0.001
+
+    class Options(MethodOptions):
+        projection: bool = option(False, "MLA: project the shared head's gradient by textbook OWM (the paper's "
+                                  "gradient modification; the official code's results had none)")
 
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)

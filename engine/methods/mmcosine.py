@@ -6,8 +6,8 @@ or of its block of the head.
 With W_m the [C, D_m] block of the linear fusion head that reads modality m's feature f_m, and
 ŵ_m,c = W_m,c / ‖W_m,c‖ (each class's row), f̂_m = f_m / ‖f_m‖:
     z_c = s · Σ_m f̂_m · ŵ_m,c,       L = CE(z, y),       s = 10,
-at training and at evaluation alike (the head has no bias): ModelConfig.cosine_scale, models.py
-`LateFusionNet.cosine_logits`.
+at training and at evaluation alike (the head has no bias): ModelConfig.cosine_scale, `CosineHead`
+and `cosine_logits` below.
 
 Source: the authors' GeWu-Lab/MMCosine_ICASSP23, main_CD.py (`--mmcosine`: F.normalize(feature, dim=1)
 against F.normalize(fc_out.weight[:, block].T, dim=0), times `--scaling`, 10 by default and in the
@@ -23,10 +23,45 @@ of the paper's supplement (`--lam`, default 0) is not carried over.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..config import ConfigError, TrainConfig
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models import PARTS, LateFusionNet, ModelPart
+from ..options import ConfigError, MethodOptions, option
 from .base import Method
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
+
+
+def cosine_logits(net: LateFusionNet, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """MMCosine's per-modality logits s·cos(f_m, W_m,c): the feature and each class's row of the head's
+    block for modality m, both L2-normalised, so no modality wins by the norm of its features or weights."""
+    out, start = {}, 0
+    for m in net.cfg.modalities:
+        dim = feats[m].shape[1]
+        weight = F.normalize(net.head.weight[:, start:start + dim], dim=1)
+        out[m] = net.cfg.cosine_scale * F.normalize(feats[m], dim=1) @ weight.T
+        start += dim
+    return out
+
+
+class CosineHead(ModelPart):
+    """ModelConfig.cosine_scale > 0: the linear head without a bias, its logits Σ_m s·cos(f_m, W_m,c)."""
+
+    fusion = "linear"
+
+    def head(self, net: LateFusionNet, dim: int) -> nn.Module:
+        return nn.Linear(dim, net.cfg.num_classes, bias=False)
+
+    def fuse(self, net: LateFusionNet, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(cosine_logits(net, feats).values())
+
+
+PARTS["cosine_scale"] = CosineHead()
 
 
 class MMCosine(Method):
@@ -36,6 +71,11 @@ class MMCosine(Method):
     fusions = ("linear",)
     fusion_needs = "normalises each modality's block of a linear head"
     optimizer = "sgd"
+    authors_lr = 0.001
+
+    class Options(MethodOptions):
+        scale: float = option(10.0, "MMCosine: scale s of the summed per-modality cosine logits (the authors' "
+                              "README: --scaling 10; BalanceBenchmark: 15)")
 
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:

@@ -28,13 +28,16 @@ SGD is the method's default here (with umt's cosine schedule). Under Adam, γ is
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .. import balancing
-from ..config import ConfigError, TrainConfig
+from ..options import ConfigError, MethodOptions, option
 from .base import Method, Parts
+from .gblend import head_losses
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
 
 
 def pareto_weights(gg: float, gh: float, hh: float) -> tuple[float, float]:
@@ -74,6 +77,11 @@ class MMPareto(Method):
                "            (equal weights when they agree, min-norm when they conflict; Wei & Hu, ICML 2024);\n"
                "            SGD by default")
     optimizer = "sgd"
+    authors_lr = 0.002
+
+    class Options(MethodOptions, prefix="pareto"):
+        gamma: float = option(1.5, "MMPareto: factor on each encoder's combined gradient after its rescaling to "
+                              "the summed gradient's norm (MMPareto.py: gamma=1.5)")
 
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
@@ -89,7 +97,7 @@ class MMPareto(Method):
         return {"aux_heads": True}
 
     def loss(self, net, batch, logits, feats) -> tuple[torch.Tensor, Parts]:
-        losses = balancing.head_losses(net, logits, feats, batch["label"])
+        losses = head_losses(net, logits, feats, batch["label"])
         params = [p for m in net.cfg.modalities for p in net.encoders[m].parameters()]
         grads = torch.autograd.grad(losses["fused"], params, retain_graph=True, allow_unused=True)
         self.fused_grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]

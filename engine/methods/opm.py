@@ -2,7 +2,7 @@
 Multimodal Learning"): joint training that drops the dominant modality's features from some samples,
 more often the more it dominates.
 
-Per batch, with u_m = W_m f_m + b/M modality m's additive share of the fused logits (balancing.modality_logits),
+Per batch, with u_m = W_m f_m + b/M modality m's additive share of the fused logits (LateFusionNet.modality_logits),
     s_m = Σ_i softmax(u_m,i)_{y_i},        r_m = tanh(max(0, s_m / Σ_{o≠m} s_o − 1)),
     q_m = clip(q_base · (1 + α · r_m), 0, 1) if r_m > 0 else 0          (q_base 0.4, α 0.5),
 so only a modality that outscores the others is dropped. With probability p_exe (0.7) the batch is
@@ -26,16 +26,18 @@ q > 0, so θ < 1).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate.utils import reduce
 
-from .. import balancing
-from ..config import ConfigError, TrainConfig
+from ..options import ConfigError, MethodOptions, option
 from .base import Method, Parts
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
 
 
 def drop_probabilities(scores: dict[str, float], q_base: float, alpha: float) -> dict[str, float]:
@@ -60,6 +62,14 @@ class Opm(Method):
     fusions = ("linear", "sum")
     fusion_needs = "scores each modality by its share of the fused logits"
 
+    class Options(MethodOptions):
+        alpha: float = option(0.5, "OPM: α, growth of the dominant modality's drop probability with its lead "
+                              "(BalanceBenchmark: 0.5)")
+        p_exe: float = option(0.7, "OPM: probability that a batch is modulated")
+        q_base: float = option(0.5, "OPM: base drop probability q_base (the authors' scripts/train_opm.sh; their "
+                               "config.py and BalanceBenchmark: 0.4)")
+        start: int = option(0, "OPM: first modulated epoch (BalanceBenchmark 0; BML_TPAMI2024 warms up 6)")
+
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)
         self.step = 0    # the optimiser step the coming micro-batches belong to
@@ -81,7 +91,7 @@ class Opm(Method):
         if self.epoch < cfg.opm_start:
             return super().loss(net, batch, logits, feats)
         with torch.no_grad():
-            shares = balancing.modality_logits(net, {m: feats[m].detach() for m in mods})
+            shares = net.modality_logits({m: feats[m].detach() for m in mods})
             sums = reduce(torch.stack([shares[m].softmax(1).gather(1, labels[:, None]).sum() for m in mods]), "sum")
         q = drop_probabilities(dict(zip(mods, sums.tolist())), cfg.opm_q_base, cfg.opm_alpha)
         parts = {f"opm_q_{m}": torch.tensor(q[m]) for m in mods}

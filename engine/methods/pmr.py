@@ -27,16 +27,19 @@ the split as evaluation does, so a damaged training sample stops a PMR run even 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from accelerate.utils import reduce
 
-from ..config import ConfigError, TrainConfig
+from ..options import ConfigError, MethodOptions, option
 from ..evaluate import evaluate_split
 from ..models import LateFusionNet
 from .base import Method, Parts
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
 
 
 def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,6 +71,15 @@ class Pmr(Method):
     summary = ("joint + prototypical cross-entropy on the weaker modality (Fan et al., CVPR 2023):\n"
                "            class prototypes per modality, updated with momentum each epoch; SGD by default")
     optimizer = "sgd"
+    authors_lr = 0.0001
+
+    class Options(MethodOptions):
+        alpha: float = option(1.0, "PMR: weight α of the weaker modality's prototypical cross-entropy "
+                              "(main_Prototype_grad.py: --alpha 1.0)")
+        momentum: float = option(0.2, "PMR: share of the previous prototypes kept at each epoch's update "
+                                 "(--momentum_coef 0.2)")
+        start: int = option(0, "PMR: first rebalanced epoch (--modulation_starts 0)")
+        end: int | None = option(None, "PMR: epoch at which rebalancing stops (default: never)")
 
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)

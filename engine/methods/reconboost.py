@@ -34,15 +34,46 @@ reduces a zero gradient for every parameter in a boosting phase (as MLA).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from ..config import ConfigError, TrainConfig
+from ..models import PARTS, LateFusionNet, ModelPart
+from ..options import ConfigError, MethodOptions, option
 from .base import Method, Parts
 
+if TYPE_CHECKING:
+    from ..config import TrainConfig
+
 AUTHORS_PHASE = 4  # train.py: --epochs_per_stage 4, --correct_epoch 4
+
+
+class MlpSharedHead(ModelPart):
+    """ModelConfig.shared_mlp: the shared head an MLP D → D/2 → C (the authors' 512 → 256 → C)."""
+
+    def head(self, net: LateFusionNet, dim: int) -> nn.Module | None:
+        if net.cfg.fusion != "shared":
+            return None
+        return nn.Sequential(nn.Linear(dim, dim // 2), nn.ReLU(inplace=True), nn.Linear(dim // 2, net.cfg.num_classes))
+
+
+class BoostedSum(ModelPart):
+    """ModelConfig.boost_rate > 0: the shared head's logits summed over the modalities, ρ·Σ_m head(f_m), the rate
+    ρ a learned parameter from boost_rate."""
+
+    fusion = "shared"
+
+    def build(self, net: LateFusionNet) -> None:
+        net.rate = nn.Parameter(torch.tensor(float(net.cfg.boost_rate)))
+
+    def fuse(self, net: LateFusionNet, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        return net.rate * sum(net.head(feats[m]) for m in net.cfg.modalities)
+
+
+PARTS["shared_mlp"] = MlpSharedHead()
+PARTS["boost_rate"] = BoostedSum()
 
 
 def boosting_loss(own: torch.Tensor, others: torch.Tensor, labels: torch.Tensor, w1: float, w2: float) -> torch.Tensor:
@@ -59,6 +90,22 @@ class ReconBoost(Method):
     fusions = ("shared",)
     fusion_needs = "boosts learners that share one head"
     optimizer = "sgd"
+    authors_lr = 0.01
+
+    class Options(MethodOptions):
+        alpha: float = option(0.5, "ReconBoost: weight of the official ga term (gradient-free as written; "
+                              "BalanceBenchmark: 0.5)")
+        w1: float = option(5.0, "ReconBoost: weight of the boosted learner's own log-likelihood (weight1 5)")
+        w2: float = option(1.0, "ReconBoost: weight of the term against the other modalities' ensemble "
+                           "(weight2 1)")
+        epochs: int | None = option(None, "ReconBoost: epochs per phase (boosting one modality, then global "
+                                    "fine-tuning; default the authors' 4, shortened to epochs // (2 x modalities) in "
+                                    "a shorter run; BalanceBenchmark's 1)")
+        rate: float = option(1.0, "ReconBoost: start of the learned rate ρ of the ensemble ρ·Σ h(f_m) (the "
+                             "authors' 1.0; BalanceBenchmark: 0.01)", before=0.01)
+        head: str = option("mlp", "ReconBoost: the shared head h, an MLP D→D/2→C (the authors' 512→256→C, scaled "
+                           "to the encoders' width D) or linear (BalanceBenchmark's)", choices=("mlp", "linear"),
+                           before="linear")
 
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)

@@ -35,14 +35,17 @@ broadcast, so every replica moves its weights alike.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate.utils import broadcast_object_list
 
-from ..config import ConfigError, TrainConfig
+from ..options import ConfigError, MethodOptions, option
 from ..evaluate import evaluate_split
 from .base import Method
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
 
 AUTHORS_EVERY, AUTHORS_EPOCHS = 20, 90  # code/script/ours.sh: --reinit_epoch 20 --reinit_num 3 --epochs 90
 
@@ -90,6 +93,16 @@ class Relearning(Method):
     summary = ("joint; every few epochs each encoder moved toward its initial weights by tanh(λ·|train − val\n"
                "            k-means purity of its features|) (Wei, Li, Hu, ECCV 2024)")
     optimizer = "sgd"
+    authors_lr = 0.002
+
+    class Options(MethodOptions, prefix="relearn"):
+        lambda_: float = option(3.0, "Re-learning: λ in the re-initialisation strength tanh(λ·|train − val "
+                                "purity|) (BalanceBenchmark: move_lambda 3)")
+        every: int | None = option(None, "Re-learning: epochs between re-initialisations (default: the authors' "
+                                   "20 of 90 epochs scaled to --epochs, max(1, round(20 x epochs / 90)): every 7 of "
+                                   "30; BalanceBenchmark: 15)")
+        times: int = option(3, "Re-learning: most re-initialisations (the authors' reinit_num 3; "
+                            "BalanceBenchmark: 2)")
 
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)

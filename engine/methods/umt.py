@@ -17,14 +17,17 @@ w = 1 are common KD settings (Hinton et al. use T in 2…20), not tuned.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, TrainConfig
+from ..options import ConfigError, MethodOptions, option
 from ..targets import CachedTargets, OnlineTeachers
 from .base import Method, Parts
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
 
 KINDS = {"features": ("features",), "logits": ("logits",), "both": ("features", "logits")}
 
@@ -41,6 +44,26 @@ class Umt(Method):
     summary = ("joint + λ·Σ_m MSE(student feature_m, frozen teacher feature_m) (Du et al., ICML 2023);\n"
                "            targets from --cache (umt-cache build) or online from --teacher checkpoints;\n"
                "            --distill-targets logits|both: T²·KL(teacher logits ‖ auxiliary head) too")
+
+    class Options(MethodOptions, prefix=""):
+        lambda_: float = option(10.0, "UMT weight λ of the feature distillation (BalanceMM uses 10 with mean-reduced "
+                                "MSE)", attr="distill_weight", flag="--lambda")
+        distill: tuple[str, ...] = option((), "UMT: distil only these modalities (repeatable; default all)",
+                                          metavar="MODALITY")
+        projector: bool = option(False, "UMT: distil through a learned linear projector, MSE(P·f_student, "
+                                 "f_teacher) (FitNets)")
+        cache: str | None = option(None, "UMT: teacher-feature cache from `umt-cache build`")
+        cache_budget_gb: float = option(8.0, "load the cache whole onto the training device up to this size; "
+                                        "beyond it, stream it shard by shard")
+        teachers: dict[str, str] = option({}, "UMT: online teacher, or with --cache the teacher to verify the "
+                                          "cache against", flag="--teacher", metavar="MODALITY=CKPT")
+        targets: str = option("features", "UMT: distil the teachers' features (MSE, the paper's), their logits "
+                              "(T²·KL(teacher ‖ student) on per-modality auxiliary heads), or both; from a cache or "
+                              "online teachers", choices=tuple(KINDS), attr="distill_targets")
+        temperature: float = option(4.0, "UMT logit distillation temperature T (Hinton et al. 2015's KD; T² keeps "
+                                    "the gradients' scale)", attr="logit_temperature", flag="--temperature")
+        logit_weight: float = option(1.0, "UMT: weight of the logit KL term, T²·KL(teacher ‖ student) per "
+                                     "modality")
 
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:

@@ -37,16 +37,19 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from accelerate.utils import broadcast_object_list
 
-from ..config import ConfigError, TrainConfig
+from ..options import ConfigError, MethodOptions, option
 from ..evaluate import evaluate_split
 from ..models import LateFusionNet
 from .base import ZEROING_FUSIONS, ZEROING_NEEDS, Method, Parts
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
 
 
 def shapley_values(correct: dict[frozenset[str], torch.Tensor], mods: list[str]) -> torch.Tensor:
@@ -103,6 +106,10 @@ class Valuation(Method):
                "            (Wei et al., CVPR 2024)")
     fusions = ZEROING_FUSIONS
     fusion_needs = ZEROING_NEEDS
+
+    class Options(MethodOptions):
+        warmup: int = option(5, "Modality-valuation: epochs of plain joint training before samples are valued "
+                             "and copied (the authors' --warmup 5)")
 
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)

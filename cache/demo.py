@@ -16,17 +16,17 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from umt.cache.builder import build
-from umt.loaders.stored.shards import MANIFEST
+from umt.engine import plots
+from umt.engine.config import TrainConfig
+from umt.engine.guide import guide
+from umt.engine.interleave import ratio_spread, rotated
+from umt.engine.report import results_table
+from umt.engine.train import run
 from umt.loaders.making.synth import SynthConfig, write_synth
+from umt.loaders.stored.shards import MANIFEST
 from umt.loaders.stored.views import ViewSpec
 
-from .config import TrainConfig
-from . import plots
-from .guide import guide
-from .interleave import ratio_spread, rotated
-from .report import results_table
-from .train import run
+from .builder import build
 
 DATA = SynthConfig(train=1000, val=200, test=400, shard_size=250, paired=0.25)
 VIEW = ViewSpec(frames=4, stride=2, crop=32, audio_seconds=1.0, mel_bins=40)
@@ -35,7 +35,7 @@ SEGMENTS, SEGMENT_STEPS = 5, 8  # timed repeats of joint and UMT, optimiser step
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m umt.engine.demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m umt.cache.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/demo")
     parser.add_argument("--epochs", type=int, default=6)

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from umt.loaders.errors import UserError
 
+
 class ConfigError(UserError):
     """A run configuration is inconsistent."""
 

@@ -9,7 +9,8 @@ ratio within repeats. Then, per width, the cache build's clips/s against the tea
 throughput on the same clips, already decoded and in memory (build_overhead = 1 - build / bare).
 `--profile` runs cProfile over one joint and one cached run at the largest width and lists the
 functions whose own time per step differs most: where a gap between them goes. The defaults
-(512 clips, 5 repeats, widths 8 and 64, one timed cache build per width) are sized to fit in 20 minutes
+(512 clips, 5 repeats, widths 8 and 64, three timed cache builds per width, each followed by a bare forward,
+`build_overhead` the median of the three pairs) are sized to fit in 25 minutes
 on 2 CPU cores; `seconds` in the JSON says where the time went. An untimed warm-up run per width
 comes first: the first run in a process paid one-off loads (it ran at a twentieth of the others' speed).
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import statistics
 import tempfile
 import time
 from dataclasses import replace
@@ -86,7 +88,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--widths", default="8,64", help="student and teacher widths, comma-separated (64: ResNet-18)")
     p.add_argument("--views", type=int, default=4)
-    p.add_argument("--build-repeats", type=int, default=1, help="timed cache builds (and bare forwards) per width; "
+    p.add_argument("--build-repeats", type=int, default=3, help="timed cache builds, each followed by a bare forward, per width; "
                    "each build at width 64 costs minutes on 2 cores")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--profile", action="store_true", help="also profile one joint and one cached run at the "
@@ -109,17 +111,19 @@ def main() -> None:
         return paths
 
     def build_figures(teachers: dict[str, str], width: int) -> dict:
-        seconds = []
-        for r in range(args.build_repeats):
+        batches = decoded_batches(data, teachers, args.views, args.batch_size)  # decoded once, untimed
+        seconds, bare = [], []
+        for r in range(args.build_repeats):  # each build beside a bare forward, alternated: one machine state
             start = time.perf_counter()
             build(data, teachers, str(work / f"w{width}-cache{r}.zarr"), args.views, batch_size=args.batch_size,
                   num_workers=args.workers, progress=False)
             seconds.append(time.perf_counter() - start)
-        batches = decoded_batches(data, teachers, args.views, args.batch_size)  # decoded once, timed per repeat
-        bare = median([bare_forward_clips_per_s(teachers, batches) for _ in range(args.build_repeats)])
-        build_cps = args.train_clips / median(seconds)
-        return {"build_clips_per_s": round(build_cps, 1), "bare_teacher_clips_per_s": bare,
-                "build_overhead": round(1 - build_cps / bare, 3), "build_seconds_runs": [round(x, 2) for x in seconds]}
+            bare.append(bare_forward_clips_per_s(teachers, batches))
+        overheads = [1 - args.train_clips / s / b for s, b in zip(seconds, bare)]
+        return {"build_clips_per_s": round(args.train_clips / median(seconds), 1),
+                "bare_teacher_clips_per_s": round(median(bare), 1), "build_overhead": round(statistics.median(overheads), 3),
+                "build_overhead_per_repeat": [round(x, 3) for x in overheads],
+                "build_seconds_runs": [round(x, 2) for x in seconds]}
 
     phases["data"] = round(time.perf_counter() - clock)
     configs, builds = {}, {}

@@ -67,17 +67,17 @@ import torch.nn.functional as F
 from PIL import Image
 
 from umt.engine.interleave import ratio_spread, rotated
-from umt.loaders.loading.audio import log_mel
+from umt.loaders.loading.audio import log_mel, pcm_float
 from umt.loaders.loading.dali import dali_available
-from umt.loaders.loading.kernels import load as load_kernels
+from umt.loaders.loading.kernels import frames_to_rgb, load as load_kernels
 from umt.loaders.loading.loader import make_loader, planned_split
 from umt.loaders.loading.bad import BadSamples
-from umt.loaders.loading.pipeline import _PlannedBatches, decode_views, worker_init
+from umt.loaders.loading.pipeline import _Media, _PlannedBatches, decode_views, finish_views, worker_init
 from umt.loaders.loading.stream import planned_samples
 from umt.loaders.making.inputs import ClipInput
 from umt.loaders.making.pack import pack
 from umt.loaders.making.transcode import PackOptions
-from umt.loaders.stored.media import decode_flac, h264_frames
+from umt.loaders.stored.media import decode_flac, h264_frames, h264_planes
 from umt.loaders.stored.shards import member
 from umt.loaders.stored.views import Geometry, ViewPolicy, ViewSpec, audio_window, make_view
 
@@ -256,6 +256,58 @@ def umt_pass(data: Path, spec: ViewSpec, policy: ViewPolicy, batch_size: int, wo
     loader = make_loader(data, "train", spec=spec, modalities=["video", "audio"], policy=policy, batch_size=batch_size,
                          num_workers=workers, backend=backend, finish_on=finish_on)
     return lambda: timed_pass(loader.shipped() if shipped else loader)
+
+
+def stage_costs(data: Path, spec: ViewSpec, count: int = 24, repeats: int = 3) -> dict:
+    """Milliseconds a clip of each stage of the work, in this process on one thread, on `count` samples of the
+    set with their first training views (best of `repeats` per sample, so a preempted pass does not count): the
+    bound's own work (`bare`), and umt's worker's stages on the same views: the parse and FLAC span decode
+    (`parse_flac`), the H.264 decode of the view's frames into planes (`decode`), the view kernel (`kernel`) and the
+    log-mel (`log_mel`). `stage_bound` = bare / the sum of umt's stages: the ratio to the bound that a worker doing
+    this work and nothing else would reach; `ratio_vs_limit` measured in the rounds falls short of it by what
+    streaming, batching and the processes cost. `all_in_one` times `decode_views` whole, the stages' sum as one call."""
+    torch.set_num_threads(1)
+    policy = ViewPolicy(0, 0, True)
+    _, paths, plan, _ = planned_split(data, "train", ["video", "audio"], policy, 8)
+    rows = np.concatenate(plan.batches())[:count]
+    views = policy.indices(rows).tolist()
+    samples = list(planned_samples(paths, plan.offsets, rows))
+    out = torch.empty((1, spec.frames, spec.crop, spec.crop, 3), dtype=torch.uint8)
+
+    def best(seconds) -> float:  # ms a clip: over the samples, each one's best of `repeats`
+        return round(1000 * sum(min(seconds(s, v) for _ in range(repeats)) for s, v in zip(samples, views))
+                     / len(samples), 3)
+
+    def clocked(work):
+        def seconds(sample, view) -> float:
+            start = time.perf_counter()
+            work(sample, view)
+            return time.perf_counter() - start
+        return seconds
+
+    parsed = {id(s): _Media(s, spec, ["video", "audio"], 0, [v]) for s, v in zip(samples, views)}
+
+    def decode(sample, view):
+        for _ in parsed[id(sample)].decoded("video"):
+            pass
+
+    def kernel(sample, view) -> float:  # the frames decoded first, off the clock
+        media = parsed[id(sample)]
+        frames = h264_planes(media.video["video"], media.frames[0], (media.geom.height, media.geom.width))
+        start = time.perf_counter()
+        frames_to_rgb([frames[t] for t in media.frames[0]], media.views[0].box, media.views[0].flip, out[0].numpy())
+        return time.perf_counter() - start
+
+    def mel(sample, view):
+        media = parsed[id(sample)]
+        log_mel(pcm_float(torch.stack(media.windows())), media.geom.sample_rate, spec.mel_bins)
+
+    stages = {"parse_flac": best(clocked(lambda s, v: _Media(s, spec, ["video", "audio"], 0, [v]))),
+              "decode": best(clocked(decode)), "kernel": best(kernel), "log_mel": best(clocked(mel))}
+    bare = best(clocked(lambda s, v: _bare(s, 0, v, spec)))
+    whole = best(clocked(lambda s, v: finish_views(_Media(s, spec, ["video", "audio"], 0, [v]), spec, {"video": out})))
+    return {"ms_per_clip": {"bare": bare, **stages, "all_in_one": whole},
+            "stage_bound": round(bare / sum(stages.values()), 3), "samples": len(samples), "repeats": repeats}
 
 
 # read from torchcodec 0.17.0's PyPI wheel (cp311 manylinux): `readelf -d torchcodec/libtorchcodec_core5.so`

@@ -157,25 +157,15 @@ def run_cell(cell: Cell, out: Path) -> list[dict]:
 def _run_arm(cell: Cell, work: Path, data: Path, views: list[str], optim: str | None) -> dict:
     """Every method of one cell with one optimiser (None: each method's own, folders unsuffixed)."""
     from umt.cache.cli import main as cache_main
-    from umt.engine.cli import main as train_main
     from umt.engine.guide import guide
     at = f"@{optim}" if optim else ""  # the suffix of this optimiser's run folders and cache
     r = cell.recipe
     lr = sgd_lr(r.batch_size) if optim == "sgd" else r.lr
-    evaluation = ["--data", str(data), "--batch-size", str(r.batch_size), "--workers", str(r.workers), *r.view]
-    training = ["--epochs", str(r.epochs), *(["--lr", str(lr)] if lr else []), "--width", str(r.width),
-                "--seed", str(cell.seed), "--select", r.select, *(["--optim", optim] if optim else [])]
     head = r.fusion or "linear"  # the core runs' head (joint's own: linear)
 
     def train(name: str, *args: str, fusion: str | None = head) -> dict:
-        """One run (fusion None: UME's, which trains nothing and takes no training flags); a run whose
-        results.json exists is read, not repeated (a sweep resumes where it stopped)."""
-        folder = work / f"{name}{at}"
-        if not (folder / "results.json").is_file():
-            train_main([*evaluation, *([*training, "--fusion", fusion] if fusion else []), "--out", str(folder),
-                        *args])
-        runs[name.replace("-", "_")] = folder.name
-        return json.loads((folder / "results.json").read_text())
+        runs[name.replace("-", "_")] = f"{name}{at}"
+        return _trained(cell, work / f"{name}{at}", data, fusion, args, optim, lr)
 
     runs: dict[str, str] = {}  # method key → run folder, for the per-group scores
 
@@ -230,6 +220,47 @@ def _run_arm(cell: Cell, work: Path, data: Path, views: list[str], optim: str | 
             "val_top1": _round({"ume": choice["evidence"]["ume"], **{m: res["selected_val_top1"] for m, res in fused.items()
                                                                        if "selected_val_top1" in res}}),
             **({"groups": by_group} if cell.groups else {})}
+
+
+def _trained(cell: Cell, folder: Path, data: Path, fusion: str | None, args: tuple[str, ...], optim: str | None = None,
+             lr: float | None = None) -> dict:
+    """One run's results.json, trained with the cell's recipe unless it exists (a sweep resumes where it stopped);
+    fusion None: UME's run, which trains nothing and takes no training flags."""
+    from umt.engine.cli import main as train_main
+    r = cell.recipe
+    if not (folder / "results.json").is_file():
+        evaluation = ["--data", str(data), "--batch-size", str(r.batch_size), "--workers", str(r.workers), *r.view]
+        training = ["--epochs", str(r.epochs), *(["--lr", str(lr)] if lr else []), "--width", str(r.width),
+                    "--seed", str(cell.seed), "--select", r.select, *(["--optim", optim] if optim else [])]
+        train_main([*evaluation, *([*training, "--fusion", fusion] if fusion else []), "--out", str(folder), *args])
+    return json.loads((folder / "results.json").read_text())
+
+
+def run_only(cell: Cell, out: Path, name: str) -> None:
+    """`--only`: one named run of a --realav cell, a registered method on its own head at its defaults or
+    `joint-HEAD`; no teachers, cache, UMT, UME or guide (a sweep finished on another machine, its other runs recorded
+    in --merge's file). `--collect`'s reader then records it."""
+    os.environ["TQDM_DISABLE"] = "1"
+    import torch
+    torch.set_num_threads(1)
+    work = out / f"{cell.name}-seed{cell.seed}"
+    work.mkdir(parents=True, exist_ok=True)
+    method, _, head = name.partition("-") if name.startswith("joint-") else (name, "", "")
+    fusion = head or fusion_for(method, list(cell.modalities), cell.recipe.fusion)
+    both = [a for v in cell.modalities for a in ("--modality", v)]
+    with open(work / f"{name}.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        _trained(cell, work / name, Path(cell.raw["data"]), fusion, ("--method", method, *both))
+
+
+def merged(earlier: list[dict], records: list[dict]) -> list[dict]:
+    """`--merge`: an earlier run's cells of the same sweep joined seed by seed with these (a run in both: this one's)."""
+    by_seed = {r["seed"]: r for r in records}
+    out = []
+    for old in earlier:
+        new = by_seed.pop(old["seed"], {})
+        out.append({**old, **{k: {**old.get(k, {}), **{m: v for m, v in new.get(k, {}).items() if v != {}}}
+                              for k in ("test_top1", "probe", "train_samples_per_s")}})
+    return out + list(by_seed.values())
 
 
 def _round(tree):
@@ -626,6 +657,11 @@ def main() -> None:
                              "and result keys METHOD@OPTIMISER)")
     parser.add_argument("--collect", action="store_true", help="--realav: summarise the runs already finished under "
                         "--out and train nothing (a sweep stopped before its end; rerun without it to finish)")
+    parser.add_argument("--only", metavar="LIST", help="--realav: train only these runs, a comma list of other "
+                        "registered methods and joint-HEAD (joint on another head), no teachers, cache, UMT or UME, "
+                        "then summarise as --collect does (with --merge: beside an earlier run's records)")
+    parser.add_argument("--merge", metavar="FILE", help="--realav with --collect or --only: join an earlier run's "
+                        "records of the same sweep (its phenomena.json) seed by seed with these")
     parser.add_argument("--peers", default="all", metavar="LIST",
                         help="the other registered methods to run beside the core ones: 'all' (default), 'none', or "
                              f"a comma list of {', '.join(peers())}")
@@ -653,12 +689,27 @@ def main() -> None:
     if optims and (args.presence or args.demo_presence or args.realav):
         raise SystemExit("phenomena: --optim applies to --synthetic, --mfeat and --demo (--realav: each method's own)")
     cells = [replace(c, peers=chosen, optims=optims) for c in cells]
-    if args.collect and not args.realav:
-        raise SystemExit("phenomena: --collect applies to --realav")
-    if args.collect:
+    if (args.collect or args.only or args.merge) and not args.realav:
+        raise SystemExit("phenomena: --collect, --only and --merge apply to --realav")
+    only = tuple(args.only.split(",")) if args.only else ()
+    from umt.engine.config import CHOICES
+    unknown = set(only) - set(peers()) - {f"joint-{f}" for f in CHOICES["fusion"]}
+    if unknown:
+        raise SystemExit(f"phenomena: --only {args.only}: {', '.join(sorted(unknown))} is neither a registered "
+                         f"method beside the core ones ({', '.join(peers())}) nor joint-HEAD")
+    if only:
+        pairs = [(c, name) for name in only for c in cells]  # every seed of a method, then the next method
+        with ProcessPoolExecutor(args.jobs) as pool:
+            list(pool.map(run_only, [c for c, _ in pairs], [out] * len(pairs), [n for _, n in pairs]))
+    collect = bool(args.collect or only)
+    if args.merge and not collect:
+        raise SystemExit("phenomena: --merge goes with --collect or --only")
+    if collect:
         records = [collected(c, out) for c in cells if (out / f"{c.name}-seed{c.seed}").is_dir()]
         if not records:
             raise SystemExit(f"phenomena: --collect: no sweep's runs under {out}")
+        if args.merge:
+            records = merged(json.loads(Path(args.merge).read_text())["cells"], records)
     else:
         with ProcessPoolExecutor(args.jobs) as pool:
             records = [r for rs in pool.map(run_cell, cells, [out] * len(cells)) for r in rs]
@@ -683,7 +734,7 @@ def main() -> None:
         print(text)
         return
     if args.realav:
-        summary = {**methods_summary(records), **({} if args.collect else {"phenomena": summarise(records)})}
+        summary = {**methods_summary(records), **({} if collect else {"phenomena": summarise(records)})}
         (out / "table.md").write_text(methods_table(summary) + "\n")
         write_json(out / "phenomena.json", {"dataset": "realav", "summary": summary, "cells": records})
         print(methods_table(summary))

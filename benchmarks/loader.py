@@ -11,6 +11,10 @@ per-sample decode differs), it also measures:
 - the bare-decode bound: PyAV decoding exactly the frames each view needs, from the keyframe
   before it, with no conversion (frames stay FFmpeg's), plus the FLAC decode: `limit_clips_per_s`,
   and `ratio_vs_limit` = umt / limit (what umt's crop, colour conversion, log-mel and collation cost);
+- after the rounds, each stage's cost in one process on one thread on the same views (`stage_costs`: the bound's
+  work, umt's parse + FLAC span, decode into planes, view kernel, log-mel), `stage_bound` = the bound's work over
+  umt's stages (the ratio a worker doing only them would reach) and `stage_bound_minus_ratio`, what the workers
+  lose beyond those stages (streaming, batching, processes);
 - umt's loader with its views finished on the trainer's device (`finish_on`, loaders/loading/finish.py): the
   workers' side, which is all the CPUs do, `umt_shipped` (decoded frames and audio windows, as shipped) and
   `shipped_ratio_vs_limit`; with a GPU also `umt_gpu_finished` (the finished batches on the GPU, end to end);
@@ -525,10 +529,13 @@ def main() -> None:
             rates[key].append(fn())
         print(f"repeat {r}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()) + " clips/s", flush=True)
     ours, theirs, limit = rates["umt"], rates["naive"], rates["limit"]
+    stages = stage_costs(work / "packed", spec)  # after the rounds: it sets this process to one thread
+    ratio = round(median(ours) / median(limit), 3)
     write_json(out, {"clips_per_s": median(ours), "naive_clips_per_s": median(theirs),
                      "ratio_vs_naive": round(median(ours) / median(theirs), 2),
-                     "limit_clips_per_s": median(limit), "ratio_vs_limit": round(median(ours) / median(limit), 3),
+                     "limit_clips_per_s": median(limit), "ratio_vs_limit": ratio,
                      "ratio_vs_limit_per_repeat": ratio_spread(ours, limit),
+                     "stage_costs": stages, "stage_bound_minus_ratio": round(stages["stage_bound"] - ratio, 3),
                      "shipped_clips_per_s": median(rates["umt_shipped"]),
                      "shipped_ratio_vs_limit": round(median(rates["umt_shipped"]) / median(limit), 3),
                      "shipped_ratio_vs_limit_per_repeat": ratio_spread(rates["umt_shipped"], limit),

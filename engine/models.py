@@ -6,6 +6,8 @@ teacher's encoder is interchangeable with a student's.
 """
 from __future__ import annotations
 
+import functools
+
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -95,12 +97,18 @@ class ImageEncoder(nn.Module):
         super().__init__()
         self.net = ResNet18(3, width)
         self.out_dim = self.net.out_dim
-        self.register_buffer("mean", torch.tensor(VIDEO_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
-        self.register_buffer("std", torch.tensor(VIDEO_STD).view(1, 3, 1, 1) * 255, persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         pixels = images.permute(0, 3, 1, 2).float().contiguous()  # NCHW, as DDP's buckets expect
-        return self.net((pixels - self.mean) / self.std)
+        mean, std = _pixel_stats(pixels.device)
+        return self.net((pixels - mean) / std)
+
+
+@functools.lru_cache(maxsize=8)
+def _pixel_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalisation's mean and std of 0-255 pixels [1, 3, 1, 1] on `device`: constants, not buffers, so that a
+    model built on the meta device holds nothing its checkpoint does not fill (checkpoint.load_model)."""
+    return tuple((torch.tensor(stats).view(1, 3, 1, 1) * 255).to(device) for stats in (VIDEO_MEAN, VIDEO_STD))
 
 
 class VideoEncoder(ImageEncoder):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import shutil
-import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -26,7 +25,6 @@ from tqdm import tqdm
 
 from umt.engine.checkpoint import load_teacher_models
 from umt.engine.models import LateFusionNet
-from umt.loaders.loading.kernels import load as load_kernels
 from umt.loaders.loading.loader import make_loader
 from umt.loaders.loading.pipeline import collate, decode_views, shard_loader
 from umt.loaders.stored.integrity import damaged_shards
@@ -66,12 +64,7 @@ def build(data_dir: str, teachers: dict[str, str], out: str, num_views: int, see
     state = PartialState(cpu=not torch.cuda.is_available())
     manifest = load_manifest(data_dir)
     shards = split_shards(manifest, split)
-    # numba's view kernel loads (0.6 s) beside the teachers' load, before the decoding workers fork: they inherit it
-    # instead of each loading it before its first batch while the teachers wait
-    kernels = threading.Thread(target=load_kernels, name="umt-kernels", daemon=True)
-    kernels.start()
     models, prints, spec = load_teacher_models(teachers, state.device)
-    kernels.join()
     modalities = sorted(models)
     dims = {m: models[m].encoders[m].out_dim for m in modalities}
     classes = len(manifest["classes"])

@@ -22,6 +22,11 @@ label model (DEMO_PRESENCE), scored per kind of clip.
     python benchmarks/phenomena.py --mfeat --out runs/phenomena-mfeat          # 3 seeds
     python benchmarks/phenomena.py --demo-presence --out runs/demo-presence    # make demo's clips, presence model
     python benchmarks/phenomena.py --synthetic --quick --out /tmp/p            # seconds: for tests
+    python benchmarks/phenomena.py --realav data/realav --jobs 3 --out runs/methods-realav   # the methods table
+
+`--realav` summarises a stopped sweep with `--collect`; `--only LIST --merge FILE` trains just the listed runs (other
+registered methods, `joint-HEAD`), none of the core ones, and joins them seed by seed with an earlier run's records:
+a sweep finished on a machine where the first runs' folders are gone.
 
 `--optim adamw|sgd|both` runs every trained model of a cell (teachers, joint, UMT from a cache of that
 optimiser's teachers, every peer; UME of those teachers) with that optimiser, or with each in turn: run

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from phenomena import methods_summary  # noqa: E402
+from phenomena import merged, methods_summary  # noqa: E402
 
 TOP1 = {  # three seeds each: joint is beaten clearly by a, equalled by b run for run, c sits in its noise
     "joint": [0.50, 0.52, 0.54], "a": [0.60, 0.61, 0.62], "b": [0.50, 0.52, 0.54], "c": [0.49, 0.55, 0.53],
@@ -35,3 +35,18 @@ def test_spread_leaves_out_the_unimodal_models_and_the_verdict_needs_two_se():
     assert math.isclose(s["spread_over_se"], (0.61 - 0.52) / pooled, abs_tol=0.02)   # not down to video's 0.10
     assert s["beat_joint_by_2se"] == ["a"] and s["below_joint_by_2se"] == []
     assert s["equal_to_joint_run_for_run"] == ["b"]
+
+
+def test_merge_joins_a_later_runs_methods_seed_by_seed():
+    """--only's runs (no teachers: an empty uni-modal probe) joined with an earlier sweep's records: every earlier
+    method kept, the new ones added to their own seed, a seed only the new runs have kept too."""
+    earlier = cells()
+    later = [{"seed": s, "views": ["video"], "test_top1": {"d": 0.7 + s / 100}, "probe": {"unimodal": {}, "d": {"video": 0.5}},
+              "train_samples_per_s": {"d": 80.0}} for s in (1, 2, 3)]
+    joined = merged(earlier, later)
+    assert [c["seed"] for c in joined] == [0, 1, 2, 3]
+    assert "d" not in joined[0]["test_top1"] and joined[0]["test_top1"] == earlier[0]["test_top1"]
+    assert joined[2]["test_top1"] == {**earlier[2]["test_top1"], "d": 0.72}
+    assert joined[1]["probe"]["unimodal"] == {"video": 0.4} and joined[1]["probe"]["d"] == {"video": 0.5}
+    assert methods_summary(joined)["methods"]["d"]["seeds"] == [1, 2, 3]
+    assert methods_summary(joined)["methods"]["d"]["epoch_time_vs_joint"] == 1.25

@@ -80,14 +80,14 @@ def filter_taps(start: float, length: float, size: int, limit: int) -> tuple[np.
 
 
 @numba.njit(cache=True, nogil=True)
-def _across(plane: np.ndarray, first: int, cols: np.ndarray, col_w: np.ndarray, col_n: np.ndarray,
+def _across(plane: np.ndarray, first: int, start: int, stop: int, cols: np.ndarray, col_w: np.ndarray, taps: int,
             out: np.ndarray) -> None:
-    """out[r - first, j] = row r of `plane` resampled along its columns, for the rows out holds. Every pixel
-    takes as many taps as the widest: the unused ones weigh 0 (on index 0), and adding their 0 changes no
-    sum. One to three taps (a crop of the output's size; upsampling, chroma's usual case; a box up to
-    twice the output's size) have loops of their own, with the same sums (0 + a = a exactly)."""
-    size, taps = out.shape[1], col_n.max()
-    for r in range(out.shape[0]):
+    """out[r] = row first + r of `plane` resampled along its columns, for r in [start, stop). Every pixel takes
+    `taps` taps (the widest's): the unused ones weigh 0 (on index 0), and adding their 0 changes no sum. One to
+    three taps (a crop of the output's size; upsampling, chroma's usual case; a box up to twice the output's size)
+    have loops of their own, with the same sums (0 + a = a exactly)."""
+    size = out.shape[1]
+    for r in range(start, stop):
         src = plane[first + r]
         dst = out[r]
         if taps == 1:
@@ -130,11 +130,19 @@ def _frame_to_rgb(luma: np.ndarray, u: np.ndarray, v: np.ndarray,
     c*: columns; *y luma, *c chroma) and buffers: the box resized, converted, flipped."""
     size = out.shape[0]
     luma_first, chroma_first = ry[:, 0].min(), rc[:, 0].min()
-    _across(luma, luma_first, cy, cyw, cyn, luma_across)
-    _across(u, chroma_first, cc, ccw, ccn, u_across)
-    _across(v, chroma_first, cc, ccw, ccn, v_across)
+    luma_taps, chroma_taps = cyn.max(), ccn.max()
+    luma_done = chroma_done = 0  # rows resampled along the columns so far, each just before an output row reads it
     ys, us, vs = rows[0], rows[1], rows[2]
     for i in range(size):
+        need = ry[i, ryn[i] - 1] - luma_first + 1
+        if need > luma_done:
+            _across(luma, luma_first, luma_done, need, cy, cyw, luma_taps, luma_across)
+            luma_done = need
+        need = rc[i, rcn[i] - 1] - chroma_first + 1
+        if need > chroma_done:
+            _across(u, chroma_first, chroma_done, need, cc, ccw, chroma_taps, u_across)
+            _across(v, chroma_first, chroma_done, need, cc, ccw, chroma_taps, v_across)
+            chroma_done = need
         _down(luma_across, luma_first, ry, ryw, ryn, i, ys)
         _down(u_across, chroma_first, rc, rcw, rcn, i, us)
         _down(v_across, chroma_first, rc, rcw, rcn, i, vs)

@@ -14,7 +14,9 @@ than float32 frames.
 Cost: a clip's frames share one box, so the filter taps are computed once per clip, not per frame
 and plane; taps of weight zero (most of the triangle's when the scale is near 1) are dropped; each
 pass runs along contiguous rows (columns first over the box's rows, then rows, whose inner loop is a
-whole output row), and each output row is converted as soon as its three planes are resampled. The
+whole output row); a box row is resampled along the columns just before the first output row that reads
+it, so the rows in flight stay in cache; and each output row is converted as soon as its three planes
+are resampled. The
 sums are the same products added in the same order as a plain per-pixel loop, so the output does
 not depend on these choices.
 """

@@ -77,6 +77,7 @@ DEMO_PRESENCE = {"data": dict(test=1000, label_model="presence", video_present=0
 REALAV_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "realav.yaml"
 REALAV = dict(epochs=6, lr=None, fusion=None, select="last", workers=1, cache_views=6)
 MFEAT_VIEWS = {"fou": "mfeat-fou.csv", "pix": "mfeat-pix.csv"}   # weak (76 Fourier coeffs), strong (240 pixels)
+SPEEDS_ADDED = "train_samples_per_s_added"  # a --merge'd cell: the added runs' speeds, compared among themselves
 OPTIMISERS = ("adamw", "sgd")  # --optim both: every trained model with each (engine/config.py CHOICES["optimizer"])
 
 
@@ -258,13 +259,18 @@ def run_only(cell: Cell, out: Path, name: str) -> None:
 
 
 def merged(earlier: list[dict], records: list[dict]) -> list[dict]:
-    """`--merge`: an earlier run's cells of the same sweep joined seed by seed with these (a run in both: this one's)."""
+    """`--merge`: an earlier run's cells of the same sweep joined seed by seed with these (a run in both: this one's).
+    These records' training speeds are kept apart, under SPEEDS_ADDED: a method's speed is compared only with joint's
+    timed in the same run (methods_summary)."""
     by_seed = {r["seed"]: r for r in records}
     out = []
     for old in earlier:
         new = by_seed.pop(old["seed"], {})
-        out.append({**old, **{k: {**old.get(k, {}), **{m: v for m, v in new.get(k, {}).items() if v != {}}}
-                              for k in ("test_top1", "probe", "train_samples_per_s")}})
+        cell = {**old, **{k: {**old.get(k, {}), **{m: v for m, v in new.get(k, {}).items() if v != {}}}
+                          for k in ("test_top1", "probe")}}
+        if new.get("train_samples_per_s"):
+            cell[SPEEDS_ADDED] = new["train_samples_per_s"]
+        out.append(cell)
     return out + list(by_seed.values())
 
 
@@ -444,8 +450,9 @@ def methods_summary(records: list[dict], reference: str = "joint") -> dict:
         top1 = [r["test_top1"][m] for r in runs]
         probe = (lambda r: r["probe"]["unimodal"]) if m.startswith("unimodal_") else (lambda r: r["probe"].get(m, {}))
         modal = {v: [probe(r)[v] for r in runs if v in probe(r)] for v in records[0]["views"]}
-        per_epoch = [r["train_samples_per_s"][reference] / r["train_samples_per_s"][m] for r in runs
-                     if {m, reference} <= set(r.get("train_samples_per_s", {}))]
+        per_epoch = [speeds[reference] / speeds[m] for r in runs for speeds in (r.get("train_samples_per_s", {}),
+                                                                               r.get(SPEEDS_ADDED, {}))
+                     if {m, reference} <= set(speeds)]
         methods[m] = {"top1_median": round(statistics.median(top1), 4), "top1_mean": round(statistics.fmean(top1), 4),
                       "top1_se": round(se(top1), 4), "seeds": [r["seed"] for r in runs], "top1": top1,
                       "probe_median": {v: round(statistics.median(x), 4) for v, x in modal.items()
@@ -473,7 +480,8 @@ def methods_summary(records: list[dict], reference: str = "joint") -> dict:
                                   "methods' top1_se",
                 "beat_joint_by_2se": "median - joint's median >= 2 x sqrt(se^2 + joint's se^2)",
                 "epoch_time_vs_joint": "median over seeds of joint's training samples/s / the method's (training "
-                                       "only, runs of one seed side by side in time order, on a shared machine)",
+                                       "only, runs of one seed side by side in time order, on a shared machine; "
+                                       "runs added by --merge only against a joint timed with them)",
                 "probe_median": "median over seeds of the test linear probe of each encoder"}}
 
 

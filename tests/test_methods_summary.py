@@ -48,5 +48,12 @@ def test_merge_joins_a_later_runs_methods_seed_by_seed():
     assert "d" not in joined[0]["test_top1"] and joined[0]["test_top1"] == earlier[0]["test_top1"]
     assert joined[2]["test_top1"] == {**earlier[2]["test_top1"], "d": 0.72}
     assert joined[1]["probe"]["unimodal"] == {"video": 0.4} and joined[1]["probe"]["d"] == {"video": 0.5}
-    assert methods_summary(joined)["methods"]["d"]["seeds"] == [1, 2, 3]
-    assert methods_summary(joined)["methods"]["d"]["epoch_time_vs_joint"] == 1.25
+    d = methods_summary(joined)["methods"]["d"]
+    assert d["seeds"] == [1, 2, 3]
+    # timed without joint beside them: kept apart, never set against the earlier run's joint
+    assert "epoch_time_vs_joint" not in d and joined[1]["train_samples_per_s_added"] == {"d": 80.0}
+    assert joined[1]["train_samples_per_s"] == earlier[1]["train_samples_per_s"]
+    # with joint timed beside them: against that joint only (the earlier methods keep theirs)
+    later = [{**c, "train_samples_per_s": {"d": 80.0, "joint": 40.0}} for c in later]
+    summary = methods_summary(merged(earlier, later))["methods"]
+    assert summary["d"]["epoch_time_vs_joint"] == 0.5 and summary["a"]["epoch_time_vs_joint"] == 2.0

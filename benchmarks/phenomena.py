@@ -671,7 +671,7 @@ def main() -> None:
     parser.add_argument("--collect", action="store_true", help="--realav: summarise the runs already finished under "
                         "--out and train nothing (a sweep stopped before its end; rerun without it to finish)")
     parser.add_argument("--only", metavar="LIST", help="--realav: train only these runs, a comma list of other "
-                        "registered methods and joint-HEAD (joint on another head), no teachers, cache, UMT or UME, "
+                        "registered methods, joint and joint-HEAD (joint on another head), no teachers, cache, UMT or UME, "
                         "then summarise as --collect does (with --merge: beside an earlier run's records)")
     parser.add_argument("--merge", metavar="FILE", help="--realav with --collect or --only: join an earlier run's "
                         "records of the same sweep (its phenomena.json) seed by seed with these")
@@ -706,10 +706,10 @@ def main() -> None:
         raise SystemExit("phenomena: --collect, --only and --merge apply to --realav")
     only = tuple(args.only.split(",")) if args.only else ()
     from umt.engine.config import CHOICES
-    unknown = set(only) - set(peers()) - {f"joint-{f}" for f in CHOICES["fusion"]}
+    unknown = set(only) - set(peers()) - {"joint", *(f"joint-{f}" for f in CHOICES["fusion"])}
     if unknown:
         raise SystemExit(f"phenomena: --only {args.only}: {', '.join(sorted(unknown))} is neither a registered "
-                         f"method beside the core ones ({', '.join(peers())}) nor joint-HEAD")
+                         f"method beside the core ones ({', '.join(peers())}) nor joint[-HEAD]")
     if only:
         pairs = [(c, name) for name in only for c in cells]  # every seed of a method, then the next method
         with ProcessPoolExecutor(args.jobs) as pool:

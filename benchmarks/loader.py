@@ -290,7 +290,10 @@ def stage_costs(data: Path, spec: ViewSpec, count: int = 24, repeats: int = 5) -
             return time.perf_counter() - start
         return seconds
 
-    parsed = {id(s): _Media(s, spec, ["video", "audio"], 0, [v]) for s, v in zip(samples, views)}
+    def parse(sample, view) -> _Media:  # the worker's parse and FLAC span decode of one sample's view
+        return _Media(sample, spec, ["video", "audio"], 0, [view])
+
+    parsed = {id(s): parse(s, v) for s, v in zip(samples, views)}
 
     def decode(sample, view):
         for _ in parsed[id(sample)].decoded("video"):
@@ -307,10 +310,10 @@ def stage_costs(data: Path, spec: ViewSpec, count: int = 24, repeats: int = 5) -
         media = parsed[id(sample)]
         log_mel(pcm_float(torch.stack(media.windows())), media.geom.sample_rate, spec.mel_bins)
 
-    stages = {"parse_flac": best(clocked(lambda s, v: _Media(s, spec, ["video", "audio"], 0, [v]))),
+    stages = {"parse_flac": best(clocked(parse)),
               "decode": best(clocked(decode)), "kernel": best(kernel), "log_mel": best(clocked(mel))}
     bare = best(clocked(lambda s, v: _bare(s, 0, v, spec)))
-    whole = best(clocked(lambda s, v: finish_views(_Media(s, spec, ["video", "audio"], 0, [v]), spec, {"video": out})))
+    whole = best(clocked(lambda s, v: finish_views(parse(s, v), spec, {"video": out})))
     return {"ms_per_clip": {"bare": bare, **stages, "worker_clip": whole}, "clip_bound": round(bare / whole, 3),
             "stage_bound": round(bare / sum(stages.values()), 3), "samples": len(samples), "repeats": repeats}
 

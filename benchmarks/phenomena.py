@@ -25,7 +25,7 @@ label model (DEMO_PRESENCE), scored per kind of clip.
     python benchmarks/phenomena.py --realav data/realav --jobs 3 --out runs/methods-realav   # the methods table
 
 `--realav` summarises a stopped sweep with `--collect`; `--only LIST --merge FILE` trains just the listed runs (other
-registered methods, `joint-HEAD`), none of the core ones, and joins them seed by seed with an earlier run's records:
+registered methods, `joint`, `joint-HEAD`), none of the teachers, cache, UMT or UME, and joins them seed by seed with an earlier run's records:
 a sweep finished on a machine where the first runs' folders are gone.
 
 `--optim adamw|sgd|both` runs every trained model of a cell (teachers, joint, UMT from a cache of that

@@ -6,7 +6,9 @@ repeats, at each of `--widths` (8: the CPU demo's; 64: ResNet-18's, where an onl
 the student does); students and teachers share the width. Each repeat runs every width's three
 methods back to back, the order rotated; `ratio_cached_vs_joint_per_repeat` is the spread of the
 ratio within repeats. Then, per width, the cache build's clips/s against the teachers' bare forward
-throughput on the same clips, already decoded and in memory (build_overhead = 1 - build / bare).
+throughput on the same clips, already decoded and in memory (build_overhead = 1 - build / bare), the bare forward
+taken two ways: one process on torch's threads, and a single-thread forward on every core at once (per_core: the
+bound of a build whose workers each run the teachers on one thread, as umt-cache build's do on a CPU).
 `--profile` runs cProfile over one joint and one cached run at the largest width and lists the
 functions whose own time per step differs most: where a gap between them goes. The defaults
 (512 clips, 5 repeats, widths 8 and 64, three timed cache builds per width, each followed by a bare forward,
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import functools
+import multiprocessing
+import os
 import statistics
 import tempfile
 import time
@@ -41,6 +45,7 @@ from umt.loaders.stored.views import ViewSpec
 from common import median, write_json
 
 VIEW = ViewSpec(frames=4, stride=2, crop=32, audio_seconds=1.0, mel_bins=40)
+CORES = len(os.sched_getaffinity(0))
 
 
 def decoded_batches(data: str, teachers: dict[str, str], views: int, batch_size: int) -> list[dict]:
@@ -51,15 +56,35 @@ def decoded_batches(data: str, teachers: dict[str, str], views: int, batch_size:
     return list(shard_loader(paths, decode, functools.partial(batched_by_shard, batch_size=batch_size), 0))
 
 
-def bare_forward_clips_per_s(teachers: dict[str, str], batches: list[dict]) -> float:
-    """Teachers' forward alone on decoded batches: the bound of a cache build."""
+def bare_forward_clips_per_s(teachers: dict[str, str], batches: list[dict], threads: int | None = None) -> float:
+    """Teachers' forward alone on decoded batches, in this process on `threads` threads (None: torch's default):
+    the bound of a cache build."""
     encoders, _, _ = load_teachers(teachers, torch.device("cpu"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
     start = time.perf_counter()
     with torch.no_grad():
         for batch in batches:
             for m, enc in encoders.items():
                 enc(batch[m].flatten(0, 1)).to(torch.float16)
-    return sum(len(b["row"]) for b in batches) / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    torch.set_num_threads(before)
+    return sum(len(b["row"]) for b in batches) / seconds
+
+
+def bare_forward_per_core_clips_per_s(teachers: dict[str, str], batches: list[dict]) -> float:
+    """A single-thread forward on every core at once (forked processes, each over every batch), summed: the bound of
+    a build whose workers each run the teachers on one thread (cores that share caches or memory bandwidth, or are
+    hyperthreads of one core, count as they are)."""
+    fork = multiprocessing.get_context("fork")
+    rates = fork.SimpleQueue()
+    procs = [fork.Process(target=lambda: rates.put(bare_forward_clips_per_s(teachers, batches, threads=1)))
+             for _ in range(CORES)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    return sum(rates.get() for _ in procs)
 
 
 def gap_profile(run_once, names: tuple[str, str], top: int = 12) -> list[dict]:
@@ -90,7 +115,8 @@ def main() -> None:
     p.add_argument("--views", type=int, default=4)
     p.add_argument("--build-repeats", type=int, default=3, help="timed cache builds, each followed by a bare forward, per width; "
                    "each build at width 64 costs minutes on 2 cores")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="the training runs' decoding workers")
+    p.add_argument("--build-workers", type=int, help="the cache builds' workers (default: umt-cache build's)")
     p.add_argument("--profile", action="store_true", help="also profile one joint and one cached run at the "
                    "largest width: where the time differs")
     args = p.parse_args()
@@ -112,17 +138,22 @@ def main() -> None:
 
     def build_figures(teachers: dict[str, str], width: int) -> dict:
         batches = decoded_batches(data, teachers, args.views, args.batch_size)  # decoded once, untimed
-        seconds, bare = [], []
-        for r in range(args.build_repeats):  # each build beside a bare forward, alternated: one machine state
+        seconds, bare, per_core = [], [], []
+        for r in range(args.build_repeats):  # each build beside the bare forwards, alternated: one machine state
             start = time.perf_counter()
             build(data, teachers, str(work / f"w{width}-cache{r}.zarr"), args.views, batch_size=args.batch_size,
-                  num_workers=args.workers, progress=False)
+                  num_workers=args.build_workers, progress=False)
             seconds.append(time.perf_counter() - start)
             bare.append(bare_forward_clips_per_s(teachers, batches))
+            per_core.append(bare_forward_per_core_clips_per_s(teachers, batches))
         overheads = [1 - args.train_clips / s / b for s, b in zip(seconds, bare)]
+        per_core_overheads = [1 - args.train_clips / s / b for s, b in zip(seconds, per_core)]
         return {"build_clips_per_s": round(args.train_clips / median(seconds), 1),
                 "bare_teacher_clips_per_s": round(median(bare), 1), "build_overhead": round(statistics.median(overheads), 3),
                 "build_overhead_per_repeat": [round(x, 3) for x in overheads],
+                "bare_per_core_clips_per_s": round(median(per_core), 1),
+                "build_overhead_vs_per_core": round(statistics.median(per_core_overheads), 3),
+                "build_overhead_vs_per_core_per_repeat": [round(x, 3) for x in per_core_overheads],
                 "build_seconds_runs": [round(x, 2) for x in seconds]}
 
     phases["data"] = round(time.perf_counter() - clock)

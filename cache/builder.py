@@ -8,10 +8,17 @@ it and whether or not the build was interrupted: resumed and multi-process build
 bit for bit. Teachers run in eval mode (BatchNorm running statistics), so a feature (and its
 logits) is a pure function of the weights and the view, and the online teacher of `umt-train --method umt
 --teacher ...` gives the same value.
+
+Where the teachers run: on a GPU, in the main process, fed by the decoding workers. On a CPU, inside the decoding
+workers, one thread each and (by default) one worker a core: each decodes a batch and runs it through the teachers
+itself. One single-thread forward a core outpaces one process's multi-thread forward (no barrier between threads), and
+the decode no longer takes a core from under a multi-thread forward, stalling its other thread
+(benchmarks/RESULTS.md, "The cache build's forward in its workers").
 """
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import time
 from pathlib import Path
@@ -47,6 +54,30 @@ class ShardViews:
         return out
 
 
+class TeacherForward:
+    """Picklable batch stage: a batch of every view of its clips → the teachers' float16 features and logits
+    ({KIND}/{modality}, store.KINDS) with the rows, keys and view params; the decoded views are dropped."""
+
+    def __init__(self, models: dict[str, LateFusionNet], device: torch.device):
+        self.models, self.device = models, device
+
+    def __call__(self, batch: dict) -> dict:
+        part = {"row": batch["row"].numpy(), "key": batch["key"], "params": batch["params"].numpy()}
+        with torch.no_grad():
+            for m, model in self.models.items():
+                part.update(zip((f"{kind}/{m}" for kind in store.KINDS),
+                                _teacher_outputs(model, m, batch[m].to(self.device))))
+        return part
+
+
+def default_workers(device: torch.device) -> int:
+    """`--workers` left out: on a CPU one a core of this process's share of the machine (the teachers run in them),
+    on a GPU one decoding worker."""
+    if device.type != "cpu":
+        return 1
+    return max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def batched_by_shard(samples: Iterator[dict], batch_size: int) -> Iterator[dict]:
     """Batches that never mix two shards, so batch composition depends on the shard alone."""
     batch: list[dict] = []
@@ -60,8 +91,9 @@ def batched_by_shard(samples: Iterator[dict], batch_size: int) -> Iterator[dict]
 
 
 def build(data_dir: str, teachers: dict[str, str], out: str, num_views: int, seed: int = 0,
-          split: str = "train", batch_size: int = 32, num_workers: int = 1, progress: bool = True) -> Path:
+          split: str = "train", batch_size: int = 32, num_workers: int | None = None, progress: bool = True) -> Path:
     state = PartialState(cpu=not torch.cuda.is_available())
+    num_workers = default_workers(state.device) if num_workers is None else num_workers
     manifest = load_manifest(data_dir)
     shards = split_shards(manifest, split)
     models, prints, spec = load_teacher_models(teachers, state.device)
@@ -111,19 +143,19 @@ def build(data_dir: str, teachers: dict[str, str], out: str, num_views: int, see
         state.wait_for_everyone()
         return Path(out)
     paths = [locate(data_dir, shards[i]["name"]) for i in mine]
+    forward = TeacherForward(models, state.device)
+    in_workers = state.device.type == "cpu" and num_workers > 0  # the module docstring says why
     loader = shard_loader(paths, ShardViews(spec, modalities, seed, num_views),
-                          functools.partial(batched_by_shard, batch_size=batch_size), num_workers) if paths else []
-    with torch.no_grad(), tqdm(total=todo, unit="clip", desc=f"cache[rank {state.process_index}]",
-                               disable=not progress) as bar:
+                          functools.partial(batched_by_shard, batch_size=batch_size), num_workers,
+                          *([forward] if in_workers else [])) if paths else []
+    with tqdm(total=todo, unit="clip", desc=f"cache[rank {state.process_index}]", disable=not progress) as bar:
         for batch in loader:  # nothing left for this rank (a finished cache rebuilt, or more ranks than shards)
-            shard = int(np.searchsorted(offsets, int(batch["row"][0]), side="right") - 1)
-            outputs = {f"{kind}/{m}": value for m in modalities
-                       for kind, value in zip(store.KINDS, _teacher_outputs(models[m], m, batch[m].to(state.device)))}
-            pending.setdefault(shard, []).append({"row": batch["row"].numpy(), "key": batch["key"],
-                                                  "params": batch["params"].numpy(), **outputs})
+            part = batch if in_workers else forward(batch)
+            shard = int(np.searchsorted(offsets, int(part["row"][0]), side="right") - 1)
+            pending.setdefault(shard, []).append(part)
             if sum(len(p["row"]) for p in pending[shard]) == shards[shard]["count"]:
                 _write_shard(group, shard, shards[shard], pending.pop(shard), modalities)
-            bar.update(len(batch["row"]))
+            bar.update(len(part["row"]))
     if pending:
         raise store.CacheError(f"shards {[shards[i]['name'] for i in pending]} ended short of their "
                                "manifest counts: the data changed since the manifest was written")

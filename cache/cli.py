@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--seed", type=int, default=0, help="view seed; training reuses it (default 0)")
     b.add_argument("--split", default="train", help="split to cache (default train)")
     b.add_argument("--batch-size", type=int, default=32)
-    b.add_argument("--workers", type=int, default=1, help="decoding worker processes")
+    b.add_argument("--workers", type=int, help="worker processes (default: on a CPU one a core, and each runs the "
+                   "teachers on the clips it decodes, one thread each; on a GPU one, which decodes)")
     d = b.add_argument_group("--dry-run", "print the cache's plan for a cluster shape and build nothing")
     d.add_argument("--dry-run", action="store_true", help="print disk, memory per rank (resident or streamed, "
                    "by the trainer's cache_budget_gb rule) and build hours")

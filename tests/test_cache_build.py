@@ -53,6 +53,15 @@ def test_two_process_build_equals_one_process_build(data, teachers, cache, tmp_p
     _assert_same_cache(out, cache)
 
 
+def test_a_build_whose_workers_run_the_teachers_equals_one_that_runs_them_in_the_main_process(data, teachers, cache,
+                                                                                             tmp_path):
+    # on a CPU the default build runs the teachers inside its two decoding workers, one thread each; the fixture's
+    # --workers 0 build runs them in this process: the same features and logits, bit for bit
+    args = [a for a in _build_args(data, teachers, tmp_path / "workers.zarr", "--views", "2") if a not in ("--workers", "0")]
+    cache_main([*args, "--workers", "2"])
+    _assert_same_cache(tmp_path / "workers.zarr", cache)
+
+
 def _verify(cache, data, *extra) -> tuple[int, str]:
     proc = subprocess.run([sys.executable, "-m", "umt.cache.cli", "verify", str(cache), "--data", str(data),
                            "--recompute", "64", *extra], capture_output=True, text=True, timeout=120)

@@ -354,9 +354,11 @@ class CpuLoader(PlannedLoader):
 
 
 def shard_loader(paths: list[str], decode: Callable[[dict], dict], batcher: Callable,
-                 num_workers: int) -> torch.utils.data.DataLoader:
-    """Whole shards dealt to workers → tar samples in stored order → decode → batcher (the cache
-    builder's pass: every sample of its shards, batches that follow shard boundaries)."""
-    stages = [wds.SimpleShardList(paths), wds.split_by_worker, wds.tarfile_to_samples(), wds.map(decode), batcher]
+                 num_workers: int, *then: Callable[[dict], dict]) -> torch.utils.data.DataLoader:
+    """Whole shards dealt to workers → tar samples in stored order → decode → batcher → each of `then` on every
+    batch, in the workers (the cache builder's pass: every sample of its shards, batches that follow shard
+    boundaries)."""
+    stages = [wds.SimpleShardList(paths), wds.split_by_worker, wds.tarfile_to_samples(), wds.map(decode), batcher,
+              *map(wds.map, then)]
     return torch.utils.data.DataLoader(wds.DataPipeline(*stages), batch_size=None,
                                        num_workers=min(num_workers, len(paths)), worker_init_fn=worker_init)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from umt.loaders.errors import UserError
-from umt.loaders.loading.audio import log_mel
+from umt.loaders.loading.audio import CPU_CHUNK, EPS, HOP, N_FFT, log_mel, mel_filterbank
 from umt.loaders.stored.views import (CENTRE, Geometry, ViewPolicy, ViewSpec, make_view, make_views,
                                       eval_view, eval_views)
 
@@ -99,3 +99,13 @@ def test_log_mel_peaks_at_the_tone():
     low, high = (log_mel(torch.sin(2 * torch.pi * f * t), 16000, 40).mean(-1).argmax().item() for f in (300.0, 4000.0))
     assert low < high
     assert log_mel(torch.zeros(16000), 16000, 40).shape == (40, 101)
+
+
+@pytest.mark.parametrize("shape", [((CPU_CHUNK - 1) * HOP,), (CPU_CHUNK * HOP + 7,), (3, (2 * CPU_CHUNK + 74) * HOP + 90)])
+def test_log_mel_in_chunks_equals_one_stft_pass(shape):
+    # the CPU log-mel runs CPU_CHUNK frames a pass: the frames at and across chunk edges must equal one centred pass
+    wave = torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 0.1
+    spec = torch.stft(wave, N_FFT, HOP, window=torch.hann_window(N_FFT), center=True, return_complex=True)
+    power = spec.real.square() + spec.imag.square()
+    one_pass = (torch.matmul(power.transpose(-1, -2), mel_filterbank(64, 16000)) + EPS).log().transpose(-1, -2)
+    torch.testing.assert_close(log_mel(wave, 16000, 64), one_pass, rtol=0, atol=1e-5)

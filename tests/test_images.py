@@ -259,8 +259,8 @@ def test_a_process_pinned_to_one_cpu_exits_after_packing_and_loading_images(tabl
               "import test_images as t; from pathlib import Path; from umt.loaders.cli import main; "
               f"main(['pack-images', {str(table)!r}, {str(tmp_path / 'out')!r}, '--size', '24', '--workers', '1']); "
               f"print(sum(len(b['row']) for b in t._epoch(Path({str(tmp_path / 'out')!r}), num_workers=1)))")
-    # a deadlock never exits: the timeout only has to outlast a slow exit on a busy machine (60 s did not, once,
-    # with the suite beside a three-process sweep on 2 cores: the child had printed its count and was still exiting)
+    # a deadlock never exits, so a long timeout still catches one; 60 s once ran out on a busy machine (the suite
+    # beside a three-process sweep on 2 cores), the child's count printed, its exit not reached in time
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
     assert done.returncode == 0 and done.stdout.split()[-1] == "28", done.stderr[-2000:]
 

@@ -19,22 +19,19 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from phenomena import _trained, fusion_for, peers, realav_cells
+from phenomena import Cell, _trained, only_run, peers, realav_cells, umt_variants
 
 from common import write_json
 
 
-def runs(cache: str) -> dict[str, tuple[str | None, tuple[str, ...]]]:
-    """Run name → (fusion head, umt-train flags), as the methods table trains them."""
+def runs(cell: Cell, cache: str) -> dict[str, tuple[str | None, tuple[str, ...]]]:
+    """Run name → (fusion head, umt-train flags), as the methods table trains them (phenomena's own rules)."""
     from umt.engine.config import CHOICES
-    both = ("--modality", "video", "--modality", "audio")
-    distil = ("--method", "umt", *both, "--cache", cache)
-    table = {"joint": ("linear", ("--method", "joint", *both)),
-             **{f"joint-{f}": (f, ("--method", "joint", *both)) for f in CHOICES["fusion"] if f != "linear"},
-             **{f"unimodal-{v}": ("linear", ("--method", "unimodal", "--modality", v)) for v in ("video", "audio")},
-             "umt": ("linear", distil), "umt-projector": ("linear", (*distil, "--projector")),
-             "umt-both": ("linear", (*distil, "--distill-targets", "both"))}
-    return {**table, **{m: (fusion_for(m, ["video", "audio"], None), ("--method", m, *both)) for m in peers()}}
+    named = ["joint", *(f"joint-{f}" for f in CHOICES["fusion"] if f != "linear"), *peers()]
+    return {**{f"unimodal-{v}": ("linear", ("--method", "unimodal", "--modality", v)) for v in cell.modalities},
+            **{name: ("linear", flags) for name, flags in
+               umt_variants(cache, cell.modalities, cell.recipe.distill_weight).items()},
+            **{name: only_run(cell, name) for name in named}}
 
 
 def main() -> None:
@@ -51,7 +48,7 @@ def main() -> None:
     from umt.engine.interleave import ratio_spread, rotated
     torch.set_num_threads(1)
     cell = next(c for c in realav_cells(Path(args.realav), quick=False) if c.seed == 0)
-    table, work = runs(args.cache), Path(tempfile.mkdtemp(prefix="umt-costs-"))
+    table, work = runs(cell, args.cache), Path(tempfile.mkdtemp(prefix="umt-costs-"))
     speeds: dict[str, list[float]] = {name: [] for name in table}
     for r in range(args.repeats):
         for name in rotated(list(table), r):

@@ -49,7 +49,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -175,21 +175,19 @@ def _run_arm(cell: Cell, work: Path, data: Path, views: list[str], optim: str | 
 
     runs: dict[str, str] = {}  # method key → run folder, for the per-group scores
 
-    both = [a for v in views for a in ("--modality", v)]
+    both = modality_flags(views)
     uni = {v: train(f"unimodal-{v}", "--method", "unimodal", "--modality", v) for v in views}
     ckpts = {v: str(work / f"unimodal-{v}{at}" / "model.pt") for v in views}
     joint = train("joint", "--method", "joint", *both)
     cache_main(["build", "--data", str(data), *[f"--teacher={v}={c}" for v, c in ckpts.items()],
                 "--out", str(work / f"cache{at}.zarr"), "--views", str(r.cache_views), "--seed", str(cell.seed),
                 "--workers", str(r.workers)])
-    distil = ["--method", "umt", *both, "--cache", str(work / f"cache{at}.zarr"), "--lambda", str(r.distill_weight)]
-    umt = train("umt", *distil)
-    umt_projector = train("umt-projector", *distil, "--projector")
-    umt_both = train("umt-both", *distil, "--distill-targets", "both")  # features and T²·KL on teacher logits
+    umts = {name.replace("-", "_"): train(name, *flags)
+            for name, flags in umt_variants(str(work / f"cache{at}.zarr"), views, r.distill_weight).items()}
     ume = train("ume", "--method", "ume", *[f"--member={v}={c}" for v, c in ckpts.items()], fusion=None)
     choice = guide(str(data), ckpts, str(work / f"joint{at}" / "model.pt"), split="val", num_workers=r.workers,
                    umt=str(work / f"umt{at}" / "model.pt"))
-    fused = {"joint": joint, "umt": umt, "umt_projector": umt_projector, "umt_both": umt_both}
+    fused = {"joint": joint, **umts}
     fusions = {}
     for method in cell.peers:  # keyed like the run folders, with "_" for "-" (ogm-ge → ogm_ge)
         fusion = fusions[method.replace("-", "_")] = fusion_for(method, views, r.fusion)
@@ -242,6 +240,25 @@ def _trained(cell: Cell, folder: Path, data: Path, fusion: str | None, args: tup
     return json.loads((folder / "results.json").read_text())
 
 
+def modality_flags(views: Sequence[str]) -> list[str]:
+    """umt-train's flags naming every modality of a multi-modal run."""
+    return [a for v in views for a in ("--modality", v)]
+
+
+def umt_variants(cache: str, views: Sequence[str], weight: float) -> dict[str, tuple[str, ...]]:
+    """A cell's UMT runs from `cache` → their flags: plain, + projector, and features + T²·KL on the teachers' logits."""
+    distil = ("--method", "umt", *modality_flags(views), "--cache", cache, "--lambda", str(weight))
+    return {"umt": distil, "umt-projector": (*distil, "--projector"), "umt-both": (*distil, "--distill-targets", "both")}
+
+
+def only_run(cell: Cell, name: str) -> tuple[str | None, tuple[str, ...]]:
+    """An `--only` run's fusion head and flags: a registered method on its own head at its defaults, joint on its
+    own head, or `joint-HEAD`."""
+    method, _, head = name.partition("-") if name.startswith("joint-") else (name, "", "")
+    return (head or fusion_for(method, list(cell.modalities), cell.recipe.fusion),
+            ("--method", method, *modality_flags(cell.modalities)))
+
+
 def run_only(cell: Cell, out: Path, name: str) -> None:
     """`--only`: one named run of a --realav cell, a registered method on its own head at its defaults or
     `joint-HEAD`; no teachers, cache, UMT, UME or guide (a sweep finished on another machine, its other runs recorded
@@ -251,11 +268,9 @@ def run_only(cell: Cell, out: Path, name: str) -> None:
     torch.set_num_threads(1)
     work = out / f"{cell.name}-seed{cell.seed}"
     work.mkdir(parents=True, exist_ok=True)
-    method, _, head = name.partition("-") if name.startswith("joint-") else (name, "", "")
-    fusion = head or fusion_for(method, list(cell.modalities), cell.recipe.fusion)
-    both = [a for v in cell.modalities for a in ("--modality", v)]
+    fusion, flags = only_run(cell, name)
     with open(work / f"{name}.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        _trained(cell, work / name, Path(cell.raw["data"]), fusion, ("--method", method, *both))
+        _trained(cell, work / name, Path(cell.raw["data"]), fusion, flags)
 
 
 def merged(earlier: list[dict], records: list[dict]) -> list[dict]:

@@ -30,8 +30,8 @@ def _assert_same_cache(a, b) -> None:
     assert x["done"].all()
 
 
-def _build_args(data, teachers, out, *extra) -> list[str]:
-    return ["build", "--data", str(data), "--out", str(out), "--workers", "0",
+def _build_args(data, teachers, out, *extra, workers: int = 0) -> list[str]:
+    return ["build", "--data", str(data), "--out", str(out), "--workers", str(workers),
             *[f"--teacher={m}={p}" for m, p in teachers.items()], *extra]
 
 
@@ -57,8 +57,7 @@ def test_a_build_whose_workers_run_the_teachers_equals_one_that_runs_them_in_the
                                                                                              tmp_path):
     # on a CPU the default build runs the teachers inside its two decoding workers, one thread each; the fixture's
     # --workers 0 build runs them in this process: the same features and logits, bit for bit
-    args = [a for a in _build_args(data, teachers, tmp_path / "workers.zarr", "--views", "2") if a not in ("--workers", "0")]
-    cache_main([*args, "--workers", "2"])
+    cache_main(_build_args(data, teachers, tmp_path / "workers.zarr", "--views", "2", workers=2))
     _assert_same_cache(tmp_path / "workers.zarr", cache)
 
 

@@ -14,7 +14,10 @@ per-sample decode differs), it also measures:
 - after the rounds, the cost of each stage in one process on one thread on the same views (`stage_costs`: the
   bound's work; umt's parse + FLAC span, decode into planes, view kernel, log-mel, and its whole per-clip call),
   `clip_bound` = the bound's work over umt's per-clip call (the ratio a worker doing only that would reach) and
-  `clip_bound_minus_ratio`, what the workers lose beyond it (streaming, batching, processes);
+  `clip_bound_minus_ratio`, what the workers lose beyond it (streaming, batching, processes); and in every
+  round, right after its passes, the bound's work and the per-clip call once more (one pass, each sample once:
+  `per_round_clip_bound`), so that `per_round_clip_bound_minus_ratio` compares each round's ratio with a bound
+  measured in the same minute;
 - umt's loader with its views finished on the trainer's device (`finish_on`, loaders/loading/finish.py): the
   workers' side, which is all the CPUs do, `umt_shipped` (decoded frames and audio windows, as shipped) and
   `shipped_ratio_vs_limit`; with a GPU also `umt_gpu_finished` (the finished batches on the GPU, end to end);
@@ -55,9 +58,11 @@ import argparse
 import io
 import json
 import os
+import statistics
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from functools import partial
@@ -262,60 +267,95 @@ def umt_pass(data: Path, spec: ViewSpec, policy: ViewPolicy, batch_size: int, wo
     return lambda: timed_pass(loader.shipped() if shipped else loader)
 
 
-def stage_costs(data: Path, spec: ViewSpec, count: int = 24, repeats: int = 5) -> dict:
+class StageClock:
     """Milliseconds a clip, in this process on one thread, on `count` samples of the set with their first training
-    views (each sample's best of `repeats`, so a preempted pass does not count): the bound's own work (`bare`); umt's
-    worker's stages on the same views, each timed alone: the parse and FLAC span decode (`parse_flac`), the H.264
-    decode of the view's frames into planes (`decode`), the view kernel (`kernel`), the log-mel (`log_mel`); and the
-    worker's whole per-clip call (`worker_clip`: the same stages in one call, with what joins them: the taps, the
-    writes into the batch's memory). `clip_bound` = bare / worker_clip, the ratio to the bound a worker doing this
-    per-clip work and nothing else would reach; `stage_bound` = bare / the stages' sum, the same without the joins.
-    `ratio_vs_limit` measured in the rounds falls short of them by what streaming, batching and the processes cost."""
-    torch.set_num_threads(1)
-    policy = ViewPolicy(0, 0, True)
-    _, paths, plan, _ = planned_split(data, "train", ["video", "audio"], policy, 8)
-    rows = np.concatenate(plan.batches())[:count]
-    views = policy.indices(rows).tolist()
-    samples = list(planned_samples(paths, plan.offsets, rows))
-    out = torch.empty((1, spec.frames, spec.crop, spec.crop, 3), dtype=torch.uint8)
+    views: the bound's own work (`bare`); umt's worker's stages on the same views, each timed alone: the parse and FLAC
+    span decode (`parse_flac`), the H.264 decode of the view's frames into planes (`decode`), the view kernel
+    (`kernel`), the log-mel (`log_mel`); and the worker's whole per-clip call (`worker_clip`: the same stages in one
+    call, with what joins them: the taps, the writes into the batch's memory). `clip_bound` = bare / worker_clip, the
+    ratio to the bound a worker doing this per-clip work and nothing else would reach; `stage_bound` = bare / the
+    stages' sum, the same without the joins. `ratio_vs_limit` measured in the rounds falls short of them by what
+    streaming, batching and the processes cost.
 
-    def best(seconds) -> float:  # ms a clip: over the samples, each one's best of `repeats`
-        return round(1000 * sum(min(seconds(s, v) for _ in range(repeats)) for s, v in zip(samples, views))
-                     / len(samples), 3)
+    `stages()`: each sample's best of `repeats` (so a preempted pass does not count), every stage. `per_clip()`: one
+    pass over the samples, each once, as a worker meets them, of the bound's work and the per-clip call only: cheap
+    enough to run in every round of the benchmark, so that each round's ratio meets a bound measured minutes, not a
+    run, apart (one-process figures move ±8 % from run to run on these hosts)."""
 
-    def clocked(work):
-        def seconds(sample, view) -> float:
+    def __init__(self, data: Path, spec: ViewSpec, count: int = 24, repeats: int = 5):
+        policy = ViewPolicy(0, 0, True)
+        _, paths, plan, _ = planned_split(data, "train", ["video", "audio"], policy, 8)
+        rows = np.concatenate(plan.batches())[:count]
+        self.spec, self.repeats, self.views = spec, repeats, policy.indices(rows).tolist()
+        self.samples = list(planned_samples(paths, plan.offsets, rows))
+        self.out = torch.empty((1, spec.frames, spec.crop, spec.crop, 3), dtype=torch.uint8)
+
+    def _parse(self, sample: dict, view: int) -> _Media:  # the worker's parse and FLAC span decode of one view
+        return _Media(sample, self.spec, ["video", "audio"], 0, [view])
+
+    def _bare(self, sample: dict, view: int) -> None:
+        _bare(sample, 0, view, self.spec)
+
+    def _whole(self, sample: dict, view: int) -> None:
+        finish_views(self._parse(sample, view), self.spec, {"video": self.out})
+
+    def stages(self) -> dict:
+        parsed = {id(s): self._parse(s, v) for s, v in zip(self.samples, self.views)}
+
+        def decode(sample, view):
+            for _ in parsed[id(sample)].decoded("video"):
+                pass
+
+        def kernel(sample, view) -> float:  # the frames decoded first, off the clock
+            media = parsed[id(sample)]
+            frames = h264_planes(media.video["video"], media.frames[0], (media.geom.height, media.geom.width))
             start = time.perf_counter()
-            work(sample, view)
+            frames_to_rgb([frames[t] for t in media.frames[0]], media.views[0].box, media.views[0].flip,
+                          self.out[0].numpy())
             return time.perf_counter() - start
-        return seconds
 
-    def parse(sample, view) -> _Media:  # the worker's parse and FLAC span decode of one sample's view
-        return _Media(sample, spec, ["video", "audio"], 0, [view])
+        def mel(sample, view):
+            media = parsed[id(sample)]
+            log_mel(pcm_float(torch.stack(media.windows())), media.geom.sample_rate, self.spec.mel_bins)
 
-    parsed = {id(s): parse(s, v) for s, v in zip(samples, views)}
+        with _one_thread():
+            stages = {"parse_flac": self._best(_clocked(self._parse)), "decode": self._best(_clocked(decode)),
+                      "kernel": self._best(kernel), "log_mel": self._best(_clocked(mel))}
+            bare, whole = self._best(_clocked(self._bare)), self._best(_clocked(self._whole))
+        return {"ms_per_clip": {"bare": bare, **stages, "worker_clip": whole}, "clip_bound": round(bare / whole, 3),
+                "stage_bound": round(bare / sum(stages.values()), 3), "samples": len(self.samples),
+                "repeats": self.repeats}
 
-    def decode(sample, view):
-        for _ in parsed[id(sample)].decoded("video"):
-            pass
+    def per_clip(self) -> dict:
+        with _one_thread():
+            bare, whole = self._one_pass(_clocked(self._bare)), self._one_pass(_clocked(self._whole))
+        return {"bare": bare, "worker_clip": whole, "clip_bound": round(bare / whole, 3)}
 
-    def kernel(sample, view) -> float:  # the frames decoded first, off the clock
-        media = parsed[id(sample)]
-        frames = h264_planes(media.video["video"], media.frames[0], (media.geom.height, media.geom.width))
+    def _best(self, seconds) -> float:  # ms a clip: over the samples, each one's best of `repeats`
+        return round(1000 * sum(min(seconds(s, v) for _ in range(self.repeats)) for s, v in
+                                zip(self.samples, self.views)) / len(self.samples), 3)
+
+    def _one_pass(self, seconds) -> float:  # ms a clip over one pass, each sample once
+        return round(1000 * sum(seconds(s, v) for s, v in zip(self.samples, self.views)) / len(self.samples), 3)
+
+
+def _clocked(work):
+    def seconds(sample, view) -> float:
         start = time.perf_counter()
-        frames_to_rgb([frames[t] for t in media.frames[0]], media.views[0].box, media.views[0].flip, out[0].numpy())
+        work(sample, view)
         return time.perf_counter() - start
+    return seconds
 
-    def mel(sample, view):
-        media = parsed[id(sample)]
-        log_mel(pcm_float(torch.stack(media.windows())), media.geom.sample_rate, spec.mel_bins)
 
-    stages = {"parse_flac": best(clocked(parse)),
-              "decode": best(clocked(decode)), "kernel": best(kernel), "log_mel": best(clocked(mel))}
-    bare = best(clocked(lambda s, v: _bare(s, 0, v, spec)))
-    whole = best(clocked(lambda s, v: finish_views(parse(s, v), spec, {"video": out})))
-    return {"ms_per_clip": {"bare": bare, **stages, "worker_clip": whole}, "clip_bound": round(bare / whole, 3),
-            "stage_bound": round(bare / sum(stages.values()), 3), "samples": len(samples), "repeats": repeats}
+@contextmanager
+def _one_thread():
+    """The stages timed on one thread, as in a worker; the rounds' thread count back after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 # read from torchcodec 0.17.0's PyPI wheel (cp311 manylinux): `readelf -d torchcodec/libtorchcodec_core5.so`
@@ -517,6 +557,7 @@ def main() -> None:
     rates: dict[str, list[float]] = {k: [] for k in ("umt", *finishing, "naive", *variants, *(["spdl"] if spdl else []),
                                                      *(["dali"] if gpu else []))}
     spec = setting.spec
+    clock, per_clip = StageClock(work / "packed", spec), []
     for r in range(args.repeats):
         policy = ViewPolicy(0, r, True)
 
@@ -531,15 +572,20 @@ def main() -> None:
                                                args.workers)) for v in variants]]
         for key, fn in rotated(runs, r):
             rates[key].append(fn())
+        per_clip.append(clock.per_clip())  # this round's bound, in this process
         print(f"repeat {r}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()) + " clips/s", flush=True)
     ours, theirs, limit = rates["umt"], rates["naive"], rates["limit"]
-    stages = stage_costs(work / "packed", spec)  # after the rounds: it sets this process to one thread
+    stages = clock.stages()
     ratio = round(median(ours) / median(limit), 3)
+    below = [b["clip_bound"] - u / l for b, u, l in zip(per_clip, ours, limit)]
     write_json(out, {"clips_per_s": median(ours), "naive_clips_per_s": median(theirs),
                      "ratio_vs_naive": round(median(ours) / median(theirs), 2),
                      "limit_clips_per_s": median(limit), "ratio_vs_limit": ratio,
                      "ratio_vs_limit_per_repeat": ratio_spread(ours, limit),
                      "stage_costs": stages, "clip_bound_minus_ratio": round(stages["clip_bound"] - ratio, 3),
+                     "per_round_clip_bound": per_clip,
+                     "per_round_clip_bound_minus_ratio": {"median": round(statistics.median(below), 3),
+                                                          "min": round(min(below), 3), "max": round(max(below), 3)},
                      "shipped_clips_per_s": median(rates["umt_shipped"]),
                      "shipped_ratio_vs_limit": round(median(rates["umt_shipped"]) / median(limit), 3),
                      "shipped_ratio_vs_limit_per_repeat": ratio_spread(rates["umt_shipped"], limit),

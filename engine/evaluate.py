@@ -17,7 +17,7 @@ Forward = Callable[[dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 def collect(forward: Forward, data: str, split: str, spec: ViewSpec, modalities: list[str],
             batch_size: int, num_workers: int, device: torch.device, accelerator=None,
             views: Sequence[int] = (CENTRE,), finish_on: torch.device | None = None) -> dict:
-    """Labels, logits and pooled features of every sample of a split, each averaged over `views`
+    """Rows, labels, logits and pooled features of every sample of a split, each averaged over `views`
     (evaluation view indices, which no seed moves: the centre view, or `eval_views(T, C)`).
 
     One in-order pass per view, as PySlowFast's multi-view test decodes each view on its own; every
@@ -37,11 +37,13 @@ def collect(forward: Forward, data: str, split: str, spec: ViewSpec, modalities:
               for view in views]
     if any(not torch.equal(p["rows"], passes[0]["rows"]) for p in passes):
         raise RuntimeError(f"{data} {split}: the test views' passes read different rows")  # the plan is per split
-    local = {"labels": passes[0]["labels"], "logits": torch.stack([p["logits"] for p in passes]).mean(0),
+    local = {"rows": passes[0]["rows"], "labels": passes[0]["labels"],
+             "logits": torch.stack([p["logits"] for p in passes]).mean(0),
              "features": {m: torch.stack([p["features"][m] for p in passes]).mean(0) for m in modalities}}
     if not split_up:
         return local
-    return {"labels": _gather(local["labels"], accelerator), "logits": _gather(local["logits"], accelerator),
+    return {"rows": _gather(local["rows"], accelerator), "labels": _gather(local["labels"], accelerator),
+            "logits": _gather(local["logits"], accelerator),
             "features": {m: _gather(v, accelerator) for m, v in local["features"].items()}}
 
 

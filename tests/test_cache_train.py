@@ -154,6 +154,7 @@ def test_multi_view_test_averages_the_logits_of_each_view(data, teachers):
     each = [collect(*args, views=[v]) for v in views]
     centre = collect(*args)
     assert torch.equal(both["labels"], centre["labels"]) and len(centre["labels"]) == 16
+    assert torch.equal(both["rows"], centre["rows"]) and centre["rows"].tolist() == list(range(16))
     assert torch.equal(both["logits"], torch.stack([e["logits"] for e in each]).mean(0))
     assert torch.equal(both["features"]["video"], torch.stack([e["features"]["video"] for e in each]).mean(0))
     assert len({e["logits"].numpy().tobytes() for e in each} | {centre["logits"].numpy().tobytes()}) == 5

@@ -431,7 +431,7 @@ def view_flags(view: dict) -> tuple[str, ...]:
                  for a in ([f"--{'' if v else 'no-'}{f}"] if isinstance(v, bool) else [f"--{f.replace('_', '-')}", str(v)]))
 
 
-def realav_cells(data: Path, quick: bool) -> list[Cell]:
+def realav_cells(data: Path, quick: bool, seeds: tuple[int, ...] = SEEDS) -> list[Cell]:
     """The real audio-visual set (`make realav`) at configs/realav.yaml's settings and REALAV's protocol, every
     method at its own defaults (fusion, optimiser, learning rate), one cell per training seed."""
     import yaml
@@ -447,7 +447,7 @@ def realav_cells(data: Path, quick: bool) -> list[Cell]:
     if quick:
         recipe = replace(recipe, epochs=1, cache_views=1)
     return [Cell("realav", seed, {"data": str(data)}, recipe, modalities=("video", "audio"), weak="video")
-            for seed in ((0,) if quick else SEEDS)]
+            for seed in ((seeds[0],) if quick else seeds)]
 
 
 def methods_summary(records: list[dict], reference: str = "joint") -> dict:
@@ -688,6 +688,8 @@ def main() -> None:
     parser.add_argument("--only", metavar="LIST", help="--realav: train only these runs, a comma list of other "
                         "registered methods, joint and joint-HEAD (joint on another head), no teachers, cache, UMT or UME, "
                         "then summarise as --collect does (with --merge: beside an earlier run's records)")
+    parser.add_argument("--seeds", metavar="LIST", type=lambda text: tuple(int(x) for x in text.split(",")),
+                        default=SEEDS, help="--realav: the training seeds, a comma list (default 0,1,2)")
     parser.add_argument("--merge", metavar="FILE", help="--realav with --collect or --only: join an earlier run's "
                         "records of the same sweep (its phenomena.json) seed by seed with these")
     parser.add_argument("--peers", default="all", metavar="LIST",
@@ -705,7 +707,7 @@ def main() -> None:
     if args.presence:
         cells = presence_cells(out, args.quick, recipe, overrides, args.condition)
     elif args.realav:
-        cells = realav_cells(Path(args.realav), args.quick)
+        cells = realav_cells(Path(args.realav), args.quick, args.seeds)
     elif args.demo or args.demo_presence:
         from umt.cache.demo import DATA
         data = replace(DATA, **DEMO_PRESENCE["data"]) if args.demo_presence else None
@@ -717,8 +719,8 @@ def main() -> None:
     if optims and (args.presence or args.demo_presence or args.realav):
         raise SystemExit("phenomena: --optim applies to --synthetic, --mfeat and --demo (--realav: each method's own)")
     cells = [replace(c, peers=chosen, optims=optims) for c in cells]
-    if (args.collect or args.only or args.merge) and not args.realav:
-        raise SystemExit("phenomena: --collect, --only and --merge apply to --realav")
+    if (args.collect or args.only or args.merge or args.seeds != SEEDS) and not args.realav:
+        raise SystemExit("phenomena: --collect, --only, --merge and --seeds apply to --realav")
     only = tuple(args.only.split(",")) if args.only else ()
     from umt.engine.config import CHOICES
     unknown = set(only) - set(peers()) - {"joint", *(f"joint-{f}" for f in CHOICES["fusion"])}

@@ -37,12 +37,61 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 
 def parse_run(argv: list[str] | None = None) -> tuple[TrainConfig, list[str]]:
-    """The run configuration, and a warning for each given flag the method does not read."""
+    """The run configuration, and a warning for each given flag the method does not read. With --config, the flags
+    given beside it override the file and its KEY=VALUE overrides (a loop over methods: --method $m)."""
+    argv = sys.argv[1:] if argv is None else argv
+    p = _parser()
+    a = vars(p.parse_args(argv))
+    a.pop("print_config")  # main's
+    config, overrides = a.pop("config"), a.pop("overrides")
+    if config:
+        given = _given(argv)
+        view = {f.name: given.pop(f.name) for f in fields(ViewSpec) if f.name in given}
+        cfg = config_files.load(config, overrides, {**_typed(given), **({"view": view} if view else {})})
+        members = [f"{m}={path}" for m, path in cfg.members.items()]
+        return cfg, _unread(p, {**a, "method": cfg.method, "members": members}, argv, set(given) | set(view))
+    if overrides:
+        raise ConfigError(f"KEY=VALUE overrides need --config (got {' '.join(overrides)})")
+    if not a["data"] or not a["out"]:
+        raise ConfigError("--data and --out are required (or use --config FILE)")
+    ignored = _unread(p, a, argv)
+    view = ViewSpec(**{f.name: a.pop(f.name) for f in fields(ViewSpec)})
+    return TrainConfig(view=view, **_typed(a)), ignored
+
+
+def _typed(values: dict[str, Any]) -> dict[str, Any]:
+    """Flag values as TrainConfig holds them: MODALITY=CKPT mappings as dicts, repeated flags as tuples (none given:
+    the setting's default)."""
+    out = dict(values)
+    for setting in (*SHARED_SETTINGS, *SETTINGS):
+        if setting.attr not in out:
+            continue
+        kind = typing.get_origin(setting.type)
+        if kind is dict:
+            out[setting.attr] = parse_assignments(out[setting.attr], setting.flag)
+        elif kind is tuple:
+            out[setting.attr] = tuple(out[setting.attr]) or setting.default
+    return out
+
+
+def _given(argv: list[str]) -> dict[str, Any]:
+    """The flags on the command line (abbreviated, negated or equal to their default alike), by destination."""
+    p = _parser()
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    given = vars(p.parse_args(argv))
+    for key in ("config", "overrides", "print_config"):
+        given.pop(key, None)
+    return given
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="umt-train", description="Train multi-modal classifiers with UMT, UME and "
                                 "their baselines; writes config.yaml, metrics.jsonl, model.pt, results.json "
                                 "and report.md to --out.", epilog=_epilog(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML config (see configs/); then set anything else as KEY=VALUE overrides")
+    p.add_argument("--config", help="YAML config (see configs/); then set anything else as KEY=VALUE overrides or "
+                   "flags (flags win: umt-train --config F --method $m run.out=runs/$m)")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration as a YAML config "
                    "file (the method's fusion, optimiser and learning rate filled in, for one process) and exit")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="with --config: dotted overrides, e.g. "
@@ -57,26 +106,7 @@ def parse_run(argv: list[str] | None = None) -> tuple[TrainConfig, list[str]]:
         kind = {"action": argparse.BooleanOptionalAction} if isinstance(f.default, bool) else {"type": type(f.default)}
         p.add_argument("--" + f.name.replace("_", "-"), default=f.default, **kind,
                        help=f"view: {f.name.replace('_', ' ')} (default {f.default})")
-    a = vars(p.parse_args(argv))
-    a.pop("print_config")  # main's
-    config, overrides = a.pop("config"), a.pop("overrides")
-    if config or overrides:
-        changed = sorted(k for k, v in a.items() if v != p.get_default(k))
-        if changed or not config:
-            raise ConfigError("use either --config FILE with KEY=VALUE overrides, or option flags, not both "
-                              f"(flags given: {', '.join(changed) or 'none'}; overrides need --config)")
-        return config_files.load(config, overrides), []
-    if not a["data"] or not a["out"]:
-        raise ConfigError("--data and --out are required (or use --config FILE)")
-    ignored = _unread(p, a, sys.argv[1:] if argv is None else argv)
-    view = ViewSpec(**{f.name: a.pop(f.name) for f in fields(ViewSpec)})
-    for setting in (*SHARED_SETTINGS, *SETTINGS):
-        kind = typing.get_origin(setting.type)
-        if kind is dict:
-            a[setting.attr] = parse_assignments(a[setting.attr], setting.flag)
-        elif kind is tuple:
-            a[setting.attr] = tuple(a[setting.attr]) or setting.default
-    return TrainConfig(view=view, **a), ignored
+    return p
 
 
 def _add_option(p: argparse._ActionsContainer, setting: Setting) -> None:
@@ -110,16 +140,17 @@ def main(argv: list[str] | None = None) -> None:
 
 
 
-def _unread(parser: argparse.ArgumentParser, given: dict, argv: list[str]) -> list[str]:
+def _unread(parser: argparse.ArgumentParser, given: dict, argv: list[str], named: set[str] | None = None) -> list[str]:
     """Flags given that the chosen method does not read (`config_files.settings_read`): one whose value equals what
     the method uses anyway passes (UME's --modality and --width, equal to its members'); one that conflicts with it
-    is refused, naming both values; the others are returned as one-line warnings (the run ignores them)."""
+    is refused, naming both values; the others are returned as one-line warnings (the run ignores them). A flag
+    counts as given when its value is not its default, or (beside --config) when it is in `named`."""
     view = {f.name for f in fields(ViewSpec)}
     method = given["method"]
     read = config_files.settings_read(method)
     unread = [(action.option_strings[0], action.dest, "view" if action.dest in view else action.dest)
               for action in parser._actions if action.option_strings and action.dest in given
-              and given[action.dest] != action.default]
+              and (action.dest in named if named is not None else given[action.dest] != action.default)]
     warnings = []
     first = {arg.partition("=")[0]: i for i, arg in reversed(list(enumerate(argv)))}
     for flag, dest, name in sorted(unread, key=lambda u: first.get(u[0], len(argv))):  # in the command line's order

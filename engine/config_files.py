@@ -21,7 +21,8 @@ official one when that is null) and ignores the other; an AdamW run keeps SGD's 
 at their defaults; `optim.lr` and `optim.weight_decay` are refused with the per-optimiser spelling. A saved config.yaml holds the block of the optimiser the run trained with.
 
 `umt-train --config configs/kinetics400.yaml optim.adamw.lr=0.01 run.out=runs/k400-umt` merges defaults,
-then the file, then the overrides (values parsed as YAML). An unknown key or a value of the wrong
+then the file, then the overrides (values parsed as YAML), then the flags given beside --config (engine/cli.py:
+`--config F --method ogm-ge --epochs 3`, a loop over methods' command). An unknown key or a value of the wrong
 type is an error naming the key and where it came from. Each run saves the resolved config.
 """
 from __future__ import annotations
@@ -53,6 +54,7 @@ _OPTIMISER_FIELDS = frozenset(f for keys in OPTIMISERS.values() for f in keys.va
 _MOVED = {f"optim.{k}": f"optim.{' or optim.'.join(f'{o}.{k}' for o in OPTIMISERS if k in OPTIMISERS[o])}"
           for k in ("lr", "weight_decay", "momentum", "nesterov")}
 _FIELD_OF = {(s, k): f for s, keys in SECTIONS.items() for k, f in keys.items()}
+_KEY_OF = {f: key for key, f in _FIELD_OF.items()}
 assert sorted([*_FIELD_OF.values(), *_OPTIMISER_FIELDS]) == sorted(f.name for f in fields(TrainConfig)), \
     "every setting in one section"
 # Who reads what, declared once: every trainable method reads the shared sections, a method's own section
@@ -140,8 +142,11 @@ def _check_type(name: str, value: Any, hint: Any, where: str) -> Any:
     raise ConfigError(f"{where}: {name} must be {getattr(hint, '__name__', hint)}, got {value!r}")
 
 
-def load(path: str | None, overrides: list[str]) -> TrainConfig:
-    """Defaults ← YAML file ← overrides, checked key by key and type by type."""
+def load(path: str | None, overrides: list[str], flags: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults ← YAML file ← overrides ← flags (TrainConfig fields → values, `view` a dict of ViewSpec fields: the
+    flags given beside --config), checked key by key and type by type. A flagged lr, weight decay, momentum or
+    Nesterov is the run's, whichever optimiser block the run reads."""
+    flags = dict(flags or {})
     nested = to_sections(TrainConfig(data="", out=""))
     nested["data"]["view"] = asdict(ViewSpec())
     if path:
@@ -156,6 +161,11 @@ def load(path: str | None, overrides: list[str]) -> TrainConfig:
         _merge(nested, loaded, str(path))
     for text in overrides:
         _merge(nested, override(text), f"override {text!r}")
+    nested["data"]["view"].update(flags.pop("view", {}))
+    optimiser_flags = {name: flags.pop(name) for name in list(flags) if name in _OPTIMISER_FIELDS}
+    for name, value in flags.items():
+        section, key = _KEY_OF[name]
+        nested[section][key] = value
     hints = typing.get_type_hints(TrainConfig)
     values = {}
     for (section, key), name in _FIELD_OF.items():
@@ -165,6 +175,7 @@ def load(path: str | None, overrides: list[str]) -> TrainConfig:
     # the run's optimiser's block (an AdamW run keeps SGD's momentum and nesterov at their defaults); an unknown
     # optimiser name reads none, and validate() refuses it
     values.update(blocks.get(run_optimizer(values["method"], values["optimizer"]) or "adamw", {}))  # ume: adamw's
+    values.update(optimiser_flags)
     if not values["data"] or not values["out"]:
         raise ConfigError("data.path and run.out must be set (in the file or as overrides)")
     return TrainConfig(**values)

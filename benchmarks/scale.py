@@ -257,7 +257,7 @@ def extrapolate(results: dict, clips: int, classes: int, cluster: Cluster) -> di
             "per_clip_costs": {"pack_core_s_per_source_s": PACK_CORE_S_PER_SOURCE_S,
                                "shard_bytes_per_s": SHARD_BYTES_PER_S, "build_core_s_per_clip": BUILD_CORE_S_PER_CLIP,
                                "source": "umt/loaders/making/costs.py (measured: loader_cpu_realistic.json, "
-                                         "cost_curves_cpu.json, RESULTS.md issue 14)"},
+                                         "cost_curves_cpu.json, RESULTS.md issues 14 and 31)"},
             "assumes": "10 s clips, short side 256, 4 cached views, two 512-d teachers, features read, "
                        "cache_budget_gb 8, per-rank memory from the N-curves' largest points"}
 

@@ -41,7 +41,7 @@ def parse_run(argv: list[str] | None = None) -> tuple[TrainConfig, list[str]]:
     given beside it override the file and its KEY=VALUE overrides (a loop over methods: --method $m)."""
     argv = sys.argv[1:] if argv is None else argv
     p = _parser()
-    a = vars(p.parse_args(argv))
+    a = vars(p.parse_intermixed_args(argv))
     a.pop("print_config")  # main's
     config, overrides = a.pop("config"), a.pop("overrides")
     if config:
@@ -79,7 +79,7 @@ def _given(argv: list[str]) -> dict[str, Any]:
     p = _parser()
     for action in p._actions:
         action.default = argparse.SUPPRESS
-    given = vars(p.parse_args(argv))
+    given = vars(p.parse_intermixed_args(argv))
     for key in ("config", "overrides", "print_config"):
         given.pop(key, None)
     return given

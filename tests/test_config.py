@@ -79,7 +79,7 @@ def test_test_protocol_and_crop_mode_settings():
 def test_config_run_saves_the_resolved_config(data, tmp_path):
     out = tmp_path / "run"
     train_main(["--config", str(CONFIGS / "synth-demo.yaml"), f"data.path={data}", f"run.out={out}",
-                "optim.max_steps=2", "run.probe=false", "model.width=4", "optim.batch_size=8", "data.workers=0",
+                "optim.max_steps=2", "run.probe=false", "--width", "4", "optim.batch_size=8", "data.workers=0",
                 "data.view={frames: 3, stride: 2, crop: 16, audio_seconds: 0.25, mel_bins: 16}"])
     resolved = load(str(out / "config.yaml"), [])
     assert resolved.max_steps == 2 and resolved.width == 4 and resolved.fusion == "mlp" and resolved.view.crop == 16

@@ -57,3 +57,12 @@ def test_merge_joins_a_later_runs_methods_seed_by_seed():
     later = [{**c, "train_samples_per_s": {"d": 80.0, "joint": 40.0}} for c in later]
     summary = methods_summary(merged(earlier, later))["methods"]
     assert summary["d"]["epoch_time_vs_joint"] == 0.5 and summary["a"]["epoch_time_vs_joint"] == 2.0
+
+
+def test_realav_cells_take_the_seeds_asked_for(tmp_path):
+    """`--realav DATA --seeds 3,4,5`: one cell a seed, at the registered recipe (configs/realav.yaml, REALAV)."""
+    from phenomena import REALAV, realav_cells
+    (tmp_path / "manifest.json").write_text("{}")
+    cells = realav_cells(tmp_path, quick=False, seeds=(3, 4, 5))
+    assert [c.seed for c in cells] == [3, 4, 5] and {c.recipe.epochs for c in cells} == {REALAV["epochs"]}
+    assert [c.seed for c in realav_cells(tmp_path, quick=False)] == [0, 1, 2]

@@ -481,7 +481,7 @@ def methods_summary(records: list[dict], reference: str = "joint") -> dict:
     def margin(m: str) -> float:  # difference of medians over the standard error of the difference
         return (fused[m]["top1_median"] - ref["top1_median"]) / math.hypot(fused[m]["top1_se"], ref["top1_se"])
     others = [m for m in fused if m != reference]
-    return {"methods": methods,
+    return {"methods": methods, "paired_vs_joint": {m: paired(records, m, reference) for m in others},
             "spread_over_se": round((max(medians) - min(medians)) / pooled, 2) if fused else math.nan,
             "pooled_se": round(pooled, 4),
             "beat_joint_by_2se": [m for m in others if margin(m) >= 2],
@@ -494,6 +494,9 @@ def methods_summary(records: list[dict], reference: str = "joint") -> dict:
                                   "included, the uni-modal models not) / pooled_se, the root mean square of those "
                                   "methods' top1_se",
                 "beat_joint_by_2se": "median - joint's median >= 2 x sqrt(se^2 + joint's se^2)",
+                "paired_vs_joint": "over the seeds both ran: the mean of (method - joint) test top-1 seed by seed, its "
+                                   "SE (sample standard deviation / sqrt(seeds)), and the seeds the method is ahead on; "
+                                   "a further figure, not the verdict's criterion",
                 "epoch_time_vs_joint": "median over seeds of joint's training samples/s / the method's (training "
                                        "only, runs of one seed side by side in time order, on a shared machine; "
                                        "runs added by --merge only against a joint timed with them)",
@@ -515,6 +518,16 @@ def collected(cell: Cell, out: Path) -> dict:
                                 not k.startswith("unimodal_")}}),
             "train_samples_per_s": _round({k: r["train_samples_per_s"] for k, r in results.items()
                                            if "train_samples_per_s" in r})}
+
+
+def paired(records: list[dict], method: str, reference: str = "joint") -> dict:
+    """`method` against `reference` seed by seed (the same seed: the same data order): the differences' mean, SE
+    and the seeds ahead."""
+    diffs = [r["test_top1"][method] - r["test_top1"][reference] for r in records
+             if {method, reference} <= set(r["test_top1"])]
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
+    return {"mean": round(statistics.fmean(diffs), 4) if diffs else math.nan, "se": round(se, 4),
+            "seeds": len(diffs), "ahead": sum(d > 0 for d in diffs)}
 
 
 def methods_table(summary: dict) -> str:

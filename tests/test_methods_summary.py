@@ -66,3 +66,11 @@ def test_realav_cells_take_the_seeds_asked_for(tmp_path):
     cells = realav_cells(tmp_path, quick=False, seeds=(3, 4, 5))
     assert [c.seed for c in cells] == [3, 4, 5] and {c.recipe.epochs for c in cells} == {REALAV["epochs"]}
     assert [c.seed for c in realav_cells(tmp_path, quick=False)] == [0, 1, 2]
+
+
+def test_paired_figures_take_the_differences_seed_by_seed():
+    s = methods_summary(cells())["paired_vs_joint"]
+    assert math.isclose(s["a"]["mean"], 0.09, abs_tol=1e-9) and s["a"]["ahead"] == 3 and s["a"]["seeds"] == 3
+    assert math.isclose(s["a"]["se"], 0.01 / math.sqrt(3), abs_tol=1e-4)   # differences 0.10, 0.09, 0.08
+    assert s["b"] == {"mean": 0.0, "se": 0.0, "seeds": 3, "ahead": 0}    # equal run for run
+    assert "joint" not in s and "unimodal_video" not in s

@@ -15,9 +15,9 @@ per-sample decode differs), it also measures:
   bound's work; umt's parse + FLAC span, decode into planes, view kernel, log-mel, and its whole per-clip call),
   `clip_bound` = the bound's work over umt's per-clip call (the ratio a worker doing only that would reach) and
   `clip_bound_minus_ratio`, what the workers lose beyond it (streaming, batching, processes); and in every
-  round, right after its passes, the bound's work and the per-clip call once more (one pass, each sample once:
-  `per_round_clip_bound`), so that `per_round_clip_bound_minus_ratio` compares each round's ratio with a bound
-  measured in the same minute;
+  round, right after its passes, the same stages once more (one pass, each sample once: `per_round_stage_costs`),
+  so that `per_round_clip_bound_minus_ratio` and `per_round_stage_bound_minus_ratio` compare each round's ratio with
+  bounds measured in the same minute;
 - umt's loader with its views finished on the trainer's device (`finish_on`, loaders/loading/finish.py): the
   workers' side, which is all the CPUs do, `umt_shipped` (decoded frames and audio windows, as shipped) and
   `shipped_ratio_vs_limit`; with a GPU also `umt_gpu_finished` (the finished batches on the GPU, end to end);
@@ -277,10 +277,10 @@ class StageClock:
     stages' sum, the same without the joins. `ratio_vs_limit` measured in the rounds falls short of them by what
     streaming, batching and the processes cost.
 
-    `stages()`: each sample's best of `repeats` (so a preempted pass does not count), every stage. `per_clip()`: one
-    pass over the samples, each once, as a worker meets them, of the bound's work and the per-clip call only: cheap
-    enough to run in every round of the benchmark, so that each round's ratio meets a bound measured minutes, not a
-    run, apart (one-process figures move ±8 % from run to run on these hosts)."""
+    `stages()`: each sample's best of `repeats` (so a preempted pass does not count). `per_round()`: one pass over the
+    samples, each once, as a worker meets them: cheap enough (about a second) to run in every round of the benchmark,
+    so that each round's ratio meets bounds measured in the same minute, not a run apart (one-process figures move
+    ±8 % from run to run on these hosts)."""
 
     def __init__(self, data: Path, spec: ViewSpec, count: int = 24, repeats: int = 5):
         policy = ViewPolicy(0, 0, True)
@@ -300,6 +300,14 @@ class StageClock:
         finish_views(self._parse(sample, view), self.spec, {"video": self.out})
 
     def stages(self) -> dict:
+        """Every stage, each sample's best of `repeats`."""
+        return {**self._costs(self._best), "samples": len(self.samples), "repeats": self.repeats}
+
+    def per_round(self) -> dict:
+        """Every stage, one pass over the samples each (each sample once, as a worker meets them)."""
+        return self._costs(self._one_pass)
+
+    def _costs(self, timing) -> dict:
         parsed = {id(s): self._parse(s, v) for s, v in zip(self.samples, self.views)}
 
         def decode(sample, view):
@@ -319,17 +327,11 @@ class StageClock:
             log_mel(pcm_float(torch.stack(media.windows())), media.geom.sample_rate, self.spec.mel_bins)
 
         with _one_thread():
-            stages = {"parse_flac": self._best(_clocked(self._parse)), "decode": self._best(_clocked(decode)),
-                      "kernel": self._best(kernel), "log_mel": self._best(_clocked(mel))}
-            bare, whole = self._best(_clocked(self._bare)), self._best(_clocked(self._whole))
+            stages = {"parse_flac": timing(_clocked(self._parse)), "decode": timing(_clocked(decode)),
+                      "kernel": timing(kernel), "log_mel": timing(_clocked(mel))}
+            bare, whole = timing(_clocked(self._bare)), timing(_clocked(self._whole))
         return {"ms_per_clip": {"bare": bare, **stages, "worker_clip": whole}, "clip_bound": round(bare / whole, 3),
-                "stage_bound": round(bare / sum(stages.values()), 3), "samples": len(self.samples),
-                "repeats": self.repeats}
-
-    def per_clip(self) -> dict:
-        with _one_thread():
-            bare, whole = self._one_pass(_clocked(self._bare)), self._one_pass(_clocked(self._whole))
-        return {"bare": bare, "worker_clip": whole, "clip_bound": round(bare / whole, 3)}
+                "stage_bound": round(bare / sum(stages.values()), 3)}
 
     def _best(self, seconds) -> float:  # ms a clip: over the samples, each one's best of `repeats`
         return round(1000 * sum(min(seconds(s, v) for _ in range(self.repeats)) for s, v in
@@ -557,7 +559,7 @@ def main() -> None:
     rates: dict[str, list[float]] = {k: [] for k in ("umt", *finishing, "naive", *variants, *(["spdl"] if spdl else []),
                                                      *(["dali"] if gpu else []))}
     spec = setting.spec
-    clock, per_clip = StageClock(work / "packed", spec), []
+    clock, per_round = StageClock(work / "packed", spec), []
     for r in range(args.repeats):
         policy = ViewPolicy(0, r, True)
 
@@ -572,20 +574,22 @@ def main() -> None:
                                                args.workers)) for v in variants]]
         for key, fn in rotated(runs, r):
             rates[key].append(fn())
-        per_clip.append(clock.per_clip())  # this round's bound, in this process
+        per_round.append(clock.per_round())  # this round's bounds, in this process
         print(f"repeat {r}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()) + " clips/s", flush=True)
     ours, theirs, limit = rates["umt"], rates["naive"], rates["limit"]
     stages = clock.stages()
     ratio = round(median(ours) / median(limit), 3)
-    below = [b["clip_bound"] - u / l for b, u, l in zip(per_clip, ours, limit)]
+    def below(bound: str) -> dict:  # each round's bound minus that round's ratio
+        gaps = [b[bound] - u / l for b, u, l in zip(per_round, ours, limit)]
+        return {"median": round(statistics.median(gaps), 3), "min": round(min(gaps), 3), "max": round(max(gaps), 3)}
     write_json(out, {"clips_per_s": median(ours), "naive_clips_per_s": median(theirs),
                      "ratio_vs_naive": round(median(ours) / median(theirs), 2),
                      "limit_clips_per_s": median(limit), "ratio_vs_limit": ratio,
                      "ratio_vs_limit_per_repeat": ratio_spread(ours, limit),
                      "stage_costs": stages, "clip_bound_minus_ratio": round(stages["clip_bound"] - ratio, 3),
-                     "per_round_clip_bound": per_clip,
-                     "per_round_clip_bound_minus_ratio": {"median": round(statistics.median(below), 3),
-                                                          "min": round(min(below), 3), "max": round(max(below), 3)},
+                     "per_round_stage_costs": per_round,
+                     "per_round_clip_bound_minus_ratio": below("clip_bound"),
+                     "per_round_stage_bound_minus_ratio": below("stage_bound"),
                      "shipped_clips_per_s": median(rates["umt_shipped"]),
                      "shipped_ratio_vs_limit": round(median(rates["umt_shipped"]) / median(limit), 3),
                      "shipped_ratio_vs_limit_per_repeat": ratio_spread(rates["umt_shipped"], limit),

@@ -73,12 +73,20 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/realav_sources.json")
     args = p.parse_args()
     torch.set_num_threads(1)
+    seeds = sorted(d for d in args.runs.glob("realav-seed*") if d.is_dir())
+    missing = [str(d / f"unimodal-{m}" / "model.pt") for d in seeds for m in ROLES
+               if not (d / f"unimodal-{m}" / "model.pt").is_file()]
+    if not seeds or missing:
+        raise SystemExit(f"realav_sources: {args.runs} holds no finished realav-seed*/unimodal-video and -audio runs "
+                         f"({', '.join(missing) or 'no realav-seed* folder'}): run phenomena.py --realav first")
+    if not (args.raw / "provenance.csv").is_file():
+        raise SystemExit(f"realav_sources: {args.raw / 'provenance.csv'} is missing: --raw is `umt-data realav`'s folder")
     sources = test_sources(args.data, args.raw)
     chance = 1 / len(json.loads((args.data / "manifest.json").read_text())["classes"])
     record = {"floor": round(chance + 0.15, 3), "runs": {}, "summary": {}}
     for modality, role in ROLES.items():
         figures = []
-        for seed_dir in sorted(d for d in args.runs.glob("realav-seed*") if d.is_dir()):
+        for seed_dir in seeds:
             rows, correct = scored(seed_dir / f"unimodal-{modality}", args.data)
             names = [sources[r][role] for r in rows]
             classes = [sources[r]["label"] for r in rows]

@@ -29,3 +29,12 @@ def test_sources_are_drawn_within_their_class():
     """Two classes of one source each: a draw can only pick each class's own source, so nothing moves."""
     correct = np.array([True] * 5 + [False] * 5)
     assert realav_sources.source_se(correct, ["a"] * 5 + ["b"] * 5, ["x"] * 5 + ["y"] * 5) == 0.0
+
+
+def test_a_folder_without_the_uni_modal_runs_is_named(tmp_path, monkeypatch):
+    import pytest
+    (tmp_path / "realav-seed0" / "unimodal-video").mkdir(parents=True)
+    monkeypatch.setattr(sys, "argv", ["realav_sources.py", "--runs", str(tmp_path), "--raw", str(tmp_path),
+                                      "--data", str(tmp_path)])
+    with pytest.raises(SystemExit, match="unimodal-video/model.pt, .*unimodal-audio/model.pt"):
+        realav_sources.main()

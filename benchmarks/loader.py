@@ -58,11 +58,9 @@ import argparse
 import io
 import json
 import os
-import statistics
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from functools import partial
@@ -75,7 +73,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from umt.engine.interleave import ratio_spread, rotated
+from umt.engine.interleave import ratio_spread, rotated, spread
 from umt.loaders.loading.audio import log_mel, pcm_float
 from umt.loaders.loading.dali import dali_available
 from umt.loaders.loading.kernels import frames_to_rgb, load as load_kernels
@@ -90,7 +88,7 @@ from umt.loaders.stored.media import decode_flac, h264_frames, h264_planes
 from umt.loaders.stored.shards import member
 from umt.loaders.stored.views import Geometry, ViewPolicy, ViewSpec, audio_window, make_view
 
-from common import median, write_json
+from common import median, torch_threads, write_json
 
 @dataclass(frozen=True)
 class Setting:
@@ -326,7 +324,7 @@ class StageClock:
             media = parsed[id(sample)]
             log_mel(pcm_float(torch.stack(media.windows())), media.geom.sample_rate, self.spec.mel_bins)
 
-        with _one_thread():
+        with torch_threads(1):  # as in a worker; the rounds' thread count back after
             stages = {"parse_flac": timing(_clocked(self._parse)), "decode": timing(_clocked(decode)),
                       "kernel": timing(kernel), "log_mel": timing(_clocked(mel))}
             bare, whole = timing(_clocked(self._bare)), timing(_clocked(self._whole))
@@ -347,17 +345,6 @@ def _clocked(work):
         work(sample, view)
         return time.perf_counter() - start
     return seconds
-
-
-@contextmanager
-def _one_thread():
-    """The stages timed on one thread, as in a worker; the rounds' thread count back after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 # read from torchcodec 0.17.0's PyPI wheel (cp311 manylinux): `readelf -d torchcodec/libtorchcodec_core5.so`
@@ -579,9 +566,9 @@ def main() -> None:
     ours, theirs, limit = rates["umt"], rates["naive"], rates["limit"]
     stages = clock.stages()
     ratio = round(median(ours) / median(limit), 3)
+
     def below(bound: str) -> dict:  # each round's bound minus that round's ratio
-        gaps = [b[bound] - u / l for b, u, l in zip(per_round, ours, limit)]
-        return {"median": round(statistics.median(gaps), 3), "min": round(min(gaps), 3), "max": round(max(gaps), 3)}
+        return spread([b[bound] - u / l for b, u, l in zip(per_round, ours, limit)])
     write_json(out, {"clips_per_s": median(ours), "naive_clips_per_s": median(theirs),
                      "ratio_vs_naive": round(median(ours) / median(theirs), 2),
                      "limit_clips_per_s": median(limit), "ratio_vs_limit": ratio,

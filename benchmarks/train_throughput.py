@@ -42,7 +42,7 @@ from umt.loaders.making.synth import SynthConfig, write_synth
 from umt.loaders.stored.shards import split_files
 from umt.loaders.stored.views import ViewSpec
 
-from common import median, write_json
+from common import median, torch_threads, write_json
 
 VIEW = ViewSpec(frames=4, stride=2, crop=32, audio_seconds=1.0, mel_bins=40)
 CORES = len(os.sched_getaffinity(0))
@@ -60,15 +60,12 @@ def bare_forward_clips_per_s(teachers: dict[str, str], batches: list[dict], thre
     """Teachers' forward alone on decoded batches, in this process on `threads` threads (None: torch's default):
     the bound of a cache build."""
     encoders, _, _ = load_teachers(teachers, torch.device("cpu"))
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads or before)
-    start = time.perf_counter()
-    with torch.no_grad():
+    with torch_threads(threads), torch.no_grad():
+        start = time.perf_counter()
         for batch in batches:
             for m, enc in encoders.items():
                 enc(batch[m].flatten(0, 1)).to(torch.float16)
-    seconds = time.perf_counter() - start
-    torch.set_num_threads(before)
+        seconds = time.perf_counter() - start
     return sum(len(b["row"]) for b in batches) / seconds
 
 

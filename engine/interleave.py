@@ -19,7 +19,11 @@ def rotated(names: Sequence[T], repeat: int) -> list[T]:
     return [*names[shift:], *names[:shift]]
 
 
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Median, min and max over repeats."""
+    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
+
+
 def ratio_spread(numerator: Sequence[float], denominator: Sequence[float]) -> dict[str, float]:
     """Median, min and max over repeats of numerator[r] / denominator[r] (values of the same repeat)."""
-    ratios = [a / b for a, b in zip(numerator, denominator, strict=True)]
-    return {"median": round(statistics.median(ratios), 3), "min": round(min(ratios), 3), "max": round(max(ratios), 3)}
+    return spread([a / b for a, b in zip(numerator, denominator, strict=True)])

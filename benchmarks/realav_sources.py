@@ -33,7 +33,7 @@ ROLES = {"video": "photo", "audio": "recording"}
 
 def test_sources(data: Path, raw: Path) -> dict[int, dict]:
     """Test row → its clip's provenance row (photo, recording, ...), through each sample's `source`."""
-    provenance = {r["path"]: r for r in csv.DictReader(open(raw / "provenance.csv"))}
+    provenance = {r["path"]: r for r in csv.DictReader((raw / "provenance.csv").read_text().splitlines())}
     rows = {}
     for shard in sorted(data.glob("test-*.tar")):
         with tarfile.open(shard) as tar:
@@ -48,7 +48,7 @@ def scored(run: Path, data: Path) -> tuple[np.ndarray, np.ndarray]:
     """Test rows and whether the run's model got each clip right (its own view spec, the centre view)."""
     model, ckpt = load_model(run / "model.pt")
     model.eval()
-    out = collect(lambda batch: model(batch), str(data), "test", saved_views(run, ckpt), list(model.cfg.modalities),
+    out = collect(model, str(data), "test", saved_views(run, ckpt), list(model.cfg.modalities),
                   64, 1, torch.device("cpu"))
     return out["rows"].numpy(), (out["logits"].argmax(1) == out["labels"]).numpy()
 
@@ -56,8 +56,9 @@ def scored(run: Path, data: Path) -> tuple[np.ndarray, np.ndarray]:
 def source_se(correct: np.ndarray, sources: list[str], classes: list[str], draws: int = 2000) -> float:
     """SE of top-1 over a bootstrap of the sources, each class's drawn again with replacement."""
     rng = np.random.default_rng(0)
-    by_source = {s: correct[[i for i, x in enumerate(sources) if x == s]] for s in set(sources)}
-    per_class = {c: sorted({s for s, k in zip(sources, classes) if k == c}) for c in sorted(set(classes))}
+    names = np.array(sources)
+    by_source = {s: correct[names == s] for s in set(sources)}
+    per_class = {c: sorted(set(names[np.array(classes) == c])) for c in sorted(set(classes))}
     figures = []
     for _ in range(draws):
         picked = [by_source[s] for members in per_class.values() for s in rng.choice(members, len(members))]

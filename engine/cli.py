@@ -18,6 +18,9 @@ from .config import SHARED_SETTINGS, ConfigError, TrainConfig
 from .methods import REGISTRY, SETTINGS, resolved
 from .options import Setting
 
+SPEC_FIELDS = frozenset(f.name for f in fields(ViewSpec))  # the view flags (--frames, --crop, ...)
+
+
 def _epilog() -> str:
     lines = [f"  {name:<9} {cls.summary}" for name, cls in REGISTRY.items()]
     lines.append(f"  {'ume':<9} {ume.SUMMARY}")
@@ -44,18 +47,18 @@ def parse_run(argv: list[str] | None = None) -> tuple[TrainConfig, list[str]]:
     a = vars(p.parse_intermixed_args(argv))
     a.pop("print_config")  # main's
     config, overrides = a.pop("config"), a.pop("overrides")
+    given = _given(argv)
     if config:
-        given = _given(argv)
-        view = {f.name: given.pop(f.name) for f in fields(ViewSpec) if f.name in given}
-        cfg = config_files.load(config, overrides, {**_typed(given), **({"view": view} if view else {})})
+        flags = _typed({k: v for k, v in given.items() if k not in SPEC_FIELDS})
+        cfg = config_files.load(config, overrides, {**flags, "view": {k: given[k] for k in SPEC_FIELDS & set(given)}})
         members = [f"{m}={path}" for m, path in cfg.members.items()]
-        return cfg, _unread(p, {**a, "method": cfg.method, "members": members}, argv, set(given) | set(view))
+        return cfg, _unread(p, {**a, "method": cfg.method, "members": members}, argv, set(given))
     if overrides:
         raise ConfigError(f"KEY=VALUE overrides need --config (got {' '.join(overrides)})")
     if not a["data"] or not a["out"]:
         raise ConfigError("--data and --out are required (or use --config FILE)")
-    ignored = _unread(p, a, argv)
-    view = ViewSpec(**{f.name: a.pop(f.name) for f in fields(ViewSpec)})
+    ignored = _unread(p, a, argv, set(given))
+    view = ViewSpec(**{name: a.pop(name) for name in SPEC_FIELDS})
     return TrainConfig(view=view, **_typed(a)), ignored
 
 
@@ -140,17 +143,15 @@ def main(argv: list[str] | None = None) -> None:
 
 
 
-def _unread(parser: argparse.ArgumentParser, given: dict, argv: list[str], named: set[str] | None = None) -> list[str]:
-    """Flags given that the chosen method does not read (`config_files.settings_read`): one whose value equals what
-    the method uses anyway passes (UME's --modality and --width, equal to its members'); one that conflicts with it
-    is refused, naming both values; the others are returned as one-line warnings (the run ignores them). A flag
-    counts as given when its value is not its default, or (beside --config) when it is in `named`."""
-    view = {f.name for f in fields(ViewSpec)}
+def _unread(parser: argparse.ArgumentParser, given: dict, argv: list[str], named: set[str]) -> list[str]:
+    """Flags on the command line (`named`, by destination; `given`: every setting's value) that the chosen method does
+    not read (`config_files.settings_read`): one whose value equals what the method uses anyway passes (UME's
+    --modality and --width, equal to its members'); one that conflicts with it is refused, naming both values; the
+    others are returned as one-line warnings (the run ignores them)."""
     method = given["method"]
     read = config_files.settings_read(method)
-    unread = [(action.option_strings[0], action.dest, "view" if action.dest in view else action.dest)
-              for action in parser._actions if action.option_strings and action.dest in given
-              and (action.dest in named if named is not None else given[action.dest] != action.default)]
+    unread = [(action.option_strings[0], action.dest, "view" if action.dest in SPEC_FIELDS else action.dest)
+              for action in parser._actions if action.option_strings and action.dest in named]
     warnings = []
     first = {arg.partition("=")[0]: i for i, arg in reversed(list(enumerate(argv)))}
     for flag, dest, name in sorted(unread, key=lambda u: first.get(u[0], len(argv))):  # in the command line's order

@@ -97,6 +97,8 @@ def test_flags_the_method_does_not_read_are_ignored_with_a_warning(tmp_path):
     cfg, ignored = parse_run([*base, "--method", "ume", *members, "--epochs", "3", "--lr", "0.1", "--fusion", "mlp"])
     assert ignored == [f"--method ume does not read {flag} (read by the trainable methods); ignored"
                        for flag in ("--epochs", "--lr", "--fusion")]
+    _, ignored = parse_run([*base, "--method", "ume", *members, "--epochs", "10"])   # typed, though the default
+    assert ignored == ["--method ume does not read --epochs (read by the trainable methods); ignored"]
     _, ignored = parse_run([*base, "--method", "joint", "--epochs", "2", "--lambda", "3", "--no-ogm-ge"])
     assert ignored == ["--method joint does not read --lambda (read by umt); ignored",
                        "--method joint does not read --no-ogm-ge (read by ogm-ge); ignored"]

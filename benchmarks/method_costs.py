@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from phenomena import Cell, _trained, only_run, peers, realav_cells, umt_variants
+from phenomena import Cell, _trained, core_head, only_run, peers, realav_cells, umt_variants
 
 from common import write_json
 
@@ -27,9 +27,10 @@ from common import write_json
 def runs(cell: Cell, cache: str) -> dict[str, tuple[str | None, tuple[str, ...]]]:
     """Run name → (fusion head, umt-train flags), as the methods table trains them (phenomena's own rules)."""
     from umt.engine.config import CHOICES
-    named = ["joint", *(f"joint-{f}" for f in CHOICES["fusion"] if f != "linear"), *peers()]
-    return {**{f"unimodal-{v}": ("linear", ("--method", "unimodal", "--modality", v)) for v in cell.modalities},
-            **{name: ("linear", flags) for name, flags in
+    head = core_head(cell.recipe)
+    named = ["joint", *(f"joint-{f}" for f in CHOICES["fusion"] if f != head), *peers()]
+    return {**{f"unimodal-{v}": (head, ("--method", "unimodal", "--modality", v)) for v in cell.modalities},
+            **{name: (head, flags) for name, flags in
                umt_variants(cache, cell.modalities, cell.recipe.distill_weight).items()},
             **{name: only_run(cell, name) for name in named}}
 

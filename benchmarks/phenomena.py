@@ -167,7 +167,7 @@ def _run_arm(cell: Cell, work: Path, data: Path, views: list[str], optim: str | 
     at = f"@{optim}" if optim else ""  # the suffix of this optimiser's run folders and cache
     r = cell.recipe
     lr = sgd_lr(r.batch_size) if optim == "sgd" else r.lr
-    head = r.fusion or "linear"  # the core runs' head (joint's own: linear)
+    head = core_head(r)
 
     def train(name: str, *args: str, fusion: str | None = head) -> dict:
         runs[name.replace("-", "_")] = f"{name}{at}"
@@ -238,6 +238,11 @@ def _trained(cell: Cell, folder: Path, data: Path, fusion: str | None, args: tup
                     "--seed", str(cell.seed), "--select", r.select, *(["--optim", optim] if optim else [])]
         train_main([*evaluation, *([*training, "--fusion", fusion] if fusion else []), "--out", str(folder), *args])
     return json.loads((folder / "results.json").read_text())
+
+
+def core_head(recipe: Recipe) -> str:
+    """The fusion head of a cell's core runs (uni-modal, joint, UMT): the recipe's, else joint's own, linear."""
+    return recipe.fusion or "linear"
 
 
 def modality_flags(views: Sequence[str]) -> list[str]:

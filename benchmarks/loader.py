@@ -79,7 +79,8 @@ from umt.loaders.loading.dali import dali_available
 from umt.loaders.loading.kernels import frames_to_rgb, load as load_kernels
 from umt.loaders.loading.loader import make_loader, planned_split
 from umt.loaders.loading.bad import BadSamples
-from umt.loaders.loading.pipeline import _Media, _PlannedBatches, decode_views, finish_views, worker_init
+from umt.loaders.loading.pipeline import (_Media, _PlannedBatches, decode_views, finish_views, log_mels,
+                                          worker_init)
 from umt.loaders.loading.stream import planned_samples
 from umt.loaders.making.inputs import ClipInput
 from umt.loaders.making.pack import pack
@@ -244,7 +245,10 @@ class _Decoded(_PlannedBatches):
     def _clips(self, size: int, medias: list, leases: dict) -> dict:
         return {}  # each variant returns its own clip (the bound none)
 
-    def _write(self, media: dict, position: int, clips: dict) -> dict:
+    def _mels(self, medias: list) -> list:
+        return [None] * len(medias)  # and its own log-mel
+
+    def _write(self, media: dict, position: int, clips: dict, mels: None) -> dict:
         return media
 
 
@@ -267,82 +271,89 @@ def umt_pass(data: Path, spec: ViewSpec, policy: ViewPolicy, batch_size: int, wo
 
 class StageClock:
     """Milliseconds a clip, in this process on one thread, on `count` samples of the set with their first training
-    views: the bound's own work (`bare`); umt's worker's stages on the same views, each timed alone: the parse and FLAC
-    span decode (`parse_flac`), the H.264 decode of the view's frames into planes (`decode`), the view kernel
-    (`kernel`), the log-mel (`log_mel`); and the worker's whole per-clip call (`worker_clip`: the same stages in one
-    call, with what joins them: the taps, the writes into the batch's memory). `clip_bound` = bare / worker_clip, the
-    ratio to the bound a worker doing this per-clip work and nothing else would reach; `stage_bound` = bare / the
-    stages' sum, the same without the joins. `ratio_vs_limit` measured in the rounds falls short of them by what
-    streaming, batching and the processes cost.
+    views, in the worker's batches of `batch`: the bound's own work (`bare`); umt's worker's stages on the same views,
+    each timed alone: the parse and FLAC span decode (`parse_flac`), the H.264 decode of the view's frames into planes
+    (`decode`), the view kernel (`kernel`), the log-mel (`log_mel`: a batch's windows in one call, as the worker
+    does it); and the worker's whole work on a batch (`worker_clip`: the same stages as the worker joins them, each
+    sample parsed, the batch's log-mels, each sample's frames decoded and resized into the batch's memory).
+    `clip_bound` = bare / worker_clip, the ratio to the bound a worker doing this work and nothing else would reach;
+    `stage_bound` = bare / the stages' sum, the same without the joins. `ratio_vs_limit` measured in the rounds falls
+    short of them by what streaming, collating and the processes cost.
 
-    `stages()`: each sample's best of `repeats` (so a preempted pass does not count). `per_round()`: one pass over the
-    samples, each once, as a worker meets them: cheap enough (about a second) to run in every round of the benchmark,
-    so that each round's ratio meets bounds measured in the same minute, not a run apart (one-process figures move
-    ±8 % from run to run on these hosts)."""
+    `stages()`: each sample's (each batch's) best of `repeats` (so a preempted pass does not count). `per_round()`: one
+    pass over the samples, each once, as a worker meets them: cheap enough (about a second) to run in every round of
+    the benchmark, so that each round's ratio meets bounds measured in the same minute, not a run apart (one-process
+    figures move ±8 % from run to run on these hosts)."""
 
-    def __init__(self, data: Path, spec: ViewSpec, count: int = 24, repeats: int = 5):
+    def __init__(self, data: Path, spec: ViewSpec, count: int = 24, repeats: int = 5, batch: int = 8):
         policy = ViewPolicy(0, 0, True)
         _, paths, plan, _ = planned_split(data, "train", ["video", "audio"], policy, 8)
         rows = np.concatenate(plan.batches())[:count]
-        self.spec, self.repeats, self.views = spec, repeats, policy.indices(rows).tolist()
-        self.samples = list(planned_samples(paths, plan.offsets, rows))
+        self.spec, self.repeats = spec, repeats
+        self.pairs = list(zip(planned_samples(paths, plan.offsets, rows), policy.indices(rows).tolist()))
+        self.batches = [self.pairs[i:i + batch] for i in range(0, len(self.pairs), batch)]
         self.out = torch.empty((1, spec.frames, spec.crop, spec.crop, 3), dtype=torch.uint8)
 
-    def _parse(self, sample: dict, view: int) -> _Media:  # the worker's parse and FLAC span decode of one view
-        return _Media(sample, self.spec, ["video", "audio"], 0, [view])
+    def _parse(self, pair: tuple[dict, int]) -> _Media:  # the worker's parse and FLAC span decode of one view
+        return _Media(pair[0], self.spec, ["video", "audio"], 0, [pair[1]])
 
-    def _bare(self, sample: dict, view: int) -> None:
-        _bare(sample, 0, view, self.spec)
+    def _bare(self, pair: tuple[dict, int]) -> None:
+        _bare(pair[0], 0, pair[1], self.spec)
 
-    def _whole(self, sample: dict, view: int) -> None:
-        finish_views(self._parse(sample, view), self.spec, {"video": self.out})
+    def _whole(self, batch: list[tuple[dict, int]]) -> None:  # as _PlannedBatches._decoded joins the stages
+        medias = [self._parse(pair) for pair in batch]
+        for media, mels in zip(medias, log_mels(medias, self.spec)):
+            finish_views(media, self.spec, {"video": self.out}, mels)
 
     def stages(self) -> dict:
-        """Every stage, each sample's best of `repeats`."""
-        return {**self._costs(self._best), "samples": len(self.samples), "repeats": self.repeats}
+        """Every stage, each sample's (batch's) best of `repeats`."""
+        return {**self._costs(self._best), "samples": len(self.pairs), "batch": len(self.batches[0]),
+                "repeats": self.repeats}
 
     def per_round(self) -> dict:
         """Every stage, one pass over the samples each (each sample once, as a worker meets them)."""
         return self._costs(self._one_pass)
 
     def _costs(self, timing) -> dict:
-        parsed = {id(s): self._parse(s, v) for s, v in zip(self.samples, self.views)}
+        parsed = {id(pair): self._parse(pair) for pair in self.pairs}
 
-        def decode(sample, view):
-            for _ in parsed[id(sample)].decoded("video"):
+        def decode(pair):
+            for _ in parsed[id(pair)].decoded("video"):
                 pass
 
-        def kernel(sample, view) -> float:  # the frames decoded first, off the clock
-            media = parsed[id(sample)]
+        def kernel(pair) -> float:  # the frames decoded first, off the clock
+            media = parsed[id(pair)]
             frames = h264_planes(media.video["video"], media.frames[0], (media.geom.height, media.geom.width))
             start = time.perf_counter()
             frames_to_rgb([frames[t] for t in media.frames[0]], media.views[0].box, media.views[0].flip,
                           self.out[0].numpy())
             return time.perf_counter() - start
 
-        def mel(sample, view):
-            media = parsed[id(sample)]
-            log_mel(pcm_float(torch.stack(media.windows())), media.geom.sample_rate, self.spec.mel_bins)
+        def mel(batch):
+            log_mels([parsed[id(pair)] for pair in batch], self.spec)
 
         with torch_threads(1):  # as in a worker; the rounds' thread count back after
-            stages = {"parse_flac": timing(_clocked(self._parse)), "decode": timing(_clocked(decode)),
-                      "kernel": timing(kernel), "log_mel": timing(_clocked(mel))}
-            bare, whole = timing(_clocked(self._bare)), timing(_clocked(self._whole))
+            stages = {"parse_flac": timing(self.pairs, _clocked(self._parse)),
+                      "decode": timing(self.pairs, _clocked(decode)), "kernel": timing(self.pairs, kernel),
+                      "log_mel": timing(self.batches, _clocked(mel))}
+            bare, whole = timing(self.pairs, _clocked(self._bare)), timing(self.batches, _clocked(self._whole))
         return {"ms_per_clip": {"bare": bare, **stages, "worker_clip": whole}, "clip_bound": round(bare / whole, 3),
                 "stage_bound": round(bare / sum(stages.values()), 3)}
 
-    def _best(self, seconds) -> float:  # ms a clip: over the samples, each one's best of `repeats`
-        return round(1000 * sum(min(seconds(s, v) for _ in range(self.repeats)) for s, v in
-                                zip(self.samples, self.views)) / len(self.samples), 3)
+    def _best(self, units: list, seconds) -> float:  # ms a clip: over the samples (batches), each one's best of repeats
+        return self._per_clip(min(seconds(u) for _ in range(self.repeats)) for u in units)
 
-    def _one_pass(self, seconds) -> float:  # ms a clip over one pass, each sample once
-        return round(1000 * sum(seconds(s, v) for s, v in zip(self.samples, self.views)) / len(self.samples), 3)
+    def _one_pass(self, units: list, seconds) -> float:  # ms a clip over one pass, each sample (batch) once
+        return self._per_clip(seconds(u) for u in units)
+
+    def _per_clip(self, seconds) -> float:
+        return round(1000 * sum(seconds) / len(self.pairs), 3)
 
 
 def _clocked(work):
-    def seconds(sample, view) -> float:
+    def seconds(unit) -> float:
         start = time.perf_counter()
-        work(sample, view)
+        work(unit)
         return time.perf_counter() - start
     return seconds
 
@@ -546,7 +557,7 @@ def main() -> None:
     rates: dict[str, list[float]] = {k: [] for k in ("umt", *finishing, "naive", *variants, *(["spdl"] if spdl else []),
                                                      *(["dali"] if gpu else []))}
     spec = setting.spec
-    clock, per_round = StageClock(work / "packed", spec), []
+    clock, per_round = StageClock(work / "packed", spec, batch=args.batch_size), []
     for r in range(args.repeats):
         policy = ViewPolicy(0, r, True)
 

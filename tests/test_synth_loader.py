@@ -1,11 +1,16 @@
 import json
+import platform
+import resource
 import tarfile
 
+import numpy as np
 import pytest
 import torch
 import webdataset as wds
 
-from umt.loaders.loading.loader import make_loader
+from umt.loaders.loading.loader import make_loader, planned_split
+from umt.loaders.loading.pipeline import decode_views, worker_init
+from umt.loaders.loading.stream import planned_samples
 from umt.loaders.stored.shards import DataError, load_manifest, sha256_file
 from umt.loaders.stored.views import ViewPolicy, ViewSpec
 
@@ -101,3 +106,46 @@ def test_shards_stream_from_urls_and_pipe_commands(data):
         assert [b["row"].tolist() for b in remote] == local, location
     with pytest.raises(DataError, match="needs {}"):
         load_manifest(f"pipe:cat {data}/manifest.json")
+
+
+def test_a_batch_holds_each_samples_own_views_to_the_bit(data):
+    # the workers log-mel a batch's windows in one call (pipeline.log_mels): each row must equal its sample decoded
+    # alone (decode_views, as the cache builder and `umt-cache verify` read it), its clip too
+    policy = ViewPolicy(seed=0, epoch=1, train=True)
+    _, paths, plan, _ = planned_split(data, "train", ["video", "audio"], policy, 8)
+    alone = {}
+    for sample in planned_samples(paths, plan.offsets, np.concatenate(plan.batches())):
+        row = json.loads(sample["json"])["row"]
+        alone[row] = decode_views(sample, SPEC, ["video", "audio"], policy.seed, [policy.index(row)])[0]
+    batches = list(make_loader(data, "train", spec=SPEC, modalities=["video", "audio"], policy=policy, batch_size=8,
+                               num_workers=0))
+    assert sum(len(b["row"]) for b in batches) == len(alone) == 64
+    for b in batches:
+        for i, row in enumerate(b["row"].tolist()):
+            assert torch.equal(b["audio"][i], alone[row]["audio"]), row
+            assert torch.equal(b["video"][i], alone[row]["video"]), row
+
+
+class _Churn(torch.utils.data.Dataset):
+    """Allocates and frees 24 MB five times (as a worker's batches do), and counts its page faults each time."""
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, _):
+        faults = []
+        for _ in range(5):
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            blocks = [np.ones(8 << 20, np.uint8) for _ in range(3)]
+            del blocks
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        return torch.tensor(faults)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc is the one told to keep freed memory")
+def test_a_loader_worker_reuses_the_memory_it_frees():
+    # glibc gives large freed blocks back to the kernel; a worker that did let its batches' buffers go took their page
+    # faults again for every batch (pipeline._keep_freed_memory)
+    faults = next(iter(torch.utils.data.DataLoader(_Churn(), batch_size=None, num_workers=1,
+                                                   worker_init_fn=worker_init)))
+    assert faults[0] > 500 and faults[1:].max() < 50, faults.tolist()

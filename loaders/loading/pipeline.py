@@ -12,6 +12,7 @@ conversion, flip and log-mel run there, batched (finish.py), giving the same bat
 """
 from __future__ import annotations
 
+import ctypes
 import io
 import json
 import multiprocessing
@@ -102,12 +103,31 @@ def decode_views(sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: 
     return finish_views(_Media(sample, spec, modalities, seed, view_indices), spec, out)
 
 
-def finish_views(media: _Media, spec: ViewSpec, out: dict[str, torch.Tensor] | None = None) -> list[dict]:
+def log_mels(medias: Sequence[_Media], spec: ViewSpec) -> list[torch.Tensor | None]:
+    """Each parsed sample's views' log-mels [views, 1, n_mels, frames] (None: no audio), all windows of one sample
+    rate through one call. A worker's batch in one call costs 0.3 ms a clip less than a call per sample at --realistic
+    settings (benchmarks/RESULTS.md, "The batch's log-mel in one call"); each window's values are the same (the
+    frames' FFTs and the filterbank product do not depend on what else is in the call: tests/test_views_audio.py)."""
+    out: list[torch.Tensor | None] = [None] * len(medias)
+    heard = [i for i, media in enumerate(medias) if media.wave is not None]
+    for rate in sorted({medias[i].geom.sample_rate for i in heard}):
+        these = [i for i in heard if medias[i].geom.sample_rate == rate]
+        mels = log_mel(pcm_float(torch.stack([w for i in these for w in medias[i].windows()])), rate,
+                       spec.mel_bins).unsqueeze(1)
+        first = 0
+        for i in these:  # each sample's views' rows, in place
+            out[i], first = mels[first:first + len(medias[i].views)], first + len(medias[i].views)
+    return out
+
+
+def finish_views(media: _Media, spec: ViewSpec, out: dict[str, torch.Tensor] | None = None,
+                 mels: torch.Tensor | None = None) -> list[dict]:
     """A parsed sample's views, finished: only the frames the views use are read out of the decoder, in place and one
     at a time (media.h264_stream), and each view's box is resized and converted straight into `out[m][i]` when
-    given (the batch a worker ships: uint8 [views, T, crop, crop, 3]), else into a new tensor."""
-    if media.wave is not None:  # every view's window through one STFT call
-        mels = log_mel(pcm_float(torch.stack(media.windows())), media.geom.sample_rate, spec.mel_bins).unsqueeze(1)
+    given (the batch a worker ships: uint8 [views, T, crop, crop, 3]), else into a new tensor. `mels`: its views'
+    log-mels when already computed with its batch's (log_mels)."""
+    if media.wave is not None and mels is None:
+        mels = log_mels([media], spec)[0]
     if out is None:
         out = {m: torch.empty((len(media.views), spec.frames, spec.crop, spec.crop, 3), dtype=torch.uint8)
                for m in media.video}
@@ -153,8 +173,29 @@ def ship_view(media: _Media, spec: ViewSpec, out: dict[str, torch.Tensor]) -> di
     return item
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
 def worker_init(_: int) -> None:
+    """A loader worker: one torch thread, and the memory it frees kept for its next batch (_keep_freed_memory)."""
     torch.set_num_threads(1)
+    _keep_freed_memory()
+
+
+def _keep_freed_memory() -> None:
+    """glibc's malloc gives large freed blocks back to the kernel (above 128 KB each is its own mapping, and the heap's
+    free top is trimmed), so a worker that allocates and frees the same buffers for every batch — the log-mel's
+    intermediates, the decoder's frames, the kernel's rows — takes their page faults again for every batch: 3,000 to
+    8,000 a batch's log-mel at --realistic settings, which cost it twice its time in one process. Serve them from
+    the heap and keep it: +3 % clips/s for the workers (benchmarks/RESULTS.md, "Workers keep the memory they free").
+    A worker's heap then stays at its high-water mark (tens of MB) until the epoch's workers exit. Other C
+    libraries keep their allocator's own policy."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(M_MMAP_THRESHOLD, 32 << 20)  # glibc's largest
+    mallopt(M_TRIM_THRESHOLD, 1 << 30)
 
 
 def batch_tensor(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
@@ -250,10 +291,12 @@ class _PlannedBatches(torch.utils.data.IterableDataset):
                 except (MediaError, DataError) as err:
                     self._skipped(sample, err, skipped, streak)
             leases: dict[str, tuple[int, int]] = {}
-            clips = self._clips(len(read), [media for _, media in parsed], leases)
-            for sample, media in parsed:
+            medias = [media for _, media in parsed]
+            clips = self._clips(len(read), medias, leases)
+            mels = self._mels(medias)
+            for (sample, media), mel in zip(parsed, mels):
                 try:
-                    items.append(self._write(media, len(items), clips))
+                    items.append(self._write(media, len(items), clips, mel))
                     streak.good()
                 except MediaError as err:
                     self._skipped(sample, err, skipped, streak)
@@ -300,11 +343,16 @@ class _PlannedBatches(torch.utils.data.IterableDataset):
         memory = self._memory((per * len(self.videos),), torch.uint8, leases, self.videos[0])
         return {m: memory[k * per:(k + 1) * per].view(shape) for k, m in enumerate(self.videos)}
 
-    def _write(self, media: "_Media", position: int, clips: dict[str, torch.Tensor]) -> dict:
+    def _mels(self, medias: list["_Media"]) -> list[torch.Tensor | None]:
+        """The batch's log-mels, one call for all its samples (none when shipping: the trainer's device makes them)."""
+        return [None] * len(medias) if self.ship else log_mels(medias, self.spec)
+
+    def _write(self, media: "_Media", position: int, clips: dict[str, torch.Tensor],
+               mels: torch.Tensor | None) -> dict:
         """A parsed sample's view, its video into `clips` (finished: at `position` among the batch's good samples)."""
         if self.ship:
             return ship_view(media, self.spec, clips)
-        return finish_views(media, self.spec, {m: c[position:position + 1] for m, c in clips.items()})[0]
+        return finish_views(media, self.spec, {m: c[position:position + 1] for m, c in clips.items()}, mels)[0]
 
     def _memory(self, shape: tuple, dtype: torch.dtype, leases: dict, key: str) -> torch.Tensor:
         """A batch tensor in this worker's pool, its slot leased under `key` (the main process gives it back when

@@ -12,8 +12,9 @@ per-sample decode differs), it also measures:
   before it, with no conversion (frames stay FFmpeg's), plus the FLAC decode: `limit_clips_per_s`,
   and `ratio_vs_limit` = umt / limit (what umt's crop, colour conversion, log-mel and collation cost);
 - after the rounds, the cost of each stage in one process on one thread on the same views (`stage_costs`: the
-  bound's work; umt's parse + FLAC span, decode into planes, view kernel, log-mel, and its whole per-clip call),
-  `clip_bound` = the bound's work over umt's per-clip call (the ratio a worker doing only that would reach) and
+  bound's work; umt's parse + FLAC span, decode into planes, view kernel, log-mel of a batch, and the worker's whole
+  work on a batch, each a clip's share), `clip_bound` = the bound's work over umt's worker's (the ratio a worker
+  doing only that would reach) and
   `clip_bound_minus_ratio`, what the workers lose beyond it (streaming, batching, processes); and in every
   round, right after its passes, the same stages once more (one pass, each sample once: `per_round_stage_costs`),
   so that `per_round_clip_bound_minus_ratio` and `per_round_stage_bound_minus_ratio` compare each round's ratio with

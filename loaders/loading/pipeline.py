@@ -105,9 +105,9 @@ def decode_views(sample: dict, spec: ViewSpec, modalities: Sequence[str], seed: 
 
 def log_mels(medias: Sequence[_Media], spec: ViewSpec) -> list[torch.Tensor | None]:
     """Each parsed sample's views' log-mels [views, 1, n_mels, frames] (None: no audio), all windows of one sample
-    rate through one call. A worker's batch in one call costs 0.3 ms a clip less than a call per sample at --realistic
-    settings (benchmarks/RESULTS.md, "The batch's log-mel in one call"); each window's values are the same (the
-    frames' FFTs and the filterbank product do not depend on what else is in the call: tests/test_views_audio.py)."""
+    rate through one call: a worker's batch in one call costs 0.3 ms a clip less than a call per sample in one process
+    at --realistic settings, and joins the worker's stages with less loss (benchmarks/RESULTS.md, "The batch's log-mel
+    in one call"). Each window's values are the same as alone (tests/test_synth_loader.py checks a batch's rows)."""
     out: list[torch.Tensor | None] = [None] * len(medias)
     heard = [i for i, media in enumerate(medias) if media.wave is not None]
     for rate in sorted({medias[i].geom.sample_rate for i in heard}):
@@ -185,10 +185,10 @@ def worker_init(_: int) -> None:
 def _keep_freed_memory() -> None:
     """glibc's malloc gives large freed blocks back to the kernel (above 128 KB each is its own mapping, and the heap's
     free top is trimmed), so a worker that allocates and frees the same buffers for every batch — the log-mel's
-    intermediates, the decoder's frames, the kernel's rows — takes their page faults again for every batch: 3,000 to
-    8,000 a batch's log-mel at --realistic settings, which cost it twice its time in one process. Serve them from
-    the heap and keep it: +3 % clips/s for the workers (benchmarks/RESULTS.md, "Workers keep the memory they free").
-    A worker's heap then stays at its high-water mark (tens of MB) until the epoch's workers exit. Other C
+    intermediates, the decoder's frames, the kernel's rows — takes their page faults again and again: up to 5,000 a
+    batch's log-mel call after the first two at --realistic settings (2.0 ms a clip there against 1.3 in one process).
+    Served from the heap and kept, they fault in a worker's first two batches only (benchmarks/RESULTS.md, "The batch's log-mel in one
+    call"). A worker's heap then stays at its high-water mark (tens of MB) until the epoch's workers exit. Other C
     libraries keep their allocator's own policy."""
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt

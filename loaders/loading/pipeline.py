@@ -177,12 +177,12 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (mallo
 
 
 def worker_init(_: int) -> None:
-    """A loader worker: one torch thread, and the memory it frees kept for its next batch (_keep_freed_memory)."""
+    """A loader worker: one torch thread, and the memory it frees kept for its next batch (keep_freed_memory)."""
     torch.set_num_threads(1)
-    _keep_freed_memory()
+    keep_freed_memory()
 
 
-def _keep_freed_memory() -> None:
+def keep_freed_memory() -> None:
     """glibc's malloc gives large freed blocks back to the kernel (above 128 KB each is its own mapping, and the heap's
     free top is trimmed), so a worker that allocates and frees the same buffers for every batch — the log-mel's
     intermediates, the decoder's frames, the kernel's rows — takes their page faults again and again: up to 5,000 a

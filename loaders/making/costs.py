@@ -18,11 +18,12 @@ PACK_CORE_S_PER_SOURCE_S = {
 # bytes of shard per second of packed clip (H.264 at short side 256, 25 fps, GOP 8, CRF 23, plus FLAC):
 # loader_cpu_realistic.json packed_kbit_per_s 368, on generated clips; camera video compresses less
 SHARD_BYTES_PER_S = 368_000 / 8
-# core-seconds of `umt-cache build` per clip: 31.6 clips/s on 2 cores, 4 views, width-64 (512-d) teachers,
-# views of 4 frames of 32 px, the teachers run in the decoding workers, one a core (train_throughput_cpu.json
-# `width_64.cache_build`, RESULTS.md "The cache build's forward in its workers", issue 31; 15.1 before); a teacher's
-# forward at training's view size (16 frames of 224 px) costs more, and on a GPU less: not measured here
-BUILD_CORE_S_PER_CLIP = 2 / 31.6
+# core-seconds of `umt-cache build` per clip: 37.6 clips/s on 2 cores, 4 views, width-64 (512-d) teachers,
+# views of 4 frames of 32 px, the teachers run in the decoding workers, one a core, which keep the memory they free
+# (train_throughput_cpu.json `width_64.cache_build`, RESULTS.md "The cache build's forward in its workers" and "The
+# batch's log-mel in one call", issue 31; 31.6 before the workers kept it, 15.1 before the forward ran in them); a
+# teacher's forward at training's view size (16 frames of 224 px) costs more, and on a GPU less: not measured here
+BUILD_CORE_S_PER_CLIP = 2 / 37.6
 CLIP_SECONDS = 10.0   # Kinetics' and VGG-Sound's clip length
 TEACHER_DIM = 512     # a ResNet-18-width teacher's feature (--width 64)
 

@@ -119,7 +119,7 @@ def main() -> None:
     p.add_argument("--profile", action="store_true", help="also profile one joint and one cached run at the "
                    "largest width: where the time differs")
     args = p.parse_args()
-    keep_freed_memory()  # as the build's workers: else their forward beat the bound's (build_overhead -0.35 at width 64)
+    keep_freed_memory()  # as the build's workers do: else their forward beat the bound's (overhead -0.35, width 64)
     clock, phases = time.perf_counter(), {}  # wall-clock seconds of each phase: the whole run must fit 20 min
     widths = [int(w) for w in args.widths.split(",")]
     work = Path(tempfile.mkdtemp(prefix="umt-bench-"))

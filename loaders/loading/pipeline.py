@@ -187,9 +187,9 @@ def keep_freed_memory() -> None:
     free top is trimmed), so a worker that allocates and frees the same buffers for every batch — the log-mel's
     intermediates, the decoder's frames, the kernel's rows — takes their page faults again and again: up to 5,000 a
     batch's log-mel call after the first two at --realistic settings (2.0 ms a clip there against 1.3 in one process).
-    Served from the heap and kept, they fault in a worker's first two batches only (benchmarks/RESULTS.md, "The batch's log-mel in one
-    call"). A worker's heap then stays at its high-water mark (tens of MB) until the epoch's workers exit. Other C
-    libraries keep their allocator's own policy."""
+    Served from the heap and kept, they fault in a worker's first two batches only (benchmarks/RESULTS.md, "The
+    batch's log-mel in one call"). A worker's heap then stays at its high-water mark (tens of MB) until the epoch's
+    workers exit. Other C libraries keep their allocator's own policy."""
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
